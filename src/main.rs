@@ -1,1 +1,71 @@
-fn main() {}
+//! `spooky`: the daemon and its command line — `run`, `check`, `--version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod admin;
+mod check;
+mod run;
+
+/// Spooky: an HTTP/3-first edge proxy built as a pipeline of bounded stages.
+#[derive(Parser)]
+#[command(name = "spooky", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Same as `spooky run FILE`.
+    file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy on a pipeline file.
+    Run { file: PathBuf },
+    /// Check pipeline files and print every error; exit 64 if any is invalid.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// EX_USAGE from sysexits.h: the input was bad.
+const EXIT_BAD_CONFIG: u8 = 64;
+/// EX_SOFTWARE: the proxy could not start or failed while running.
+const EXIT_FAILED: u8 = 70;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match (cli.command, cli.file) {
+        (Some(Command::Check { files }), _) => check::check(&files),
+        (Some(Command::Run { file }), _) | (None, Some(file)) => run::run(&file),
+        (None, None) => {
+            eprintln!("usage: spooky run FILE | spooky check FILE... | spooky --version");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SPOOKY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,164 @@
+//! A minimal HTTP/3 client (quinn + h3) for load generation and tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h3::client::SendRequest;
+use http::{HeaderMap, Request, StatusCode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Boxed error.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the client checks the server's certificate.
+pub enum Trust {
+    /// Accept any certificate (the quickstart's self-signed one, benchmarks on loopback).
+    Insecure,
+    /// Verify against these roots.
+    Roots(Vec<CertificateDer<'static>>),
+}
+
+/// A QUIC client endpoint.
+pub struct H3Client {
+    endpoint: quinn::Endpoint,
+}
+
+/// One HTTP/3 connection; clone `send` to run requests concurrently.
+pub struct H3Conn {
+    pub send: SendRequest<h3_quinn::OpenStreams, Bytes>,
+    pub conn: quinn::Connection,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl H3Client {
+    /// A client endpoint on an ephemeral loopback-or-any port. Must run inside tokio.
+    pub fn new(trust: Trust) -> Result<Self, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let mut tls = match trust {
+            Trust::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth(),
+            Trust::Roots(certs) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs {
+                    roots.add(c)?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+        };
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        Ok(H3Client { endpoint })
+    }
+
+    /// Connects and sets up HTTP/3.
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H3Conn, Error> {
+        let conn = self.endpoint.connect(addr, server_name)?.await?;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
+        let driver = tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        Ok(H3Conn { send, conn, driver })
+    }
+}
+
+impl H3Conn {
+    /// Sends a request with an optional body and reads the whole response.
+    pub async fn request(&self, req: Request<()>, body: Option<Bytes>) -> Result<Response, Error> {
+        let mut send = self.send.clone();
+        let mut stream = send.send_request(req).await?;
+        if let Some(b) = body {
+            stream.send_data(b).await?;
+        }
+        stream.finish().await?;
+        let resp = stream.recv_response().await?;
+        let mut body = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await? {
+            while chunk.has_remaining() {
+                let c = chunk.chunk();
+                body.extend_from_slice(c);
+                let n = c.len();
+                chunk.advance(n);
+            }
+        }
+        let trailers = stream.recv_trailers().await?;
+        Ok(Response {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: body.freeze(),
+            trailers,
+        })
+    }
+
+    /// `GET url`.
+    pub async fn get(&self, url: &str) -> Result<Response, Error> {
+        self.request(Request::get(url).body(())?, None).await
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(quinn::VarInt::from_u32(0x100), b"done");
+    }
+}
+
+impl Drop for H3Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Accepts any server certificate (still checks the handshake signatures).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,111 @@
+//! `spooky run FILE`: load, build the pipeline, bind listeners, serve until SIGTERM/SIGINT,
+//! then drain: stop accepting, let in-flight exchanges finish up to `drain_timeout`, exit 0.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use spooky_stages::config::{self, Config};
+use spooky_stages::h3_server::H3Listener;
+use spooky_stages::metrics::SECONDS_BUCKETS;
+use spooky_stages::Pipeline;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::{EXIT_BAD_CONFIG, EXIT_FAILED};
+
+pub fn run(file: &Path) -> ExitCode {
+    let config = match config::load(file) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
+    let pipeline = Pipeline::start(&config).map_err(|e| e.to_string())?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut endpoints = Vec::new();
+    let mut tasks = Vec::new();
+    for l in &config.listeners {
+        let listener = H3Listener::bind(l, &config.stages)?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("listening listener={} protocol=h3 addr={addr}", l.name);
+        endpoints.push(listener.endpoint().clone());
+        tasks.push(tokio::spawn(listener.serve(pipeline.clone(), shutdown_rx.clone())));
+    }
+    let state = Arc::new(AdminState {
+        prometheus,
+        pipeline: pipeline.clone(),
+        ready: AtomicBool::new(false),
+    });
+    if let Some(a) = &config.admin {
+        let tcp = tokio::net::TcpListener::bind(a.bind)
+            .await
+            .map_err(|e| format!("admin: cannot bind TCP {}: {e}", a.bind))?;
+        let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+        println!("listening listener=admin protocol=http1 addr={addr}");
+        tokio::spawn(admin::serve(tcp, state.clone()));
+    }
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(pipeline = %config.pipeline.name, file = %config.file, "ready");
+    println!("ready pipeline={}", config.pipeline.name);
+
+    wait_for_signal().await?;
+    let deadline = config.pipeline.drain_timeout.0;
+    tracing::info!(live = pipeline.drain().live(), ?deadline, "shutting down: draining");
+    state.ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    pipeline.drain().close();
+    if tokio::time::timeout(deadline, pipeline.drain().wait()).await.is_err() {
+        tracing::warn!(cancelled = pipeline.drain().live(), "drain deadline passed: cancelling the rest");
+    } else {
+        tracing::info!("drained");
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    for e in &endpoints {
+        e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
+    }
+    for e in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Loading a pipeline TOML: parse with spans, deserialize each section on its own (so one bad
+//! section does not hide the problems of the others), then validate references, order and
+//! bounds — collecting every problem, each with file, line, column and key.
+
+mod error;
+mod model;
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+pub use error::{ConfigError, ConfigErrors};
+pub(crate) use error::Source;
+pub use model::*;
+pub use units::{Dur, Size, parse_duration, parse_size};
+
+const TOP_LEVEL: [&str; 6] = ["pipeline", "listeners", "admin", "stages", "routes", "upstreams"];
+
+/// Reads and validates a pipeline file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&file, &text),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file,
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])),
+    }
+}
+
+/// Parses and validates a pipeline TOML text; `file` names it in messages.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let src = Source { file, text };
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            return Err(ConfigErrors(vec![src.error(
+                e.span(),
+                "",
+                format!("invalid TOML: {}", e.message().trim()),
+            )]));
+        }
+    };
+    let mut cx = Cx {
+        src: &src,
+        errors: Vec::new(),
+    };
+    let table = root.get_ref();
+    for (key, _) in table.iter() {
+        if !TOP_LEVEL.contains(&key.get_ref().as_ref()) {
+            cx.push(
+                Some(key.span()),
+                key.get_ref(),
+                format!("unknown section, expected one of {}", TOP_LEVEL.join(", ")),
+            );
+        }
+    }
+
+    let pipeline: Option<PipelineConfig> = match table.get("pipeline") {
+        Some(v) => cx.de(v, "pipeline"),
+        None => {
+            cx.push(Some(0..0), "pipeline", "missing [pipeline] section (name, chain)");
+            None
+        }
+    };
+    let listeners: Vec<ListenerConfig> = cx.array(table.get("listeners"), "listeners");
+    let admin: Option<AdminConfig> = table.get("admin").and_then(|v| cx.de(v, "admin"));
+    let routes: Vec<RouteConfig> = cx.array(table.get("routes"), "routes");
+    let mut upstreams = BTreeMap::new();
+    if let Some(v) = table.get("upstreams") {
+        for (name, value) in cx.entries(v, "upstreams") {
+            let key = format!("upstreams.{name}");
+            if let Some(u) = cx.de::<UpstreamConfig>(value, &key) {
+                upstreams.insert(name.to_string(), u);
+            }
+        }
+    }
+    let stages = cx.stages(table.get("stages"));
+
+    let Some(pipeline) = pipeline else {
+        return Err(cx.finish());
+    };
+    let mut config = Config {
+        file: file.to_string(),
+        pipeline,
+        chain: Vec::new(),
+        listeners,
+        admin,
+        stages,
+        routes,
+        upstreams,
+    };
+    validate::validate(&mut cx, &root, &mut config);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(cx.finish())
+    }
+}
+
+/// Collects errors while walking one document.
+pub(crate) struct Cx<'a> {
+    pub src: &'a Source<'a>,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Cx<'_> {
+    pub fn push(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        self.errors.push(self.src.error(span, key, message));
+    }
+
+    fn finish(mut self) -> ConfigErrors {
+        self.errors
+            .sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        self.errors.dedup();
+        ConfigErrors(self.errors)
+    }
+
+    /// Deserializes one value, recording its problem (with the innermost span serde reports).
+    fn de<T: DeserializeOwned>(&mut self, v: &Spanned<DeValue<'_>>, key: &str) -> Option<T> {
+        match T::deserialize(ValueDeserializer::from(v.clone())) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let span = e.span().or_else(|| Some(v.span()));
+                self.push(span, key, e.message().trim().to_string());
+                None
+            }
+        }
+    }
+
+    /// Deserializes each element of an array of tables on its own.
+    fn array<T: DeserializeOwned>(&mut self, v: Option<&Spanned<DeValue<'_>>>, key: &str) -> Vec<T> {
+        let Some(v) = v else { return Vec::new() };
+        let Some(items) = v.get_ref().as_array() else {
+            self.push(Some(v.span()), key, format!("expected an array of tables ([[{key}]])"));
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| self.de(item, &format!("{key}[{i}]")))
+            .collect()
+    }
+
+    /// The entries of a table, or an error if it is not one.
+    fn entries<'v, 'i>(
+        &mut self,
+        v: &'v Spanned<DeValue<'i>>,
+        key: &str,
+    ) -> Vec<(&'v str, &'v Spanned<DeValue<'i>>)> {
+        match v.get_ref().as_table() {
+            Some(t) => t.iter().map(|(k, v)| (k.get_ref().as_ref(), v)).collect(),
+            None => {
+                self.push(Some(v.span()), key, "expected a table");
+                Vec::new()
+            }
+        }
+    }
+
+    /// `[stages.<kind>]`: the common keys (queue, concurrency, when_full) apart from the
+    /// stage's own, each set checked for unknown keys.
+    fn stages(&mut self, v: Option<&Spanned<DeValue<'_>>>) -> StagesConfig {
+        let mut out = StagesConfig::default();
+        let Some(v) = v else { return out };
+        for (name, value) in self.entries(v, "stages") {
+            let key = format!("stages.{name}");
+            let Some(kind) = StageKind::from_name(name) else {
+                let names: Vec<_> = StageKind::ALL.iter().map(|k| k.name()).collect();
+                self.push(
+                    Some(value.span()),
+                    &key,
+                    format!("unknown stage, expected one of {}", names.join(", ")),
+                );
+                continue;
+            };
+            let Some(table) = value.get_ref().as_table() else {
+                self.push(Some(value.span()), &key, "expected a table");
+                continue;
+            };
+            let mut own = table.clone();
+            let mut common = DeTable::new();
+            for k in ["queue", "concurrency", "when_full"] {
+                if let Some((k, v)) = own.remove_entry(k) {
+                    common.insert(k, v);
+                }
+            }
+            let span = value.span();
+            let common = Spanned::new(span.clone(), DeValue::Table(common));
+            let own = Spanned::new(span, DeValue::Table(own));
+            if let Some(raw) = self.de::<StageCommonRaw>(&common, &key) {
+                let d = kind.default_settings();
+                out.settings[kind as usize] = StageSettings {
+                    queue: raw.queue.unwrap_or(d.queue),
+                    concurrency: raw.concurrency.unwrap_or(d.concurrency),
+                    when_full: raw.when_full.unwrap_or(d.when_full),
+                };
+            }
+            match kind {
+                StageKind::Ingress => self.de(&own, &key).map(|c| out.ingress = c),
+                StageKind::Admission => self.de(&own, &key).map(|c| out.admission = c),
+                StageKind::Route => self.de(&own, &key).map(|c| out.route = c),
+                StageKind::Queue => self.de(&own, &key).map(|c| out.queue = c),
+                StageKind::Select => self.de(&own, &key).map(|c| out.select = c),
+                StageKind::HedgeRetry => self.de(&own, &key).map(|c| out.hedge_retry = c),
+                StageKind::Dispatch => self.de(&own, &key).map(|c| out.dispatch = c),
+                StageKind::Egress => self.de(&own, &key).map(|c| out.egress = c),
+            };
+        }
+        out
+    }
+}
+
+/// The span of the value at a key path (`["routes", "1", "upstream"]`), or of the nearest
+/// ancestor that exists.
+pub(crate) fn span_at(root: &Spanned<DeTable<'_>>, path: &[&str]) -> Range<usize> {
+    let mut span = root.span();
+    let mut cur: Option<&Spanned<DeValue<'_>>> = None;
+    for (i, seg) in path.iter().enumerate() {
+        let next = if i == 0 {
+            root.get_ref().get(*seg)
+        } else {
+            match cur.map(|c| c.get_ref()) {
+                Some(DeValue::Table(t)) => t.get(*seg),
+                Some(DeValue::Array(a)) => seg.parse::<usize>().ok().and_then(|n| a.get(n)),
+                _ => None,
+            }
+        };
+        match next {
+            Some(v) => {
+                span = v.span();
+                cur = Some(v);
+            }
+            None => break,
+        }
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! The validated shape of a pipeline TOML: what the engine and the stages are built from.
+//!
+//! Keys named in the foundation issue are the public interface: `[pipeline] name/chain`,
+//! `[[listeners]] name/bind/protocols/tls`, `[admin] bind`, `[stages.<stage>] queue/concurrency/
+//! when_full` and the stage-specific keys, `[[routes]] name/match/respond/upstream`,
+//! `[upstreams.<name>] balance/max_inflight/backends`. Every default below is written down in
+//! `config/reference.toml`, and a test checks the two agree.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::units::Dur;
+use crate::stages::{admission, dispatch, egress, hedge_retry, ingress, queue, route, select};
+
+/// One stage of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageKind {
+    Ingress,
+    Admission,
+    Route,
+    Queue,
+    Select,
+    HedgeRetry,
+    Dispatch,
+    Egress,
+}
+
+impl StageKind {
+    /// All stages, in canonical chain order.
+    pub const ALL: [StageKind; 8] = [
+        StageKind::Ingress,
+        StageKind::Admission,
+        StageKind::Route,
+        StageKind::Queue,
+        StageKind::Select,
+        StageKind::HedgeRetry,
+        StageKind::Dispatch,
+        StageKind::Egress,
+    ];
+
+    /// The name used in the chain and in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Ingress => "ingress",
+            StageKind::Admission => "admission",
+            StageKind::Route => "route",
+            StageKind::Queue => "queue",
+            StageKind::Select => "select",
+            StageKind::HedgeRetry => "hedge-retry",
+            StageKind::Dispatch => "dispatch",
+            StageKind::Egress => "egress",
+        }
+    }
+
+    /// Parses a chain name.
+    pub fn from_name(s: &str) -> Option<StageKind> {
+        StageKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Stages a chain cannot do without.
+    pub fn required(self) -> bool {
+        !matches!(
+            self,
+            StageKind::Admission | StageKind::Queue | StageKind::HedgeRetry
+        )
+    }
+
+    /// The bounds a stage gets when its table does not set them.
+    pub fn default_settings(self) -> StageSettings {
+        let nz = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        StageSettings {
+            queue: match self {
+                StageKind::Dispatch => 256,
+                _ => 0,
+            },
+            concurrency: nz(4096),
+            when_full: match self {
+                StageKind::Admission => WhenFull::Shed,
+                _ => WhenFull::Wait,
+            },
+        }
+    }
+}
+
+/// What a stage does when its inlet (or, for admission, its cap) is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Hold the previous stage until there is room: pressure travels back to the client.
+    Wait,
+    /// Answer 503 at once.
+    Shed,
+}
+
+/// The bounds every stage has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageSettings {
+    /// Inlet capacity; 0 fuses the stage into the previous one (no channel hop).
+    pub queue: usize,
+    /// Exchanges in process in this stage at once.
+    pub concurrency: NonZeroUsize,
+    /// Wait or shed when full.
+    pub when_full: WhenFull,
+}
+
+/// The common keys as written; unset ones take [`StageKind::default_settings`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StageCommonRaw {
+    pub queue: Option<usize>,
+    pub concurrency: Option<NonZeroUsize>,
+    pub when_full: Option<WhenFull>,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Label on every metric.
+    pub name: String,
+    /// The stages, in order.
+    pub chain: Vec<String>,
+    /// On SIGTERM/SIGINT, how long in-flight exchanges may take to finish.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
+}
+
+pub(crate) fn default_drain_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+/// A protocol a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// HTTP/3 over QUIC on the UDP port of `bind`.
+    H3,
+}
+
+/// `[[listeners]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    #[serde(default = "default_protocols")]
+    pub protocols: Vec<Protocol>,
+    /// Absent: a self-signed certificate for localhost/127.0.0.1 is generated at start.
+    pub tls: Option<TlsConfig>,
+    /// QUIC connections at once; further handshakes are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// Concurrent request streams a client may open on one connection (QUIC stream credit).
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_connection: NonZeroU32,
+    /// A connection with no traffic for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+}
+
+fn default_protocols() -> Vec<Protocol> {
+    vec![Protocol::H3]
+}
+pub(crate) fn default_max_connections() -> NonZeroUsize {
+    NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN)
+}
+pub(crate) fn default_max_streams() -> NonZeroU32 {
+    NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN)
+}
+pub(crate) fn default_idle_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+/// `[listeners.tls]`: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `GET /metrics`, `/health`, `/ready` over plain HTTP/1.1.
+    pub bind: SocketAddr,
+}
+
+/// `[stages.*]`, resolved.
+#[derive(Debug, Clone)]
+pub struct StagesConfig {
+    /// Indexed by `StageKind as usize`.
+    pub settings: [StageSettings; 8],
+    pub ingress: ingress::Config,
+    pub admission: admission::Config,
+    pub route: route::Config,
+    pub queue: queue::Config,
+    pub select: select::Config,
+    pub hedge_retry: hedge_retry::Config,
+    pub dispatch: dispatch::Config,
+    pub egress: egress::Config,
+}
+
+impl Default for StagesConfig {
+    fn default() -> Self {
+        StagesConfig {
+            settings: StageKind::ALL.map(StageKind::default_settings),
+            ingress: Default::default(),
+            admission: Default::default(),
+            route: Default::default(),
+            queue: Default::default(),
+            select: Default::default(),
+            hedge_retry: Default::default(),
+            dispatch: Default::default(),
+            egress: Default::default(),
+        }
+    }
+}
+
+impl StagesConfig {
+    /// The bounds of one stage.
+    pub fn settings(&self, kind: StageKind) -> StageSettings {
+        self.settings[kind as usize]
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: route::MatchConfig,
+    /// A direct response: no upstream involved.
+    pub respond: Option<route::RespondConfig>,
+    /// The upstream to forward to.
+    pub upstream: Option<String>,
+}
+
+/// Load-balancing algorithm of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Weighted smooth round-robin.
+    #[default]
+    RoundRobin,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub balance: Balance,
+    /// Exchanges in flight to this upstream at once; more wait in the queue stage.
+    #[serde(default = "default_upstream_inflight")]
+    pub max_inflight: NonZeroUsize,
+    pub backends: Vec<BackendConfig>,
+}
+
+pub(crate) fn default_upstream_inflight() -> NonZeroUsize {
+    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// One backend of an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `http://host:port` (HTTP/1.1).
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: NonZeroU32,
+    #[serde(default = "default_backend_inflight")]
+    pub max_inflight: NonZeroUsize,
+}
+
+fn default_weight() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+pub(crate) fn default_backend_inflight() -> NonZeroUsize {
+    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// A whole validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for messages).
+    pub file: String,
+    pub pipeline: PipelineConfig,
+    /// The chain, parsed.
+    pub chain: Vec<StageKind>,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<AdminConfig>,
+    pub stages: StagesConfig,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}

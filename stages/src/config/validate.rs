@@ -1,0 +1,257 @@
+//! Semantic checks after parsing: chain order, references, duplicates, bounds, files.
+//! Every check pushes its problem and carries on, so one run reports them all.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use toml::Spanned;
+use toml::de::DeTable;
+
+use super::{Config, Cx, StageKind, span_at};
+use crate::stages::route::HostPattern;
+
+pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
+    config.chain = chain(cx, root, &config.pipeline.chain);
+    listeners(cx, root, config);
+    stages(cx, root, config);
+    routes(cx, root, config);
+    upstreams(cx, root, config);
+}
+
+fn chain(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, names: &[String]) -> Vec<StageKind> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let span = span_at(root, &["pipeline", "chain", &i.to_string()]);
+        match StageKind::from_name(name) {
+            Some(k) if !seen.insert(k) => cx.push(
+                Some(span),
+                "pipeline.chain",
+                format!("stage \"{name}\" appears twice"),
+            ),
+            Some(k) => out.push(k),
+            None => {
+                let all: Vec<_> = StageKind::ALL.iter().map(|k| k.name()).collect();
+                cx.push(
+                    Some(span),
+                    "pipeline.chain",
+                    format!(
+                        "unknown stage \"{name}\"{}, expected one of {}",
+                        did_you_mean(name, all.iter().copied()),
+                        all.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    let span = span_at(root, &["pipeline", "chain"]);
+    for k in StageKind::ALL {
+        if k.required() && !seen.contains(&k) {
+            cx.push(
+                Some(span.clone()),
+                "pipeline.chain",
+                format!("the chain must contain \"{}\"", k.name()),
+            );
+        }
+    }
+    if out.first().is_some_and(|k| *k != StageKind::Ingress) && seen.contains(&StageKind::Ingress)
+    {
+        cx.push(Some(span.clone()), "pipeline.chain", "\"ingress\" must be the first stage");
+    }
+    if out.last().is_some_and(|k| *k != StageKind::Egress) && seen.contains(&StageKind::Egress) {
+        cx.push(Some(span.clone()), "pipeline.chain", "\"egress\" must be the last stage");
+    }
+    let pos = |k: StageKind| out.iter().position(|x| *x == k);
+    let before = [
+        (StageKind::Route, StageKind::Queue),
+        (StageKind::Route, StageKind::Select),
+        (StageKind::Queue, StageKind::Select),
+        (StageKind::Select, StageKind::HedgeRetry),
+        (StageKind::HedgeRetry, StageKind::Dispatch),
+        (StageKind::Select, StageKind::Dispatch),
+    ];
+    for (a, b) in before {
+        if let (Some(pa), Some(pb)) = (pos(a), pos(b))
+            && pa > pb
+        {
+            cx.push(
+                Some(span.clone()),
+                "pipeline.chain",
+                format!("\"{}\" must come before \"{}\"", a.name(), b.name()),
+            );
+        }
+    }
+    out
+}
+
+fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    if config.listeners.is_empty() && root.get_ref().get("listeners").is_none() {
+        cx.push(Some(0..0), "listeners", "at least one [[listeners]] is required");
+    }
+    let mut names = BTreeSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let idx = i.to_string();
+        if !names.insert(l.name.as_str()) {
+            let span = span_at(root, &["listeners", &idx, "name"]);
+            cx.push(Some(span), &format!("listeners[{i}].name"), format!("duplicate listener name \"{}\"", l.name));
+        }
+        if l.protocols.is_empty() {
+            let span = span_at(root, &["listeners", &idx, "protocols"]);
+            cx.push(Some(span), &format!("listeners[{i}].protocols"), "expected at least one protocol (\"h3\")");
+        }
+        if let Some(tls) = &l.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    let span = span_at(root, &["listeners", &idx, "tls", key]);
+                    cx.push(
+                        Some(span),
+                        &format!("listeners[{i}].tls.{key}"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn stages(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    let Some(tables) = root.get_ref().get("stages").and_then(|s| s.get_ref().as_table()) else {
+        return;
+    };
+    for (name, value) in tables.iter() {
+        let Some(kind) = StageKind::from_name(name.get_ref()) else { continue };
+        let key = format!("stages.{}", kind.name());
+        if !config.chain.contains(&kind) && !config.pipeline.chain.is_empty() {
+            cx.push(
+                Some(value.span()),
+                &key,
+                format!("stage \"{}\" is configured but not in pipeline.chain", kind.name()),
+            );
+        }
+        if kind == StageKind::Ingress && config.stages.settings(kind).queue != 0 {
+            let span = span_at(root, &["stages", "ingress", "queue"]);
+            cx.push(Some(span), &format!("{key}.queue"), "ingress is the first stage and has no inlet: queue must be 0");
+        }
+    }
+}
+
+fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    let mut names = BTreeSet::new();
+    let mut matchers: BTreeMap<String, &str> = BTreeMap::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let idx = i.to_string();
+        let key = |k: &str| format!("routes[{i}]{}{k}", if k.is_empty() { "" } else { "." });
+        let at = |path: &[&str]| {
+            let mut p = vec!["routes", idx.as_str()];
+            p.extend_from_slice(path);
+            span_at(root, &p)
+        };
+        if !names.insert(r.name.as_str()) {
+            cx.push(Some(at(&["name"])), &key("name"), format!("duplicate route name \"{}\"", r.name));
+        }
+        match (&r.respond, &r.upstream) {
+            (Some(_), Some(_)) => cx.push(
+                Some(at(&[])),
+                &key(""),
+                format!("route \"{}\" has both respond and upstream: expected exactly one", r.name),
+            ),
+            (None, None) => cx.push(
+                Some(at(&[])),
+                &key(""),
+                format!("route \"{}\" has neither respond nor upstream: expected exactly one", r.name),
+            ),
+            (None, Some(u)) if !config.upstreams.contains_key(u) => cx.push(
+                Some(at(&["upstream"])),
+                &key("upstream"),
+                format!(
+                    "route \"{}\": upstream \"{u}\" is not defined{}",
+                    r.name,
+                    did_you_mean(u, config.upstreams.keys().map(String::as_str))
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(host) = &r.matches.host
+            && let Err(e) = HostPattern::parse(host)
+        {
+            cx.push(Some(at(&["match", "host"])), &key("match.host"), e);
+        }
+        if !r.matches.path_prefix.starts_with('/') {
+            cx.push(
+                Some(at(&["match", "path_prefix"])),
+                &key("match.path_prefix"),
+                format!("\"{}\" must start with '/'", r.matches.path_prefix),
+            );
+        }
+        for m in &r.matches.methods {
+            if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {
+                cx.push(
+                    Some(at(&["match", "methods"])),
+                    &key("match.methods"),
+                    format!("\"{m}\" is not an HTTP method (methods are upper case, e.g. \"GET\")"),
+                );
+            }
+        }
+        if let Some(resp) = &r.respond {
+            if !(200..=599).contains(&resp.status) {
+                cx.push(
+                    Some(at(&["respond", "status"])),
+                    &key("respond.status"),
+                    format!("{} is not a final status code: expected 200..=599", resp.status),
+                );
+            }
+            for name in resp.headers.keys() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    cx.push(Some(at(&["respond", "headers"])), &key("respond.headers"), format!("\"{name}\" is not a header name"));
+                }
+            }
+        }
+        let mut methods = r.matches.methods.clone();
+        methods.sort();
+        let fingerprint = format!("{:?}|{}|{:?}", r.matches.host, r.matches.path_prefix, methods);
+        if let Some(other) = matchers.insert(fingerprint, r.name.as_str()) {
+            cx.push(
+                Some(at(&["match"])),
+                &key("match"),
+                format!("route \"{}\" matches exactly what route \"{other}\" matches: one of them can never be chosen", r.name),
+            );
+        }
+    }
+}
+
+fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    for (name, u) in &config.upstreams {
+        if u.backends.is_empty() {
+            let span = span_at(root, &["upstreams", name, "backends"]);
+            cx.push(Some(span), &format!("upstreams.{name}.backends"), "expected at least one backend");
+        }
+        for (i, b) in u.backends.iter().enumerate() {
+            if let Err(e) = crate::stages::dispatch::BackendAddr::parse(&b.url) {
+                let span = span_at(root, &["upstreams", name, "backends", &i.to_string(), "url"]);
+                cx.push(Some(span), &format!("upstreams.{name}.backends[{i}].url"), e);
+            }
+        }
+    }
+}
+
+/// `" (did you mean \"x\"?)"` for the closest candidate within two edits, else `""`.
+fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| format!(" (did you mean \"{c}\"?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

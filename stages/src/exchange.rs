@@ -1,0 +1,122 @@
+//! The exchange: one request and its response, carried through every stage.
+//!
+//! Everything an exchange holds — caps' permits, the drain guard, the client's streams — is
+//! released by `Drop`, wherever the exchange is when it ends (in a stage, in a channel, in a
+//! queue). That is the teardown invariant: no exchange leaks a permit, ever.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use smallvec::SmallVec;
+use spooky_sync::{DrainGuard, Permit};
+
+use crate::body::RequestBody;
+use crate::responder::Responder;
+use crate::stages::route::Route;
+use crate::upstream::Upstream;
+
+/// How the client reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProtocol {
+    H3,
+}
+
+impl ClientProtocol {
+    /// The `Via` protocol version token (RFC 9110 §7.6.3).
+    pub fn via_version(self) -> &'static str {
+        match self {
+            ClientProtocol::H3 => "3",
+        }
+    }
+}
+
+/// Permits held by the exchange; each is returned when dropped.
+#[derive(Default)]
+pub struct Permits {
+    /// Counts the exchange as live for graceful drain.
+    pub drain: Option<DrainGuard>,
+    /// The global inflight cap (admission).
+    pub admission: Option<Permit>,
+    /// The upstream's inflight cap (queue).
+    pub upstream: Option<Permit>,
+    /// The chosen backend's inflight cap (select).
+    pub backend: Option<Permit>,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    /// No connection could be made: nothing was sent, a retry is safe.
+    Connect,
+}
+
+/// One failed attempt to a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub backend: usize,
+    pub error: AttemptError,
+}
+
+/// One request/response through the pipeline.
+pub struct Exchange {
+    pub id: u64,
+    /// The request head (method, URI with authority, headers).
+    pub head: Parts,
+    pub body: RequestBody,
+    pub responder: Responder,
+    pub client_addr: SocketAddr,
+    pub protocol: ClientProtocol,
+    /// The connection the exchange came on: closing it cancels the exchange.
+    pub(crate) conn: Option<quinn::Connection>,
+    pub permits: Permits,
+    /// Set by route.
+    pub route: Option<Arc<Route>>,
+    /// Set by route (for proxied routes).
+    pub upstream: Option<Arc<Upstream>>,
+    /// Index of the backend chosen by select for the current attempt.
+    pub backend: Option<usize>,
+    /// Failed attempts so far.
+    pub attempts: SmallVec<[Attempt; 2]>,
+    /// Set by dispatch: the upstream response to stream back.
+    pub response: Option<http::Response<hyper::body::Incoming>>,
+    /// When ingress built the exchange.
+    pub started: Instant,
+}
+
+impl Exchange {
+    /// Completes when the client is gone: its connection closed, or it reset the request
+    /// stream while the request body was still open. Never completes otherwise.
+    pub async fn cancelled(&mut self) {
+        let conn = self.conn.clone();
+        let closed = async {
+            match conn {
+                Some(c) => {
+                    c.closed().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = closed => {}
+            () = self.body.reset() => {}
+        }
+    }
+
+    /// Whether the client's connection is already closed (checked when an exchange leaves a
+    /// channel, where nobody could watch it).
+    pub fn is_cancelled(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.close_reason().is_some())
+    }
+
+    /// Safe to send again to another backend after a connect failure: an idempotent method
+    /// and no request body.
+    pub fn retry_safe(&self) -> bool {
+        use http::Method;
+        matches!(
+            self.head.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        ) && self.body.is_empty_request()
+    }
+}

@@ -1,0 +1,75 @@
+//! What a stage answers for each exchange.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use crate::exchange::Exchange;
+
+/// A stage's answer: an enum, so each outcome explains itself.
+pub enum Flow {
+    /// Pass the exchange to the next stage of the chain.
+    Continue(Exchange),
+    /// Answer now with a response built by the proxy (a direct-response route).
+    Respond(Exchange, Reply),
+    /// Refuse the exchange with an error status; `reason` labels the rejection metric.
+    Reject(Exchange, Reject),
+    /// The attempt failed in a way that is safe to repeat: go back to select for another
+    /// backend (the hedge-retry stage decides whether attempts remain).
+    Retry(Exchange),
+    /// The client is gone (stream reset, connection closed): drop everything, answer nothing.
+    Abandon(Exchange, &'static str),
+    /// The exchange is finished (egress sent the whole response).
+    Done,
+}
+
+/// A response made by the proxy itself.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A refusal: status and a bounded reason label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    pub status: StatusCode,
+    /// Metric label; always one of a fixed set of `&'static str`.
+    pub reason: &'static str,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u32>,
+}
+
+impl Reject {
+    pub const fn new(status: StatusCode, reason: &'static str) -> Self {
+        Reject {
+            status,
+            reason,
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After: 1`: a cap or queue is full.
+    pub const fn overload(reason: &'static str) -> Self {
+        Reject {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason,
+            retry_after: Some(1),
+        }
+    }
+
+    /// 503: the proxy is draining.
+    pub const fn shutting_down() -> Self {
+        Reject::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    }
+
+    /// 502: no connection could be made to any backend tried.
+    pub const fn upstream_connect() -> Self {
+        Reject::new(StatusCode::BAD_GATEWAY, "upstream_connect")
+    }
+
+    /// 400: a malformed request head.
+    pub const fn bad_request(reason: &'static str) -> Self {
+        Reject::new(StatusCode::BAD_REQUEST, reason)
+    }
+}

@@ -1,0 +1,231 @@
+//! The HTTP/3 protocol adapter: accepts QUIC connections (quinn) and request streams (h3),
+//! builds an exchange for each request and runs it through the pipeline.
+//!
+//! Backpressure: before accepting the next request stream of a connection, the adapter takes a
+//! permit of the ingress stage's concurrency. While the chain is full it stops accepting, so
+//! the client runs out of QUIC stream credit (`max_streams_per_connection`) instead of Spooky
+//! buffering requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h3::server::RequestResolver;
+use metrics::{counter, gauge};
+use smallvec::SmallVec;
+use spooky_sync::{Cap, Permit};
+use tokio::sync::watch;
+
+use crate::body::RequestBody;
+use crate::config::{ListenerConfig, StagesConfig};
+use crate::engine::Pipeline;
+use crate::exchange::{ClientProtocol, Exchange, Permits};
+use crate::flow::Reject;
+use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
+use crate::responder::Responder;
+use crate::tls::{self, CertKey};
+
+type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// A bound HTTP/3 listener.
+pub struct H3Listener {
+    name: String,
+    endpoint: quinn::Endpoint,
+    connections: Cap,
+    max_field_section_size: u64,
+    header_timeout: Duration,
+}
+
+impl H3Listener {
+    /// Binds the UDP socket with the listener's certificate (or a generated one). Must run
+    /// inside a tokio runtime.
+    pub fn bind(listener: &ListenerConfig, stages: &StagesConfig) -> Result<H3Listener, String> {
+        let ck: CertKey = match &listener.tls {
+            Some(t) => tls::load_pem(&t.cert, &t.key)?,
+            None => {
+                tracing::warn!(listener = %listener.name, "no [listeners.tls]: serving a generated self-signed certificate for localhost");
+                tls::self_signed()?
+            }
+        };
+        let crypto = tls::h3_server_crypto(ck)?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| e.to_string())?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(quinn::VarInt::from(listener.max_streams_per_connection.get()));
+        let idle = quinn::IdleTimeout::try_from(listener.idle_timeout.0).map_err(|e| format!("idle_timeout: {e}"))?;
+        transport.max_idle_timeout(Some(idle));
+        server.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server, listener.bind)
+            .map_err(|e| format!("listener \"{}\": cannot bind UDP {}: {e}", listener.name, listener.bind))?;
+        Ok(H3Listener {
+            name: listener.name.clone(),
+            endpoint,
+            connections: Cap::new(listener.max_connections.get()),
+            max_field_section_size: stages.ingress.max_header_bytes.0,
+            header_timeout: stages.ingress.header_timeout.0,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The QUIC endpoint (closed by the daemon at the end of a drain).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Accepts connections until `shutdown` turns true; then asks every connection to finish
+    /// (HTTP/3 GOAWAY) and returns.
+    pub async fn serve(self, pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        loop {
+            let incoming = tokio::select! {
+                i = this.endpoint.accept() => i,
+                () = until_true(&mut shutdown) => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let Ok(permit) = this.connections.try_acquire() else {
+                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "refused").increment(1);
+                incoming.refuse();
+                continue;
+            };
+            tokio::spawn(this.clone().connection(incoming, permit, pipeline.clone(), shutdown.clone()));
+        }
+        // No new connections from now on.
+        this.endpoint.set_server_config(None);
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        _permit: Permit,
+        pipeline: Arc<Pipeline>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "error").increment(1);
+                tracing::debug!(%remote, error = %e, "handshake failed");
+                return;
+            }
+        };
+        counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "ok").increment(1);
+        counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => self.name.clone()).increment(1);
+        let open = gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone());
+        open.increment(1.0);
+        let built = h3::server::builder()
+            .max_field_section_size(self.max_field_section_size)
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+            .await;
+        let mut h3conn = match built {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "HTTP/3 setup failed");
+                open.decrement(1.0);
+                return;
+            }
+        };
+        let mut draining = false;
+        loop {
+            let accepted = tokio::select! {
+                r = h3conn.accept() => r,
+                () = until_true(&mut shutdown), if !draining => {
+                    draining = true;
+                    // RFC 9114 §5.2: GOAWAY; requests already accepted may finish.
+                    let _ = h3conn.shutdown(0).await;
+                    continue;
+                }
+            };
+            let resolver = match accepted {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "connection ended");
+                    break;
+                }
+            };
+            // Backpressure: no next stream until ingress has room for this one.
+            let permit = tokio::select! {
+                p = pipeline.ingress_cap().acquire() => p,
+                _ = conn.closed() => break,
+            };
+            let Ok(permit) = permit else { break };
+            let pipeline = pipeline.clone();
+            let (conn, timeout) = (conn.clone(), self.header_timeout);
+            tokio::spawn(async move {
+                request(resolver, permit, pipeline, conn, remote, timeout).await;
+            });
+        }
+        open.decrement(1.0);
+    }
+}
+
+/// Reads one request head and runs its exchange.
+async fn request(
+    resolver: Resolver,
+    permit: Permit,
+    pipeline: Arc<Pipeline>,
+    conn: quinn::Connection,
+    remote: SocketAddr,
+    header_timeout: Duration,
+) {
+    let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            // h3 has already answered a malformed head on the stream (RFC 9114 §4.1.2).
+            tracing::debug!(%remote, error = %e, "bad request head");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "request head timed out");
+            return;
+        }
+    };
+    let (send, recv) = stream.split();
+    let (head, ()) = req.into_parts();
+    let declared = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bodyless_method = matches!(
+        head.method,
+        http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS | http::Method::TRACE
+    );
+    let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
+    let empty_upstream = declared == Some(0) || (!has_length && bodyless_method);
+    let mut ex = Exchange {
+        id: pipeline.next_id(),
+        head,
+        body: RequestBody::h3(recv, declared, empty_upstream),
+        responder: Responder::h3(send),
+        client_addr: remote,
+        protocol: ClientProtocol::H3,
+        conn: Some(conn),
+        permits: Permits::default(),
+        route: None,
+        upstream: None,
+        backend: None,
+        attempts: SmallVec::new(),
+        response: None,
+        started: Instant::now(),
+    };
+    match pipeline.drain().enter() {
+        Ok(guard) => ex.permits.drain = Some(guard),
+        Err(_) => {
+            drop(permit);
+            return pipeline.refuse(ex, Reject::shutting_down()).await;
+        }
+    }
+    pipeline.run(ex, permit).await;
+}
+
+/// Completes once the shutdown flag is true (or its sender is gone).
+pub async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,82 @@
+//! Every metric name Spooky exports, in one place, and the per-stage handles.
+//!
+//! Names follow `spooky_<subsystem>_<name>_<unit>[_total]`; label values are bounded (pipeline,
+//! stage, upstream and backend names from config, reasons from a fixed set, status classes).
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+pub const STAGE_RECEIVED: &str = "spooky_stage_received_total";
+pub const STAGE_EMITTED: &str = "spooky_stage_emitted_total";
+pub const STAGE_REJECTED: &str = "spooky_stage_rejected_total";
+pub const STAGE_QUEUE_DEPTH: &str = "spooky_stage_queue_depth";
+pub const STAGE_QUEUE_WAIT: &str = "spooky_stage_queue_wait_seconds";
+pub const STAGE_PROCESSING: &str = "spooky_stage_processing_seconds";
+pub const REQUESTS: &str = "spooky_requests_total";
+pub const REQUEST_DURATION: &str = "spooky_request_duration_seconds";
+pub const UPSTREAM_REQUESTS: &str = "spooky_upstream_requests_total";
+pub const UPSTREAM_LATENCY: &str = "spooky_upstream_response_seconds";
+pub const UPSTREAM_INFLIGHT: &str = "spooky_upstream_inflight";
+pub const BACKEND_INFLIGHT: &str = "spooky_backend_inflight";
+pub const ADMISSION_INFLIGHT: &str = "spooky_admission_inflight";
+pub const ROUTE_QUEUE_WAITING: &str = "spooky_route_queue_waiting";
+pub const EXCHANGES_LIVE: &str = "spooky_exchanges_live";
+pub const LISTENER_CONNECTIONS: &str = "spooky_listener_connections";
+pub const LISTENER_CONNECTIONS_TOTAL: &str = "spooky_listener_connections_total";
+pub const LISTENER_HANDSHAKES: &str = "spooky_listener_handshakes_total";
+
+/// Buckets for every `_seconds` histogram: few and deliberate, 100 µs to 10 s.
+pub const SECONDS_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,
+];
+
+/// The metrics every stage exports, registered once when the pipeline is built.
+#[derive(Clone)]
+pub struct StageMetrics {
+    pipeline: String,
+    stage: &'static str,
+    pub received: Counter,
+    pub emitted: Counter,
+    pub queue_depth: Gauge,
+    pub queue_wait: Histogram,
+    pub processing: Histogram,
+}
+
+impl StageMetrics {
+    pub fn new(pipeline: &str, stage: &'static str) -> Self {
+        let p = pipeline.to_string();
+        let m = StageMetrics {
+            received: counter!(STAGE_RECEIVED, "pipeline" => p.clone(), "stage" => stage),
+            emitted: counter!(STAGE_EMITTED, "pipeline" => p.clone(), "stage" => stage),
+            queue_depth: gauge!(STAGE_QUEUE_DEPTH, "pipeline" => p.clone(), "stage" => stage),
+            queue_wait: histogram!(STAGE_QUEUE_WAIT, "pipeline" => p.clone(), "stage" => stage),
+            processing: histogram!(STAGE_PROCESSING, "pipeline" => p.clone(), "stage" => stage),
+            pipeline: p,
+            stage,
+        };
+        // Present from the start, so dashboards and tests see zeros rather than nothing.
+        m.rejected("none").increment(0);
+        m
+    }
+
+    /// The rejection counter for one reason.
+    pub fn rejected(&self, reason: &'static str) -> Counter {
+        counter!(STAGE_REJECTED, "pipeline" => self.pipeline.clone(), "stage" => self.stage, "reason" => reason)
+    }
+}
+
+/// `1xx`..`5xx`.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Counts one finished request by status class, with its duration.
+pub fn record_request(pipeline: &str, status: http::StatusCode, started: std::time::Instant) {
+    counter!(REQUESTS, "pipeline" => pipeline.to_string(), "class" => status_class(status)).increment(1);
+    histogram!(REQUEST_DURATION, "pipeline" => pipeline.to_string()).record(started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,266 @@
+//! Dispatch: sends the attempt to the chosen backend on a pooled HTTP/1.1 connection
+//! (hyper-util's client), streaming the request body, and waits for the response head.
+//!
+//! Errors are classified, not parsed: a connect failure (nothing was sent) is handed back for
+//! another attempt when the request is safe to repeat; anything else is final. 502 for connect
+//! or reset, 504 when the head does not arrive within `response_timeout`.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+
+use crate::body::UpstreamBody;
+use crate::config::Dur;
+use crate::exchange::{Attempt, AttemptError, Exchange};
+use crate::flow::{Flow, Reject};
+use crate::headers::{append_via, strip_hop_by_hop};
+use crate::metrics::{UPSTREAM_LATENCY, UPSTREAM_REQUESTS, status_class};
+
+/// How `X-Forwarded-For` is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarded {
+    /// Append the client address to what the client sent (behind a trusted balancer).
+    #[default]
+    Append,
+    /// Replace whatever the client sent with the client address (at the edge).
+    Replace,
+    /// Send no `X-Forwarded-*` headers.
+    Off,
+}
+
+/// `[stages.dispatch]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Longest TCP connect to a backend.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Longest wait for the response head once the request is sent → 504.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Dur,
+    /// Idle pooled connections are closed after this long.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Dur,
+    /// Idle connections kept per backend.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_backend: usize,
+    /// `X-Forwarded-For` / `X-Forwarded-Proto` policy.
+    #[serde(default)]
+    pub forwarded: Forwarded,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_response_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_pool_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(90))
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+            pool_max_idle_per_backend: default_pool_max_idle(),
+            forwarded: Forwarded::default(),
+        }
+    }
+}
+
+/// Where a backend listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendAddr {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl BackendAddr {
+    /// Parses a backend URL: `http://host:port` (a path other than `/` is refused).
+    pub fn parse(url: &str) -> Result<BackendAddr, String> {
+        let uri = Uri::from_str(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "\"{url}\": https:// backends need upstream TLS, which is not supported yet: use http://"
+                ));
+            }
+            _ => return Err(format!("\"{url}\": expected an http:// URL")),
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("\"{url}\": expected a host, as in http://127.0.0.1:8080"))?;
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(format!("\"{url}\": a backend URL takes no path or query"));
+        }
+        Ok(BackendAddr {
+            scheme: Scheme::HTTP,
+            authority,
+        })
+    }
+}
+
+/// The running stage.
+pub struct Dispatch {
+    client: Client<HttpConnector, UpstreamBody>,
+    response_timeout: Duration,
+    forwarded: Forwarded,
+}
+
+impl Dispatch {
+    pub fn build(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout.0));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout.0)
+            .pool_max_idle_per_host(config.pool_max_idle_per_backend)
+            .set_host(false)
+            .build(connector);
+        Dispatch {
+            client,
+            response_timeout: config.response_timeout.0,
+            forwarded: config.forwarded,
+        }
+    }
+
+    pub async fn process(&self, mut ex: Exchange) -> Flow {
+        let (Some(upstream), Some(idx)) = (ex.upstream.clone(), ex.backend) else {
+            return Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "no_backend_chosen"));
+        };
+        let backend = &upstream.backends[idx];
+        let req = match self.upstream_request(&mut ex, &backend.addr) {
+            Ok(r) => r,
+            Err(reason) => return Flow::Reject(ex, Reject::bad_request(reason)),
+        };
+        let started = Instant::now();
+        let sent = {
+            let send = tokio::time::timeout(self.response_timeout, self.client.request(req));
+            tokio::select! {
+                r = send => Some(r),
+                () = ex.cancelled() => None,
+            }
+        };
+        let labels = [("upstream", upstream.name.clone()), ("backend", backend.name.clone())];
+        match sent {
+            None => Flow::Abandon(ex, "cancelled"),
+            Some(Ok(Ok(resp))) => {
+                metrics::histogram!(UPSTREAM_LATENCY, &labels).record(started.elapsed().as_secs_f64());
+                let class = status_class(resp.status());
+                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => class).increment(1);
+                ex.response = Some(resp);
+                Flow::Continue(ex)
+            }
+            Some(Ok(Err(e))) if e.is_connect() => {
+                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream connect failed");
+                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => "connect_error").increment(1);
+                ex.attempts.push(Attempt {
+                    backend: idx,
+                    error: AttemptError::Connect,
+                });
+                ex.permits.backend = None;
+                if ex.retry_safe() {
+                    Flow::Retry(ex)
+                } else {
+                    Flow::Reject(ex, Reject::upstream_connect())
+                }
+            }
+            Some(Ok(Err(e))) => {
+                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream request failed");
+                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => "reset").increment(1);
+                Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "upstream_reset"))
+            }
+            Some(Err(_elapsed)) => {
+                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, "upstream response timed out");
+                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => "timeout").increment(1);
+                Flow::Reject(ex, Reject::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"))
+            }
+        }
+    }
+
+    /// The request to the backend: origin-form path, `Host` from the client's authority,
+    /// hop-by-hop headers removed, `Via` and `X-Forwarded-*` added.
+    fn upstream_request(
+        &self,
+        ex: &mut Exchange,
+        backend: &BackendAddr,
+    ) -> Result<Request<UpstreamBody>, &'static str> {
+        let path = ex
+            .head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(backend.scheme.clone())
+            .authority(backend.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| "bad_uri")?;
+        // A request that may be sent again keeps its head; others give it up (moved, not copied).
+        let mut headers = if ex.retry_safe() {
+            ex.head.headers.clone()
+        } else {
+            std::mem::take(&mut ex.head.headers)
+        };
+        strip_hop_by_hop(&mut headers);
+        if let Some(a) = ex.head.uri.authority() {
+            let host = HeaderValue::from_str(a.as_str()).map_err(|_| "bad_authority")?;
+            headers.insert(http::header::HOST, host);
+        }
+        append_via(&mut headers, ex.protocol.via_version());
+        let client_ip =
+            HeaderValue::from_str(&ex.client_addr.ip().to_string()).map_err(|_| "bad_client_addr")?;
+        const XFF: &str = "x-forwarded-for";
+        const XFP: &str = "x-forwarded-proto";
+        match self.forwarded {
+            Forwarded::Append => {
+                headers.append(XFF, client_ip);
+                headers.insert(XFP, HeaderValue::from_static("https"));
+            }
+            Forwarded::Replace => {
+                headers.insert(XFF, client_ip);
+                headers.insert(XFP, HeaderValue::from_static("https"));
+            }
+            Forwarded::Off => {}
+        }
+        let body = if ex.body.is_empty_request() {
+            UpstreamBody::Empty
+        } else {
+            UpstreamBody::Stream(ex.body.take())
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = ex.head.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+/// `error: cause: cause` for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,123 @@
+//! Ingress: validates the request head the protocol adapter (`crate::h3_server`) parsed, before
+//! the exchange enters the rest of the chain. Limits on header count and bytes (431),
+//! authority rules (400). The adapter applies backpressure: it stops accepting request streams
+//! while this stage's concurrency is used up.
+
+use std::num::NonZeroUsize;
+
+use http::header::HOST;
+use http::uri::Authority;
+use http::{StatusCode, Uri};
+use serde::Deserialize;
+
+use crate::config::{Dur, Size};
+use crate::exchange::Exchange;
+use crate::flow::{Flow, Reject};
+
+/// `[stages.ingress]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Request header fields allowed (pseudo-headers excluded) → 431 above.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: NonZeroUsize,
+    /// Request head size (RFC 9114 §4.2.2 field-section size: name + value + 32 per field)
+    /// → 431 above; also advertised to clients as SETTINGS_MAX_FIELD_SECTION_SIZE.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Size,
+    /// Longest wait for a request head once its stream is open.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Dur,
+}
+
+fn default_header_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+
+fn default_max_header_count() -> NonZeroUsize {
+    NonZeroUsize::new(100).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_max_header_bytes() -> Size {
+    Size(16 * 1024)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_header_count: default_max_header_count(),
+            max_header_bytes: default_max_header_bytes(),
+            header_timeout: default_header_timeout(),
+        }
+    }
+}
+
+/// The running stage.
+pub struct Ingress {
+    max_header_count: usize,
+    max_header_bytes: u64,
+}
+
+impl Ingress {
+    pub fn build(config: &Config) -> Self {
+        Ingress {
+            max_header_count: config.max_header_count.get(),
+            max_header_bytes: config.max_header_bytes.0,
+        }
+    }
+
+    pub async fn process(&self, ex: Exchange) -> Flow {
+        self.decide(ex)
+    }
+
+    pub fn decide(&self, mut ex: Exchange) -> Flow {
+        let headers = &ex.head.headers;
+        let lengths: Vec<_> = headers.get_all(http::header::CONTENT_LENGTH).iter().collect();
+        if lengths.len() > 1 || lengths.iter().any(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_none()) {
+            // RFC 9110 §8.6: one valid content-length or none.
+            return Flow::Reject(ex, Reject::bad_request("bad_content_length"));
+        }
+        if headers.len() > self.max_header_count {
+            return Flow::Reject(ex, Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_count"));
+        }
+        let bytes: u64 = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().len() + v.len() + 32) as u64)
+            .sum::<u64>()
+            + ex.head.uri.to_string().len() as u64;
+        if bytes > self.max_header_bytes {
+            return Flow::Reject(ex, Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_bytes"));
+        }
+        // RFC 9114 §4.3.1: a request with an http(s) scheme carries :authority or Host; when
+        // both are present they must be the same.
+        let host = match headers.get(HOST) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(|s| s.parse::<Authority>().ok()) {
+                Some(a) if !a.as_str().contains('@') => Some(a),
+                _ => return Flow::Reject(ex, Reject::bad_request("bad_host")),
+            },
+        };
+        match (ex.head.uri.authority(), host) {
+            (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h.as_str()) => {
+                return Flow::Reject(ex, Reject::bad_request("authority_mismatch"));
+            }
+            (Some(a), _) if a.as_str().contains('@') => {
+                return Flow::Reject(ex, Reject::bad_request("bad_authority"));
+            }
+            (Some(_), _) => {}
+            (None, Some(h)) => {
+                let mut parts = ex.head.uri.clone().into_parts();
+                parts.authority = Some(h);
+                if parts.scheme.is_none() {
+                    parts.scheme = Some(http::uri::Scheme::HTTPS);
+                }
+                match Uri::from_parts(parts) {
+                    Ok(u) => ex.head.uri = u,
+                    Err(_) => return Flow::Reject(ex, Reject::bad_request("bad_host")),
+                }
+            }
+            (None, None) => return Flow::Reject(ex, Reject::bad_request("missing_authority")),
+        }
+        Flow::Continue(ex)
+    }
+}

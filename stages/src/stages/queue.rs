@@ -1,0 +1,91 @@
+//! Queue: the per-route waiting room for upstream capacity. An exchange takes a permit of its
+//! upstream's inflight cap; while none is free it waits (first in, first out) in its route's
+//! bounded queue, up to a deadline. Queue full or deadline passed → 503.
+
+use std::num::NonZeroUsize;
+
+use serde::Deserialize;
+use spooky_sync::TryAcquireError;
+
+use crate::config::Dur;
+use crate::exchange::Exchange;
+use crate::flow::{Flow, Reject};
+
+/// `[stages.queue]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Exchanges waiting per route.
+    #[serde(default = "default_capacity")]
+    pub capacity: NonZeroUsize,
+    /// Longest wait for upstream capacity.
+    #[serde(default = "default_deadline")]
+    pub deadline: Dur,
+}
+
+fn default_capacity() -> NonZeroUsize {
+    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_deadline() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            capacity: default_capacity(),
+            deadline: default_deadline(),
+        }
+    }
+}
+
+/// The running stage.
+pub struct Queue {
+    deadline: std::time::Duration,
+}
+
+impl Queue {
+    pub fn build(config: &Config) -> Self {
+        Queue {
+            deadline: config.deadline.0,
+        }
+    }
+
+    pub async fn process(&self, mut ex: Exchange) -> Flow {
+        let (Some(upstream), Some(route)) = (ex.upstream.clone(), ex.route.clone()) else {
+            return Flow::Continue(ex);
+        };
+        if ex.permits.upstream.is_some() {
+            return Flow::Continue(ex);
+        }
+        match upstream.cap.try_acquire() {
+            Ok(p) => {
+                ex.permits.upstream = Some(p);
+                return Flow::Continue(ex);
+            }
+            Err(TryAcquireError::Closed) => return Flow::Reject(ex, Reject::shutting_down()),
+            Err(TryAcquireError::Full) => {}
+        }
+        // A place in the route's waiting room, held only while waiting.
+        let Ok(_place) = route.waiting.try_acquire() else {
+            return Flow::Reject(ex, Reject::overload("queue_full"));
+        };
+        let waited = {
+            let acquire = tokio::time::timeout(self.deadline, upstream.cap.acquire());
+            tokio::select! {
+                r = acquire => Some(r),
+                () = ex.cancelled() => None,
+            }
+        };
+        match waited {
+            Some(Ok(Ok(p))) => {
+                ex.permits.upstream = Some(p);
+                Flow::Continue(ex)
+            }
+            Some(Ok(Err(_))) => Flow::Reject(ex, Reject::shutting_down()),
+            Some(Err(_elapsed)) => Flow::Reject(ex, Reject::overload("queue_deadline")),
+            None => Flow::Abandon(ex, "cancelled"),
+        }
+    }
+}
