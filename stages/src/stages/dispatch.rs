@@ -225,6 +225,9 @@ impl Dispatch {
             headers.insert(http::header::HOST, host);
         }
         append_via(&mut headers, ex.protocol.via_version());
+        // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send them
+        // (RFC 9110 §10.1.4).
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         let client_ip =
             HeaderValue::from_str(&ex.client_addr.ip().to_string()).map_err(|_| "bad_client_addr")?;
         const XFF: &str = "x-forwarded-for";

@@ -1,0 +1,173 @@
+//! The daemon under test: `spooky run` on a TOML written to a temp dir, with its listener and
+//! admin on ports the OS picks (`127.0.0.1:0`), read back from its `listening …` lines.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::TempDir;
+
+pub struct Proxy {
+    pub h3_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    child: Child,
+    _dir: TempDir,
+}
+
+/// A pipeline TOML with every stage, the given extra sections, and OS-picked ports.
+/// `listener_extra` goes inside `[[listeners]]` (e.g. a `tls = {…}` line).
+pub fn pipeline(listener_extra: &str, rest: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "test"
+chain = ["ingress", "admission", "route", "queue", "select", "hedge-retry", "dispatch", "egress"]
+drain_timeout = "10s"
+
+[[listeners]]
+name = "edge"
+bind = "127.0.0.1:0"
+protocols = ["h3"]
+{listener_extra}
+
+[admin]
+bind = "127.0.0.1:0"
+
+{rest}
+"#
+    )
+}
+
+impl Proxy {
+    /// Starts the daemon and waits for its `ready` line.
+    pub fn start(toml: &str) -> Proxy {
+        let dir = TempDir::new();
+        let file = dir.0.join("pipeline.toml");
+        std::fs::write(&file, toml).expect("write pipeline");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spooky"))
+            .arg("run")
+            .arg(&file)
+            .env("SPOOKY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn spooky");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut h3, mut admin) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.expect("read stdout");
+            if line.starts_with("ready") {
+                break;
+            }
+            let addr = line.rsplit("addr=").next().and_then(|a| a.parse::<SocketAddr>().ok());
+            if line.contains("protocol=h3") {
+                h3 = addr;
+            } else if line.contains("listener=admin") {
+                admin = addr;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proxy {
+            h3_addr: h3.expect("proxy printed no h3 address (did it start?)"),
+            admin_addr: admin.expect("proxy printed no admin address"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `GET` on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin_addr).await.expect("admin connect");
+        let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("admin write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("admin read");
+        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one sample: `name` with every `label="value"` in `labels`; 0 if absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        sample(&body, name, labels)
+    }
+
+    /// Polls `/metrics` until `pred` holds for the sample (bounded: 10 s), returning it.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(name, labels).await;
+            if pred(v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting on {name}{labels:?}: last value {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every cap an exchange can hold is back to zero (waits, bounded, for in-flight teardown).
+    pub async fn assert_caps_zero(&self) {
+        for (name, labels) in [
+            ("spooky_exchanges_live", &[][..]),
+            ("spooky_admission_inflight", &[][..]),
+            ("spooky_upstream_inflight", &[][..]),
+            ("spooky_backend_inflight", &[][..]),
+            ("spooky_route_queue_waiting", &[][..]),
+        ] {
+            self.wait_metric(name, labels, |v| v == 0.0).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits (bounded: 20 s) for the daemon to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        for _ in 0..2000 {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("spooky did not exit within 20 s");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sums the samples of `name` whose labels include all of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split(|c| c == '{' || c == ' ').next().unwrap_or("");
+            metric == name
+        })
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
