@@ -27,8 +27,13 @@ pub struct RequestBody {
     /// `content-length` of the request, if given.
     declared: Option<u64>,
     received: u64,
-    /// A chunk read while only watching for a reset (see [`RequestBody::reset`]).
+    /// Bytes read ahead while only watching for a reset (see [`RequestBody::reset`]).
     stash: Option<Bytes>,
+    /// Most bytes read ahead into `stash` (`[stages.ingress] read_ahead`).
+    read_ahead: usize,
+    /// A read is in flight inside h3-quinn: it must not be told to stop sending now (its
+    /// stream is parked in the read future and h3-quinn would panic).
+    read_pending: bool,
     state: State,
     /// Forward upstream as an empty body (GET-like request without `content-length`).
     empty_upstream: bool,
@@ -42,18 +47,22 @@ impl RequestBody {
             declared: Some(0),
             received: 0,
             stash: None,
+            read_ahead: 0,
+            read_pending: false,
             state: State::Ended,
             empty_upstream: true,
         }
     }
 
     /// The body of an HTTP/3 request stream.
-    pub(crate) fn h3(stream: H3Recv, declared: Option<u64>, empty_upstream: bool) -> Self {
+    pub(crate) fn h3(stream: H3Recv, declared: Option<u64>, empty_upstream: bool, read_ahead: usize) -> Self {
         RequestBody {
             stream: Some(stream),
             declared,
             received: 0,
             stash: None,
+            read_ahead,
+            read_pending: false,
             state: State::Data,
             empty_upstream,
         }
@@ -69,36 +78,48 @@ impl RequestBody {
         std::mem::replace(self, RequestBody::empty())
     }
 
-    /// Completes if the client resets its request stream while the body is still open. Reads
-    /// at most one chunk ahead (kept for [`Body::poll_frame`]) to notice it; never completes
-    /// once the body has ended.
+    /// Completes if the client resets its request stream while the body is still open. To
+    /// notice it, reads ahead up to `read_ahead` bytes (kept for [`Body::poll_frame`]); past
+    /// that, or once the body has ended, it only completes on connection close elsewhere.
     pub async fn reset(&mut self) {
         std::future::poll_fn(|cx| self.poll_reset(cx)).await
     }
 
     fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.stash.is_some() || self.state != State::Data {
-            return Poll::Pending;
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Poll::Pending;
-        };
-        match stream.poll_recv_data(cx) {
-            Poll::Ready(Ok(Some(mut buf))) => {
-                let chunk = buf.copy_to_bytes(buf.remaining());
-                self.received += chunk.len() as u64;
-                self.stash = Some(chunk);
-                Poll::Pending
+        loop {
+            let stashed = self.stash.as_ref().map_or(0, Bytes::len);
+            if stashed >= self.read_ahead || self.state != State::Data {
+                return Poll::Pending;
             }
-            Poll::Ready(Ok(None)) => {
-                self.state = State::Trailers;
-                Poll::Pending
+            let Some(stream) = self.stream.as_mut() else {
+                return Poll::Pending;
+            };
+            let polled = stream.poll_recv_data(cx);
+            self.read_pending = polled.is_pending();
+            match polled {
+                Poll::Ready(Ok(Some(mut buf))) => {
+                    let chunk = buf.copy_to_bytes(buf.remaining());
+                    self.received += chunk.len() as u64;
+                    self.stash = Some(match self.stash.take() {
+                        None => chunk,
+                        Some(prev) => {
+                            let mut joined = bytes::BytesMut::with_capacity(prev.len() + chunk.len());
+                            joined.extend_from_slice(&prev);
+                            joined.extend_from_slice(&chunk);
+                            joined.freeze()
+                        }
+                    });
+                }
+                Poll::Ready(Ok(None)) => {
+                    self.state = State::Trailers;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.state = State::Failed;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Err(_)) => {
-                self.state = State::Failed;
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -138,8 +159,12 @@ impl Body for RequestBody {
                 State::Ended => return Poll::Ready(None),
                 State::Failed => return Poll::Ready(Some(Err("request stream reset".into()))),
                 State::Data => match stream.poll_recv_data(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        this.read_pending = true;
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Ok(Some(mut buf))) => {
+                        this.read_pending = false;
                         let chunk = buf.copy_to_bytes(buf.remaining());
                         this.received += chunk.len() as u64;
                         if let Err(e) = check_length(this.declared, this.received, false) {
@@ -149,6 +174,7 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
                     Poll::Ready(Ok(None)) => {
+                        this.read_pending = false;
                         if let Err(e) = check_length(this.declared, this.received, true) {
                             this.state = State::Failed;
                             return Poll::Ready(Some(Err(e)));
@@ -156,6 +182,7 @@ impl Body for RequestBody {
                         this.state = State::Trailers;
                     }
                     Poll::Ready(Err(e)) => {
+                        this.read_pending = false;
                         this.state = State::Failed;
                         return Poll::Ready(Some(Err(Box::new(e))));
                     }
@@ -193,6 +220,7 @@ impl Drop for RequestBody {
     fn drop(&mut self) {
         if let Some(s) = self.stream.as_mut()
             && matches!(self.state, State::Data | State::Trailers)
+            && !self.read_pending
         {
             // Quinn would send STOP_SENDING with code 0, not a valid HTTP/3 code (RFC 9114
             // §8.1); H3_NO_ERROR tells the client we need no more of the body.

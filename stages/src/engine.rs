@@ -373,8 +373,11 @@ impl Pipeline {
     pub fn sample_gauges(&self) {
         use crate::metrics::*;
         for s in &self.slots {
+            metrics::gauge!(STAGE_INFLIGHT, "pipeline" => self.name.clone(), "stage" => s.kind.name())
+                .set(s.concurrency.in_use() as f64);
             if let AnyStage::Admission(a) = &s.stage {
                 metrics::gauge!(ADMISSION_INFLIGHT, "pipeline" => self.name.clone()).set(a.cap().in_use() as f64);
+                metrics::gauge!(ADMISSION_WAITING, "pipeline" => self.name.clone()).set(a.cap().waiting() as f64);
             }
             if let AnyStage::Route(r) = &s.stage {
                 for route in r.index().routes() {

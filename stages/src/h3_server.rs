@@ -35,6 +35,7 @@ pub struct H3Listener {
     connections: Cap,
     max_field_section_size: u64,
     header_timeout: Duration,
+    read_ahead: usize,
 }
 
 impl H3Listener {
@@ -64,6 +65,7 @@ impl H3Listener {
             connections: Cap::new(listener.max_connections.get()),
             max_field_section_size: stages.ingress.max_header_bytes.0,
             header_timeout: stages.ingress.header_timeout.0,
+            read_ahead: usize::try_from(stages.ingress.read_ahead.0).unwrap_or(usize::MAX),
         })
     }
 
@@ -156,9 +158,10 @@ impl H3Listener {
             };
             let Ok(permit) = permit else { break };
             let pipeline = pipeline.clone();
-            let (conn, timeout) = (conn.clone(), self.header_timeout);
+            let conn = conn.clone();
+            let limits = (self.header_timeout, self.read_ahead);
             tokio::spawn(async move {
-                request(resolver, permit, pipeline, conn, remote, timeout).await;
+                request(resolver, permit, pipeline, conn, remote, limits).await;
             });
         }
         open.decrement(1.0);
@@ -172,7 +175,7 @@ async fn request(
     pipeline: Arc<Pipeline>,
     conn: quinn::Connection,
     remote: SocketAddr,
-    header_timeout: Duration,
+    (header_timeout, read_ahead): (Duration, usize),
 ) {
     let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await {
         Ok(Ok(r)) => r,
@@ -202,7 +205,7 @@ async fn request(
     let mut ex = Exchange {
         id: pipeline.next_id(),
         head,
-        body: RequestBody::h3(recv, declared, empty_upstream),
+        body: RequestBody::h3(recv, declared, empty_upstream, read_ahead),
         responder: Responder::h3(send),
         client_addr: remote,
         protocol: ClientProtocol::H3,

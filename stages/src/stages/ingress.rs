@@ -25,9 +25,17 @@ pub struct Config {
     /// → 431 above; also advertised to clients as SETTINGS_MAX_FIELD_SECTION_SIZE.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: Size,
+    /// Request body bytes read ahead while an exchange waits (in admission or queue), so that
+    /// a client resetting its stream is noticed there; the bytes are forwarded later.
+    #[serde(default = "default_read_ahead")]
+    pub read_ahead: Size,
     /// Longest wait for a request head once its stream is open.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Dur,
+}
+
+fn default_read_ahead() -> Size {
+    Size(64 * 1024)
 }
 
 fn default_header_timeout() -> Dur {
@@ -47,6 +55,7 @@ impl Default for Config {
         Config {
             max_header_count: default_max_header_count(),
             max_header_bytes: default_max_header_bytes(),
+            read_ahead: default_read_ahead(),
             header_timeout: default_header_timeout(),
         }
     }
