@@ -25,7 +25,9 @@ pub struct AdminState {
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -62,6 +64,9 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/health" => text(StatusCode::OK, "ok\n".into()),
         "/ready" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /health, /ready\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /health, /ready\n".into(),
+        ),
     }
 }

@@ -74,6 +74,10 @@ impl H3Client {
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
         let driver = tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            // The driver returns on GOAWAY too; dropping it then would close the connection
+            // under requests still in flight. Keep it until the H3Conn goes.
+            std::future::pending::<()>().await;
+            drop(driver);
         });
         Ok(H3Conn { send, conn, driver })
     }
@@ -84,10 +88,16 @@ impl H3Conn {
     pub async fn request(&self, req: Request<()>, body: Option<Bytes>) -> Result<Response, Error> {
         let mut send = self.send.clone();
         let mut stream = send.send_request(req).await?;
-        if let Some(b) = body {
-            stream.send_data(b).await?;
+        // RFC 9114 §4.1: a server may answer before reading the whole request and then stop
+        // the request stream (STOP_SENDING with H3_NO_ERROR); the response still counts, so
+        // a failed send is not an error here: the response below decides.
+        let sent = match body {
+            Some(b) => stream.send_data(b).await,
+            None => Ok(()),
+        };
+        if sent.is_ok() {
+            let _ = stream.finish().await;
         }
-        stream.finish().await?;
         let resp = stream.recv_response().await?;
         let mut body = BytesMut::new();
         while let Some(mut chunk) = stream.recv_data().await? {
@@ -146,7 +156,12 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -155,7 +170,12 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use spooky_stages::Pipeline;
 use spooky_stages::config::{self, Config};
 use spooky_stages::h3_server::H3Listener;
 use spooky_stages::metrics::SECONDS_BUCKETS;
-use spooky_stages::Pipeline;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
@@ -25,7 +25,10 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -57,7 +60,9 @@ async fn serve(config: Config) -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("listening listener={} protocol=h3 addr={addr}", l.name);
         endpoints.push(listener.endpoint().clone());
-        tasks.push(tokio::spawn(listener.serve(pipeline.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(
+            listener.serve(pipeline.clone(), shutdown_rx.clone()),
+        ));
     }
     let state = Arc::new(AdminState {
         prometheus,
@@ -78,20 +83,30 @@ async fn serve(config: Config) -> Result<(), String> {
 
     wait_for_signal().await?;
     let deadline = config.pipeline.drain_timeout.0;
-    tracing::info!(live = pipeline.drain().live(), ?deadline, "shutting down: draining");
+    tracing::info!(
+        live = pipeline.drain().live(),
+        ?deadline,
+        "shutting down: draining"
+    );
     state.ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     pipeline.drain().close();
-    if tokio::time::timeout(deadline, pipeline.drain().wait()).await.is_err() {
-        tracing::warn!(cancelled = pipeline.drain().live(), "drain deadline passed: cancelling the rest");
+    if tokio::time::timeout(deadline, pipeline.drain().wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            cancelled = pipeline.drain().live(),
+            "drain deadline passed: cancelling the rest"
+        );
     } else {
         tracing::info!("drained");
     }
-    for t in tasks {
-        let _ = t.await;
-    }
     for e in &endpoints {
         e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
+    }
+    for t in tasks {
+        let _ = t.await;
     }
     for e in &endpoints {
         let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;

@@ -39,7 +39,12 @@ fn hold(conn: &Arc<H3Conn>, n: usize) -> Vec<tokio::task::JoinHandle<StatusCode>
     (0..n)
         .map(|i| {
             let conn = conn.clone();
-            tokio::spawn(async move { conn.get(&url(&format!("/hold/{i}"))).await.expect("held request").status })
+            tokio::spawn(async move {
+                conn.get(&url(&format!("/hold/{i}")))
+                    .await
+                    .expect("held request")
+                    .status
+            })
         })
         .collect()
 }
@@ -54,15 +59,33 @@ async fn admission_shed_answers_503_for_request_n_plus_one() {
     let client = cert.client();
     let conn = Arc::new(connect(&client, &proxy).await);
     let held = hold(&conn, N);
-    backend.state.wait_until("N held requests", |s| s.held.load(Ordering::SeqCst) == N).await;
-    assert_eq!(proxy.metric("spooky_admission_inflight", &[]).await, N as f64);
+    backend
+        .state
+        .wait_until("N held requests", |s| s.held.load(Ordering::SeqCst) == N)
+        .await;
+    assert_eq!(
+        proxy.metric("spooky_admission_inflight", &[]).await,
+        N as f64
+    );
 
     let extra = conn.get(&url("/hold/extra")).await.expect("request N+1");
     assert_eq!(extra.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(extra.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
-    let shed = proxy.metric("spooky_stage_rejected_total", &[("stage", "admission"), ("reason", "admission_full")]).await;
+    assert_eq!(
+        extra.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let shed = proxy
+        .metric(
+            "spooky_stage_rejected_total",
+            &[("stage", "admission"), ("reason", "admission_full")],
+        )
+        .await;
     assert_eq!(shed, 1.0);
-    assert_eq!(backend.state.held.load(Ordering::SeqCst), N, "the shed request never reached the backend");
+    assert_eq!(
+        backend.state.held.load(Ordering::SeqCst),
+        N,
+        "the shed request never reached the backend"
+    );
 
     backend.state.release(N);
     for h in held {
@@ -81,27 +104,57 @@ async fn admission_wait_completes_after_one_release() {
     let client = cert.client();
     let conn = Arc::new(connect(&client, &proxy).await);
     let held = hold(&conn, N);
-    backend.state.wait_until("N held requests", |s| s.held.load(Ordering::SeqCst) == N).await;
+    backend
+        .state
+        .wait_until("N held requests", |s| s.held.load(Ordering::SeqCst) == N)
+        .await;
 
     let extra = {
         let conn = conn.clone();
-        tokio::spawn(async move { conn.get(&url("/hold/extra")).await.expect("request N+1").status })
+        tokio::spawn(async move {
+            conn.get(&url("/hold/extra"))
+                .await
+                .expect("request N+1")
+                .status
+        })
     };
-    proxy.wait_metric("spooky_admission_waiting", &[], |v| v == 1.0).await;
-    assert_eq!(backend.state.held.load(Ordering::SeqCst), N, "N+1 waits in admission, not at the backend");
+    proxy
+        .wait_metric("spooky_admission_waiting", &[], |v| v == 1.0)
+        .await;
+    assert_eq!(
+        backend.state.held.load(Ordering::SeqCst),
+        N,
+        "N+1 waits in admission, not at the backend"
+    );
     assert!(!extra.is_finished());
 
     // One held request finishes: exactly one slot frees, and N+1 takes it.
     backend.state.release(1);
-    backend.state.wait_until("N+1 reached the backend", |s| s.held.load(Ordering::SeqCst) == N + 1).await;
+    backend
+        .state
+        .wait_until("N+1 reached the backend", |s| {
+            s.held.load(Ordering::SeqCst) == N + 1
+        })
+        .await;
     assert_eq!(proxy.metric("spooky_admission_waiting", &[]).await, 0.0);
-    assert_eq!(proxy.metric("spooky_admission_inflight", &[]).await, N as f64);
+    assert_eq!(
+        proxy.metric("spooky_admission_inflight", &[]).await,
+        N as f64
+    );
     backend.state.release(N);
     assert_eq!(extra.await.expect("task"), StatusCode::OK);
     for h in held {
         assert_eq!(h.await.expect("task"), StatusCode::OK);
     }
-    assert_eq!(proxy.metric("spooky_stage_rejected_total", &[("stage", "admission"), ("reason", "admission_full")]).await, 0.0);
+    assert_eq!(
+        proxy
+            .metric(
+                "spooky_stage_rejected_total",
+                &[("stage", "admission"), ("reason", "admission_full")]
+            )
+            .await,
+        0.0
+    );
     proxy.assert_caps_zero().await;
 }
 
@@ -122,25 +175,53 @@ async fn full_chain_stops_ingress_accepting_streams() {
         .map(|i| {
             let conn = conn.clone();
             tokio::spawn(async move {
-                let req = Request::get(url(&format!("/hold/{i}"))).body(()).expect("req");
+                let req = Request::get(url(&format!("/hold/{i}")))
+                    .body(())
+                    .expect("req");
                 conn.request(req, None).await.expect("request").status
             })
         })
         .collect();
-    backend.state.wait_until("the first request", |s| s.held.load(Ordering::SeqCst) == 1).await;
-    proxy.wait_metric("spooky_admission_waiting", &[], |v| v == 1.0).await;
-    proxy.wait_metric("spooky_stage_received_total", &[("stage", "ingress")], |v| v == 3.0).await;
+    backend
+        .state
+        .wait_until("the first request", |s| s.held.load(Ordering::SeqCst) == 1)
+        .await;
+    proxy
+        .wait_metric("spooky_admission_waiting", &[], |v| v == 1.0)
+        .await;
+    proxy
+        .wait_metric(
+            "spooky_stage_received_total",
+            &[("stage", "ingress")],
+            |v| v == 3.0,
+        )
+        .await;
     // Nothing more is taken in: check a few scrapes later that the counts stay exact.
     for _ in 0..5 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert_eq!(proxy.metric("spooky_stage_received_total", &[("stage", "ingress")]).await, 3.0);
-        assert_eq!(proxy.metric("spooky_stage_inflight", &[("stage", "ingress")]).await, 1.0);
+        assert_eq!(
+            proxy
+                .metric("spooky_stage_received_total", &[("stage", "ingress")])
+                .await,
+            3.0
+        );
+        assert_eq!(
+            proxy
+                .metric("spooky_stage_inflight", &[("stage", "ingress")])
+                .await,
+            1.0
+        );
     }
     backend.state.release(total);
     for t in tasks {
         assert_eq!(t.await.expect("task"), StatusCode::OK);
     }
-    assert_eq!(proxy.metric("spooky_stage_received_total", &[("stage", "ingress")]).await, total as f64);
+    assert_eq!(
+        proxy
+            .metric("spooky_stage_received_total", &[("stage", "ingress")])
+            .await,
+        total as f64
+    );
     assert_eq!(backend.state.seen.load(Ordering::SeqCst), total);
     proxy.assert_caps_zero().await;
 }
@@ -171,18 +252,41 @@ backends = [ {{ url = "{}" }} ]
     let client = cert.client();
     let conn = Arc::new(connect(&client, &proxy).await);
     let held = hold(&conn, 1);
-    backend.state.wait_until("one held", |s| s.held.load(Ordering::SeqCst) == 1).await;
+    backend
+        .state
+        .wait_until("one held", |s| s.held.load(Ordering::SeqCst) == 1)
+        .await;
     let waiting = {
         let conn = conn.clone();
         tokio::spawn(async move { conn.get(&url("/q/1")).await.expect("queued") })
     };
-    proxy.wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| v == 1.0).await;
+    proxy
+        .wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| {
+            v == 1.0
+        })
+        .await;
     let overflow = conn.get(&url("/q/2")).await.expect("overflow");
     assert_eq!(overflow.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(proxy.metric("spooky_stage_rejected_total", &[("stage", "queue"), ("reason", "queue_full")]).await, 1.0);
+    assert_eq!(
+        proxy
+            .metric(
+                "spooky_stage_rejected_total",
+                &[("stage", "queue"), ("reason", "queue_full")]
+            )
+            .await,
+        1.0
+    );
     let timed_out = waiting.await.expect("task");
     assert_eq!(timed_out.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(proxy.metric("spooky_stage_rejected_total", &[("stage", "queue"), ("reason", "queue_deadline")]).await, 1.0);
+    assert_eq!(
+        proxy
+            .metric(
+                "spooky_stage_rejected_total",
+                &[("stage", "queue"), ("reason", "queue_deadline")]
+            )
+            .await,
+        1.0
+    );
     backend.state.release(1);
     for h in held {
         assert_eq!(h.await.expect("task"), StatusCode::OK);

@@ -44,17 +44,43 @@ async fn get_through_every_stage_with_forwarding_headers() {
     let resp = conn.get(&url("/app/page?q=1")).await.expect("GET");
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(&resp.body[..], b"backend /app/page\n");
-    let seen = resp.headers.get("x-seen").and_then(|v| v.to_str().ok()).unwrap_or("");
-    assert_eq!(seen, "host=localhost via=3 spooky xff=127.0.0.1", "request headers the backend saw");
+    let seen = resp
+        .headers
+        .get("x-seen")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert_eq!(
+        seen, "host=localhost via=3 spooky xff=127.0.0.1",
+        "request headers the backend saw"
+    );
     // Hop-by-hop headers and the ones `Connection` names stay on the upstream hop.
     assert!(resp.headers.get("connection").is_none());
     assert!(resp.headers.get("x-hop").is_none());
-    assert_eq!(resp.headers.get("via").map(|v| v.as_bytes()), Some(&b"1.1 spooky"[..]));
-    for stage in ["ingress", "admission", "route", "queue", "select", "hedge-retry", "dispatch", "egress"] {
-        let n = proxy.metric("spooky_stage_emitted_total", &[("stage", stage)]).await;
+    assert_eq!(
+        resp.headers.get("via").map(|v| v.as_bytes()),
+        Some(&b"1.1 spooky"[..])
+    );
+    for stage in [
+        "ingress",
+        "admission",
+        "route",
+        "queue",
+        "select",
+        "hedge-retry",
+        "dispatch",
+        "egress",
+    ] {
+        let n = proxy
+            .metric("spooky_stage_emitted_total", &[("stage", stage)])
+            .await;
         assert_eq!(n, 1.0, "stage {stage} emitted");
     }
-    assert_eq!(proxy.metric("spooky_requests_total", &[("class", "2xx")]).await, 1.0);
+    assert_eq!(
+        proxy
+            .metric("spooky_requests_total", &[("class", "2xx")])
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,11 +92,26 @@ async fn direct_response_and_no_route() {
     assert_eq!(hello.status, StatusCode::OK);
     assert_eq!(&hello.body[..], b"hello from spooky\n");
     // The app route takes only GET and POST: a DELETE matches nothing.
-    let req = Request::builder().method(Method::DELETE).uri(url("/app")).body(()).expect("req");
+    let req = Request::builder()
+        .method(Method::DELETE)
+        .uri(url("/app"))
+        .body(())
+        .expect("req");
     let none = conn.request(req, None).await.expect("DELETE");
     assert_eq!(none.status, StatusCode::NOT_FOUND);
-    assert_eq!(proxy.metric("spooky_stage_rejected_total", &[("stage", "route"), ("reason", "no_route")]).await, 1.0);
-    assert_eq!(backend.state.seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        proxy
+            .metric(
+                "spooky_stage_rejected_total",
+                &[("stage", "route"), ("reason", "no_route")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,26 +119,40 @@ async fn post_4mib_streams_both_ways_byte_for_byte() {
     let (_d, cert, _backend, proxy) = setup().await;
     let client = cert.client();
     let conn = connect(&client, &proxy).await;
-    let body: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    let req = Request::builder().method(Method::POST).uri(url("/echo")).body(()).expect("req");
+    let body: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(url("/echo"))
+        .body(())
+        .expect("req");
     let mut send = conn.send.clone();
     let stream = send.send_request(req).await.expect("send_request");
     let (mut tx, mut rx) = stream.split();
     let chunk = 64 * 1024;
     // Send the first chunk only and read part of its echo back before sending anything else:
     // this only works if neither the proxy nor the backend waits for the whole body.
-    tx.send_data(Bytes::copy_from_slice(&body[..chunk])).await.expect("first chunk");
+    tx.send_data(Bytes::copy_from_slice(&body[..chunk]))
+        .await
+        .expect("first chunk");
     let resp = rx.recv_response().await.expect("response head");
     assert_eq!(resp.status(), StatusCode::OK);
     let mut got = BytesMut::new();
-    let first = rx.recv_data().await.expect("recv").expect("first echoed bytes");
+    let first = rx
+        .recv_data()
+        .await
+        .expect("recv")
+        .expect("first echoed bytes");
     got.extend_from_slice(first.chunk());
     assert!(!got.is_empty());
     let writer = {
         let body = body.clone();
         tokio::spawn(async move {
             for c in body[chunk..].chunks(chunk) {
-                tx.send_data(Bytes::copy_from_slice(c)).await.expect("send chunk");
+                tx.send_data(Bytes::copy_from_slice(c))
+                    .await
+                    .expect("send chunk");
             }
             tx.finish().await.expect("finish");
         })
@@ -123,7 +178,10 @@ async fn response_trailers_arrive() {
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(&resp.body[..], b"body before trailers\n");
     let trailers = resp.trailers.expect("trailers");
-    assert_eq!(trailers.get("x-checksum").map(|v| v.as_bytes()), Some(&b"abc123"[..]));
+    assert_eq!(
+        trailers.get("x-checksum").map(|v| v.as_bytes()),
+        Some(&b"abc123"[..])
+    );
 }
 
 async fn burst(conns: &[spooky::h3client::H3Conn], total: usize) -> usize {
@@ -134,7 +192,7 @@ async fn burst(conns: &[spooky::h3client::H3Conn], total: usize) -> usize {
             let mut send = send;
             let req = Request::get(url(&format!("/r/{i}"))).body(()).expect("req");
             let mut s = send.send_request(req).await.expect("send");
-            s.finish().await.expect("finish");
+            let _ = s.finish().await;
             let resp = s.recv_response().await.expect("resp");
             let mut body = Vec::new();
             while let Some(mut b) = s.recv_data().await.expect("data") {
@@ -167,8 +225,16 @@ async fn two_hundred_concurrent_requests_on_one_and_on_twenty_connections() {
         twenty.push(connect(&client, &proxy).await);
     }
     assert_eq!(burst(&twenty, 200).await, 200);
-    assert_eq!(backend.state.seen.load(std::sync::atomic::Ordering::SeqCst), 400);
-    assert_eq!(proxy.metric("spooky_requests_total", &[("class", "2xx")]).await, 400.0);
+    assert_eq!(
+        backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
+        400
+    );
+    assert_eq!(
+        proxy
+            .metric("spooky_requests_total", &[("class", "2xx")])
+            .await,
+        400.0
+    );
     proxy.assert_caps_zero().await;
 }
 
@@ -178,7 +244,10 @@ async fn backend_down_is_502_and_retry_goes_to_another_backend() {
     let cert = TestCert::generate(&dir);
     let backend = Backend::start().await;
     // A port with nothing listening: bind, note the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let rest = format!(
         r#"
 [[routes]]
@@ -207,14 +276,32 @@ backends = [ {{ url = "http://{dead}" }} ]
         let r = conn.get(&url("/x")).await.expect("GET");
         assert_eq!(r.status, StatusCode::OK);
     }
-    let connect_errors = proxy.metric("spooky_upstream_requests_total", &[("upstream", "both"), ("class", "connect_error")]).await;
-    assert!(connect_errors >= 1.0, "an attempt hit the dead backend and was retried");
-    assert_eq!(backend.state.seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let connect_errors = proxy
+        .metric(
+            "spooky_upstream_requests_total",
+            &[("upstream", "both"), ("class", "connect_error")],
+        )
+        .await;
+    assert!(
+        connect_errors >= 1.0,
+        "an attempt hit the dead backend and was retried"
+    );
+    assert_eq!(
+        backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
     let down = conn.get(&url("/down")).await.expect("GET /down");
     assert_eq!(down.status, StatusCode::BAD_GATEWAY);
     // A POST with a body is not retried.
-    let post = Request::builder().method(Method::POST).uri(url("/down")).body(()).expect("req");
-    let r = conn.request(post, Some(Bytes::from_static(b"data"))).await.expect("POST");
+    let post = Request::builder()
+        .method(Method::POST)
+        .uri(url("/down"))
+        .body(())
+        .expect("req");
+    let r = conn
+        .request(post, Some(Bytes::from_static(b"data")))
+        .await
+        .expect("POST");
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     proxy.assert_caps_zero().await;
 }

@@ -48,24 +48,52 @@ backends = [ {{ url = "{}" }} ]
     );
     let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
     let client = cert.client();
-    Setup { _dir: dir, cert, backend, proxy, client }
+    Setup {
+        _dir: dir,
+        cert,
+        backend,
+        proxy,
+        client,
+    }
 }
 
 /// A request whose body stays open (so a reset of the client's side is visible to the proxy).
-async fn open_post(conn: &spooky::h3client::H3Conn, path: &str) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
+async fn open_post(
+    conn: &spooky::h3client::H3Conn,
+    path: &str,
+) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
     let mut send = conn.send.clone();
-    let req = Request::builder().method(Method::POST).uri(url(path)).body(()).expect("req");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(url(path))
+        .body(())
+        .expect("req");
     let mut s = send.send_request(req).await.expect("send_request");
-    s.send_data(Bytes::from_static(b"partial")).await.expect("send_data");
+    s.send_data(Bytes::from_static(b"partial"))
+        .await
+        .expect("send_data");
     s
 }
 
 /// Holds the single upstream slot with a GET the backend keeps.
-async fn occupy(s: &Setup) -> (Arc<spooky::h3client::H3Conn>, tokio::task::JoinHandle<StatusCode>) {
+async fn occupy(
+    s: &Setup,
+) -> (
+    Arc<spooky::h3client::H3Conn>,
+    tokio::task::JoinHandle<StatusCode>,
+) {
     let conn = Arc::new(connect(&s.client, &s.proxy).await);
     let c = conn.clone();
-    let task = tokio::spawn(async move { c.get(&url("/hold/occupier")).await.expect("occupier").status });
-    s.backend.state.wait_until("occupier held", |b| b.held.load(Ordering::SeqCst) == 1).await;
+    let task = tokio::spawn(async move {
+        c.get(&url("/hold/occupier"))
+            .await
+            .expect("occupier")
+            .status
+    });
+    s.backend
+        .state
+        .wait_until("occupier held", |b| b.held.load(Ordering::SeqCst) == 1)
+        .await;
     (conn, task)
 }
 
@@ -81,14 +109,34 @@ async fn stream_reset_while_waiting_in_queue() {
     let (_occ, occupier) = occupy(&s).await;
     let conn = connect(&s.client, &s.proxy).await;
     let mut waiting = open_post(&conn, "/q").await;
-    s.proxy.wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| v == 1.0).await;
+    s.proxy
+        .wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| {
+            v == 1.0
+        })
+        .await;
     waiting.stop_stream(Code::H3_REQUEST_CANCELLED);
     // Left the queue while the occupier still holds the upstream: the cancel was seen there.
-    s.proxy.wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| v == 0.0).await;
-    s.proxy.wait_metric("spooky_exchanges_live", &[], |v| v == 1.0).await;
-    s.proxy.wait_metric("spooky_stage_rejected_total", &[("stage", "queue"), ("reason", "cancelled")], |v| v == 1.0).await;
+    s.proxy
+        .wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| {
+            v == 0.0
+        })
+        .await;
+    s.proxy
+        .wait_metric("spooky_exchanges_live", &[], |v| v == 1.0)
+        .await;
+    s.proxy
+        .wait_metric(
+            "spooky_stage_rejected_total",
+            &[("stage", "queue"), ("reason", "cancelled")],
+            |v| v == 1.0,
+        )
+        .await;
     finish_occupier(&s, occupier).await;
-    assert_eq!(s.backend.state.seen.load(Ordering::SeqCst), 1, "the cancelled request never reached the backend");
+    assert_eq!(
+        s.backend.state.seen.load(Ordering::SeqCst),
+        1,
+        "the cancelled request never reached the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,15 +151,25 @@ async fn connection_close_while_waiting_in_queue() {
                 let mut send = send;
                 let req = Request::get(url(&format!("/q/{i}"))).body(()).expect("req");
                 let mut st = send.send_request(req).await.expect("send");
-                st.finish().await.expect("finish");
+                let _ = st.finish().await;
                 let _ = st.recv_response().await;
             })
         })
         .collect();
-    s.proxy.wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| v == 3.0).await;
+    s.proxy
+        .wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| {
+            v == 3.0
+        })
+        .await;
     conn.close();
-    s.proxy.wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| v == 0.0).await;
-    s.proxy.wait_metric("spooky_exchanges_live", &[], |v| v == 1.0).await;
+    s.proxy
+        .wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| {
+            v == 0.0
+        })
+        .await;
+    s.proxy
+        .wait_metric("spooky_exchanges_live", &[], |v| v == 1.0)
+        .await;
     for w in waiters {
         let _ = w.await;
     }
@@ -128,13 +186,19 @@ async fn connection_close_while_waiting_in_admission() {
         let mut c = c;
         let req = Request::get(url("/a")).body(()).expect("req");
         let mut st = c.send_request(req).await.expect("send");
-        st.finish().await.expect("finish");
+        let _ = st.finish().await;
         let _ = st.recv_response().await;
     });
-    s.proxy.wait_metric("spooky_admission_waiting", &[], |v| v == 1.0).await;
+    s.proxy
+        .wait_metric("spooky_admission_waiting", &[], |v| v == 1.0)
+        .await;
     conn.close();
-    s.proxy.wait_metric("spooky_admission_waiting", &[], |v| v == 0.0).await;
-    s.proxy.wait_metric("spooky_exchanges_live", &[], |v| v == 1.0).await;
+    s.proxy
+        .wait_metric("spooky_admission_waiting", &[], |v| v == 0.0)
+        .await;
+    s.proxy
+        .wait_metric("spooky_exchanges_live", &[], |v| v == 1.0)
+        .await;
     let _ = waiter.await;
     finish_occupier(&s, occupier).await;
 }
@@ -148,14 +212,24 @@ async fn connection_close_while_in_dispatch() {
         let mut c = c;
         let req = Request::get(url("/hold/d")).body(()).expect("req");
         let mut st = c.send_request(req).await.expect("send");
-        st.finish().await.expect("finish");
+        let _ = st.finish().await;
         let _ = st.recv_response().await;
     });
-    s.backend.state.wait_until("request at the backend", |b| b.held.load(Ordering::SeqCst) == 1).await;
+    s.backend
+        .state
+        .wait_until("request at the backend", |b| {
+            b.held.load(Ordering::SeqCst) == 1
+        })
+        .await;
     conn.close();
     // The proxy drops the upstream request: the backend sees its handler abandoned, without
     // ever being released.
-    s.backend.state.wait_until("backend handler dropped", |b| b.finished.load(Ordering::SeqCst) == 1).await;
+    s.backend
+        .state
+        .wait_until("backend handler dropped", |b| {
+            b.finished.load(Ordering::SeqCst) == 1
+        })
+        .await;
     s.proxy.assert_caps_zero().await;
     let _ = req_task.await;
 }
@@ -165,7 +239,12 @@ async fn stream_reset_while_in_dispatch_with_body_open() {
     let s = setup("").await;
     let conn = connect(&s.client, &s.proxy).await;
     let mut st = open_post(&conn, "/hold/post").await;
-    s.backend.state.wait_until("request at the backend", |b| b.held.load(Ordering::SeqCst) == 1).await;
+    s.backend
+        .state
+        .wait_until("request at the backend", |b| {
+            b.held.load(Ordering::SeqCst) == 1
+        })
+        .await;
     st.stop_stream(Code::H3_REQUEST_CANCELLED);
     // Every cap comes back while the backend still holds the request: the proxy gave it up.
     s.proxy.assert_caps_zero().await;
@@ -182,17 +261,33 @@ async fn connection_close_mid_response_body() {
     let s = setup("").await;
     let conn = connect(&s.client, &s.proxy).await;
     let mut send = conn.send.clone();
-    let mut st = send.send_request(Request::get(url("/drip/1")).body(()).expect("req")).await.expect("send");
-    st.finish().await.expect("finish");
+    let mut st = send
+        .send_request(Request::get(url("/drip/1")).body(()).expect("req"))
+        .await
+        .expect("send");
+    let _ = st.finish().await;
     let resp = st.recv_response().await.expect("head");
     assert_eq!(resp.status(), StatusCode::OK);
     let first = st.recv_data().await.expect("data").expect("first chunk");
     assert_eq!(first.chunk(), b"first chunk\n");
     conn.close();
     // Egress notices the closed connection while it waits for the next upstream chunk.
-    s.backend.state.wait_until("backend body dropped", |b| b.finished.load(Ordering::SeqCst) == 1).await;
+    s.backend
+        .state
+        .wait_until("backend body dropped", |b| {
+            b.finished.load(Ordering::SeqCst) == 1
+        })
+        .await;
     s.proxy.assert_caps_zero().await;
-    assert_eq!(s.proxy.metric("spooky_stage_rejected_total", &[("stage", "egress"), ("reason", "client_gone")]).await, 1.0);
+    assert_eq!(
+        s.proxy
+            .metric(
+                "spooky_stage_rejected_total",
+                &[("stage", "egress"), ("reason", "client_gone")]
+            )
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,8 +295,11 @@ async fn stream_reset_mid_response_body() {
     let s = setup("").await;
     let conn = connect(&s.client, &s.proxy).await;
     let mut send = conn.send.clone();
-    let mut st = send.send_request(Request::get(url("/drip/2")).body(()).expect("req")).await.expect("send");
-    st.finish().await.expect("finish");
+    let mut st = send
+        .send_request(Request::get(url("/drip/2")).body(()).expect("req"))
+        .await
+        .expect("send");
+    let _ = st.finish().await;
     st.recv_response().await.expect("head");
     st.recv_data().await.expect("data").expect("first chunk");
     // Dropping the stream makes the client's QUIC stack send STOP_SENDING. (h3-quinn panics on
@@ -209,7 +307,12 @@ async fn stream_reset_mid_response_body() {
     drop(st);
     // STOP_SENDING is seen on the next write: let the backend send its second chunk.
     s.backend.state.release(1);
-    s.backend.state.wait_until("backend body finished", |b| b.finished.load(Ordering::SeqCst) == 1).await;
+    s.backend
+        .state
+        .wait_until("backend body finished", |b| {
+            b.finished.load(Ordering::SeqCst) == 1
+        })
+        .await;
     s.proxy.assert_caps_zero().await;
     let ok = conn.get(&url("/fine")).await.expect("GET after reset");
     assert_eq!(ok.status, StatusCode::OK);

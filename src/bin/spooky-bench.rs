@@ -54,7 +54,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("runtime: {e}");
@@ -64,7 +67,14 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Get { url, include } => get(&url, include).await,
-            Command::Load { url, connections, streams, duration, max_requests, machine } => {
+            Command::Load {
+                url,
+                connections,
+                streams,
+                duration,
+                max_requests,
+                machine,
+            } => {
                 let d = spooky_stages::config::parse_duration(&duration).map_err(Error::from)?;
                 load(&url, connections, streams, d, max_requests, machine).await
             }
@@ -82,9 +92,16 @@ fn main() -> ExitCode {
 /// Address and TLS server name of an `https://host:port/...` URL.
 fn target(url: &str) -> Result<(SocketAddr, String), Error> {
     let uri: Uri = url.parse()?;
-    let host = uri.host().ok_or("URL has no host")?.trim_matches(['[', ']']).to_string();
+    let host = uri
+        .host()
+        .ok_or("URL has no host")?
+        .trim_matches(['[', ']'])
+        .to_string();
     let port = uri.port_u16().unwrap_or(443);
-    let addr = (host.as_str(), port).to_socket_addrs()?.next().ok_or("host does not resolve")?;
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or("host does not resolve")?;
     Ok((addr, host))
 }
 
@@ -126,13 +143,18 @@ async fn load(
     let start = Instant::now();
     for conn in &conns {
         for _ in 0..streams {
-            let (conn, issued, stop, errors) = (conn.clone(), issued.clone(), stop.clone(), errors.clone());
+            let (conn, issued, stop, errors) =
+                (conn.clone(), issued.clone(), stop.clone(), errors.clone());
             let url = url.to_string();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
-                while !stop.load(Ordering::Relaxed) && issued.fetch_add(1, Ordering::Relaxed) < max_requests {
+                while !stop.load(Ordering::Relaxed)
+                    && issued.fetch_add(1, Ordering::Relaxed) < max_requests
+                {
                     let t = Instant::now();
-                    let Ok(req) = Request::get(url.as_str()).body(()) else { break };
+                    let Ok(req) = Request::get(url.as_str()).body(()) else {
+                        break;
+                    };
                     match conn.request(req, None).await {
                         Ok(r) if r.status.is_success() => lat.push(t.elapsed()),
                         _ => {
@@ -168,7 +190,10 @@ async fn load(
             all.last().map_or(0, |d| d.as_micros())
         );
     } else {
-        println!("requests: {} ok, {errors} errors in {elapsed:.2}s", all.len());
+        println!(
+            "requests: {} ok, {errors} errors in {elapsed:.2}s",
+            all.len()
+        );
         println!("req/s:    {rps:.0}");
         println!(
             "latency:  p50 {}µs  p90 {}µs  p99 {}µs  max {}µs",

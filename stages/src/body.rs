@@ -55,7 +55,12 @@ impl RequestBody {
     }
 
     /// The body of an HTTP/3 request stream.
-    pub(crate) fn h3(stream: H3Recv, declared: Option<u64>, empty_upstream: bool, read_ahead: usize) -> Self {
+    pub(crate) fn h3(
+        stream: H3Recv,
+        declared: Option<u64>,
+        empty_upstream: bool,
+        read_ahead: usize,
+    ) -> Self {
         RequestBody {
             stream: Some(stream),
             declared,
@@ -103,7 +108,8 @@ impl RequestBody {
                     self.stash = Some(match self.stash.take() {
                         None => chunk,
                         Some(prev) => {
-                            let mut joined = bytes::BytesMut::with_capacity(prev.len() + chunk.len());
+                            let mut joined =
+                                bytes::BytesMut::with_capacity(prev.len() + chunk.len());
                             joined.extend_from_slice(&prev);
                             joined.extend_from_slice(&chunk);
                             joined.freeze()
@@ -122,7 +128,6 @@ impl RequestBody {
             }
         }
     }
-
 }
 
 /// RFC 9114 §4.1.2: a request whose DATA frames disagree with content-length is malformed.
@@ -210,7 +215,9 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self.declared {
-            Some(d) => SizeHint::with_exact(d.saturating_sub(self.received) + self.stash.as_ref().map_or(0, |s| s.len() as u64)),
+            Some(d) => SizeHint::with_exact(
+                d.saturating_sub(self.received) + self.stash.as_ref().map_or(0, |s| s.len() as u64),
+            ),
             None => SizeHint::default(),
         }
     }
@@ -232,7 +239,7 @@ impl Drop for RequestBody {
 /// What dispatch sends upstream: nothing, or the client's body as it arrives.
 pub enum UpstreamBody {
     Empty,
-    Stream(RequestBody),
+    Stream(Box<RequestBody>),
 }
 
 impl Body for UpstreamBody {
@@ -245,7 +252,7 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Stream(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 

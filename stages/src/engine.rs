@@ -102,8 +102,12 @@ impl Pipeline {
             let built = Upstream::build(n, u).map_err(|e| BuildError::Upstream(n.clone(), e))?;
             upstreams.insert(n.clone(), built);
         }
-        let index = RouteIndex::build(&config.routes, &upstreams, config.stages.queue.capacity.get())
-            .map_err(BuildError::Routes)?;
+        let index = RouteIndex::build(
+            &config.routes,
+            &upstreams,
+            config.stages.queue.capacity.get(),
+        )
+        .map_err(BuildError::Routes)?;
         let st = &config.stages;
         let mut route_stage = Some(RouteStage::build(index));
         let mut receivers = Vec::new();
@@ -112,10 +116,16 @@ impl Pipeline {
             let settings = st.settings(kind);
             let stage = match kind {
                 StageKind::Ingress => AnyStage::Ingress(Ingress::build(&st.ingress)),
-                StageKind::Admission => AnyStage::Admission(Admission::build(&st.admission, settings.when_full)),
+                StageKind::Admission => {
+                    AnyStage::Admission(Admission::build(&st.admission, settings.when_full))
+                }
                 StageKind::Route => match route_stage.take() {
                     Some(r) => AnyStage::Route(r),
-                    None => return Err(BuildError::Routes("route appears twice in the chain".into())),
+                    None => {
+                        return Err(BuildError::Routes(
+                            "route appears twice in the chain".into(),
+                        ));
+                    }
                 },
                 StageKind::Queue => AnyStage::Queue(Queue::build(&st.queue)),
                 StageKind::Select => AnyStage::Select(Select::build(&st.select)),
@@ -190,7 +200,9 @@ impl Pipeline {
     async fn worker(self: Arc<Self>, idx: usize, mut rx: mpsc::Receiver<Queued>) {
         let slot = &self.slots[idx];
         loop {
-            let Ok(permit) = slot.concurrency.acquire().await else { break };
+            let Ok(permit) = slot.concurrency.acquire().await else {
+                break;
+            };
             let Some(q) = rx.recv().await else { break };
             slot.metrics.queue_depth.decrement(1.0);
             slot.metrics.queue_wait.record(q.at.elapsed().as_secs_f64());
@@ -241,7 +253,12 @@ impl Pipeline {
                 }
                 Flow::Abandon(ex, reason) => {
                     slot.metrics.rejected(reason).increment(1);
-                    tracing::debug!(exchange = ex.id, stage = slot.kind.name(), reason, "exchange abandoned");
+                    tracing::debug!(
+                        exchange = ex.id,
+                        stage = slot.kind.name(),
+                        reason,
+                        "exchange abandoned"
+                    );
                     return;
                 }
                 Flow::Done => {
@@ -258,7 +275,9 @@ impl Pipeline {
                 None => {
                     let permit = match nslot.concurrency.try_acquire() {
                         Ok(p) => p,
-                        Err(TryAcquireError::Full) if nslot.settings.when_full == WhenFull::Wait => {
+                        Err(TryAcquireError::Full)
+                            if nslot.settings.when_full == WhenFull::Wait =>
+                        {
                             let got = {
                                 let acquire = nslot.concurrency.acquire();
                                 tokio::select! {
@@ -295,7 +314,8 @@ impl Pipeline {
                             Ok(()) => nslot.metrics.queue_depth.increment(1.0),
                             Err(e) => {
                                 let q = match e {
-                                    mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                                    mpsc::error::TrySendError::Full(q)
+                                    | mpsc::error::TrySendError::Closed(q) => q,
                                 };
                                 let r = Reject::overload("queue_full");
                                 nslot.metrics.rejected(r.reason).increment(1);
@@ -350,13 +370,21 @@ impl Pipeline {
 
     /// Answers a rejection with its status (and `Retry-After` when set).
     async fn reject(&self, ex: Exchange, r: Reject) {
-        tracing::debug!(exchange = ex.id, status = r.status.as_u16(), reason = r.reason, "exchange rejected");
+        tracing::debug!(
+            exchange = ex.id,
+            status = r.status.as_u16(),
+            reason = r.reason,
+            "exchange rejected"
+        );
         if ex.responder.head_sent() {
             // Too late for a status: dropping the exchange resets the client stream.
             return;
         }
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if let Some(secs) = r.retry_after {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -366,7 +394,15 @@ impl Pipeline {
             r.status.canonical_reason().unwrap_or(""),
             r.reason
         ));
-        self.reply(ex, Reply { status: r.status, headers, body }).await;
+        self.reply(
+            ex,
+            Reply {
+                status: r.status,
+                headers,
+                body,
+            },
+        )
+        .await;
     }
 
     /// Caps' current use, for the admin `/metrics` gauges.
@@ -376,8 +412,10 @@ impl Pipeline {
             metrics::gauge!(STAGE_INFLIGHT, "pipeline" => self.name.clone(), "stage" => s.kind.name())
                 .set(s.concurrency.in_use() as f64);
             if let AnyStage::Admission(a) = &s.stage {
-                metrics::gauge!(ADMISSION_INFLIGHT, "pipeline" => self.name.clone()).set(a.cap().in_use() as f64);
-                metrics::gauge!(ADMISSION_WAITING, "pipeline" => self.name.clone()).set(a.cap().waiting() as f64);
+                metrics::gauge!(ADMISSION_INFLIGHT, "pipeline" => self.name.clone())
+                    .set(a.cap().in_use() as f64);
+                metrics::gauge!(ADMISSION_WAITING, "pipeline" => self.name.clone())
+                    .set(a.cap().waiting() as f64);
             }
             if let AnyStage::Route(r) = &s.stage {
                 for route in r.index().routes() {
@@ -387,12 +425,14 @@ impl Pipeline {
             }
         }
         for u in &self.upstreams {
-            metrics::gauge!(UPSTREAM_INFLIGHT, "upstream" => u.name.clone()).set(u.cap.in_use() as f64);
+            metrics::gauge!(UPSTREAM_INFLIGHT, "upstream" => u.name.clone())
+                .set(u.cap.in_use() as f64);
             for b in &u.backends {
                 metrics::gauge!(BACKEND_INFLIGHT, "upstream" => u.name.clone(), "backend" => b.name.clone())
                     .set(b.cap.in_use() as f64);
             }
         }
-        metrics::gauge!(EXCHANGES_LIVE, "pipeline" => self.name.clone()).set(self.drain.live() as f64);
+        metrics::gauge!(EXCHANGES_LIVE, "pipeline" => self.name.clone())
+            .set(self.drain.live() as f64);
     }
 }

@@ -107,7 +107,9 @@ impl Exchange {
     /// Whether the client's connection is already closed (checked when an exchange leaves a
     /// channel, where nobody could watch it).
     pub fn is_cancelled(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.close_reason().is_some())
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.close_reason().is_some())
     }
 
     /// Safe to send again to another backend after a connect failure: an idempotent method
@@ -116,7 +118,12 @@ impl Exchange {
         use http::Method;
         matches!(
             self.head.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
         ) && self.body.is_empty_request()
     }
 }

@@ -50,15 +50,23 @@ impl H3Listener {
             }
         };
         let crypto = tls::h3_server_crypto(ck)?;
-        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| e.to_string())?;
+        let quic =
+            quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| e.to_string())?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(quinn::VarInt::from(listener.max_streams_per_connection.get()));
-        let idle = quinn::IdleTimeout::try_from(listener.idle_timeout.0).map_err(|e| format!("idle_timeout: {e}"))?;
+        transport.max_concurrent_bidi_streams(quinn::VarInt::from(
+            listener.max_streams_per_connection.get(),
+        ));
+        let idle = quinn::IdleTimeout::try_from(listener.idle_timeout.0)
+            .map_err(|e| format!("idle_timeout: {e}"))?;
         transport.max_idle_timeout(Some(idle));
         server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, listener.bind)
-            .map_err(|e| format!("listener \"{}\": cannot bind UDP {}: {e}", listener.name, listener.bind))?;
+        let endpoint = quinn::Endpoint::server(server, listener.bind).map_err(|e| {
+            format!(
+                "listener \"{}\": cannot bind UDP {}: {e}",
+                listener.name, listener.bind
+            )
+        })?;
         Ok(H3Listener {
             name: listener.name.clone(),
             endpoint,
@@ -79,25 +87,39 @@ impl H3Listener {
         &self.endpoint
     }
 
-    /// Accepts connections until `shutdown` turns true; then asks every connection to finish
-    /// (HTTP/3 GOAWAY) and returns.
-    pub async fn serve(self, pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+    /// Accepts connections until the endpoint is closed. Once `shutdown` turns true, every new
+    /// connection is refused at once (QUIC CONNECTION_REFUSED) while the connections already
+    /// open are asked to finish (HTTP/3 GOAWAY) and drain.
+    pub async fn serve(self, pipeline: Arc<Pipeline>, shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
+        let mut draining = shutdown.clone();
+        let mut refusing = false;
         loop {
             let incoming = tokio::select! {
                 i = this.endpoint.accept() => i,
-                () = until_true(&mut shutdown) => break,
+                () = until_true(&mut draining), if !refusing => {
+                    refusing = true;
+                    continue;
+                }
             };
             let Some(incoming) = incoming else { break };
+            if refusing {
+                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "refused").increment(1);
+                incoming.refuse();
+                continue;
+            }
             let Ok(permit) = this.connections.try_acquire() else {
                 counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "refused").increment(1);
                 incoming.refuse();
                 continue;
             };
-            tokio::spawn(this.clone().connection(incoming, permit, pipeline.clone(), shutdown.clone()));
+            tokio::spawn(this.clone().connection(
+                incoming,
+                permit,
+                pipeline.clone(),
+                shutdown.clone(),
+            ));
         }
-        // No new connections from now on.
-        this.endpoint.set_server_config(None);
     }
 
     async fn connection(
@@ -111,12 +133,14 @@ impl H3Listener {
         let conn = match incoming.await {
             Ok(c) => c,
             Err(e) => {
-                counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "error").increment(1);
+                counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "error")
+                    .increment(1);
                 tracing::debug!(%remote, error = %e, "handshake failed");
                 return;
             }
         };
-        counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "ok").increment(1);
+        counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "ok")
+            .increment(1);
         counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => self.name.clone()).increment(1);
         let open = gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone());
         open.increment(1.0);
@@ -132,14 +156,18 @@ impl H3Listener {
                 return;
             }
         };
+        // Exchanges of this connection: the h3 connection must outlive them, since dropping it
+        // closes the QUIC connection.
+        let live = spooky_sync::Drain::new();
         let mut draining = false;
         loop {
             let accepted = tokio::select! {
                 r = h3conn.accept() => r,
                 () = until_true(&mut shutdown), if !draining => {
                     draining = true;
-                    // RFC 9114 §5.2: GOAWAY; requests already accepted may finish.
-                    let _ = h3conn.shutdown(0).await;
+                    // RFC 9114 §5.2: GOAWAY naming the first stream id not processed (h3 adds
+                    // this count to the last accepted id), so accepted requests may finish.
+                    let _ = h3conn.shutdown(1).await;
                     continue;
                 }
             };
@@ -160,10 +188,18 @@ impl H3Listener {
             let pipeline = pipeline.clone();
             let conn = conn.clone();
             let limits = (self.header_timeout, self.read_ahead);
+            let Ok(guard) = live.enter() else { break };
             tokio::spawn(async move {
                 request(resolver, permit, pipeline, conn, remote, limits).await;
+                drop(guard);
             });
         }
+        live.close();
+        tokio::select! {
+            () = live.wait() => {}
+            _ = conn.closed() => {}
+        }
+        drop(h3conn);
         open.decrement(1.0);
     }
 }
@@ -177,7 +213,8 @@ async fn request(
     remote: SocketAddr,
     (header_timeout, read_ahead): (Duration, usize),
 ) {
-    let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await {
+    let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             // h3 has already answered a malformed head on the stream (RFC 9114 §4.1.2).
@@ -198,7 +235,11 @@ async fn request(
         .and_then(|v| v.parse::<u64>().ok());
     let bodyless_method = matches!(
         head.method,
-        http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS | http::Method::TRACE
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::DELETE
+            | http::Method::OPTIONS
+            | http::Method::TRACE
     );
     let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
     let empty_upstream = declared == Some(0) || (!has_length && bodyless_method);

@@ -79,6 +79,8 @@ pub fn status_class(status: http::StatusCode) -> &'static str {
 
 /// Counts one finished request by status class, with its duration.
 pub fn record_request(pipeline: &str, status: http::StatusCode, started: std::time::Instant) {
-    counter!(REQUESTS, "pipeline" => pipeline.to_string(), "class" => status_class(status)).increment(1);
-    histogram!(REQUEST_DURATION, "pipeline" => pipeline.to_string()).record(started.elapsed().as_secs_f64());
+    counter!(REQUESTS, "pipeline" => pipeline.to_string(), "class" => status_class(status))
+        .increment(1);
+    histogram!(REQUEST_DURATION, "pipeline" => pipeline.to_string())
+        .record(started.elapsed().as_secs_f64());
 }

@@ -90,8 +90,10 @@ impl Responder {
             *resp.status_mut() = reply.status;
             *resp.headers_mut() = reply.headers;
             if !resp.headers().contains_key(http::header::CONTENT_LENGTH) {
-                resp.headers_mut()
-                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_LENGTH,
+                    HeaderValue::from(reply.body.len()),
+                );
             }
             self.send_head(resp).await?;
             if !reply.body.is_empty() {

@@ -27,7 +27,11 @@ pub fn load_pem(cert: &Path, key: &Path) -> Result<CertKey, String> {
 
 /// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
 pub fn self_signed() -> Result<CertKey, String> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
     Ok(CertKey {
         chain: vec![ck.cert.der().clone()],

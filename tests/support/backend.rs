@@ -71,7 +71,9 @@ impl Drop for Backend {
 
 impl Backend {
     pub async fn start() -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(BackendState {
             held: AtomicUsize::new(0),
@@ -83,7 +85,9 @@ impl Backend {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
@@ -112,7 +116,10 @@ impl Drop for FinishGuard {
     }
 }
 
-async fn handle(st: Arc<BackendState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    st: Arc<BackendState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     st.seen.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let headers_seen = format!(
@@ -122,7 +129,9 @@ async fn handle(st: Arc<BackendState>, req: Request<Incoming>) -> Result<Respons
         header(&req, "x-forwarded-for")
     );
     if path.starts_with("/echo") {
-        let body = req.into_body().map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) });
+        let body = req
+            .into_body()
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) });
         return Ok(Response::new(BoxBody::new(body)));
     }
     if path.starts_with("/hold") {
@@ -138,18 +147,25 @@ async fn handle(st: Arc<BackendState>, req: Request<Incoming>) -> Result<Respons
         st.held.fetch_add(1, Ordering::SeqCst);
         st.changed.notify_waiters();
         let guard = FinishGuard(st.clone());
-        let stream = futures::stream::unfold((0, st.clone(), Some(guard)), |(i, st, guard)| async move {
-            match i {
-                0 => Some((Ok(Frame::data(Bytes::from_static(b"first chunk\n"))), (1, st, guard))),
-                1 => {
-                    if let Ok(p) = st.releases.acquire().await {
-                        p.forget();
+        let stream =
+            futures::stream::unfold((0, st.clone(), Some(guard)), |(i, st, guard)| async move {
+                match i {
+                    0 => Some((
+                        Ok(Frame::data(Bytes::from_static(b"first chunk\n"))),
+                        (1, st, guard),
+                    )),
+                    1 => {
+                        if let Ok(p) = st.releases.acquire().await {
+                            p.forget();
+                        }
+                        Some((
+                            Ok(Frame::data(Bytes::from_static(b"second chunk\n"))),
+                            (2, st, guard),
+                        ))
                     }
-                    Some((Ok(Frame::data(Bytes::from_static(b"second chunk\n"))), (2, st, guard)))
+                    _ => None,
                 }
-                _ => None,
-            }
-        });
+            });
         return Ok(Response::new(BoxBody::new(StreamBody::new(stream))));
     }
     if path == "/trailers" {
@@ -160,13 +176,21 @@ async fn handle(st: Arc<BackendState>, req: Request<Incoming>) -> Result<Respons
             Ok(Frame::trailers(trailers)),
         ];
         let mut resp = Response::new(BoxBody::new(StreamBody::new(futures::stream::iter(frames))));
-        resp.headers_mut().insert("trailer", HeaderValue::from_static("x-checksum"));
+        resp.headers_mut()
+            .insert("trailer", HeaderValue::from_static("x-checksum"));
         return Ok(resp);
     }
     let mut resp = text(&format!("backend {path}\n"));
-    resp.headers_mut().insert("x-seen", HeaderValue::from_str(&headers_seen).unwrap_or(HeaderValue::from_static("?")));
-    resp.headers_mut().insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
-    resp.headers_mut().insert("x-hop", HeaderValue::from_static("must not reach the client"));
+    resp.headers_mut().insert(
+        "x-seen",
+        HeaderValue::from_str(&headers_seen).unwrap_or(HeaderValue::from_static("?")),
+    );
+    resp.headers_mut()
+        .insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+    resp.headers_mut().insert(
+        "x-hop",
+        HeaderValue::from_static("must not reach the client"),
+    );
     Ok(resp)
 }
 

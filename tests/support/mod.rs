@@ -73,7 +73,10 @@ impl TestCert {
 
 /// Connects a verified HTTP/3 client to the proxy.
 pub async fn connect(client: &H3Client, proxy: &proxy::Proxy) -> H3Conn {
-    client.connect(proxy.h3_addr, "localhost").await.expect("connect")
+    client
+        .connect(proxy.h3_addr, "localhost")
+        .await
+        .expect("connect")
 }
 
 /// `https://localhost/<path>` for requests to the proxy.

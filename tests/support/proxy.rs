@@ -48,7 +48,10 @@ impl Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spooky"))
             .arg("run")
             .arg(&file)
-            .env("SPOOKY_LOG", "warn")
+            .env(
+                "SPOOKY_LOG",
+                std::env::var("SPOOKY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -61,7 +64,10 @@ impl Proxy {
             if line.starts_with("ready") {
                 break;
             }
-            let addr = line.rsplit("addr=").next().and_then(|a| a.parse::<SocketAddr>().ok());
+            let addr = line
+                .rsplit("addr=")
+                .next()
+                .and_then(|a| a.parse::<SocketAddr>().ok());
             if line.contains("protocol=h3") {
                 h3 = addr;
             } else if line.contains("listener=admin") {
@@ -81,13 +87,18 @@ impl Proxy {
     /// `GET` on the admin listener: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin_addr).await.expect("admin connect");
+        let mut s = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .expect("admin connect");
         let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("admin write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("admin read");
         let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -98,7 +109,12 @@ impl Proxy {
     }
 
     /// Polls `/metrics` until `pred` holds for the sample (bounded: 10 s), returning it.
-    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], pred: impl Fn(f64) -> bool) -> f64 {
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let v = self.metric(name, labels).await;
@@ -164,10 +180,14 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {
-            let metric = l.split(|c| c == '{' || c == ' ').next().unwrap_or("");
+            let metric = l.split(['{', ' ']).next().unwrap_or("");
             metric == name
         })
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }

@@ -68,7 +68,12 @@ impl Source<'_> {
     }
 
     /// An error at a span (or nowhere).
-    pub fn error(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+    pub fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = span.map_or((0, 0), |s| self.position(s.start));
         ConfigError {
             file: self.file.to_string(),

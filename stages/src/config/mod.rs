@@ -15,12 +15,19 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-pub use error::{ConfigError, ConfigErrors};
 pub(crate) use error::Source;
+pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use units::{Dur, Size, parse_duration, parse_size};
 
-const TOP_LEVEL: [&str; 6] = ["pipeline", "listeners", "admin", "stages", "routes", "upstreams"];
+const TOP_LEVEL: [&str; 6] = [
+    "pipeline",
+    "listeners",
+    "admin",
+    "stages",
+    "routes",
+    "upstreams",
+];
 
 /// Reads and validates a pipeline file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -68,7 +75,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let pipeline: Option<PipelineConfig> = match table.get("pipeline") {
         Some(v) => cx.de(v, "pipeline"),
         None => {
-            cx.push(Some(0..0), "pipeline", "missing [pipeline] section (name, chain)");
+            cx.push(
+                Some(0..0),
+                "pipeline",
+                "missing [pipeline] section (name, chain)",
+            );
             None
         }
     };
@@ -119,29 +130,73 @@ impl Cx<'_> {
     }
 
     fn finish(mut self) -> ConfigErrors {
-        self.errors
-            .sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        self.errors.sort_by_key(|e| (e.line, e.column));
         self.errors.dedup();
         ConfigErrors(self.errors)
     }
 
-    /// Deserializes one value, recording its problem (with the innermost span serde reports).
+    /// Deserializes one value, recording its problems. Serde stops at the first problem in a
+    /// table, so the key at fault is taken out and the rest tried again, until the table has
+    /// no more to report: every bad key of a table is reported at once.
     fn de<T: DeserializeOwned>(&mut self, v: &Spanned<DeValue<'_>>, key: &str) -> Option<T> {
-        match T::deserialize(ValueDeserializer::from(v.clone())) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let span = e.span().or_else(|| Some(v.span()));
-                self.push(span, key, e.message().trim().to_string());
-                None
+        let mut current = v.clone();
+        let mut failed = false;
+        let mut removed: Vec<String> = Vec::new();
+        for _ in 0..64 {
+            match T::deserialize(ValueDeserializer::from(current.clone())) {
+                Ok(t) => return (!failed).then_some(t),
+                Err(e) => {
+                    failed = true;
+                    // A required key taken out above is missing now: already reported.
+                    if removed
+                        .iter()
+                        .any(|k| e.message().contains(&format!("missing field `{k}`")))
+                    {
+                        return None;
+                    }
+                    let span = e.span().unwrap_or_else(|| current.span());
+                    let DeValue::Table(t) = current.get_ref() else {
+                        self.push(Some(span), key, friendly(e.message().trim()));
+                        return None;
+                    };
+                    // The entry at fault: its key or its value holds the error's position.
+                    let inside = |r: Range<usize>| {
+                        r.start <= span.start && span.start < r.end.max(r.start + 1)
+                    };
+                    let at_fault = t.iter().find(|(k, v)| inside(k.span()) || inside(v.span()));
+                    let Some((k, _)) = at_fault else {
+                        self.push(Some(span), key, friendly(e.message().trim()));
+                        return None;
+                    };
+                    self.push(
+                        Some(span),
+                        &format!("{key}.{}", k.get_ref()),
+                        friendly(e.message().trim()),
+                    );
+                    let k: String = k.get_ref().to_string();
+                    let mut rest = t.clone();
+                    rest.remove(k.as_str());
+                    removed.push(k);
+                    current = Spanned::new(current.span(), DeValue::Table(rest));
+                }
             }
         }
+        None
     }
 
     /// Deserializes each element of an array of tables on its own.
-    fn array<T: DeserializeOwned>(&mut self, v: Option<&Spanned<DeValue<'_>>>, key: &str) -> Vec<T> {
+    fn array<T: DeserializeOwned>(
+        &mut self,
+        v: Option<&Spanned<DeValue<'_>>>,
+        key: &str,
+    ) -> Vec<T> {
         let Some(v) = v else { return Vec::new() };
         let Some(items) = v.get_ref().as_array() else {
-            self.push(Some(v.span()), key, format!("expected an array of tables ([[{key}]])"));
+            self.push(
+                Some(v.span()),
+                key,
+                format!("expected an array of tables ([[{key}]])"),
+            );
             return Vec::new();
         };
         items
@@ -216,6 +271,16 @@ impl Cx<'_> {
             };
         }
         out
+    }
+}
+
+/// Serde's wording, with what was expected where it is terse.
+fn friendly(message: &str) -> String {
+    match message {
+        "invalid socket address syntax" => {
+            "invalid socket address: expected IP:PORT, e.g. \"127.0.0.1:8443\"".to_string()
+        }
+        m => m.to_string(),
     }
 }
 

@@ -1,0 +1,304 @@
+//! Each kind of configuration error gives its message with line, column and key; all of a
+//! file's errors come out together.
+
+use super::*;
+
+const GOOD: &str = r#"
+[pipeline]
+name = "t"
+chain = ["ingress", "admission", "route", "queue", "select", "hedge-retry", "dispatch", "egress"]
+
+[[listeners]]
+name = "edge"
+bind = "127.0.0.1:8443"
+
+[admin]
+bind = "127.0.0.1:9901"
+
+[stages.queue]
+capacity = 10
+deadline = "250ms"
+
+[[routes]]
+name = "app"
+match = { host = "*.example.com", path_prefix = "/", methods = ["GET"] }
+upstream = "app"
+
+[upstreams.app]
+backends = [ { url = "http://127.0.0.1:8080" } ]
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse("p.toml", text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// The single error of `text`, checked for line and key and a fragment of its message.
+fn one(text: &str, line: usize, key: &str, fragment: &str) -> ConfigError {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "expected one error, got: {errs:#?}");
+    let e = errs.into_iter().next().expect("one");
+    assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
+    assert!(
+        e.message.contains(fragment),
+        "message `{}` lacks `{fragment}`",
+        e.message
+    );
+    assert_eq!(e.file, "p.toml");
+    assert!(e.to_string().starts_with(&format!("p.toml:{line}:")), "{e}");
+    e
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle")
+        + 1
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = parse("p.toml", GOOD).expect("valid");
+    assert_eq!(c.chain.len(), 8);
+    assert_eq!(c.stages.queue.capacity.get(), 10);
+    assert_eq!(
+        c.stages.queue.deadline.0,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.stages.settings(StageKind::Dispatch).queue, 256);
+    assert_eq!(
+        c.stages.settings(StageKind::Admission).when_full,
+        WhenFull::Shed
+    );
+}
+
+#[test]
+fn chain_order_errors() {
+    let t = GOOD.replace(
+        r#"chain = ["ingress", "admission", "route", "queue", "select", "hedge-retry", "dispatch", "egress"]"#,
+        r#"chain = ["admission", "ingress", "dispatch", "select", "route", "queue", "egress", "hedge-retry"]"#,
+    );
+    let errs = errors(&t);
+    let line = line_of(&t, "chain =");
+    let msgs: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
+    for want in [
+        "\"ingress\" must be the first stage",
+        "\"egress\" must be the last stage",
+        "\"route\" must come before \"select\"",
+        "\"queue\" must come before \"select\"",
+        "\"select\" must come before \"dispatch\"",
+    ] {
+        assert!(
+            msgs.iter().any(|m| m == want),
+            "missing `{want}` in {msgs:#?}"
+        );
+    }
+    assert!(
+        errs.iter()
+            .all(|e| e.line == line && e.key == "pipeline.chain")
+    );
+}
+
+#[test]
+fn unknown_and_missing_stages_in_chain() {
+    let t = GOOD.replace(r#""hedge-retry", "dispatch", "#, r#""hedge-retyr", "#);
+    let errs = errors(&t);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    let has = |m: &str| {
+        errs.iter()
+            .any(|e| e.message.contains(m) && e.key == "pipeline.chain")
+    };
+    assert!(
+        has("unknown stage \"hedge-retyr\" (did you mean \"hedge-retry\"?)"),
+        "{errs:#?}"
+    );
+    assert!(has("the chain must contain \"dispatch\""), "{errs:#?}");
+}
+
+#[test]
+fn undefined_upstream_names_route_and_suggests() {
+    let t = GOOD.replace(r#"upstream = "app""#, r#"upstream = "apq""#);
+    one(
+        &t,
+        line_of(&t, "upstream = \"apq\""),
+        "routes[0].upstream",
+        "upstream \"apq\" is not defined (did you mean \"app\"?)",
+    );
+}
+
+#[test]
+fn zero_capacities_are_refused() {
+    let t = GOOD.replace("capacity = 10", "capacity = 0");
+    one(
+        &t,
+        line_of(&t, "capacity = 0"),
+        "stages.queue.capacity",
+        "nonzero",
+    );
+    let t = GOOD.replace("[admin]", "[stages.dispatch]\nconcurrency = 0\n\n[admin]");
+    one(
+        &t,
+        line_of(&t, "concurrency = 0"),
+        "stages.dispatch.concurrency",
+        "nonzero",
+    );
+}
+
+#[test]
+fn durations_and_sizes_must_parse() {
+    let t = GOOD.replace("\"250ms\"", "\"250 parsecs\"");
+    one(
+        &t,
+        line_of(&t, "parsecs"),
+        "stages.queue.deadline",
+        "unknown unit",
+    );
+    let t = GOOD.replace(
+        "[admin]",
+        "[stages.ingress]\nmax_header_bytes = \"16 lightyears\"\n\n[admin]",
+    );
+    one(
+        &t,
+        line_of(&t, "lightyears"),
+        "stages.ingress.max_header_bytes",
+        "unknown unit",
+    );
+}
+
+#[test]
+fn bind_addresses_must_parse() {
+    let t = GOOD.replace("bind = \"127.0.0.1:9901\"", "bind = \"localhost:99999\"");
+    one(&t, line_of(&t, "99999"), "admin.bind", "socket address");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let t = GOOD.replace(
+        "deadline = \"250ms\"",
+        "deadline = \"250ms\"\ndeadlnie = \"1s\"",
+    );
+    one(
+        &t,
+        line_of(&t, "deadlnie"),
+        "stages.queue.deadlnie",
+        "unknown field `deadlnie`",
+    );
+    let t = format!("{GOOD}\n[extras]\nx = 1\n");
+    one(&t, line_of(&t, "[extras]"), "extras", "unknown section");
+    let t = GOOD.replace("[stages.queue]", "[stages.qeue]");
+    one(
+        &t,
+        line_of(&t, "[stages.qeue]"),
+        "stages.qeue",
+        "unknown stage",
+    );
+}
+
+#[test]
+fn route_rules() {
+    let t = GOOD.replace("path_prefix = \"/\"", "path_prefix = \"api\"");
+    one(
+        &t,
+        line_of(&t, "path_prefix"),
+        "routes[0].match.path_prefix",
+        "must start with '/'",
+    );
+    let t = GOOD.replace("\"*.example.com\"", "\"*.exa mple.com\"");
+    one(
+        &t,
+        line_of(&t, "exa mple"),
+        "routes[0].match.host",
+        "not a host pattern",
+    );
+    let t = GOOD.replace("methods = [\"GET\"]", "methods = [\"get\"]");
+    one(
+        &t,
+        line_of(&t, "methods"),
+        "routes[0].match.methods",
+        "not an HTTP method",
+    );
+    let t = GOOD.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nrespond = { status = 200 }\n",
+    );
+    one(
+        &t,
+        line_of(&t, "[[routes]]"),
+        "routes[0]",
+        "both respond and upstream",
+    );
+}
+
+#[test]
+fn backend_urls() {
+    let t = GOOD.replace("http://127.0.0.1:8080", "https://127.0.0.1:8080");
+    one(
+        &t,
+        line_of(&t, "https://"),
+        "upstreams.app.backends[0].url",
+        "upstream TLS",
+    );
+    let t = GOOD.replace("http://127.0.0.1:8080", "http://127.0.0.1:8080/api");
+    one(
+        &t,
+        line_of(&t, "/api\""),
+        "upstreams.app.backends[0].url",
+        "no path",
+    );
+}
+
+#[test]
+fn all_errors_are_reported_at_once_in_file_order() {
+    let t = GOOD
+        .replace("bind = \"127.0.0.1:8443\"", "bind = \"nowhere\"")
+        .replace("capacity = 10", "capacity = 0")
+        .replace("upstream = \"app\"", "upstream = \"nope\"");
+    let errs = errors(&t);
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "listeners[0].bind",
+            "stages.queue.capacity",
+            "routes[0].upstream"
+        ],
+        "{errs:#?}"
+    );
+    assert!(errs.windows(2).all(|w| w[0].line < w[1].line));
+}
+
+#[test]
+fn invalid_toml_points_at_the_spot() {
+    let t = GOOD.replace("name = \"t\"", "name = \"t");
+    let errs = errors(&t);
+    assert_eq!(errs[0].line, line_of(&t, "name = \"t"));
+    assert!(errs[0].message.starts_with("invalid TOML"));
+}
+
+#[test]
+fn reference_toml_documents_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/reference.toml");
+    let text = std::fs::read_to_string(path).expect("config/reference.toml");
+    let c = parse(path, &text).expect("reference.toml is valid");
+    let d = StagesConfig::default();
+    assert_eq!(c.stages.settings, d.settings);
+    assert_eq!(c.stages.ingress, d.ingress);
+    assert_eq!(c.stages.admission, d.admission);
+    assert_eq!(c.stages.queue, d.queue);
+    assert_eq!(c.stages.hedge_retry, d.hedge_retry);
+    assert_eq!(c.stages.dispatch, d.dispatch);
+    assert_eq!(c.stages.egress, d.egress);
+    let l = &c.listeners[0];
+    assert_eq!(l.max_connections, model::default_max_connections());
+    assert_eq!(l.max_streams_per_connection, model::default_max_streams());
+    assert_eq!(l.idle_timeout, model::default_idle_timeout());
+    assert_eq!(c.pipeline.drain_timeout, model::default_drain_timeout());
+    let u = &c.upstreams["app"];
+    assert_eq!(u.max_inflight, model::default_upstream_inflight());
+    assert_eq!(
+        u.backends[0].max_inflight,
+        model::default_backend_inflight()
+    );
+}

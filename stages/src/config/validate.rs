@@ -53,12 +53,19 @@ fn chain(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, names: &[String]) -> Vec<
             );
         }
     }
-    if out.first().is_some_and(|k| *k != StageKind::Ingress) && seen.contains(&StageKind::Ingress)
-    {
-        cx.push(Some(span.clone()), "pipeline.chain", "\"ingress\" must be the first stage");
+    if out.first().is_some_and(|k| *k != StageKind::Ingress) && seen.contains(&StageKind::Ingress) {
+        cx.push(
+            Some(span.clone()),
+            "pipeline.chain",
+            "\"ingress\" must be the first stage",
+        );
     }
     if out.last().is_some_and(|k| *k != StageKind::Egress) && seen.contains(&StageKind::Egress) {
-        cx.push(Some(span.clone()), "pipeline.chain", "\"egress\" must be the last stage");
+        cx.push(
+            Some(span.clone()),
+            "pipeline.chain",
+            "\"egress\" must be the last stage",
+        );
     }
     let pos = |k: StageKind| out.iter().position(|x| *x == k);
     let before = [
@@ -85,18 +92,30 @@ fn chain(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, names: &[String]) -> Vec<
 
 fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
     if config.listeners.is_empty() && root.get_ref().get("listeners").is_none() {
-        cx.push(Some(0..0), "listeners", "at least one [[listeners]] is required");
+        cx.push(
+            Some(0..0),
+            "listeners",
+            "at least one [[listeners]] is required",
+        );
     }
     let mut names = BTreeSet::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let idx = i.to_string();
         if !names.insert(l.name.as_str()) {
             let span = span_at(root, &["listeners", &idx, "name"]);
-            cx.push(Some(span), &format!("listeners[{i}].name"), format!("duplicate listener name \"{}\"", l.name));
+            cx.push(
+                Some(span),
+                &format!("listeners[{i}].name"),
+                format!("duplicate listener name \"{}\"", l.name),
+            );
         }
         if l.protocols.is_empty() {
             let span = span_at(root, &["listeners", &idx, "protocols"]);
-            cx.push(Some(span), &format!("listeners[{i}].protocols"), "expected at least one protocol (\"h3\")");
+            cx.push(
+                Some(span),
+                &format!("listeners[{i}].protocols"),
+                "expected at least one protocol (\"h3\")",
+            );
         }
         if let Some(tls) = &l.tls {
             for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
@@ -114,22 +133,35 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
 }
 
 fn stages(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
-    let Some(tables) = root.get_ref().get("stages").and_then(|s| s.get_ref().as_table()) else {
+    let Some(tables) = root
+        .get_ref()
+        .get("stages")
+        .and_then(|s| s.get_ref().as_table())
+    else {
         return;
     };
     for (name, value) in tables.iter() {
-        let Some(kind) = StageKind::from_name(name.get_ref()) else { continue };
+        let Some(kind) = StageKind::from_name(name.get_ref()) else {
+            continue;
+        };
         let key = format!("stages.{}", kind.name());
         if !config.chain.contains(&kind) && !config.pipeline.chain.is_empty() {
             cx.push(
                 Some(value.span()),
                 &key,
-                format!("stage \"{}\" is configured but not in pipeline.chain", kind.name()),
+                format!(
+                    "stage \"{}\" is configured but not in pipeline.chain",
+                    kind.name()
+                ),
             );
         }
         if kind == StageKind::Ingress && config.stages.settings(kind).queue != 0 {
             let span = span_at(root, &["stages", "ingress", "queue"]);
-            cx.push(Some(span), &format!("{key}.queue"), "ingress is the first stage and has no inlet: queue must be 0");
+            cx.push(
+                Some(span),
+                &format!("{key}.queue"),
+                "ingress is the first stage and has no inlet: queue must be 0",
+            );
         }
     }
 }
@@ -146,18 +178,28 @@ fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             span_at(root, &p)
         };
         if !names.insert(r.name.as_str()) {
-            cx.push(Some(at(&["name"])), &key("name"), format!("duplicate route name \"{}\"", r.name));
+            cx.push(
+                Some(at(&["name"])),
+                &key("name"),
+                format!("duplicate route name \"{}\"", r.name),
+            );
         }
         match (&r.respond, &r.upstream) {
             (Some(_), Some(_)) => cx.push(
                 Some(at(&[])),
                 &key(""),
-                format!("route \"{}\" has both respond and upstream: expected exactly one", r.name),
+                format!(
+                    "route \"{}\" has both respond and upstream: expected exactly one",
+                    r.name
+                ),
             ),
             (None, None) => cx.push(
                 Some(at(&[])),
                 &key(""),
-                format!("route \"{}\" has neither respond nor upstream: expected exactly one", r.name),
+                format!(
+                    "route \"{}\" has neither respond nor upstream: expected exactly one",
+                    r.name
+                ),
             ),
             (None, Some(u)) if !config.upstreams.contains_key(u) => cx.push(
                 Some(at(&["upstream"])),
@@ -183,7 +225,9 @@ fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             );
         }
         for m in &r.matches.methods {
-            if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {
+            if http::Method::from_bytes(m.as_bytes()).is_err()
+                || m.chars().any(|c| c.is_ascii_lowercase())
+            {
                 cx.push(
                     Some(at(&["match", "methods"])),
                     &key("match.methods"),
@@ -196,18 +240,28 @@ fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 cx.push(
                     Some(at(&["respond", "status"])),
                     &key("respond.status"),
-                    format!("{} is not a final status code: expected 200..=599", resp.status),
+                    format!(
+                        "{} is not a final status code: expected 200..=599",
+                        resp.status
+                    ),
                 );
             }
             for name in resp.headers.keys() {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    cx.push(Some(at(&["respond", "headers"])), &key("respond.headers"), format!("\"{name}\" is not a header name"));
+                    cx.push(
+                        Some(at(&["respond", "headers"])),
+                        &key("respond.headers"),
+                        format!("\"{name}\" is not a header name"),
+                    );
                 }
             }
         }
         let mut methods = r.matches.methods.clone();
         methods.sort();
-        let fingerprint = format!("{:?}|{}|{:?}", r.matches.host, r.matches.path_prefix, methods);
+        let fingerprint = format!(
+            "{:?}|{}|{:?}",
+            r.matches.host, r.matches.path_prefix, methods
+        );
         if let Some(other) = matchers.insert(fingerprint, r.name.as_str()) {
             cx.push(
                 Some(at(&["match"])),
@@ -222,12 +276,23 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
     for (name, u) in &config.upstreams {
         if u.backends.is_empty() {
             let span = span_at(root, &["upstreams", name, "backends"]);
-            cx.push(Some(span), &format!("upstreams.{name}.backends"), "expected at least one backend");
+            cx.push(
+                Some(span),
+                &format!("upstreams.{name}.backends"),
+                "expected at least one backend",
+            );
         }
         for (i, b) in u.backends.iter().enumerate() {
             if let Err(e) = crate::stages::dispatch::BackendAddr::parse(&b.url) {
-                let span = span_at(root, &["upstreams", name, "backends", &i.to_string(), "url"]);
-                cx.push(Some(span), &format!("upstreams.{name}.backends[{i}].url"), e);
+                let span = span_at(
+                    root,
+                    &["upstreams", name, "backends", &i.to_string(), "url"],
+                );
+                cx.push(
+                    Some(span),
+                    &format!("upstreams.{name}.backends[{i}].url"),
+                    e,
+                );
             }
         }
     }
@@ -249,7 +314,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }

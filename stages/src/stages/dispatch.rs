@@ -142,7 +142,10 @@ impl Dispatch {
 
     pub async fn process(&self, mut ex: Exchange) -> Flow {
         let (Some(upstream), Some(idx)) = (ex.upstream.clone(), ex.backend) else {
-            return Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "no_backend_chosen"));
+            return Flow::Reject(
+                ex,
+                Reject::new(StatusCode::BAD_GATEWAY, "no_backend_chosen"),
+            );
         };
         let backend = &upstream.backends[idx];
         let req = match self.upstream_request(&mut ex, &backend.addr) {
@@ -157,11 +160,15 @@ impl Dispatch {
                 () = ex.cancelled() => None,
             }
         };
-        let labels = [("upstream", upstream.name.clone()), ("backend", backend.name.clone())];
+        let labels = [
+            ("upstream", upstream.name.clone()),
+            ("backend", backend.name.clone()),
+        ];
         match sent {
             None => Flow::Abandon(ex, "cancelled"),
             Some(Ok(Ok(resp))) => {
-                metrics::histogram!(UPSTREAM_LATENCY, &labels).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(UPSTREAM_LATENCY, &labels)
+                    .record(started.elapsed().as_secs_f64());
                 let class = status_class(resp.status());
                 metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => class).increment(1);
                 ex.response = Some(resp);
@@ -189,7 +196,10 @@ impl Dispatch {
             Some(Err(_elapsed)) => {
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, "upstream response timed out");
                 metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => "timeout").increment(1);
-                Flow::Reject(ex, Reject::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"))
+                Flow::Reject(
+                    ex,
+                    Reject::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+                )
             }
         }
     }
@@ -228,8 +238,8 @@ impl Dispatch {
         // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send them
         // (RFC 9110 §10.1.4).
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        let client_ip =
-            HeaderValue::from_str(&ex.client_addr.ip().to_string()).map_err(|_| "bad_client_addr")?;
+        let client_ip = HeaderValue::from_str(&ex.client_addr.ip().to_string())
+            .map_err(|_| "bad_client_addr")?;
         const XFF: &str = "x-forwarded-for";
         const XFP: &str = "x-forwarded-proto";
         match self.forwarded {
@@ -246,7 +256,7 @@ impl Dispatch {
         let body = if ex.body.is_empty_request() {
             UpstreamBody::Empty
         } else {
-            UpstreamBody::Stream(ex.body.take())
+            UpstreamBody::Stream(Box::new(ex.body.take()))
         };
         let mut req = Request::new(body);
         *req.method_mut() = ex.head.method.clone();

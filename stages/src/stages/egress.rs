@@ -44,7 +44,10 @@ impl Egress {
 
     pub async fn process(&self, mut ex: Exchange) -> Flow {
         let Some(resp) = ex.response.take() else {
-            return Flow::Reject(ex, Reject::new(http::StatusCode::BAD_GATEWAY, "no_response"));
+            return Flow::Reject(
+                ex,
+                Reject::new(http::StatusCode::BAD_GATEWAY, "no_response"),
+            );
         };
         let (mut parts, mut body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);

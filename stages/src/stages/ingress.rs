@@ -81,13 +81,26 @@ impl Ingress {
 
     pub fn decide(&self, mut ex: Exchange) -> Flow {
         let headers = &ex.head.headers;
-        let lengths: Vec<_> = headers.get_all(http::header::CONTENT_LENGTH).iter().collect();
-        if lengths.len() > 1 || lengths.iter().any(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_none()) {
+        let lengths: Vec<_> = headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .collect();
+        if lengths.len() > 1
+            || lengths.iter().any(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .is_none()
+            })
+        {
             // RFC 9110 §8.6: one valid content-length or none.
             return Flow::Reject(ex, Reject::bad_request("bad_content_length"));
         }
         if headers.len() > self.max_header_count {
-            return Flow::Reject(ex, Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_count"));
+            return Flow::Reject(
+                ex,
+                Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_count"),
+            );
         }
         let bytes: u64 = headers
             .iter()
@@ -95,7 +108,10 @@ impl Ingress {
             .sum::<u64>()
             + ex.head.uri.to_string().len() as u64;
         if bytes > self.max_header_bytes {
-            return Flow::Reject(ex, Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_bytes"));
+            return Flow::Reject(
+                ex,
+                Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_bytes"),
+            );
         }
         // RFC 9114 §4.3.1: a request with an http(s) scheme carries :authority or Host; when
         // both are present they must be the same.

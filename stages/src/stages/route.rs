@@ -91,9 +91,9 @@ impl HostPattern {
             None => (false, lower.as_str()),
         };
         let valid = !name.is_empty()
-            && name
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
         if !valid || name.contains('*') {
             return Err(format!(
                 "\"{s}\" is not a host pattern: expected a host name (\"api.example.com\") or a wildcard (\"*.example.com\"), without port"
@@ -142,9 +142,10 @@ impl PathIndex {
         let path = if path.is_empty() { "/" } else { path };
         let bytes = path.as_bytes();
         let try_prefix = |p: &str| {
-            self.by_prefix
-                .get(p)
-                .and_then(|rs| rs.iter().find(|r| r.methods.is_empty() || r.methods.contains(method)))
+            self.by_prefix.get(p).and_then(|rs| {
+                rs.iter()
+                    .find(|r| r.methods.is_empty() || r.methods.contains(method))
+            })
         };
         if let Some(r) = try_prefix(path) {
             return Some(r);
@@ -193,12 +194,11 @@ impl RouteIndex {
         for rc in routes {
             let action = match (&rc.respond, &rc.upstream) {
                 (Some(r), _) => Action::Respond(reply_from(r)?),
-                (None, Some(u)) => Action::Upstream(
-                    upstreams
-                        .get(u)
-                        .cloned()
-                        .ok_or_else(|| format!("route \"{}\": upstream \"{u}\" is not defined", rc.name))?,
-                ),
+                (None, Some(u)) => {
+                    Action::Upstream(upstreams.get(u).cloned().ok_or_else(|| {
+                        format!("route \"{}\": upstream \"{u}\" is not defined", rc.name)
+                    })?)
+                }
                 (None, None) => return Err(format!("route \"{}\" has no action", rc.name)),
             };
             let methods = rc
@@ -213,7 +213,13 @@ impl RouteIndex {
                 action,
                 waiting: Cap::new(queue_capacity),
             });
-            let group = match rc.matches.host.as_deref().map(HostPattern::parse).transpose()? {
+            let group = match rc
+                .matches
+                .host
+                .as_deref()
+                .map(HostPattern::parse)
+                .transpose()?
+            {
                 None => &mut index.any,
                 Some(HostPattern::Exact(h)) => index.exact.entry(h).or_default(),
                 Some(HostPattern::Wildcard(s)) => index.wildcard.entry(s).or_default(),
@@ -380,23 +386,51 @@ mod tests {
         // File order must not matter: build reversed too.
         for order in [routes.clone(), routes.into_iter().rev().collect()] {
             let ix = RouteIndex::build(&order, &HashMap::new(), 1).expect("build");
-            assert_eq!(pick(&ix, "localhost", "/", Method::GET).as_deref(), Some("any-root"));
-            assert_eq!(pick(&ix, "localhost", "/apix", Method::GET).as_deref(), Some("any-root"));
-            assert_eq!(pick(&ix, "localhost", "/api", Method::GET).as_deref(), Some("any-api"));
-            assert_eq!(pick(&ix, "localhost", "/api", Method::POST).as_deref(), Some("any-api-post"));
-            assert_eq!(pick(&ix, "localhost", "/api/x", Method::GET).as_deref(), Some("any-api-slash"));
-            assert_eq!(pick(&ix, "www.example.com", "/api", Method::GET).as_deref(), Some("wild"));
-            assert_eq!(pick(&ix, "x.eu.example.com", "/", Method::GET).as_deref(), Some("wild-deep"));
-            assert_eq!(pick(&ix, "API.example.com", "/v1/users", Method::GET).as_deref(), Some("exact"));
+            assert_eq!(
+                pick(&ix, "localhost", "/", Method::GET).as_deref(),
+                Some("any-root")
+            );
+            assert_eq!(
+                pick(&ix, "localhost", "/apix", Method::GET).as_deref(),
+                Some("any-root")
+            );
+            assert_eq!(
+                pick(&ix, "localhost", "/api", Method::GET).as_deref(),
+                Some("any-api")
+            );
+            assert_eq!(
+                pick(&ix, "localhost", "/api", Method::POST).as_deref(),
+                Some("any-api-post")
+            );
+            assert_eq!(
+                pick(&ix, "localhost", "/api/x", Method::GET).as_deref(),
+                Some("any-api-slash")
+            );
+            assert_eq!(
+                pick(&ix, "www.example.com", "/api", Method::GET).as_deref(),
+                Some("wild")
+            );
+            assert_eq!(
+                pick(&ix, "x.eu.example.com", "/", Method::GET).as_deref(),
+                Some("wild-deep")
+            );
+            assert_eq!(
+                pick(&ix, "API.example.com", "/v1/users", Method::GET).as_deref(),
+                Some("exact")
+            );
             // The exact host group is chosen even where its routes do not match the path.
             assert_eq!(pick(&ix, "api.example.com", "/other", Method::GET), None);
-            assert_eq!(pick(&ix, "example.com", "/", Method::GET).as_deref(), Some("any-root"));
+            assert_eq!(
+                pick(&ix, "example.com", "/", Method::GET).as_deref(),
+                Some("any-root")
+            );
         }
     }
 
     #[test]
     fn no_route_without_a_catch_all() {
-        let ix = RouteIndex::build(&[rc("a", None, "/a", &["GET"])], &HashMap::new(), 1).expect("build");
+        let ix =
+            RouteIndex::build(&[rc("a", None, "/a", &["GET"])], &HashMap::new(), 1).expect("build");
         assert_eq!(pick(&ix, "h", "/a", Method::POST), None);
         assert_eq!(pick(&ix, "h", "/b", Method::GET), None);
         assert_eq!(pick(&ix, "h", "/a/b", Method::GET).as_deref(), Some("a"));
@@ -404,7 +438,10 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        assert_eq!(HostPattern::parse("*.Example.com"), Ok(HostPattern::Wildcard(".example.com".into())));
+        assert_eq!(
+            HostPattern::parse("*.Example.com"),
+            Ok(HostPattern::Wildcard(".example.com".into()))
+        );
         assert!(HostPattern::parse("exa mple.com").is_err());
         assert!(HostPattern::parse("example.com:443").is_err());
         assert!(HostPattern::parse("a.*.com").is_err());

@@ -29,7 +29,11 @@ impl RoundRobin {
             for (c, w) in current.iter_mut().zip(weights) {
                 *c += i64::from(*w);
             }
-            let Some((best, _)) = current.iter().enumerate().max_by_key(|(i, c)| (**c, -(*i as i64))) else {
+            let Some((best, _)) = current
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, c)| (**c, -(*i as i64)))
+            else {
                 break;
             };
             current[best] -= total;
