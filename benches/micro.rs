@@ -1,1 +1,155 @@
-fn main() {}
+//! Micro benchmarks: route lookup at 10 / 1 000 / 10 000 routes, a stage hop through a channel
+//! versus fused, and permit acquire/release.
+//!
+//! `cargo bench --bench micro` (add `-- --quick` for a short run).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{Method, Request};
+use spooky_stages::Pipeline;
+use spooky_stages::config::{RouteConfig, parse};
+use spooky_stages::exchange::Exchange;
+use spooky_stages::stages::route::{MatchConfig, RespondConfig, RouteIndex};
+use spooky_sync::{Cap, try_acquire_all};
+
+fn routes(n: usize) -> Vec<RouteConfig> {
+    (0..n)
+        .map(|i| RouteConfig {
+            name: format!("r{i}"),
+            matches: MatchConfig {
+                host: match i % 3 {
+                    0 => None,
+                    1 => Some(format!("h{}.example.com", i % 50)),
+                    _ => Some(format!("*.z{}.example.com", i % 20)),
+                },
+                path_prefix: format!("/svc{}/v{}", i / 3, i % 7),
+                methods: if i % 2 == 0 {
+                    vec!["GET".into()]
+                } else {
+                    vec![]
+                },
+            },
+            respond: Some(RespondConfig {
+                status: 200,
+                body: String::new(),
+                content_type: "text/plain".into(),
+                headers: Default::default(),
+            }),
+            upstream: None,
+        })
+        .collect()
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_lookup");
+    for n in [10usize, 1_000, 10_000] {
+        let index = RouteIndex::build(&routes(n), &HashMap::new(), 16).expect("routes");
+        let probes: Vec<(String, String)> = (0..64)
+            .map(|i| {
+                let r = (i * 7919) % n;
+                let host = match r % 3 {
+                    0 => "plain.example.org".to_string(),
+                    1 => format!("h{}.example.com", r % 50),
+                    _ => format!("a.b.z{}.example.com", r % 20),
+                };
+                (host, format!("/svc{}/v{}/items/42?x=1", r / 3, r % 7))
+            })
+            .collect();
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            let mut i = 0;
+            b.iter(|| {
+                let (h, p) = &probes[i % probes.len()];
+                i += 1;
+                black_box(index.lookup(h, p, &Method::GET).is_some())
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A pipeline answering from a direct-response route; `route_queue` > 0 puts a channel hop
+/// in front of the route stage, 0 fuses it.
+fn pipeline_toml(route_queue: usize) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "bench"
+chain = ["ingress", "admission", "route", "select", "dispatch", "egress"]
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+[stages.route]
+queue = {route_queue}
+[stages.dispatch]
+queue = 0
+[[routes]]
+name = "hello"
+match = {{ path_prefix = "/" }}
+respond = {{ status = 200, body = "hi" }}
+"#
+    )
+}
+
+fn stage_hop(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("stage_hop");
+    for (label, queue) in [("fused", 0usize), ("channel", 1024)] {
+        g.bench_function(label, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let config = parse("bench.toml", &pipeline_toml(queue)).expect("config");
+                    let pipeline = Pipeline::start(&config).expect("pipeline");
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let (head, ()) = Request::get("https://bench.example/x")
+                            .body(())
+                            .expect("req")
+                            .into_parts();
+                        let mut ex = Exchange::detached(i, head);
+                        ex.permits.drain = pipeline.drain().enter().ok();
+                        let permit = pipeline.ingress_cap().acquire().await.expect("permit");
+                        pipeline.clone().run(ex, permit).await;
+                    }
+                    // Every exchange has ended once the drain completes.
+                    pipeline.drain().close();
+                    pipeline.drain().wait().await;
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn permits(c: &mut Criterion) {
+    let mut g = c.benchmark_group("permit");
+    let cap = Cap::new(1024);
+    g.bench_function("try_acquire_release", |b| {
+        b.iter(|| drop(black_box(cap.try_acquire())))
+    });
+    let (gl, up, be) = (Cap::new(4096), Cap::new(1024), Cap::new(256));
+    g.bench_function("hierarchy_3_levels", |b| {
+        b.iter(|| drop(black_box(try_acquire_all(&[&gl, &up, &be]))))
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    g.bench_function("async_acquire_release", |b| {
+        b.iter(|| rt.block_on(async { drop(black_box(cap.acquire().await)) }))
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = route_lookup, stage_hop, permits
+}
+criterion_main!(benches);

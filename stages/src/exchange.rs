@@ -86,6 +86,27 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// An exchange with no client behind it (empty body, a responder that sends nowhere):
+    /// for benchmarks and tests of the engine.
+    pub fn detached(id: u64, head: Parts) -> Exchange {
+        Exchange {
+            id,
+            head,
+            body: RequestBody::empty(),
+            responder: Responder::detached(),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            protocol: ClientProtocol::H3,
+            conn: None,
+            permits: Permits::default(),
+            route: None,
+            upstream: None,
+            backend: None,
+            attempts: SmallVec::new(),
+            response: None,
+            started: Instant::now(),
+        }
+    }
+
     /// Completes when the client is gone: its connection closed, or it reset the request
     /// stream while the request body was still open. Never completes otherwise.
     pub async fn cancelled(&mut self) {
