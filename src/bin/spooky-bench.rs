@@ -165,7 +165,7 @@ struct Plan {
 #[derive(Clone)]
 enum Conn {
     H3(Arc<H3Conn>),
-    H1(Client<HttpConnector, Empty<Bytes>>),
+    H1(Arc<Client<HttpConnector, Empty<Bytes>>>),
 }
 
 impl Conn {
@@ -191,7 +191,7 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
     if url.starts_with("http://") {
         for _ in 0..plan.connections {
             let client = Client::builder(TokioExecutor::new()).build_http();
-            conns.push(Conn::H1(client));
+            conns.push(Conn::H1(Arc::new(client)));
         }
     } else {
         let (addr, name) = target(url)?;
