@@ -123,10 +123,12 @@ async fn handle(
     st.seen.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let headers_seen = format!(
-        "host={} via={} xff={}",
+        "host={} via={} xff={} xfp={} te={}",
         header(&req, "host"),
         header(&req, "via"),
-        header(&req, "x-forwarded-for")
+        header(&req, "x-forwarded-for"),
+        header(&req, "x-forwarded-proto"),
+        header(&req, "te")
     );
     if path.starts_with("/echo") {
         let body = req

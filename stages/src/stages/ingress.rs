@@ -146,3 +146,68 @@ impl Ingress {
         Flow::Continue(ex)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn decide(req: Request<()>) -> Result<http::Uri, &'static str> {
+        let (head, ()) = req.into_parts();
+        match Ingress::build(&Config::default()).decide(Exchange::detached(1, head)) {
+            Flow::Continue(ex) => Ok(ex.head.uri),
+            Flow::Reject(_, r) => Err(r.reason),
+            _ => Err("other"),
+        }
+    }
+
+    #[test]
+    fn authority_and_host_rules() {
+        let ok = Request::get("https://a.example/x")
+            .header("host", "A.example")
+            .body(())
+            .expect("req");
+        assert!(decide(ok).is_ok());
+        let mismatch = Request::get("https://a.example/x")
+            .header("host", "b.example")
+            .body(())
+            .expect("req");
+        assert_eq!(decide(mismatch), Err("authority_mismatch"));
+        let host_only = Request::get("/x")
+            .header("host", "c.example:8443")
+            .body(())
+            .expect("req");
+        assert_eq!(
+            decide(host_only).map(|u| u.to_string()),
+            Ok("https://c.example:8443/x".to_string())
+        );
+        assert_eq!(
+            decide(Request::get("/x").body(()).expect("req")),
+            Err("missing_authority")
+        );
+        let userinfo = Request::get("/x")
+            .header("host", "u@c.example")
+            .body(())
+            .expect("req");
+        assert_eq!(decide(userinfo), Err("bad_host"));
+    }
+
+    #[test]
+    fn limits_and_content_length() {
+        let mut many = Request::get("https://a.example/x");
+        for i in 0..101 {
+            many = many.header(format!("x-{i}"), "v");
+        }
+        assert_eq!(decide(many.body(()).expect("req")), Err("header_count"));
+        let big = Request::get("https://a.example/x")
+            .header("x-big", "v".repeat(17 * 1024))
+            .body(())
+            .expect("req");
+        assert_eq!(decide(big), Err("header_bytes"));
+        let bad_len = Request::post("https://a.example/x")
+            .header("content-length", "-1")
+            .body(())
+            .expect("req");
+        assert_eq!(decide(bad_len), Err("bad_content_length"));
+    }
+}
