@@ -123,9 +123,17 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(
+            parse_duration("10")
+                .expect_err("no unit")
+                .contains("no unit")
+        );
         assert!(parse_duration("3 fortnights").is_err());
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5d")
+                .expect_err("bad unit")
+                .contains("unknown unit")
+        );
     }
 
     #[test]
