@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, StageKind, StageSettings, WhenFull};
 use crate::exchange::Exchange;
 use crate::flow::{Flow, Reject, Reply};
-use crate::metrics::{StageMetrics, record_request};
+use crate::metrics::{RequestMetrics, StageMetrics};
 use crate::stages::{
     admission::Admission, dispatch::Dispatch, egress::Egress, hedge_retry::HedgeRetry,
     ingress::Ingress, queue::Queue, route::RouteIndex, route::RouteStage, select::Select,
@@ -89,6 +89,7 @@ pub struct Pipeline {
     retry_to: Option<usize>,
     drain: Drain,
     upstreams: Vec<Arc<Upstream>>,
+    requests: RequestMetrics,
     next_id: AtomicU64,
 }
 
@@ -156,6 +157,7 @@ impl Pipeline {
             .position(|k| *k == StageKind::Select)
             .filter(|_| has_hedge);
         let pipeline = Arc::new(Pipeline {
+            requests: RequestMetrics::new(&name),
             name,
             slots,
             retry_to,
@@ -364,7 +366,7 @@ impl Pipeline {
     async fn reply(&self, mut ex: Exchange, reply: Reply) {
         let status = reply.status;
         if ex.responder.reply(reply).await.is_ok() {
-            record_request(&self.name, status, ex.started);
+            self.requests.record(status, ex.started);
         }
     }
 

@@ -66,21 +66,66 @@ impl StageMetrics {
     }
 }
 
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index of `1xx`..`5xx` for a status.
+fn class_index(status: http::StatusCode) -> usize {
+    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
+}
+
 /// `1xx`..`5xx`.
 pub fn status_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    CLASSES[class_index(status)]
+}
+
+/// Finished requests by status class, and their duration; registered once per pipeline so
+/// the hot path only touches handles.
+pub struct RequestMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn new(pipeline: &str) -> Self {
+        RequestMetrics {
+            by_class: CLASSES.map(|c| counter!(REQUESTS, "pipeline" => pipeline.to_string(), "class" => c)),
+            duration: histogram!(REQUEST_DURATION, "pipeline" => pipeline.to_string()),
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, status: http::StatusCode, started: std::time::Instant) {
+        self.by_class[class_index(status)].increment(1);
+        self.duration.record(started.elapsed().as_secs_f64());
     }
 }
 
-/// Counts one finished request by status class, with its duration.
-pub fn record_request(pipeline: &str, status: http::StatusCode, started: std::time::Instant) {
-    counter!(REQUESTS, "pipeline" => pipeline.to_string(), "class" => status_class(status))
-        .increment(1);
-    histogram!(REQUEST_DURATION, "pipeline" => pipeline.to_string())
-        .record(started.elapsed().as_secs_f64());
+/// What happened to the attempts sent to one backend.
+pub struct BackendMetrics {
+    by_class: [Counter; 5],
+    pub connect_error: Counter,
+    pub reset: Counter,
+    pub timeout: Counter,
+    latency: Histogram,
+}
+
+impl BackendMetrics {
+    pub fn new(upstream: &str, backend: &str) -> Self {
+        let c = |class: &'static str| {
+            counter!(UPSTREAM_REQUESTS, "upstream" => upstream.to_string(), "backend" => backend.to_string(), "class" => class)
+        };
+        BackendMetrics {
+            by_class: CLASSES.map(c),
+            connect_error: c("connect_error"),
+            reset: c("reset"),
+            timeout: c("timeout"),
+            latency: histogram!(UPSTREAM_LATENCY, "upstream" => upstream.to_string(), "backend" => backend.to_string()),
+        }
+    }
+
+    /// A response head arrived after `elapsed`.
+    pub fn response(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        self.by_class[class_index(status)].increment(1);
+        self.latency.record(elapsed.as_secs_f64());
+    }
 }

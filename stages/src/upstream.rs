@@ -5,6 +5,7 @@ use std::sync::Arc;
 use spooky_sync::Cap;
 
 use crate::config::UpstreamConfig;
+use crate::metrics::BackendMetrics;
 use crate::stages::dispatch::BackendAddr;
 use crate::stages::select::RoundRobin;
 
@@ -13,6 +14,7 @@ pub struct Backend {
     pub name: String,
     pub addr: BackendAddr,
     pub cap: Cap,
+    pub metrics: BackendMetrics,
 }
 
 /// An upstream: its inflight cap, its backends and their balancer.
@@ -31,6 +33,7 @@ impl Upstream {
             .iter()
             .map(|b| {
                 Ok(Backend {
+                    metrics: BackendMetrics::new(name, &b.url),
                     name: b.url.clone(),
                     addr: BackendAddr::parse(&b.url)?,
                     cap: Cap::new(b.max_inflight.get()),

@@ -20,7 +20,6 @@ use crate::config::Dur;
 use crate::exchange::{Attempt, AttemptError, Exchange};
 use crate::flow::{Flow, Reject};
 use crate::headers::{append_via, strip_hop_by_hop};
-use crate::metrics::{UPSTREAM_LATENCY, UPSTREAM_REQUESTS, status_class};
 
 /// How `X-Forwarded-For` is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -160,23 +159,16 @@ impl Dispatch {
                 () = ex.cancelled() => None,
             }
         };
-        let labels = [
-            ("upstream", upstream.name.clone()),
-            ("backend", backend.name.clone()),
-        ];
         match sent {
             None => Flow::Abandon(ex, "cancelled"),
             Some(Ok(Ok(resp))) => {
-                metrics::histogram!(UPSTREAM_LATENCY, &labels)
-                    .record(started.elapsed().as_secs_f64());
-                let class = status_class(resp.status());
-                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => class).increment(1);
+                backend.metrics.response(resp.status(), started.elapsed());
                 ex.response = Some(resp);
                 Flow::Continue(ex)
             }
             Some(Ok(Err(e))) if e.is_connect() => {
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream connect failed");
-                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => "connect_error").increment(1);
+                backend.metrics.connect_error.increment(1);
                 ex.attempts.push(Attempt {
                     backend: idx,
                     error: AttemptError::Connect,
@@ -190,12 +182,12 @@ impl Dispatch {
             }
             Some(Ok(Err(e))) => {
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream request failed");
-                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => "reset").increment(1);
+                backend.metrics.reset.increment(1);
                 Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "upstream_reset"))
             }
             Some(Err(_elapsed)) => {
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, "upstream response timed out");
-                metrics::counter!(UPSTREAM_REQUESTS, "upstream" => upstream.name.clone(), "backend" => backend.name.clone(), "class" => "timeout").increment(1);
+                backend.metrics.timeout.increment(1);
                 Flow::Reject(
                     ex,
                     Reject::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),

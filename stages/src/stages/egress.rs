@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::exchange::Exchange;
 use crate::flow::{Flow, Reject};
 use crate::headers::{append_via, strip_hop_by_hop};
-use crate::metrics::record_request;
+use crate::metrics::RequestMetrics;
 
 /// Whether the proxy adds itself to `Via` on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -30,14 +30,14 @@ pub struct Config {
 
 /// The running stage.
 pub struct Egress {
-    pipeline: String,
+    requests: RequestMetrics,
     via: Via,
 }
 
 impl Egress {
     pub fn build(config: &Config, pipeline: &str) -> Self {
         Egress {
-            pipeline: pipeline.to_string(),
+            requests: RequestMetrics::new(pipeline),
             via: config.via,
         }
     }
@@ -104,7 +104,7 @@ impl Egress {
             };
             return match result {
                 Ok(()) => {
-                    record_request(&self.pipeline, status, ex.started);
+                    self.requests.record(status, ex.started);
                     Flow::Done
                 }
                 Err(_) => Flow::Abandon(ex, "client_gone"),
