@@ -59,8 +59,25 @@ pub struct Attempt {
     pub error: AttemptError,
 }
 
-/// One request/response through the pipeline.
-pub struct Exchange {
+/// One request/response through the pipeline: a box around [`ExchangeState`], so handing an
+/// exchange from stage to stage moves a pointer, not a kilobyte of state.
+pub struct Exchange(Box<ExchangeState>);
+
+impl std::ops::Deref for Exchange {
+    type Target = ExchangeState;
+    fn deref(&self) -> &ExchangeState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Exchange {
+    fn deref_mut(&mut self) -> &mut ExchangeState {
+        &mut self.0
+    }
+}
+
+/// Everything an exchange carries.
+pub struct ExchangeState {
     pub id: u64,
     /// The request head (method, URI with authority, headers).
     pub head: Parts,
@@ -89,7 +106,7 @@ impl Exchange {
     /// An exchange with no client behind it (empty body, a responder that sends nowhere):
     /// for benchmarks and tests of the engine.
     pub fn detached(id: u64, head: Parts) -> Exchange {
-        Exchange {
+        Exchange::new(ExchangeState {
             id,
             head,
             body: RequestBody::empty(),
@@ -104,7 +121,12 @@ impl Exchange {
             attempts: SmallVec::new(),
             response: None,
             started: Instant::now(),
-        }
+        })
+    }
+
+    /// Boxes the state of a new exchange.
+    pub fn new(state: ExchangeState) -> Exchange {
+        Exchange(Box::new(state))
     }
 
     /// Completes when the client is gone: its connection closed, or it reset the request

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::body::RequestBody;
 use crate::config::{ListenerConfig, StagesConfig};
 use crate::engine::Pipeline;
-use crate::exchange::{ClientProtocol, Exchange, Permits};
+use crate::exchange::{ClientProtocol, Exchange, ExchangeState, Permits};
 use crate::flow::Reject;
 use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
 use crate::responder::Responder;
@@ -243,7 +243,7 @@ async fn request(
     );
     let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
     let empty_upstream = declared == Some(0) || (!has_length && bodyless_method);
-    let mut ex = Exchange {
+    let mut ex = Exchange::new(ExchangeState {
         id: pipeline.next_id(),
         head,
         body: RequestBody::h3(recv, declared, empty_upstream, read_ahead),
@@ -258,7 +258,7 @@ async fn request(
         attempts: SmallVec::new(),
         response: None,
         started: Instant::now(),
-    };
+    });
     match pipeline.drain().enter() {
         Ok(guard) => ex.permits.drain = Some(guard),
         Err(_) => {

@@ -88,7 +88,8 @@ pub struct RequestMetrics {
 impl RequestMetrics {
     pub fn new(pipeline: &str) -> Self {
         RequestMetrics {
-            by_class: CLASSES.map(|c| counter!(REQUESTS, "pipeline" => pipeline.to_string(), "class" => c)),
+            by_class: CLASSES
+                .map(|c| counter!(REQUESTS, "pipeline" => pipeline.to_string(), "class" => c)),
             duration: histogram!(REQUEST_DURATION, "pipeline" => pipeline.to_string()),
         }
     }
@@ -111,9 +112,7 @@ pub struct BackendMetrics {
 
 impl BackendMetrics {
     pub fn new(upstream: &str, backend: &str) -> Self {
-        let c = |class: &'static str| {
-            counter!(UPSTREAM_REQUESTS, "upstream" => upstream.to_string(), "backend" => backend.to_string(), "class" => class)
-        };
+        let c = |class: &'static str| counter!(UPSTREAM_REQUESTS, "upstream" => upstream.to_string(), "backend" => backend.to_string(), "class" => class);
         BackendMetrics {
             by_class: CLASSES.map(c),
             connect_error: c("connect_error"),
