@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use spooky_stages::Pipeline;
-use spooky_stages::config::{self, Config};
+use spooky_stages::config::{self, Config, Protocol};
 use spooky_stages::h3_server::H3Listener;
 use spooky_stages::metrics::SECONDS_BUCKETS;
+use spooky_stages::tcp_server::TcpListenerRt;
+use spooky_stages::tls::{CertStore, Certs};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
@@ -55,14 +57,32 @@ async fn serve(config: Config) -> Result<(), String> {
 
     let mut endpoints = Vec::new();
     let mut tasks = Vec::new();
+    let mut tcp_tasks = Vec::new();
     for l in &config.listeners {
-        let listener = H3Listener::bind(l, &config.stages)?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        println!("listening listener={} protocol=h3 addr={addr}", l.name);
-        endpoints.push(listener.endpoint().clone());
-        tasks.push(tokio::spawn(
-            listener.serve(pipeline.clone(), shutdown_rx.clone()),
-        ));
+        let certs = Certs::load(&l.tls, &l.name)?.map(CertStore::new);
+        let mut bind = l.clone();
+        let mut h3_port = None;
+        if l.protocols.contains(&Protocol::H3) {
+            let store = certs.clone().ok_or("h3 needs TLS")?;
+            let listener = H3Listener::bind(l, &config.stages, store)?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("listening listener={} protocol=h3 addr={addr}", l.name);
+            // TCP takes the same port number (also when the config asked for any port).
+            bind.bind = addr;
+            h3_port = Some(addr.port());
+            endpoints.push(listener.endpoint().clone());
+            tasks.push(tokio::spawn(
+                listener.serve(pipeline.clone(), shutdown_rx.clone()),
+            ));
+        }
+        if l.protocols.iter().any(|p| *p != Protocol::H3) {
+            let listener = TcpListenerRt::bind(&bind, &config.stages, certs, h3_port).await?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("listening listener={} protocol=tcp addr={addr}", l.name);
+            tcp_tasks.push(tokio::spawn(
+                listener.serve(pipeline.clone(), shutdown_rx.clone()),
+            ));
+        }
     }
     let state = Arc::new(AdminState {
         prometheus,
@@ -105,7 +125,7 @@ async fn serve(config: Config) -> Result<(), String> {
     for e in &endpoints {
         e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
     }
-    for t in tasks {
+    for t in tasks.into_iter().chain(tcp_tasks) {
         let _ = t.await;
     }
     for e in &endpoints {

@@ -21,9 +21,59 @@ enum State {
     Failed,
 }
 
+/// Where the body comes from.
+enum Source {
+    H3(H3Recv),
+    /// An HTTP/1.1 or HTTP/2 request body (hyper); trailers read early wait here.
+    Hyper(hyper::body::Incoming, Option<HeaderMap>),
+}
+
+impl Source {
+    /// The next data chunk; `None` once the data ends.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BoxError>> {
+        match self {
+            Source::H3(s) => match s.poll_recv_data(cx) {
+                Poll::Ready(Ok(Some(mut buf))) => {
+                    Poll::Ready(Ok(Some(buf.copy_to_bytes(buf.remaining()))))
+                }
+                Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Box::new(e))),
+                Poll::Pending => Poll::Pending,
+            },
+            Source::Hyper(b, trailers) => loop {
+                if trailers.is_some() {
+                    return Poll::Ready(Ok(None));
+                }
+                return match Pin::new(&mut *b).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(d) => Poll::Ready(Ok(Some(d))),
+                        Err(frame) => {
+                            *trailers = Some(frame.into_trailers().unwrap_or_default());
+                            continue;
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Box::new(e))),
+                    Poll::Ready(None) => Poll::Ready(Ok(None)),
+                    Poll::Pending => Poll::Pending,
+                };
+            },
+        }
+    }
+
+    /// Trailers after the data, if any.
+    fn poll_trailers(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<HeaderMap>, BoxError>> {
+        match self {
+            Source::H3(s) => s
+                .poll_recv_trailers(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Source::Hyper(_, trailers) => Poll::Ready(Ok(trailers.take())),
+        }
+    }
+}
+
 /// The request body of an exchange.
 pub struct RequestBody {
-    stream: Option<H3Recv>,
+    stream: Option<Source>,
     /// `content-length` of the request, if given.
     declared: Option<u64>,
     received: u64,
@@ -62,7 +112,26 @@ impl RequestBody {
         read_ahead: usize,
     ) -> Self {
         RequestBody {
-            stream: Some(stream),
+            stream: Some(Source::H3(stream)),
+            declared,
+            received: 0,
+            stash: None,
+            read_ahead,
+            read_pending: false,
+            state: State::Data,
+            empty_upstream,
+        }
+    }
+
+    /// The body of an HTTP/1.1 or HTTP/2 request.
+    pub(crate) fn hyper(
+        body: hyper::body::Incoming,
+        declared: Option<u64>,
+        empty_upstream: bool,
+        read_ahead: usize,
+    ) -> Self {
+        RequestBody {
+            stream: Some(Source::Hyper(body, None)),
             declared,
             received: 0,
             stash: None,
@@ -99,11 +168,10 @@ impl RequestBody {
             let Some(stream) = self.stream.as_mut() else {
                 return Poll::Pending;
             };
-            let polled = stream.poll_recv_data(cx);
+            let polled = stream.poll_data(cx);
             self.read_pending = polled.is_pending();
             match polled {
-                Poll::Ready(Ok(Some(mut buf))) => {
-                    let chunk = buf.copy_to_bytes(buf.remaining());
+                Poll::Ready(Ok(Some(chunk))) => {
                     self.received += chunk.len() as u64;
                     self.stash = Some(match self.stash.take() {
                         None => chunk,
@@ -163,14 +231,13 @@ impl Body for RequestBody {
             match this.state {
                 State::Ended => return Poll::Ready(None),
                 State::Failed => return Poll::Ready(Some(Err("request stream reset".into()))),
-                State::Data => match stream.poll_recv_data(cx) {
+                State::Data => match stream.poll_data(cx) {
                     Poll::Pending => {
                         this.read_pending = true;
                         return Poll::Pending;
                     }
-                    Poll::Ready(Ok(Some(mut buf))) => {
+                    Poll::Ready(Ok(Some(chunk))) => {
                         this.read_pending = false;
-                        let chunk = buf.copy_to_bytes(buf.remaining());
                         this.received += chunk.len() as u64;
                         if let Err(e) = check_length(this.declared, this.received, false) {
                             this.state = State::Failed;
@@ -189,11 +256,11 @@ impl Body for RequestBody {
                     Poll::Ready(Err(e)) => {
                         this.read_pending = false;
                         this.state = State::Failed;
-                        return Poll::Ready(Some(Err(Box::new(e))));
+                        return Poll::Ready(Some(Err(e)));
                     }
                 },
                 State::Trailers => {
-                    return match stream.poll_recv_trailers(cx) {
+                    return match stream.poll_trailers(cx) {
                         Poll::Pending => Poll::Pending,
                         Poll::Ready(Ok(t)) => {
                             this.state = State::Ended;
@@ -201,7 +268,7 @@ impl Body for RequestBody {
                         }
                         Poll::Ready(Err(e)) => {
                             this.state = State::Failed;
-                            Poll::Ready(Some(Err(Box::new(e))))
+                            Poll::Ready(Some(Err(e)))
                         }
                     };
                 }
@@ -225,7 +292,7 @@ impl Body for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        if let Some(s) = self.stream.as_mut()
+        if let Some(Source::H3(s)) = self.stream.as_mut()
             && matches!(self.state, State::Data | State::Trailers)
             && !self.read_pending
         {

@@ -21,6 +21,8 @@ use crate::upstream::Upstream;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientProtocol {
     H3,
+    H2,
+    Http1,
 }
 
 impl ClientProtocol {
@@ -28,6 +30,8 @@ impl ClientProtocol {
     pub fn via_version(self) -> &'static str {
         match self {
             ClientProtocol::H3 => "3",
+            ClientProtocol::H2 => "2",
+            ClientProtocol::Http1 => "1.1",
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct ExchangeState {
     pub responder: Responder,
     pub client_addr: SocketAddr,
     pub protocol: ClientProtocol,
+    /// Whether the client connection is encrypted (`X-Forwarded-Proto`).
+    pub tls: bool,
     /// The connection the exchange came on: closing it cancels the exchange.
     pub(crate) conn: Option<quinn::Connection>,
     pub permits: Permits,
@@ -113,6 +119,7 @@ impl Exchange {
             responder: Responder::detached(),
             client_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             protocol: ClientProtocol::H3,
+            tls: true,
             conn: None,
             permits: Permits::default(),
             route: None,
@@ -129,10 +136,12 @@ impl Exchange {
         Exchange(Box::new(state))
     }
 
-    /// Completes when the client is gone: its connection closed, or it reset the request
-    /// stream while the request body was still open. Never completes otherwise.
+    /// Completes when the client is gone: its connection closed, it reset the request stream
+    /// while the request body was still open, or (HTTP/1.1, HTTP/2) hyper gave the request up.
+    /// Never completes otherwise.
     pub async fn cancelled(&mut self) {
-        let conn = self.conn.clone();
+        let st = &mut *self.0;
+        let conn = st.conn.clone();
         let closed = async {
             match conn {
                 Some(c) => {
@@ -143,7 +152,8 @@ impl Exchange {
         };
         tokio::select! {
             () = closed => {}
-            () = self.body.reset() => {}
+            () = st.body.reset() => {}
+            () = st.responder.closed() => {}
         }
     }
 

@@ -24,7 +24,7 @@ use crate::exchange::{ClientProtocol, Exchange, ExchangeState, Permits};
 use crate::flow::Reject;
 use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
 use crate::responder::Responder;
-use crate::tls::{self, CertKey};
+use crate::tls::{self, CertStore};
 
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
 
@@ -39,17 +39,13 @@ pub struct H3Listener {
 }
 
 impl H3Listener {
-    /// Binds the UDP socket with the listener's certificate (or a generated one). Must run
-    /// inside a tokio runtime.
-    pub fn bind(listener: &ListenerConfig, stages: &StagesConfig) -> Result<H3Listener, String> {
-        let ck: CertKey = match &listener.tls {
-            Some(t) => tls::load_pem(&t.cert, &t.key)?,
-            None => {
-                tracing::warn!(listener = %listener.name, "no [listeners.tls]: serving a generated self-signed certificate for localhost");
-                tls::self_signed()?
-            }
-        };
-        let crypto = tls::h3_server_crypto(ck)?;
+    /// Binds the UDP socket, serving the listener's certificates. Must run inside tokio.
+    pub fn bind(
+        listener: &ListenerConfig,
+        stages: &StagesConfig,
+        certs: Arc<CertStore>,
+    ) -> Result<H3Listener, String> {
+        let crypto = tls::h3_server_crypto(certs)?;
         let quic =
             quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| e.to_string())?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -250,6 +246,7 @@ async fn request(
         responder: Responder::h3(send),
         client_addr: remote,
         protocol: ClientProtocol::H3,
+        tls: true,
         conn: Some(conn),
         permits: Permits::default(),
         route: None,

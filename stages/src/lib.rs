@@ -20,6 +20,7 @@ pub mod headers;
 pub mod metrics;
 pub mod responder;
 pub mod stages;
+pub mod tcp_server;
 pub mod tls;
 pub mod upstream;
 

@@ -1,12 +1,18 @@
-//! Sending the response back to the client on the protocol it came in on.
+//! Sending the response back to the client on the protocol it came in on: HTTP/3 frames on
+//! the request stream, or (HTTP/1.1, HTTP/2) a response handed to hyper's connection task.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h3::error::Code;
 use http::{HeaderMap, HeaderValue, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
 
 use crate::body::BoxError;
+use crate::exchange::Permits;
 use crate::flow::Reply;
 
 type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -21,16 +27,30 @@ enum State {
     Finished,
 }
 
+enum Sink {
+    H3(H3Send),
+    /// The service future of an HTTP/1.1 or HTTP/2 request waits on the other end.
+    Hyper(Option<oneshot::Sender<Response<ProxyBody>>>),
+    Detached,
+}
+
 /// The client side of an exchange's response.
 pub struct Responder {
-    stream: Option<H3Send>,
+    sink: Sink,
     state: State,
 }
 
 impl Responder {
     pub(crate) fn h3(stream: H3Send) -> Self {
         Responder {
-            stream: Some(stream),
+            sink: Sink::H3(stream),
+            state: State::Fresh,
+        }
+    }
+
+    pub(crate) fn hyper(tx: oneshot::Sender<Response<ProxyBody>>) -> Self {
+        Responder {
+            sink: Sink::Hyper(Some(tx)),
             state: State::Fresh,
         }
     }
@@ -38,7 +58,7 @@ impl Responder {
     /// A responder that sends nowhere (benchmarks, unit tests).
     pub fn detached() -> Self {
         Responder {
-            stream: None,
+            sink: Sink::Detached,
             state: State::Fresh,
         }
     }
@@ -48,24 +68,57 @@ impl Responder {
         self.state != State::Fresh
     }
 
+    /// Whether the whole response is handed to hyper (HTTP/1.1, HTTP/2) rather than streamed
+    /// frame by frame (HTTP/3).
+    pub fn takes_whole_response(&self) -> bool {
+        matches!(self.sink, Sink::Hyper(_))
+    }
+
+    /// Completes when the client can no longer receive the response (hyper dropped the
+    /// request's service future: connection closed or HTTP/2 stream reset). Never completes
+    /// for HTTP/3, whose cancellation is watched through the connection and the request body.
+    pub async fn closed(&mut self) {
+        match &mut self.sink {
+            Sink::Hyper(Some(tx)) => tx.closed().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Whether [`Responder::closed`] has happened.
+    pub fn is_closed(&self) -> bool {
+        matches!(&self.sink, Sink::Hyper(Some(tx)) if tx.is_closed())
+    }
+
+    /// Hands a whole response to hyper (HTTP/1.1, HTTP/2).
+    pub fn send_response(&mut self, resp: Response<ProxyBody>) -> Result<(), BoxError> {
+        self.state = State::Finished;
+        match &mut self.sink {
+            Sink::Hyper(tx) => match tx.take() {
+                Some(tx) => tx.send(resp).map_err(|_| "client gone".into()),
+                None => Err("response already sent".into()),
+            },
+            _ => Err("not an HTTP/1.1 or HTTP/2 exchange".into()),
+        }
+    }
+
     pub async fn send_head(&mut self, resp: Response<()>) -> Result<(), BoxError> {
         self.state = State::HeadSent;
-        match self.stream.as_mut() {
-            Some(s) => Ok(s.send_response(resp).await?),
-            None => Ok(()),
+        match &mut self.sink {
+            Sink::H3(s) => Ok(s.send_response(resp).await?),
+            _ => Ok(()),
         }
     }
 
     pub async fn send_data(&mut self, data: Bytes) -> Result<(), BoxError> {
-        match self.stream.as_mut() {
-            Some(s) => Ok(s.send_data(data).await?),
-            None => Ok(()),
+        match &mut self.sink {
+            Sink::H3(s) => Ok(s.send_data(data).await?),
+            _ => Ok(()),
         }
     }
 
     /// Sends trailers and ends the stream.
     pub async fn send_trailers(&mut self, trailers: HeaderMap) -> Result<(), BoxError> {
-        if let Some(s) = self.stream.as_mut() {
+        if let Sink::H3(s) = &mut self.sink {
             s.send_trailers(trailers).await?;
             // h3 0.0.8: send_trailers does not finish the stream.
             s.finish().await?;
@@ -76,7 +129,7 @@ impl Responder {
 
     /// Ends the stream after the body.
     pub async fn finish(&mut self) -> Result<(), BoxError> {
-        if let Some(s) = self.stream.as_mut() {
+        if let Sink::H3(s) = &mut self.sink {
             s.finish().await?;
         }
         self.state = State::Finished;
@@ -85,17 +138,21 @@ impl Responder {
 
     /// Writes a whole proxy-made response, bounded in time.
     pub async fn reply(&mut self, reply: Reply) -> Result<(), BoxError> {
+        let mut head = Response::new(());
+        *head.status_mut() = reply.status;
+        *head.headers_mut() = reply.headers;
+        if !head.headers().contains_key(http::header::CONTENT_LENGTH) {
+            head.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(reply.body.len()),
+            );
+        }
+        if self.takes_whole_response() {
+            let (parts, ()) = head.into_parts();
+            return self.send_response(Response::from_parts(parts, ProxyBody::full(reply.body)));
+        }
         let write = async {
-            let mut resp = Response::new(());
-            *resp.status_mut() = reply.status;
-            *resp.headers_mut() = reply.headers;
-            if !resp.headers().contains_key(http::header::CONTENT_LENGTH) {
-                resp.headers_mut().insert(
-                    http::header::CONTENT_LENGTH,
-                    HeaderValue::from(reply.body.len()),
-                );
-            }
-            self.send_head(resp).await?;
+            self.send_head(head).await?;
             if !reply.body.is_empty() {
                 self.send_data(reply.body).await?;
             }
@@ -110,7 +167,7 @@ impl Responder {
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if let Some(s) = self.stream.as_mut() {
+        if let Sink::H3(s) = &mut self.sink {
             match self.state {
                 State::Finished => {}
                 // RFC 9114 §4.1.1: an abandoned request is cancelled by resetting the stream.
@@ -118,6 +175,81 @@ impl Drop for Responder {
                 // The response was cut short: the client must not take it as complete.
                 State::HeadSent => s.stop_stream(Code::H3_INTERNAL_ERROR),
             }
+        }
+        // Hyper: dropping the sender makes the service answer 502 (or the client is gone).
+    }
+}
+
+/// A response body for hyper (HTTP/1.1, HTTP/2): a proxy-made body, or the upstream body
+/// streamed through. The exchange's permits ride along and are returned when the body ends
+/// or is dropped, so caps count an exchange until its last byte is gone.
+pub struct ProxyBody {
+    inner: Inner,
+    permits: Option<Permits>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(hyper::body::Incoming),
+}
+
+impl ProxyBody {
+    pub fn full(b: Bytes) -> Self {
+        ProxyBody {
+            inner: Inner::Full((!b.is_empty()).then_some(b)),
+            permits: None,
+        }
+    }
+
+    /// The upstream body, holding `permits` until it is done.
+    pub fn upstream(body: hyper::body::Incoming, permits: Permits) -> Self {
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            permits: Some(permits),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(mut frame))) => {
+                    if let Some(t) = frame.trailers_mut() {
+                        crate::headers::strip_hop_by_hop(t);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.permits = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Upstream(body) => body.size_hint(),
         }
     }
 }

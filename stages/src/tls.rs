@@ -1,10 +1,21 @@
-//! Certificates for the listeners: PEM files, or a self-signed certificate made at start.
+//! Certificates for the listeners: PEM files chosen by SNI, or a self-signed certificate made
+//! at start; the same store serves QUIC (TLS 1.3, ALPN `h3`) and TCP (ALPN `h2`, `http/1.1`).
+//!
+//! SNI picks the most specific entry: an exact name, then the longest matching `*.suffix`,
+//! then the entry marked `default = true` (or the first). At load, every configured name must
+//! be covered by its certificate's SANs and the key must match the certificate.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::config::{TlsConfig, TlsSetting};
+use crate::stages::route::HostPattern;
 
 /// A certificate chain and its private key.
 pub struct CertKey {
@@ -45,14 +56,176 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Turns a chain and key into a signing certificate, checking that they belong together.
+fn certified(ck: CertKey, what: &str) -> Result<Arc<CertifiedKey>, String> {
+    let key = provider()
+        .key_provider
+        .load_private_key(ck.key)
+        .map_err(|e| format!("{what}: unusable private key: {e}"))?;
+    let certified = CertifiedKey::new(ck.chain, key);
+    certified
+        .keys_match()
+        .map_err(|e| format!("{what}: the key does not match the certificate: {e}"))?;
+    Ok(Arc::new(certified))
+}
+
+/// Checks that the leaf certificate's SANs cover a configured name (for `*.suffix`, any name
+/// under the suffix).
+fn covers(cert: &CertificateDer<'_>, pattern: &HostPattern) -> bool {
+    let probe = match pattern {
+        HostPattern::Exact(h) => h.clone(),
+        HostPattern::Wildcard(suffix) => format!("spooky-sni-probe{suffix}"),
+    };
+    let (Ok(ee), Ok(name)) = (
+        webpki::EndEntityCert::try_from(cert),
+        ServerName::try_from(probe.as_str()),
+    ) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// The certificates of one listener, by server name.
+#[derive(Debug)]
+pub struct Certs {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl Certs {
+    /// Loads a listener's certificates; `None` for a plaintext listener.
+    pub fn load(setting: &TlsSetting, listener: &str) -> Result<Option<Certs>, String> {
+        match setting {
+            TlsSetting::Off => Ok(None),
+            TlsSetting::SelfSigned => {
+                tracing::warn!(
+                    listener,
+                    "no [listeners.tls]: serving a generated self-signed certificate for localhost"
+                );
+                let default = certified(self_signed()?, "generated certificate")?;
+                Ok(Some(Certs {
+                    exact: HashMap::new(),
+                    wildcard: HashMap::new(),
+                    default,
+                }))
+            }
+            TlsSetting::Files(cfg) => Certs::from_files(cfg).map(Some),
+        }
+    }
+
+    fn from_files(cfg: &TlsConfig) -> Result<Certs, String> {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut first = None;
+        let mut default = None;
+        if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+            let ck = certified(load_pem(cert, key)?, &cert.display().to_string())?;
+            first = Some(ck);
+        }
+        for entry in &cfg.certificates {
+            let what = entry.cert.display().to_string();
+            let ck = certified(load_pem(&entry.cert, &entry.key)?, &what)?;
+            for name in &entry.names {
+                let pattern = HostPattern::parse(name)?;
+                if !covers(&ck.cert[0], &pattern) {
+                    return Err(format!(
+                        "{what}: the certificate's subject alternative names do not cover \"{name}\""
+                    ));
+                }
+                match pattern {
+                    HostPattern::Exact(h) => exact.insert(h, ck.clone()),
+                    HostPattern::Wildcard(s) => wildcard.insert(s, ck.clone()),
+                };
+            }
+            if entry.default {
+                default = Some(ck.clone());
+            }
+            first.get_or_insert(ck);
+        }
+        let default = default
+            .or(first)
+            .ok_or("[listeners.tls] has no certificate: set cert and key, or [[listeners.tls.certificates]]")?;
+        Ok(Certs {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    /// The certificate for a server name: exact, then longest wildcard, then the default.
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(c) = self.exact.get(&name) {
+            return c.clone();
+        }
+        for (i, b) in name.bytes().enumerate() {
+            if b == b'.'
+                && let Some(c) = self.wildcard.get(&name[i..])
+            {
+                return c.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// The SNI resolver shared by a listener's QUIC and TCP sides. The certificates sit behind a
+/// lock so a reload can swap them for new handshakes while established connections go on.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<Certs>>,
+}
+
+impl CertStore {
+    pub fn new(certs: Certs) -> Arc<CertStore> {
+        Arc::new(CertStore {
+            current: RwLock::new(Arc::new(certs)),
+        })
+    }
+
+    /// Serves `certs` to new handshakes from now on.
+    pub fn replace(&self, certs: Certs) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certs);
+    }
+
+    fn certs(&self) -> Arc<Certs> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.certs().pick(hello.server_name()))
+    }
+}
+
 /// A TLS 1.3 server config offering ALPN `h3`.
-pub fn h3_server_crypto(ck: CertKey) -> Result<rustls::ServerConfig, String> {
+pub fn h3_server_crypto(store: Arc<CertStore>) -> Result<rustls::ServerConfig, String> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(ck.chain, ck.key)
-        .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
+        .with_cert_resolver(store);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
+    Ok(cfg)
+}
+
+/// A TLS 1.2/1.3 server config offering the given ALPN protocols (`h2`, `http/1.1`).
+pub fn tcp_server_crypto(
+    store: Arc<CertStore>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    cfg.alpn_protocols = alpn;
     Ok(cfg)
 }

@@ -140,6 +140,41 @@ pub(crate) fn default_drain_timeout() -> Dur {
 pub enum Protocol {
     /// HTTP/3 over QUIC on the UDP port of `bind`.
     H3,
+    /// HTTP/2 over TLS (ALPN `h2`) on the TCP port of `bind`.
+    H2,
+    /// HTTP/1.1 on the TCP port of `bind`: over TLS (ALPN `http/1.1`), or plain with `tls = "off"`.
+    Http1,
+}
+
+/// `Alt-Svc` on responses sent over TCP: `"auto"` advertises this listener's HTTP/3 port
+/// (when it serves h3), `"off"` sends none, anything else is sent as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AltSvc {
+    #[default]
+    Auto,
+    Off,
+    Value(String),
+}
+
+impl<'de> Deserialize<'de> for AltSvc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "auto" => AltSvc::Auto,
+            "off" => AltSvc::Off,
+            _ => AltSvc::Value(s),
+        })
+    }
+}
+
+/// A plaintext HTTP/1.1 listener either serves the pipeline or redirects to https.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redirect {
+    #[default]
+    Off,
+    /// `308` to the same host and path over https (port from `redirect_port`, default 443).
+    Https,
 }
 
 /// `[[listeners]]`.
@@ -151,7 +186,18 @@ pub struct ListenerConfig {
     #[serde(default = "default_protocols")]
     pub protocols: Vec<Protocol>,
     /// Absent: a self-signed certificate for localhost/127.0.0.1 is generated at start.
-    pub tls: Option<TlsConfig>,
+    /// `"off"`: plaintext (HTTP/1.1 only, for use behind another balancer).
+    #[serde(default)]
+    pub tls: TlsSetting,
+    /// `Alt-Svc` on TCP responses.
+    #[serde(default)]
+    pub alt_svc: AltSvc,
+    /// Plaintext listeners only: `"https"` answers every request with a redirect.
+    #[serde(default)]
+    pub redirect: Redirect,
+    /// The https port redirects point to.
+    #[serde(default = "default_redirect_port")]
+    pub redirect_port: u16,
     /// QUIC connections at once; further handshakes are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: NonZeroUsize,
@@ -161,6 +207,10 @@ pub struct ListenerConfig {
     /// A connection with no traffic for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+}
+
+fn default_redirect_port() -> u16 {
+    443
 }
 
 fn default_protocols() -> Vec<Protocol> {
@@ -176,12 +226,66 @@ pub(crate) fn default_idle_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(30))
 }
 
-/// `[listeners.tls]`: PEM files.
+/// `[listeners.tls]`: a table, `"off"`, or absent (generated self-signed certificate).
+#[derive(Debug, Clone, Default)]
+pub enum TlsSetting {
+    #[default]
+    SelfSigned,
+    Off,
+    Files(TlsConfig),
+}
+
+impl<'de> Deserialize<'de> for TlsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TlsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"off\" or a table with cert/key or [[listeners.tls.certificates]]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TlsSetting, E> {
+                match v {
+                    "off" => Ok(TlsSetting::Off),
+                    _ => Err(E::custom(format!(
+                        "expected \"off\" or a table, found \"{v}\""
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TlsSetting, A::Error> {
+                TlsConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TlsSetting::Files)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Certificates of a TLS listener: the single-certificate form (`cert`, `key`) and/or
+/// several certificates chosen by SNI (`[[listeners.tls.certificates]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate chosen by SNI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Server names it serves: exact (`api.example.com`) or wildcard (`*.example.com`).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Served when the client sends no SNI or an unknown name (else the first entry).
+    #[serde(default)]
+    pub default: bool,
 }
 
 /// `[admin]`.

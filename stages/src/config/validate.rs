@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use toml::Spanned;
 use toml::de::DeTable;
 
-use super::{Config, Cx, StageKind, span_at};
+use super::{AltSvc, Config, Cx, Protocol, Redirect, StageKind, TlsSetting, span_at};
 use crate::stages::route::HostPattern;
 
 pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
@@ -117,17 +117,73 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 "expected at least one protocol (\"h3\")",
             );
         }
-        if let Some(tls) = &l.tls {
-            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
-                if let Err(e) = std::fs::metadata(path) {
-                    let span = span_at(root, &["listeners", &idx, "tls", key]);
+        let at = |path: &[&str]| {
+            let mut p = vec!["listeners", idx.as_str()];
+            p.extend_from_slice(path);
+            span_at(root, &p)
+        };
+        let tcp = l.protocols.iter().any(|p| *p != Protocol::H3);
+        match &l.tls {
+            TlsSetting::Off => {
+                if l.protocols.iter().any(|p| *p != Protocol::Http1) {
                     cx.push(
-                        Some(span),
-                        &format!("listeners[{i}].tls.{key}"),
-                        format!("cannot read {}: {e}", path.display()),
+                        Some(at(&["tls"])),
+                        &format!("listeners[{i}].tls"),
+                        "tls = \"off\" serves plaintext HTTP/1.1 only: protocols must be [\"http1\"]",
                     );
                 }
             }
+            TlsSetting::SelfSigned => {}
+            TlsSetting::Files(t) => {
+                let mut files = Vec::new();
+                match (&t.cert, &t.key) {
+                    (Some(c), Some(k)) => {
+                        files.extend([("tls.cert".to_string(), c), ("tls.key".to_string(), k)])
+                    }
+                    (None, None) => {}
+                    _ => cx.push(
+                        Some(at(&["tls"])),
+                        &format!("listeners[{i}].tls"),
+                        "cert and key go together",
+                    ),
+                }
+                for (n, c) in t.certificates.iter().enumerate() {
+                    files.push((format!("tls.certificates[{n}].cert"), &c.cert));
+                    files.push((format!("tls.certificates[{n}].key"), &c.key));
+                }
+                let mut readable = true;
+                for (key, path) in files {
+                    if let Err(e) = std::fs::metadata(path) {
+                        readable = false;
+                        let segs: Vec<&str> = key
+                            .split(['.', '[', ']'])
+                            .filter(|s| !s.is_empty())
+                            .collect();
+                        cx.push(
+                            Some(at(&segs)),
+                            &format!("listeners[{i}].{key}"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                    }
+                }
+                if readable && let Err(e) = crate::tls::Certs::load(&l.tls, &l.name) {
+                    cx.push(Some(at(&["tls"])), &format!("listeners[{i}].tls"), e);
+                }
+            }
+        }
+        if l.redirect != Redirect::Off && !matches!(l.tls, TlsSetting::Off) {
+            cx.push(
+                Some(at(&["redirect"])),
+                &format!("listeners[{i}].redirect"),
+                "redirects are for plaintext listeners (tls = \"off\")",
+            );
+        }
+        if !tcp && l.alt_svc != AltSvc::Auto {
+            cx.push(
+                Some(at(&["alt_svc"])),
+                &format!("listeners[{i}].alt_svc"),
+                "Alt-Svc is sent on TCP responses: add \"h2\" or \"http1\" to protocols",
+            );
         }
     }
 }

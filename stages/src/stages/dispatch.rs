@@ -234,14 +234,15 @@ impl Dispatch {
             .map_err(|_| "bad_client_addr")?;
         const XFF: &str = "x-forwarded-for";
         const XFP: &str = "x-forwarded-proto";
+        let proto = HeaderValue::from_static(if ex.tls { "https" } else { "http" });
         match self.forwarded {
             Forwarded::Append => {
                 headers.append(XFF, client_ip);
-                headers.insert(XFP, HeaderValue::from_static("https"));
+                headers.insert(XFP, proto);
             }
             Forwarded::Replace => {
                 headers.insert(XFF, client_ip);
-                headers.insert(XFP, HeaderValue::from_static("https"));
+                headers.insert(XFP, proto);
             }
             Forwarded::Off => {}
         }

@@ -9,6 +9,7 @@ use crate::exchange::Exchange;
 use crate::flow::{Flow, Reject};
 use crate::headers::{append_via, strip_hop_by_hop};
 use crate::metrics::RequestMetrics;
+use crate::responder::ProxyBody;
 
 /// Whether the proxy adds itself to `Via` on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -55,6 +56,19 @@ impl Egress {
             append_via(&mut parts.headers, "1.1");
         }
         let status = parts.status;
+        if ex.responder.takes_whole_response() {
+            // HTTP/1.1 and HTTP/2: hyper streams the body; the exchange's permits travel with
+            // it and come back when the last byte is sent (or the client goes).
+            let permits = std::mem::take(&mut ex.permits);
+            let resp = Response::from_parts(parts, ProxyBody::upstream(body, permits));
+            return match ex.responder.send_response(resp) {
+                Ok(()) => {
+                    self.requests.record(status, ex.started);
+                    Flow::Done
+                }
+                Err(_) => Flow::Abandon(ex, "client_gone"),
+            };
+        }
         let mut head = Response::new(());
         *head.status_mut() = status;
         *head.headers_mut() = parts.headers;

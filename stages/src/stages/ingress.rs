@@ -134,7 +134,11 @@ impl Ingress {
                 let mut parts = ex.head.uri.clone().into_parts();
                 parts.authority = Some(h);
                 if parts.scheme.is_none() {
-                    parts.scheme = Some(http::uri::Scheme::HTTPS);
+                    parts.scheme = Some(if ex.tls {
+                        http::uri::Scheme::HTTPS
+                    } else {
+                        http::uri::Scheme::HTTP
+                    });
                 }
                 match Uri::from_parts(parts) {
                     Ok(u) => ex.head.uri = u,

@@ -1,0 +1,353 @@
+//! The TCP protocol adapter: HTTP/2 and HTTP/1.1 over TLS (ALPN `h2`, `http/1.1`; tokio-rustls
+//! and hyper-util's auto server), or plaintext HTTP/1.1. Each request becomes an exchange on the
+//! same pipeline as HTTP/3 — there is no second request path. Every response carries `Alt-Svc`
+//! for the listener's HTTP/3 port unless `alt_svc = "off"`.
+//!
+//! Backpressure: a request waits for a permit of the ingress stage's concurrency before it
+//! enters the chain; HTTP/2 streams per connection are capped by `max_streams_per_connection`
+//! and connections by `max_connections` (beyond it new connections are closed at once).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics::{counter, gauge};
+use smallvec::SmallVec;
+use spooky_sync::{Cap, Permit};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::RequestBody;
+use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
+use crate::engine::Pipeline;
+use crate::exchange::{ClientProtocol, Exchange, ExchangeState, Permits};
+use crate::flow::Reject;
+use crate::h3_server::until_true;
+use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
+use crate::responder::{ProxyBody, Responder};
+use crate::tls::{self, CertStore};
+
+/// Longest TLS handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every request of a listener needs.
+struct Shared {
+    name: String,
+    tls: Option<TlsAcceptor>,
+    connections: Cap,
+    alt_svc: Option<HeaderValue>,
+    redirect: Option<u16>,
+    protocols: Vec<Protocol>,
+    max_streams: u32,
+    read_ahead: usize,
+    header_timeout: Duration,
+}
+
+/// A bound TCP listener.
+pub struct TcpListenerRt {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl TcpListenerRt {
+    /// Binds the TCP socket. `h3_port` is the UDP port HTTP/3 is served on (for `Alt-Svc`).
+    pub async fn bind(
+        listener: &ListenerConfig,
+        stages: &StagesConfig,
+        certs: Option<Arc<CertStore>>,
+        h3_port: Option<u16>,
+    ) -> Result<TcpListenerRt, String> {
+        let tls = match certs {
+            Some(store) => {
+                let mut alpn = Vec::new();
+                if listener.protocols.contains(&Protocol::H2) {
+                    alpn.push(b"h2".to_vec());
+                }
+                if listener.protocols.contains(&Protocol::Http1) {
+                    alpn.push(b"http/1.1".to_vec());
+                }
+                Some(TlsAcceptor::from(Arc::new(tls::tcp_server_crypto(
+                    store, alpn,
+                )?)))
+            }
+            None => None,
+        };
+        let alt_svc = match (&listener.alt_svc, h3_port) {
+            (AltSvc::Off, _) | (AltSvc::Auto, None) => None,
+            (AltSvc::Auto, Some(port)) => Some(
+                HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
+                    .map_err(|e| e.to_string())?,
+            ),
+            (AltSvc::Value(v), _) => {
+                Some(HeaderValue::from_str(v).map_err(|e| format!("alt_svc: {e}"))?)
+            }
+        };
+        let tcp = TcpListener::bind(listener.bind).await.map_err(|e| {
+            format!(
+                "listener \"{}\": cannot bind TCP {}: {e}",
+                listener.name, listener.bind
+            )
+        })?;
+        Ok(TcpListenerRt {
+            listener: tcp,
+            shared: Arc::new(Shared {
+                name: listener.name.clone(),
+                tls,
+                connections: Cap::new(listener.max_connections.get()),
+                alt_svc,
+                redirect: (listener.redirect == Redirect::Https).then_some(listener.redirect_port),
+                protocols: listener.protocols.clone(),
+                max_streams: listener.max_streams_per_connection.get(),
+                read_ahead: usize::try_from(stages.ingress.read_ahead.0).unwrap_or(usize::MAX),
+                header_timeout: stages.ingress.header_timeout.0,
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` turns true; open connections then finish their
+    /// requests (HTTP/2 GOAWAY, HTTP/1.1 `connection: close`).
+    pub async fn serve(self, pipeline: Arc<Pipeline>, shutdown: watch::Receiver<bool>) {
+        let mut stop = shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                () = until_true(&mut stop) => break,
+            };
+            let Ok((stream, remote)) = accepted else {
+                continue;
+            };
+            let Ok(permit) = self.shared.connections.try_acquire() else {
+                counter!(LISTENER_HANDSHAKES, "listener" => self.shared.name.clone(), "result" => "refused").increment(1);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (shared, pipeline) = (self.shared.clone(), pipeline.clone());
+            tokio::spawn(connection(
+                shared,
+                stream,
+                remote,
+                permit,
+                pipeline,
+                shutdown.clone(),
+            ));
+        }
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    _permit: Permit,
+    pipeline: Arc<Pipeline>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let name = shared.name.clone();
+    match shared.tls.clone() {
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "error")
+                        .increment(1);
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "timeout")
+                        .increment(1);
+                    return;
+                }
+            };
+            counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "ok").increment(1);
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(
+                shared,
+                TokioIo::new(tls),
+                remote,
+                true,
+                h2,
+                pipeline,
+                shutdown,
+            )
+            .await;
+        }
+        None => {
+            serve_http(
+                shared,
+                TokioIo::new(stream),
+                remote,
+                false,
+                false,
+                pipeline,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: I,
+    remote: SocketAddr,
+    tls: bool,
+    h2: bool,
+    pipeline: Arc<Pipeline>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => shared.name.clone()).increment(1);
+    let open = gauge!(LISTENER_CONNECTIONS, "listener" => shared.name.clone());
+    open.increment(1.0);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(shared.header_timeout);
+    builder.http2().max_concurrent_streams(shared.max_streams);
+    // ALPN decides for TLS; plaintext is HTTP/1.1 only (no h2c downstream).
+    let builder = if h2 {
+        builder.http2_only()
+    } else if !tls || !shared.protocols.contains(&Protocol::H2) {
+        builder.http1_only()
+    } else {
+        builder
+    };
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| handle(shared.clone(), pipeline.clone(), req, remote, tls))
+    };
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%remote, error = %e, "connection ended");
+            }
+        }
+        () = until_true(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    open.decrement(1.0);
+}
+
+/// One HTTP/1.1 or HTTP/2 request through the pipeline.
+async fn handle(
+    shared: Arc<Shared>,
+    pipeline: Arc<Pipeline>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    tls: bool,
+) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(port) = shared.redirect {
+        return Ok(add_alt_svc(&shared, redirect(&req, port)));
+    }
+    let Ok(permit) = pipeline.ingress_cap().acquire().await else {
+        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+    };
+    let (tx, rx) = oneshot::channel();
+    let (head, body) = req.into_parts();
+    let protocol = if head.version == Version::HTTP_2 {
+        ClientProtocol::H2
+    } else {
+        ClientProtocol::Http1
+    };
+    let declared = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bodyless = http_body::Body::is_end_stream(&body) || declared == Some(0);
+    let mut ex = Exchange::new(ExchangeState {
+        id: pipeline.next_id(),
+        body: RequestBody::hyper(body, declared, bodyless, shared.read_ahead),
+        head,
+        responder: Responder::hyper(tx),
+        client_addr: remote,
+        protocol,
+        tls,
+        conn: None,
+        permits: Permits::default(),
+        route: None,
+        upstream: None,
+        backend: None,
+        attempts: SmallVec::new(),
+        response: None,
+        started: Instant::now(),
+    });
+    match pipeline.drain().enter() {
+        Ok(guard) => {
+            ex.permits.drain = Some(guard);
+            pipeline.clone().run(ex, permit).await;
+        }
+        Err(_) => {
+            drop(permit);
+            pipeline.refuse(ex, Reject::shutting_down()).await;
+        }
+    }
+    let resp = rx.await.unwrap_or_else(|_| {
+        // The exchange ended without an answer (its upstream body failed before the head).
+        plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n")
+    });
+    Ok(add_alt_svc(&shared, resp))
+}
+
+fn add_alt_svc(shared: &Shared, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Some(v) = &shared.alt_svc {
+        resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
+    }
+    resp
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(bytes::Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// `308` to the same host and path over https.
+fn redirect(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(crate::stages::route::host_of);
+    let Some(host) = host else {
+        return plain(StatusCode::BAD_REQUEST, "400 Bad Request: no Host\n");
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut r = plain(StatusCode::PERMANENT_REDIRECT, "308 Permanent Redirect\n");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            r.headers_mut().insert(http::header::LOCATION, v);
+            r
+        }
+        Err(_) => plain(StatusCode::BAD_REQUEST, "400 Bad Request: bad Host\n"),
+    }
+}
