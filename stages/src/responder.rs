@@ -27,6 +27,8 @@ enum State {
     Finished,
 }
 
+// The sink lives inside the boxed exchange state: its size is never moved around.
+#[allow(clippy::large_enum_variant)]
 enum Sink {
     H3(H3Send),
     /// The service future of an HTTP/1.1 or HTTP/2 request waits on the other end.

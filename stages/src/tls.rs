@@ -1,8 +1,8 @@
 //! Certificates for the listeners: PEM files chosen by SNI, or a self-signed certificate made
 //! at start; the same store serves QUIC (TLS 1.3, ALPN `h3`) and TCP (ALPN `h2`, `http/1.1`).
 //!
-//! SNI picks the most specific entry: an exact name, then the longest matching `*.suffix`,
-//! then the entry marked `default = true` (or the first). At load, every configured name must
+//! SNI picks the most specific entry: an exact name, then the `*.parent` wildcard (one label,
+//! as TLS wildcards go), then the entry marked `default = true` (or the first). At load, every configured name must
 //! be covered by its certificate's SANs and the key must match the certificate.
 
 use std::collections::HashMap;
@@ -153,7 +153,8 @@ impl Certs {
         })
     }
 
-    /// The certificate for a server name: exact, then longest wildcard, then the default.
+    /// The certificate for a server name: exact, then the wildcard for its parent domain (a
+    /// TLS wildcard stands for exactly one label, RFC 6125 §6.4.3), then the default.
     pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
         let Some(name) = sni.map(str::to_ascii_lowercase) else {
             return self.default.clone();
@@ -161,12 +162,10 @@ impl Certs {
         if let Some(c) = self.exact.get(&name) {
             return c.clone();
         }
-        for (i, b) in name.bytes().enumerate() {
-            if b == b'.'
-                && let Some(c) = self.wildcard.get(&name[i..])
-            {
-                return c.clone();
-            }
+        if let Some(dot) = name.find('.')
+            && let Some(c) = self.wildcard.get(&name[dot..])
+        {
+            return c.clone();
         }
         self.default.clone()
     }

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod proxy;
+pub mod tcp;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

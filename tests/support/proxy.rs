@@ -10,6 +10,8 @@ use super::TempDir;
 
 pub struct Proxy {
     pub h3_addr: SocketAddr,
+    /// The TCP side (h2/http1) of the first listener that has one.
+    pub tcp_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     child: Child,
     _dir: TempDir,
@@ -18,6 +20,11 @@ pub struct Proxy {
 /// A pipeline TOML with every stage, the given extra sections, and OS-picked ports.
 /// `listener_extra` goes inside `[[listeners]]` (e.g. a `tls = {…}` line).
 pub fn pipeline(listener_extra: &str, rest: &str) -> String {
+    pipeline_with(r#"["h3"]"#, listener_extra, rest)
+}
+
+/// [`pipeline`] with the listener's protocols.
+pub fn pipeline_with(protocols: &str, listener_extra: &str, rest: &str) -> String {
     format!(
         r#"
 [pipeline]
@@ -28,7 +35,7 @@ drain_timeout = "10s"
 [[listeners]]
 name = "edge"
 bind = "127.0.0.1:0"
-protocols = ["h3"]
+protocols = {protocols}
 {listener_extra}
 
 [admin]
@@ -58,7 +65,7 @@ impl Proxy {
             .expect("spawn spooky");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut h3, mut admin) = (None, None);
+        let (mut h3, mut admin, mut tcp) = (None, None, None);
         for line in lines.by_ref() {
             let line = line.expect("read stdout");
             if line.starts_with("ready") {
@@ -69,7 +76,9 @@ impl Proxy {
                 .next()
                 .and_then(|a| a.parse::<SocketAddr>().ok());
             if line.contains("protocol=h3") {
-                h3 = addr;
+                h3 = h3.or(addr);
+            } else if line.contains("protocol=tcp") {
+                tcp = tcp.or(addr);
             } else if line.contains("listener=admin") {
                 admin = addr;
             }
@@ -77,7 +86,10 @@ impl Proxy {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Proxy {
-            h3_addr: h3.expect("proxy printed no h3 address (did it start?)"),
+            h3_addr: h3
+                .or(tcp)
+                .expect("proxy printed no listener address (did it start?)"),
+            tcp_addr: tcp,
             admin_addr: admin.expect("proxy printed no admin address"),
             child,
             _dir: dir,

@@ -159,7 +159,7 @@ mod tests {
     fn decide(req: Request<()>) -> Result<http::Uri, &'static str> {
         let (head, ()) = req.into_parts();
         match Ingress::build(&Config::default()).decide(Exchange::detached(1, head)) {
-            Flow::Continue(ex) => Ok(ex.head.uri),
+            Flow::Continue(ex) => Ok(ex.head.uri.clone()),
             Flow::Reject(_, r) => Err(r.reason),
             _ => Err("other"),
         }

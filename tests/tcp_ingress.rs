@@ -1,0 +1,218 @@
+//! HTTP/2 and HTTP/1.1 over TLS on the same listener as HTTP/3, through the same stages.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use support::backend::Backend;
+use support::proxy::{Proxy, pipeline_with};
+use support::tcp::{Sender, body};
+use support::{TempDir, TestCert, connect, url};
+
+fn routes(backend: &Backend) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "hello"
+match = {{ path_prefix = "/hello" }}
+respond = {{ status = 200, body = "hello from spooky\n" }}
+
+[[routes]]
+name = "app"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+
+[upstreams.app]
+backends = [ {{ url = "{}" }} ]
+"#,
+        backend.url()
+    )
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("https://localhost{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("req")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_and_http1_over_tls_through_the_pipeline_with_alt_svc() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3", "h2", "http1"]"#,
+        &cert.toml(),
+        &routes(&backend),
+    ));
+    let tcp = proxy.tcp_addr.expect("tcp listener");
+    assert_eq!(
+        tcp.port(),
+        proxy.h3_addr.port(),
+        "h3 and TCP share the port number"
+    );
+    let alt = format!("h3=\":{}\"; ma=86400", proxy.h3_addr.port());
+    let roots = [cert.der.clone()];
+
+    for (alpn, version) in [
+        (&b"h2"[..], http::Version::HTTP_2),
+        (&b"http/1.1"[..], http::Version::HTTP_11),
+    ] {
+        let mut s = Sender::connect(tcp, &roots, alpn).await;
+        let resp = s.send(get("/page?x=1")).await;
+        assert_eq!(resp.version(), version);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers().get("alt-svc").and_then(|v| v.to_str().ok()),
+            Some(alt.as_str())
+        );
+        let via = if version == http::Version::HTTP_2 {
+            "2 spooky"
+        } else {
+            "1.1 spooky"
+        };
+        let seen = resp
+            .headers()
+            .get("x-seen")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            seen.contains(&format!("via={via}")) && seen.contains("xfp=https"),
+            "{seen}"
+        );
+        assert!(resp.headers().get("x-hop").is_none());
+        let (b, _) = body(resp).await;
+        assert_eq!(&b[..], b"backend /page\n");
+        let hello = s.send(get("/hello")).await;
+        assert_eq!(
+            hello.headers().get("alt-svc").and_then(|v| v.to_str().ok()),
+            Some(alt.as_str())
+        );
+        assert_eq!(&body(hello).await.0[..], b"hello from spooky\n");
+    }
+    // Trailers pass through to an HTTP/2 client.
+    let mut h2 = Sender::connect(tcp, &roots, b"h2").await;
+    let (b, trailers) = body(h2.send(get("/trailers")).await).await;
+    assert_eq!(&b[..], b"body before trailers\n");
+    assert_eq!(
+        trailers
+            .and_then(|t| t.get("x-checksum").cloned())
+            .as_ref()
+            .map(|v| v.as_bytes()),
+        Some(&b"abc123"[..])
+    );
+    // HTTP/3 on the same listener still works.
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    assert_eq!(
+        conn.get(&url("/h3")).await.expect("h3").status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        proxy
+            .metric("spooky_stage_emitted_total", &[("stage", "egress")])
+            .await,
+        4.0
+    );
+    proxy.assert_caps_zero().await;
+    assert_eq!(backend.state.seen.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_bodies_stream_over_h2_and_http1() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h2", "http1"]"#,
+        &cert.toml(),
+        &routes(&backend),
+    ));
+    let tcp = proxy.tcp_addr.expect("tcp listener");
+    let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let mut s = Sender::connect(tcp, std::slice::from_ref(&cert.der), alpn).await;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("https://localhost/echo")
+            .body(Full::new(Bytes::from(data.clone())))
+            .expect("req");
+        let resp = s.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers().get("alt-svc").is_none(),
+            "no h3 on this listener, so no Alt-Svc"
+        );
+        let (b, _) = body(resp).await;
+        assert!(
+            b[..] == data[..],
+            "echo over {}",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+    proxy.assert_caps_zero().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_listener_serves_and_redirect_mode_redirects() {
+    let backend = Backend::start().await;
+    let rest = routes(&backend);
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["http1"]"#,
+        "tls = \"off\"\nalt_svc = \"h3=\\\":443\\\"\"",
+        &rest,
+    ));
+    let addr = proxy.tcp_addr.expect("tcp");
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.expect("tcp"));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1");
+    tokio::spawn(conn);
+    let req = Request::get("/plain")
+        .header("host", "example.org")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = send.send_request(req).await.expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers().get("alt-svc").map(|v| v.as_bytes()),
+        Some(&b"h3=\":443\""[..])
+    );
+    let seen = resp
+        .headers()
+        .get("x-seen")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        seen.contains("host=example.org")
+            && seen.contains("xfp=http ")
+            && seen.contains("via=1.1 spooky"),
+        "{seen}"
+    );
+
+    let redirecting = Proxy::start(&pipeline_with(
+        r#"["http1"]"#,
+        "tls = \"off\"\nredirect = \"https\"\nredirect_port = 8443",
+        &rest,
+    ));
+    let io = hyper_util::rt::TokioIo::new(
+        tokio::net::TcpStream::connect(redirecting.tcp_addr.expect("tcp"))
+            .await
+            .expect("tcp"),
+    );
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1");
+    tokio::spawn(conn);
+    let req = Request::get("/a/b?c=d")
+        .header("host", "example.org:80")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = send.send_request(req).await.expect("send");
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        resp.headers().get("location").map(|v| v.as_bytes()),
+        Some(&b"https://example.org:8443/a/b?c=d"[..])
+    );
+}
