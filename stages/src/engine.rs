@@ -100,7 +100,8 @@ impl Pipeline {
         let name = config.pipeline.name.clone();
         let mut upstreams = HashMap::new();
         for (n, u) in &config.upstreams {
-            let built = Upstream::build(n, u).map_err(|e| BuildError::Upstream(n.clone(), e))?;
+            let built = Upstream::build(n, u, &config.stages.dispatch)
+                .map_err(|e| BuildError::Upstream(n.clone(), e))?;
             upstreams.insert(n.clone(), built);
         }
         let index = RouteIndex::build(

@@ -23,5 +23,6 @@ pub mod stages;
 pub mod tcp_server;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_tls;
 
 pub use engine::Pipeline;

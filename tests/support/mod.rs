@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod proxy;
 pub mod tcp;
+pub mod tls_backend;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

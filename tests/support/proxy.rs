@@ -15,6 +15,7 @@ pub struct Proxy {
     pub admin_addr: SocketAddr,
     child: Child,
     _dir: TempDir,
+    log: std::path::PathBuf,
 }
 
 /// A pipeline TOML with every stage, the given extra sections, and OS-picked ports.
@@ -52,6 +53,8 @@ impl Proxy {
         let dir = TempDir::new();
         let file = dir.0.join("pipeline.toml");
         std::fs::write(&file, toml).expect("write pipeline");
+        let log = dir.0.join("stderr.log");
+        let stderr = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_spooky"))
             .arg("run")
             .arg(&file)
@@ -60,7 +63,7 @@ impl Proxy {
                 std::env::var("SPOOKY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(stderr))
             .spawn()
             .expect("spawn spooky");
         let stdout = child.stdout.take().expect("stdout");
@@ -93,7 +96,13 @@ impl Proxy {
             admin_addr: admin.expect("proxy printed no admin address"),
             child,
             _dir: dir,
+            log,
         }
+    }
+
+    /// What the daemon has logged so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `GET` on the admin listener: (status, body).

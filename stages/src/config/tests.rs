@@ -233,12 +233,32 @@ fn route_rules() {
 
 #[test]
 fn backend_urls() {
-    let t = GOOD.replace("http://127.0.0.1:8080", "https://127.0.0.1:8080");
+    let t = GOOD.replace(
+        "\"http://127.0.0.1:8080\"",
+        "\"https://127.0.0.1:8080\", protocol = \"h2c\"",
+    );
     one(
         &t,
         line_of(&t, "https://"),
+        "upstreams.app.backends[0].protocol",
+        "use an http:// URL",
+    );
+    let t = GOOD.replace("http://127.0.0.1:8080", "ftp://127.0.0.1:8080");
+    one(
+        &t,
+        line_of(&t, "ftp://"),
         "upstreams.app.backends[0].url",
-        "upstream TLS",
+        "expected an http:// or https:// URL",
+    );
+    let t = GOOD.replace(
+        "[upstreams.app]",
+        "[upstreams.app]\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
+    );
+    one(
+        &t,
+        line_of(&t, "ca_file"),
+        "upstreams.app.tls.ca_file",
+        "cannot read /nonexistent/ca.pem",
     );
     let t = GOOD.replace("http://127.0.0.1:8080", "http://127.0.0.1:8080/api");
     one(

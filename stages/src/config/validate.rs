@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use toml::Spanned;
 use toml::de::DeTable;
 
-use super::{AltSvc, Config, Cx, Protocol, Redirect, StageKind, TlsSetting, span_at};
+use super::{
+    AltSvc, BackendProtocol, Config, Cx, Protocol, Redirect, StageKind, TlsSetting, Verify, span_at,
+};
 use crate::stages::route::HostPattern;
 
 pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
@@ -339,17 +341,65 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             );
         }
         for (i, b) in u.backends.iter().enumerate() {
-            if let Err(e) = crate::stages::dispatch::BackendAddr::parse(&b.url) {
-                let span = span_at(
-                    root,
-                    &["upstreams", name, "backends", &i.to_string(), "url"],
-                );
-                cx.push(
-                    Some(span),
+            let at = |k: &str| span_at(root, &["upstreams", name, "backends", &i.to_string(), k]);
+            match crate::stages::dispatch::BackendAddr::parse(&b.url) {
+                Err(e) => cx.push(
+                    Some(at("url")),
                     &format!("upstreams.{name}.backends[{i}].url"),
                     e,
+                ),
+                Ok(addr) => {
+                    let bad = match (addr.is_tls(), b.protocol) {
+                        (true, BackendProtocol::H2c) => {
+                            Some("h2c is HTTP/2 without TLS: use an http:// URL")
+                        }
+                        (false, BackendProtocol::H2) => {
+                            Some("HTTP/2 without TLS is protocol = \"h2c\"")
+                        }
+                        _ => None,
+                    };
+                    if let Some(msg) = bad {
+                        cx.push(
+                            Some(at("protocol")),
+                            &format!("upstreams.{name}.backends[{i}].protocol"),
+                            msg,
+                        );
+                    }
+                }
+            }
+        }
+        let tls = &u.tls;
+        let key = |k: &str| format!("upstreams.{name}.tls.{k}");
+        let at = |k: &str| span_at(root, &["upstreams", name, "tls", k]);
+        for (k, path) in [
+            ("ca_file", &tls.ca_file),
+            ("ca_dir", &tls.ca_dir),
+            ("client_cert", &tls.client_cert),
+            ("client_key", &tls.client_key),
+        ] {
+            if let Some(p) = path
+                && let Err(e) = std::fs::metadata(p)
+            {
+                cx.push(
+                    Some(at(k)),
+                    &key(k),
+                    format!("cannot read {}: {e}", p.display()),
                 );
             }
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            cx.push(
+                Some(at("client_cert")),
+                &key("client_cert"),
+                "client_cert and client_key go together",
+            );
+        }
+        if tls.verify == Verify::Off && (tls.ca_file.is_some() || tls.ca_dir.is_some()) {
+            cx.push(
+                Some(at("verify")),
+                &key("verify"),
+                "verify = \"off\" ignores ca_file/ca_dir: choose one",
+            );
         }
     }
 }

@@ -10,16 +10,19 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, StatusCode, Uri};
+use std::sync::Arc;
+
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use crate::body::UpstreamBody;
-use crate::config::Dur;
+use crate::config::{BackendProtocol, Dur};
 use crate::exchange::{Attempt, AttemptError, Exchange};
 use crate::flow::{Flow, Reject};
 use crate::headers::{append_via, strip_hop_by_hop};
+use crate::upstream_tls::BackendConnector;
 
 /// How `X-Forwarded-For` is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -88,18 +91,15 @@ pub struct BackendAddr {
 }
 
 impl BackendAddr {
-    /// Parses a backend URL: `http://host:port` (a path other than `/` is refused).
+    /// Parses a backend URL: `http://host:port` or `https://host:port` (a path other than `/`
+    /// is refused).
     pub fn parse(url: &str) -> Result<BackendAddr, String> {
         let uri = Uri::from_str(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "\"{url}\": https:// backends need upstream TLS, which is not supported yet: use http://"
-                ));
-            }
-            _ => return Err(format!("\"{url}\": expected an http:// URL")),
-        }
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => return Err(format!("\"{url}\": expected an http:// or https:// URL")),
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -107,33 +107,72 @@ impl BackendAddr {
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(format!("\"{url}\": a backend URL takes no path or query"));
         }
-        Ok(BackendAddr {
-            scheme: Scheme::HTTP,
-            authority,
-        })
+        Ok(BackendAddr { scheme, authority })
     }
+
+    /// `host:port` to connect to (port from the scheme when absent).
+    pub fn connect_addr(&self) -> String {
+        let port = self
+            .authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        format!("{}:{port}", self.authority.host())
+    }
+
+    /// Whether the backend is reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+}
+
+/// The pooled client of one backend: its own pool, TLS settings and protocol.
+pub type BackendClient = Client<BackendConnector, UpstreamBody>;
+
+/// Builds a backend's client.
+pub fn backend_client(
+    config: &Config,
+    addr: &BackendAddr,
+    protocol: BackendProtocol,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    server_name: Option<&str>,
+) -> Result<BackendClient, String> {
+    let tls = match (addr.is_tls(), tls) {
+        (true, Some(cfg)) => {
+            let name = server_name
+                .unwrap_or(addr.authority.host())
+                .trim_matches(['[', ']']);
+            let name = ServerName::try_from(name.to_string())
+                .map_err(|e| format!("server_name \"{name}\": {e}"))?;
+            Some((cfg, name))
+        }
+        _ => None,
+    };
+    let connector = BackendConnector::new(&addr.connect_addr(), tls, config.connect_timeout.0);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool_idle_timeout.0)
+        .pool_max_idle_per_host(config.pool_max_idle_per_backend)
+        .set_host(false);
+    if matches!(protocol, BackendProtocol::H2c | BackendProtocol::H2) {
+        builder.http2_only(true);
+    }
+    Ok(builder.build(connector))
 }
 
 /// The running stage.
 pub struct Dispatch {
-    client: Client<HttpConnector, UpstreamBody>,
     response_timeout: Duration,
     forwarded: Forwarded,
 }
 
 impl Dispatch {
     pub fn build(config: &Config) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout.0));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout.0)
-            .pool_max_idle_per_host(config.pool_max_idle_per_backend)
-            .set_host(false)
-            .build(connector);
         Dispatch {
-            client,
             response_timeout: config.response_timeout.0,
             forwarded: config.forwarded,
         }
@@ -153,7 +192,7 @@ impl Dispatch {
         };
         let started = Instant::now();
         let sent = {
-            let send = tokio::time::timeout(self.response_timeout, self.client.request(req));
+            let send = tokio::time::timeout(self.response_timeout, backend.client.request(req));
             tokio::select! {
                 r = send => Some(r),
                 () = ex.cancelled() => None,
@@ -209,9 +248,17 @@ impl Dispatch {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // The connector ignores the URI's authority (it dials the configured address), so the
+        // URI carries the client's: it becomes `:authority` towards HTTP/2 backends.
+        let authority = ex
+            .head
+            .uri
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| backend.authority.clone());
         let uri = Uri::builder()
             .scheme(backend.scheme.clone())
-            .authority(backend.authority.clone())
+            .authority(authority)
             .path_and_query(path)
             .build()
             .map_err(|_| "bad_uri")?;
