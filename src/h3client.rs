@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use h3::client::SendRequest;
 use http::{HeaderMap, Request, StatusCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Boxed error.
@@ -43,23 +43,34 @@ pub struct Response {
 }
 
 impl H3Client {
-    /// A client endpoint on an ephemeral loopback-or-any port. Must run inside tokio.
+    /// A client endpoint on an ephemeral port. Must run inside tokio.
     pub fn new(trust: Trust) -> Result<Self, Error> {
+        H3Client::with_identity(trust, None)
+    }
+
+    /// A client that presents a certificate (mTLS).
+    pub fn with_identity(
+        trust: Trust,
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Result<Self, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
-        let mut tls = match trust {
+        let builder = match trust {
             Trust::Insecure => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-                .with_no_client_auth(),
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider))),
             Trust::Roots(certs) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in certs {
                     roots.add(c)?;
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                builder.with_root_certificates(roots)
             }
+        };
+        let mut tls = match identity {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+            None => builder.with_no_client_auth(),
         };
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;

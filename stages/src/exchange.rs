@@ -36,6 +36,15 @@ impl ClientProtocol {
     }
 }
 
+/// What the client's TLS connection says about it.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// The verified client certificate, when one was presented (mTLS).
+    pub identity: Option<Arc<crate::identity::ClientIdentity>>,
+    /// The listener's `client_identity_header`.
+    pub forward_header: Option<http::HeaderName>,
+}
+
 /// Permits held by the exchange; each is returned when dropped.
 #[derive(Default)]
 pub struct Permits {
@@ -91,6 +100,8 @@ pub struct ExchangeState {
     pub protocol: ClientProtocol,
     /// Whether the client connection is encrypted (`X-Forwarded-Proto`).
     pub tls: bool,
+    /// The client's verified certificate identity (mTLS), and the header that forwards it.
+    pub client: ClientTls,
     /// The connection the exchange came on: closing it cancels the exchange.
     pub(crate) conn: Option<quinn::Connection>,
     pub permits: Permits,
@@ -120,6 +131,7 @@ impl Exchange {
             client_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             protocol: ClientProtocol::H3,
             tls: true,
+            client: ClientTls::default(),
             conn: None,
             permits: Permits::default(),
             route: None,

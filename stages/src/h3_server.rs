@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::body::RequestBody;
 use crate::config::{ListenerConfig, StagesConfig};
 use crate::engine::Pipeline;
-use crate::exchange::{ClientProtocol, Exchange, ExchangeState, Permits};
+use crate::exchange::{ClientProtocol, ClientTls, Exchange, ExchangeState, Permits};
 use crate::flow::Reject;
 use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
 use crate::responder::Responder;
@@ -36,6 +36,7 @@ pub struct H3Listener {
     max_field_section_size: u64,
     header_timeout: Duration,
     read_ahead: usize,
+    forward_header: Option<http::HeaderName>,
 }
 
 impl H3Listener {
@@ -45,7 +46,7 @@ impl H3Listener {
         stages: &StagesConfig,
         certs: Arc<CertStore>,
     ) -> Result<H3Listener, String> {
-        let crypto = tls::h3_server_crypto(certs)?;
+        let crypto = tls::h3_server_crypto(certs, tls::client_verifier(&listener.tls)?)?;
         let quic =
             quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| e.to_string())?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -70,6 +71,7 @@ impl H3Listener {
             max_field_section_size: stages.ingress.max_header_bytes.0,
             header_timeout: stages.ingress.header_timeout.0,
             read_ahead: usize::try_from(stages.ingress.read_ahead.0).unwrap_or(usize::MAX),
+            forward_header: tls::forward_header(&listener.tls)?,
         })
     }
 
@@ -138,6 +140,14 @@ impl H3Listener {
         counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "ok")
             .increment(1);
         counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => self.name.clone()).increment(1);
+        let peer = conn.peer_identity().and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        });
+        let client = ClientTls {
+            identity: tls::identity_of(peer.as_deref().map(Vec::as_slice)),
+            forward_header: self.forward_header.clone(),
+        };
         let open = gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone());
         open.increment(1.0);
         let built = h3::server::builder()
@@ -185,8 +195,9 @@ impl H3Listener {
             let conn = conn.clone();
             let limits = (self.header_timeout, self.read_ahead);
             let Ok(guard) = live.enter() else { break };
+            let client = client.clone();
             tokio::spawn(async move {
-                request(resolver, permit, pipeline, conn, remote, limits).await;
+                request(resolver, permit, pipeline, conn, remote, client, limits).await;
                 drop(guard);
             });
         }
@@ -207,6 +218,7 @@ async fn request(
     pipeline: Arc<Pipeline>,
     conn: quinn::Connection,
     remote: SocketAddr,
+    client: ClientTls,
     (header_timeout, read_ahead): (Duration, usize),
 ) {
     let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
@@ -247,6 +259,7 @@ async fn request(
         client_addr: remote,
         protocol: ClientProtocol::H3,
         tls: true,
+        client,
         conn: Some(conn),
         permits: Permits::default(),
         route: None,

@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod flow;
 pub mod h3_server;
 pub mod headers;
+pub mod identity;
 pub mod metrics;
 pub mod responder;
 pub mod stages;

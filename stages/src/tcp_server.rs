@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::RequestBody;
 use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
 use crate::engine::Pipeline;
-use crate::exchange::{ClientProtocol, Exchange, ExchangeState, Permits};
+use crate::exchange::{ClientProtocol, ClientTls, Exchange, ExchangeState, Permits};
 use crate::flow::Reject;
 use crate::h3_server::until_true;
 use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
@@ -48,6 +48,7 @@ struct Shared {
     max_streams: u32,
     read_ahead: usize,
     header_timeout: Duration,
+    forward_header: Option<http::HeaderName>,
 }
 
 /// A bound TCP listener.
@@ -74,7 +75,9 @@ impl TcpListenerRt {
                     alpn.push(b"http/1.1".to_vec());
                 }
                 Some(TlsAcceptor::from(Arc::new(tls::tcp_server_crypto(
-                    store, alpn,
+                    store,
+                    tls::client_verifier(&listener.tls)?,
+                    alpn,
                 )?)))
             }
             None => None,
@@ -107,6 +110,7 @@ impl TcpListenerRt {
                 max_streams: listener.max_streams_per_connection.get(),
                 read_ahead: usize::try_from(stages.ingress.read_ahead.0).unwrap_or(usize::MAX),
                 header_timeout: stages.ingress.header_timeout.0,
+                forward_header: tls::forward_header(&listener.tls)?,
             }),
         })
     }
@@ -172,39 +176,44 @@ async fn connection(
                 }
             };
             counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "ok").increment(1);
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(
-                shared,
-                TokioIo::new(tls),
+            let session = tls.get_ref().1;
+            let peer = Peer {
                 remote,
-                true,
-                h2,
-                pipeline,
-                shutdown,
-            )
-            .await;
+                tls: true,
+                h2: session.alpn_protocol() == Some(b"h2"),
+                client: ClientTls {
+                    identity: tls::identity_of(session.peer_certificates()),
+                    forward_header: shared.forward_header.clone(),
+                },
+            };
+            serve_http(shared, TokioIo::new(tls), peer, pipeline, shutdown).await;
         }
         None => {
-            serve_http(
-                shared,
-                TokioIo::new(stream),
+            let peer = Peer {
                 remote,
-                false,
-                false,
-                pipeline,
-                shutdown,
-            )
-            .await
+                tls: false,
+                h2: false,
+                client: ClientTls::default(),
+            };
+            serve_http(shared, TokioIo::new(stream), peer, pipeline, shutdown).await
         }
     }
+}
+
+/// What a connection knows about its client.
+#[derive(Clone)]
+struct Peer {
+    remote: SocketAddr,
+    tls: bool,
+    /// ALPN chose HTTP/2.
+    h2: bool,
+    client: ClientTls,
 }
 
 async fn serve_http<I>(
     shared: Arc<Shared>,
     io: I,
-    remote: SocketAddr,
-    tls: bool,
-    h2: bool,
+    peer: Peer,
     pipeline: Arc<Pipeline>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -220,23 +229,24 @@ async fn serve_http<I>(
         .header_read_timeout(shared.header_timeout);
     builder.http2().max_concurrent_streams(shared.max_streams);
     // ALPN decides for TLS; plaintext is HTTP/1.1 only (no h2c downstream).
-    let builder = if h2 {
+    let builder = if peer.h2 {
         builder.http2_only()
-    } else if !tls || !shared.protocols.contains(&Protocol::H2) {
+    } else if !peer.tls || !shared.protocols.contains(&Protocol::H2) {
         builder.http1_only()
     } else {
         builder
     };
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| handle(shared.clone(), pipeline.clone(), req, remote, tls))
+        let peer = peer.clone();
+        service_fn(move |req| handle(shared.clone(), pipeline.clone(), req, peer.clone()))
     };
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(%remote, error = %e, "connection ended");
+                tracing::debug!(remote = %peer.remote, error = %e, "connection ended");
             }
         }
         () = until_true(&mut shutdown) => {
@@ -252,8 +262,7 @@ async fn handle(
     shared: Arc<Shared>,
     pipeline: Arc<Pipeline>,
     req: Request<Incoming>,
-    remote: SocketAddr,
-    tls: bool,
+    peer: Peer,
 ) -> Result<Response<ProxyBody>, Infallible> {
     if let Some(port) = shared.redirect {
         return Ok(add_alt_svc(&shared, redirect(&req, port)));
@@ -279,9 +288,10 @@ async fn handle(
         body: RequestBody::hyper(body, declared, bodyless, shared.read_ahead),
         head,
         responder: Responder::hyper(tx),
-        client_addr: remote,
+        client_addr: peer.remote,
         protocol,
-        tls,
+        tls: peer.tls,
+        client: peer.client,
         conn: None,
         permits: Permits::default(),
         route: None,

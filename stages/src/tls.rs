@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::{TlsConfig, TlsSetting};
+use crate::config::{ClientAuth, TlsConfig, TlsSetting};
 use crate::stages::route::HostPattern;
 
 /// A certificate chain and its private key.
@@ -204,27 +205,96 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// A TLS 1.3 server config offering ALPN `h3`.
-pub fn h3_server_crypto(store: Arc<CertStore>) -> Result<rustls::ServerConfig, String> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
-    cfg.alpn_protocols = vec![b"h3".to_vec()];
+/// The client-certificate verifier of a listener (mTLS), if `client_auth` asks for one.
+pub fn client_verifier(
+    setting: &TlsSetting,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, String> {
+    let TlsSetting::Files(cfg) = setting else {
+        return Ok(None);
+    };
+    if cfg.client_auth == ClientAuth::Off {
+        return Ok(None);
+    }
+    let Some(ca) = &cfg.client_ca else {
+        return Err("client_auth needs client_ca (the CAs client certificates chain to)".into());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: not PEM certificates: {e}", ca.display()))?;
+    for c in certs {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = match cfg.client_auth {
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+        _ => builder,
+    };
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| format!("client_ca: {e}"))
+}
+
+fn server_crypto(
+    store: Arc<CertStore>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, String> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(store);
+    cfg.alpn_protocols = alpn;
     Ok(cfg)
+}
+
+/// A TLS 1.3 server config offering ALPN `h3`.
+pub fn h3_server_crypto(
+    store: Arc<CertStore>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<rustls::ServerConfig, String> {
+    server_crypto(
+        store,
+        verifier,
+        &[&rustls::version::TLS13],
+        vec![b"h3".to_vec()],
+    )
 }
 
 /// A TLS 1.2/1.3 server config offering the given ALPN protocols (`h2`, `http/1.1`).
 pub fn tcp_server_crypto(
     store: Arc<CertStore>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig, String> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
-    cfg.alpn_protocols = alpn;
-    Ok(cfg)
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    server_crypto(store, verifier, &versions, alpn)
+}
+
+/// The header that forwards the client identity to backends (`client_identity_header`).
+pub fn forward_header(setting: &TlsSetting) -> Result<Option<http::HeaderName>, String> {
+    match setting {
+        TlsSetting::Files(TlsConfig {
+            client_identity_header: Some(h),
+            ..
+        }) => http::HeaderName::from_bytes(h.as_bytes())
+            .map(Some)
+            .map_err(|_| format!("client_identity_header: \"{h}\" is not a header name")),
+        _ => Ok(None),
+    }
+}
+
+/// The identity in a verified peer chain (its leaf).
+pub fn identity_of(
+    chain: Option<&[CertificateDer<'_>]>,
+) -> Option<Arc<crate::identity::ClientIdentity>> {
+    chain
+        .and_then(|c| c.first())
+        .map(|leaf| Arc::new(crate::identity::ClientIdentity::from_der(leaf)))
 }

@@ -170,6 +170,15 @@ async fn handle(
             });
         return Ok(Response::new(BoxBody::new(StreamBody::new(stream))));
     }
+    if path == "/headers" {
+        let mut lines: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+            .collect();
+        lines.sort();
+        return Ok(text(&(lines.join("\n") + "\n")));
+    }
     if path == "/trailers" {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-checksum", HeaderValue::from_static("abc123"));

@@ -8,22 +8,36 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::TlsConnector;
 
 /// A TLS client config trusting `roots`, offering `alpn`.
 pub fn client_config(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> rustls::ClientConfig {
+    client_config_with(roots, alpn, None)
+}
+
+/// [`client_config`] presenting a client certificate when `identity` is given.
+pub fn client_config_with(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> rustls::ClientConfig {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone()).expect("root");
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
-    .with_root_certificates(store)
-    .with_no_client_auth();
+    .with_root_certificates(store);
+    let mut cfg = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg
 }
@@ -59,28 +73,46 @@ impl Sender {
         roots: &[CertificateDer<'static>],
         alpn: &[u8],
     ) -> Sender {
-        let (tls, _) = tls_connect(addr, "localhost", client_config(roots, &[alpn]))
+        Sender::connect_with(addr, client_config(roots, &[alpn]))
             .await
-            .expect("tls");
+            .expect("tls")
+    }
+
+    /// Connects with a prepared TLS config; the error is the handshake's.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        cfg: rustls::ClientConfig,
+    ) -> Result<Sender, std::io::Error> {
+        let (tls, _) = tls_connect(addr, "localhost", cfg).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {
             let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
-                .expect("h2");
+                .map_err(std::io::Error::other)?;
             tokio::spawn(conn);
-            Sender::H2(send)
+            Ok(Sender::H2(send))
         } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1");
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
             tokio::spawn(conn);
-            Sender::H1(send)
+            Ok(Sender::H1(send))
         }
     }
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Response<Incoming> {
+        self.try_send(req).await.expect("request")
+    }
+
+    /// Sends a request; the error when the connection failed.
+    pub async fn try_send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         match self {
-            Sender::H1(s) => s.send_request(req).await.expect("h1 request"),
-            Sender::H2(s) => s.send_request(req).await.expect("h2 request"),
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
         }
     }
 }

@@ -272,6 +272,35 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     #[serde(default)]
     pub certificates: Vec<CertificateConfig>,
+    /// Client certificates (mTLS): `"off"`, `"optional"` (verified when sent), `"required"`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM file of the CAs client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Forward the verified client identity to backends in this request header (any value a
+    /// client sends in it is removed first).
+    pub client_identity_header: Option<String>,
+    /// Reload the certificate files when they change (checked every `watch_interval`).
+    #[serde(default)]
+    pub watch: bool,
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: Dur,
+}
+
+pub(crate) fn default_watch_interval() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+
+/// Whether clients present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    #[default]
+    Off,
+    /// Asked for; verified when sent; the handshake succeeds without one.
+    Optional,
+    /// A client without a valid certificate fails the handshake.
+    Required,
 }
 
 /// One certificate chosen by SNI.

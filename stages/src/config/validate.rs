@@ -168,8 +168,23 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                         );
                     }
                 }
-                if readable && let Err(e) = crate::tls::Certs::load(&l.tls, &l.name) {
-                    cx.push(Some(at(&["tls"])), &format!("listeners[{i}].tls"), e);
+                if let Some(ca) = &t.client_ca
+                    && let Err(e) = std::fs::metadata(ca)
+                {
+                    readable = false;
+                    cx.push(
+                        Some(at(&["tls", "client_ca"])),
+                        &format!("listeners[{i}].tls.client_ca"),
+                        format!("cannot read {}: {e}", ca.display()),
+                    );
+                }
+                if readable {
+                    let loaded = crate::tls::Certs::load(&l.tls, &l.name)
+                        .and_then(|_| crate::tls::client_verifier(&l.tls))
+                        .and_then(|_| crate::tls::forward_header(&l.tls));
+                    if let Err(e) = loaded {
+                        cx.push(Some(at(&["tls"])), &format!("listeners[{i}].tls"), e);
+                    }
                 }
             }
         }

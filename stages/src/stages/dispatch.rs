@@ -274,6 +274,15 @@ impl Dispatch {
             headers.insert(http::header::HOST, host);
         }
         append_via(&mut headers, ex.protocol.via_version());
+        if let Some(name) = &ex.client.forward_header {
+            // Never pass on what the client wrote there itself.
+            headers.remove(name);
+            if let Some(id) = &ex.client.identity {
+                let v =
+                    HeaderValue::from_str(&id.header_value()).map_err(|_| "bad_client_identity")?;
+                headers.insert(name.clone(), v);
+            }
+        }
         // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send them
         // (RFC 9110 §10.1.4).
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));

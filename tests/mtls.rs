@@ -1,0 +1,160 @@
+//! Client certificates (mTLS): off / optional / required, with and without a certificate, on
+//! TCP and on QUIC; the verified identity forwarded to the backend in a configured header.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use spooky::h3client::{H3Client, Trust};
+use support::backend::Backend;
+use support::proxy::{Proxy, pipeline_with};
+use support::tcp::{Sender, body, client_config_with};
+use support::tls_backend::Ca;
+use support::{TempDir, TestCert, url};
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// What the backend saw in `x-client-identity`, or why the request failed.
+async fn over_tcp(
+    proxy: &Proxy,
+    roots: &[CertificateDer<'static>],
+    id: Option<Identity>,
+) -> Result<String, String> {
+    let cfg = client_config_with(roots, &[b"h2"], id);
+    let mut s = Sender::connect_with(proxy.tcp_addr.expect("tcp"), cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = Request::get("https://localhost/headers")
+        .header("x-client-identity", "forged by the client")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = s.try_send(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!("status {}", resp.status()));
+    }
+    Ok(identity_line(&body(resp).await.0))
+}
+
+async fn over_quic(
+    proxy: &Proxy,
+    roots: &[CertificateDer<'static>],
+    id: Option<Identity>,
+) -> Result<String, String> {
+    let client =
+        H3Client::with_identity(Trust::Roots(roots.to_vec()), id).map_err(|e| e.to_string())?;
+    let conn = client
+        .connect(proxy.h3_addr, "localhost")
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = Request::get(url("/headers"))
+        .header("x-client-identity", "forged by the client")
+        .body(())
+        .expect("req");
+    let resp = conn.request(req, None).await.map_err(|e| e.to_string())?;
+    if resp.status != StatusCode::OK {
+        return Err(format!("status {}", resp.status));
+    }
+    Ok(identity_line(&resp.body))
+}
+
+fn identity_line(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .lines()
+        .find(|l| l.starts_with("x-client-identity:"))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_auth_modes_on_tcp_and_quic() {
+    let dir = TempDir::new();
+    let server = TestCert::generate(&dir);
+    let ca = Ca::new("client CA");
+    let ca_path = dir.0.join("client-ca.pem");
+    ca.write(&ca_path);
+    let issued = ca.issue(&dir, "client", &["client-a.example"]);
+    let identity = || Some((issued.chain.clone(), issued.key.clone_key()));
+    let backend = Backend::start().await;
+    let roots = vec![server.der.clone()];
+    let rest = format!(
+        "[[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[upstreams.app]\nbackends = [ {{ url = \"{}\" }} ]\n",
+        backend.url()
+    );
+    for mode in ["off", "optional", "required"] {
+        let tls = format!(
+            "tls = {{ cert = \"{}\", key = \"{}\", client_auth = \"{mode}\", client_ca = \"{}\", client_identity_header = \"x-client-identity\" }}",
+            server.cert_path.display(),
+            server.key_path.display(),
+            ca_path.display()
+        );
+        let proxy = Proxy::start(&pipeline_with(r#"["h3", "h2", "http1"]"#, &tls, &rest));
+        for quic in [false, true] {
+            let run = |id| {
+                let (proxy, roots) = (&proxy, &roots);
+                async move {
+                    if quic {
+                        over_quic(proxy, roots, id).await
+                    } else {
+                        over_tcp(proxy, roots, id).await
+                    }
+                }
+            };
+            let with = run(identity()).await;
+            let without = run(None).await;
+            let side = if quic { "QUIC" } else { "TCP" };
+            match mode {
+                "off" => {
+                    // Not asked for, so not sent: nothing forwarded, and the forged value is gone.
+                    assert_eq!(with.as_deref(), Ok(""), "{side} off, with cert");
+                    assert_eq!(without.as_deref(), Ok(""), "{side} off, without cert");
+                }
+                "optional" => {
+                    let line = with.unwrap_or_else(|e| panic!("{side} optional with cert: {e}"));
+                    assert!(
+                        line.contains("san=\"dns:client-a.example\""),
+                        "{side}: {line}"
+                    );
+                    assert!(line.contains("sha256="), "{side}: {line}");
+                    assert!(!line.contains("forged"), "{side}: {line}");
+                    assert_eq!(without.as_deref(), Ok(""), "{side} optional, without cert");
+                }
+                _ => {
+                    let line = with.unwrap_or_else(|e| panic!("{side} required with cert: {e}"));
+                    assert!(
+                        line.contains("san=\"dns:client-a.example\""),
+                        "{side}: {line}"
+                    );
+                    assert!(
+                        without.is_err(),
+                        "{side} required without a certificate must fail: {without:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_refused_when_required() {
+    let dir = TempDir::new();
+    let server = TestCert::generate(&dir);
+    let ca = Ca::new("client CA");
+    let ca_path = dir.0.join("client-ca.pem");
+    ca.write(&ca_path);
+    let stranger = Ca::new("other CA").issue(&dir, "stranger", &["stranger.example"]);
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", client_auth = \"required\", client_ca = \"{}\" }}",
+        server.cert_path.display(),
+        server.key_path.display(),
+        ca_path.display()
+    );
+    let rest = "[[routes]]\nname = \"hi\"\nrespond = { status = 200, body = \"hi\" }\n";
+    let proxy = Proxy::start(&pipeline_with(r#"["h3", "h2"]"#, &tls, rest));
+    let roots = vec![server.der.clone()];
+    let id = Some((stranger.chain.clone(), stranger.key.clone_key()));
+    assert!(over_tcp(&proxy, &roots, id).await.is_err());
+    let id = Some((stranger.chain.clone(), stranger.key.clone_key()));
+    assert!(over_quic(&proxy, &roots, id).await.is_err());
+}
