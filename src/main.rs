@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
 mod check;
+mod reload;
 mod run;
 
 /// Spooky: an HTTP/3-first edge proxy built as a pipeline of bounded stages.

@@ -17,6 +17,7 @@ use spooky_stages::tls::{CertStore, Certs};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::reload::CertReloader;
 use crate::{EXIT_BAD_CONFIG, EXIT_FAILED};
 
 pub fn run(file: &Path) -> ExitCode {
@@ -55,11 +56,15 @@ async fn serve(config: Config) -> Result<(), String> {
     let pipeline = Pipeline::start(&config).map_err(|e| e.to_string())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    let mut reloader = CertReloader::default();
     let mut endpoints = Vec::new();
     let mut tasks = Vec::new();
     let mut tcp_tasks = Vec::new();
     for l in &config.listeners {
         let certs = Certs::load(&l.tls, &l.name)?.map(CertStore::new);
+        if let Some(store) = &certs {
+            reloader.add(l, store.clone());
+        }
         let mut bind = l.clone();
         let mut h3_port = None;
         if l.protocols.contains(&Protocol::H3) {
@@ -84,10 +89,23 @@ async fn serve(config: Config) -> Result<(), String> {
             ));
         }
     }
+    let reloader = Arc::new(reloader);
+    reloader.watch();
+    let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
     let state = Arc::new(AdminState {
         prometheus,
         pipeline: pipeline.clone(),
         ready: AtomicBool::new(false),
+        token,
+        certs: reloader.clone(),
     });
     if let Some(a) = &config.admin {
         let tcp = tokio::net::TcpListener::bind(a.bind)
@@ -101,7 +119,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(pipeline = %config.pipeline.name, file = %config.file, "ready");
     println!("ready pipeline={}", config.pipeline.name);
 
-    wait_for_signal().await?;
+    wait_for_shutdown(&reloader).await?;
     let deadline = config.pipeline.drain_timeout.0;
     tracing::info!(
         live = pipeline.drain().live(),
@@ -134,13 +152,20 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), String> {
+/// Waits for SIGTERM or SIGINT; reloads certificates on every SIGHUP meanwhile.
+async fn wait_for_shutdown(reloader: &CertReloader) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(tracing::info!("SIGTERM")),
+            _ = int.recv() => return Ok(tracing::info!("SIGINT")),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading certificates");
+                let _ = reloader.reload_all();
+            }
+        }
     }
-    Ok(())
 }

@@ -107,11 +107,25 @@ impl Proxy {
 
     /// `GET` on the admin listener: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin("GET", path, "").await
+    }
+
+    /// `POST` on the admin listener with an optional bearer token: (status, body).
+    pub async fn admin_post(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let auth = token
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        self.admin("POST", path, &format!("{auth}content-length: 0\r\n"))
+            .await
+    }
+
+    async fn admin(&self, method: &str, path: &str, extra: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.admin_addr)
             .await
             .expect("admin connect");
-        let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n{extra}\r\n");
         s.write_all(req.as_bytes()).await.expect("admin write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("admin read");
@@ -169,12 +183,21 @@ impl Proxy {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGHUP.
+    pub fn sighup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([sig, &self.child.id().to_string()])
             .status()
             .expect("kill")
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill {sig} failed");
     }
 
     /// Waits (bounded: 20 s) for the daemon to exit.

@@ -323,6 +323,9 @@ pub struct CertificateConfig {
 pub struct AdminConfig {
     /// `GET /metrics`, `/health`, `/ready` over plain HTTP/1.1.
     pub bind: SocketAddr,
+    /// A file holding the bearer token that control endpoints (`POST /certs/reload`) require;
+    /// absent: control endpoints are disabled.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[stages.*]`, resolved.

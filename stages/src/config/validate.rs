@@ -14,6 +14,7 @@ use crate::stages::route::HostPattern;
 pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
     config.chain = chain(cx, root, &config.pipeline.chain);
     listeners(cx, root, config);
+    admin(cx, root, config);
     stages(cx, root, config);
     routes(cx, root, config);
     upstreams(cx, root, config);
@@ -200,6 +201,25 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 Some(at(&["alt_svc"])),
                 &format!("listeners[{i}].alt_svc"),
                 "Alt-Svc is sent on TCP responses: add \"h2\" or \"http1\" to protocols",
+            );
+        }
+    }
+}
+
+fn admin(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    if let Some(path) = config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        let problem = match std::fs::read_to_string(path) {
+            Ok(t) if t.trim().len() < 16 => {
+                Some("the token must be at least 16 characters".to_string())
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot read {}: {e}", path.display())),
+        };
+        if let Some(p) = problem {
+            cx.push(
+                Some(span_at(root, &["admin", "token_file"])),
+                "admin.token_file",
+                p,
             );
         }
     }
