@@ -160,8 +160,14 @@ async fn wait_for_shutdown(reloader: &CertReloader) -> Result<(), String> {
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(tracing::info!("SIGTERM")),
-            _ = int.recv() => return Ok(tracing::info!("SIGINT")),
+            _ = term.recv() => {
+                tracing::info!("SIGTERM");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT");
+                return Ok(());
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading certificates");
                 let _ = reloader.reload_all();
