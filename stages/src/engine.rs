@@ -391,6 +391,12 @@ impl Pipeline {
         if let Some(secs) = r.retry_after {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if r.status == http::StatusCode::BAD_REQUEST
+            && ex.protocol == crate::exchange::ClientProtocol::Http1
+        {
+            // After a malformed HTTP/1.1 request, trust nothing else on that connection.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let body = Bytes::from(format!(
             "{} {}: {}\n",
             r.status.as_u16(),

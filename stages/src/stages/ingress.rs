@@ -96,6 +96,10 @@ impl Ingress {
             // RFC 9110 §8.6: one valid content-length or none.
             return Flow::Reject(ex, Reject::bad_request("bad_content_length"));
         }
+        if headers.get_all(HOST).iter().count() > 1 {
+            // RFC 9112 §3.2: a request with more than one Host field is answered 400.
+            return Flow::Reject(ex, Reject::bad_request("duplicate_host"));
+        }
         if headers.len() > self.max_header_count {
             return Flow::Reject(
                 ex,
