@@ -140,6 +140,12 @@ async fn serve(config: Config) -> Result<(), String> {
     } else {
         tracing::info!("drained");
     }
+    // QUIC drops unsent stream data on close: give responses just finished time to reach
+    // their clients (or the clients time to close) before closing what is left.
+    let linger = config.pipeline.drain_linger.0;
+    for e in &endpoints {
+        let _ = tokio::time::timeout(linger, e.wait_idle()).await;
+    }
     for e in &endpoints {
         e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
     }

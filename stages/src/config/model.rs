@@ -128,6 +128,14 @@ pub struct PipelineConfig {
     /// On SIGTERM/SIGINT, how long in-flight exchanges may take to finish.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
+    /// After the last exchange ends, how long QUIC connections get to deliver what was just
+    /// sent (or to close themselves) before the endpoint closes them.
+    #[serde(default = "default_drain_linger")]
+    pub drain_linger: Dur,
+}
+
+pub(crate) fn default_drain_linger() -> Dur {
+    Dur(std::time::Duration::from_millis(500))
 }
 
 pub(crate) fn default_drain_timeout() -> Dur {

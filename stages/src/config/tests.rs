@@ -311,11 +311,17 @@ fn reference_toml_documents_the_defaults() {
     assert_eq!(c.stages.dispatch, d.dispatch);
     assert_eq!(c.stages.egress, d.egress);
     let l = &c.listeners[0];
+    let u = &c.upstreams["app"];
     assert_eq!(l.max_connections, model::default_max_connections());
     assert_eq!(l.max_streams_per_connection, model::default_max_streams());
     assert_eq!(l.idle_timeout, model::default_idle_timeout());
     assert_eq!(c.pipeline.drain_timeout, model::default_drain_timeout());
-    let u = &c.upstreams["app"];
+    assert_eq!(c.pipeline.drain_linger, model::default_drain_linger());
+    assert_eq!(l.alt_svc, AltSvc::default());
+    assert_eq!(l.redirect, Redirect::default());
+    assert_eq!(l.redirect_port, 443);
+    assert_eq!(u.tls.verify, Verify::default());
+    assert_eq!(u.backends[0].protocol, BackendProtocol::default());
     assert_eq!(u.max_inflight, model::default_upstream_inflight());
     assert_eq!(
         u.backends[0].max_inflight,
