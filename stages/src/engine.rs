@@ -383,6 +383,16 @@ impl Pipeline {
             // Too late for a status: dropping the exchange resets the client stream.
             return;
         }
+        if ex.grpc {
+            // gRPC clients read the outcome from grpc-status: a trailers-only answer.
+            let headers = crate::grpc::error_headers(&r);
+            let reply = Reply {
+                status: http::StatusCode::OK,
+                headers,
+                body: Bytes::new(),
+            };
+            return self.reply(ex, reply).await;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,

@@ -102,6 +102,8 @@ pub struct ExchangeState {
     pub tls: bool,
     /// The client's verified certificate identity (mTLS), and the header that forwards it.
     pub client: ClientTls,
+    /// A gRPC request (set by ingress): the proxy's own errors are answered as gRPC.
+    pub grpc: bool,
     /// The connection the exchange came on: closing it cancels the exchange.
     pub(crate) conn: Option<quinn::Connection>,
     pub permits: Permits,
@@ -132,6 +134,7 @@ impl Exchange {
             protocol: ClientProtocol::H3,
             tls: true,
             client: ClientTls::default(),
+            grpc: false,
             conn: None,
             permits: Permits::default(),
             route: None,

@@ -260,6 +260,7 @@ async fn request(
         protocol: ClientProtocol::H3,
         tls: true,
         client,
+        grpc: false,
         conn: Some(conn),
         permits: Permits::default(),
         route: None,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod exchange;
 pub mod flow;
+pub mod grpc;
 pub mod h3_server;
 pub mod headers;
 pub mod identity;

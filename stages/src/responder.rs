@@ -143,7 +143,9 @@ impl Responder {
         let mut head = Response::new(());
         *head.status_mut() = reply.status;
         *head.headers_mut() = reply.headers;
-        if !head.headers().contains_key(http::header::CONTENT_LENGTH) {
+        if !head.headers().contains_key(http::header::CONTENT_LENGTH)
+            && !head.headers().contains_key("grpc-status")
+        {
             head.headers_mut().insert(
                 http::header::CONTENT_LENGTH,
                 HeaderValue::from(reply.body.len()),

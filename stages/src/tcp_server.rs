@@ -292,6 +292,7 @@ async fn handle(
         protocol,
         tls: peer.tls,
         client: peer.client,
+        grpc: false,
         conn: None,
         permits: Permits::default(),
         route: None,

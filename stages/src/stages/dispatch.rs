@@ -191,8 +191,13 @@ impl Dispatch {
             Err(reason) => return Flow::Reject(ex, Reject::bad_request(reason)),
         };
         let started = Instant::now();
+        // A gRPC client's deadline bounds the wait too (the header is forwarded unchanged).
+        let deadline = match crate::grpc::timeout(req.headers()) {
+            Some(t) => t.min(self.response_timeout),
+            None => self.response_timeout,
+        };
         let sent = {
-            let send = tokio::time::timeout(self.response_timeout, backend.client.request(req));
+            let send = tokio::time::timeout(deadline, backend.client.request(req));
             tokio::select! {
                 r = send => Some(r),
                 () = ex.cancelled() => None,

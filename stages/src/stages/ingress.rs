@@ -80,6 +80,7 @@ impl Ingress {
     }
 
     pub fn decide(&self, mut ex: Exchange) -> Flow {
+        ex.grpc = crate::grpc::is_grpc(&ex.head.headers);
         let headers = &ex.head.headers;
         let lengths: Vec<_> = headers
             .get_all(http::header::CONTENT_LENGTH)

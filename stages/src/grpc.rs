@@ -1,0 +1,126 @@
+//! gRPC at the edge: requests are passed through untouched (HTTP/3 or HTTP/2 in, HTTP/2 out,
+//! streaming both ways, trailers preserved). When Spooky itself fails a gRPC request it answers
+//! the gRPC way — HTTP 200, trailers-only, `grpc-status` and `grpc-message` — because gRPC
+//! clients read the status from there, not from the HTTP status. `grpc-timeout` is honoured as
+//! the exchange's upstream deadline.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::flow::Reject;
+
+/// Whether a request is gRPC (`content-type: application/grpc` or `application/grpc+…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
+                || ct.starts_with("application/grpc;")
+        })
+}
+
+/// gRPC status codes Spooky answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    DeadlineExceeded = 4,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+/// The gRPC status for a rejection: specific where the proxy knows why (overload, timeout),
+/// else gRPC's HTTP mapping (404 → UNIMPLEMENTED, 5xx → UNAVAILABLE, 4xx → INTERNAL).
+pub fn code_for(r: &Reject) -> Code {
+    match r.reason {
+        "admission_full" | "queue_full" | "concurrency_full" | "upstream_full" => {
+            Code::ResourceExhausted
+        }
+        "upstream_timeout" | "grpc_deadline" => Code::DeadlineExceeded,
+        _ => match r.status {
+            StatusCode::NOT_FOUND => Code::Unimplemented,
+            s if s.is_server_error() => Code::Unavailable,
+            _ => Code::Internal,
+        },
+    }
+}
+
+/// Headers of a trailers-only gRPC error response.
+pub fn error_headers(r: &Reject) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code_for(r) as u16));
+    // A fixed ASCII phrase: no percent-encoding needed (gRPC spec, grpc-message).
+    let message = format!("spooky: {} ({})", r.reason, r.status.as_u16());
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+    h
+}
+
+/// Parses `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n; at most 8 digits).
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts() {
+        let h = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert("grpc-timeout", HeaderValue::from_static(v));
+            timeout(&m)
+        };
+        assert_eq!(h("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(h("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(h("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(h("123456789S"), None);
+        assert_eq!(h("10x"), None);
+        assert_eq!(h("m"), None);
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(
+            code_for(&Reject::overload("admission_full")),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            code_for(&Reject::new(StatusCode::NOT_FOUND, "no_route")),
+            Code::Unimplemented
+        );
+        assert_eq!(code_for(&Reject::upstream_connect()), Code::Unavailable);
+        assert_eq!(
+            code_for(&Reject::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout"
+            )),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(code_for(&Reject::bad_request("bad_host")), Code::Internal);
+    }
+}
