@@ -213,7 +213,12 @@ backends = [ {{ url = "http://{dead}", protocol = "h2c" }} ]
         &cert.toml(),
         &rest,
     )));
-    let mut h2 = Sender::connect(proxy.tcp_addr.expect("tcp"), &[cert.der.clone()], b"h2").await;
+    let mut h2 = Sender::connect(
+        proxy.tcp_addr.expect("tcp"),
+        std::slice::from_ref(&cert.der),
+        b"h2",
+    )
+    .await;
 
     // Unary over HTTP/2, with response metadata in trailers.
     let (st, h, msgs, t) = call_h2(&mut h2, "/t.Echo/Unary", frame(b"ping"), None).await;
@@ -297,7 +302,12 @@ backends = [ {{ url = "http://{dead}", protocol = "h2c" }} ]
     // One exchange in flight fills admission (max_inflight = 1): the next is shed as
     // RESOURCE_EXHAUSTED.
     let slow_seen = seen.load(Ordering::SeqCst);
-    let mut other = Sender::connect(proxy.tcp_addr.expect("tcp"), &[cert.der.clone()], b"h2").await;
+    let mut other = Sender::connect(
+        proxy.tcp_addr.expect("tcp"),
+        std::slice::from_ref(&cert.der),
+        b"h2",
+    )
+    .await;
     let held = tokio::spawn(async move {
         other
             .send(grpc_req("/t.Echo/Slow", frame(b"?"), None))
