@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# HTTP/2 over TLS at the edge, side by side in one run: Spooky, HAProxy and nginx (Debian's
+# packages) in front of the same HTTP/1.1 backend, loaded by h2load (nghttp2-client). Prints
+# req/s, latency and each proxy's CPU time per request (from /proc), with ratios to Spooky.
+#
+#   benches/peers.sh                       # 20 000 requests per proxy
+#   REQUESTS=5000 benches/peers.sh
+#
+# Knobs: REQUESTS, CLIENTS (connections), STREAMS (per connection), SIZE (response bytes).
+# Installs nghttp2-client, haproxy and nginx-light with apt-get when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-20000}
+CLIENTS=${CLIENTS:-8}
+STREAMS=${STREAMS:-16}
+SIZE=${SIZE:-1024}
+
+need=()
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q "${need[@]}" >&2
+fi
+
+cargo build --release --bins >&2
+BIN=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+
+backend=$(free_port)
+"$BIN/spooky-bench" backend --addr "127.0.0.1:$backend" --size "$SIZE" > /dev/null &
+pids+=($!)
+
+# Spooky: h2 + http/1.1 over TLS, the full chain.
+sp=$(free_port)
+cat > "$work/spooky.toml" <<TOML
+[pipeline]
+name = "peers"
+chain = ["ingress", "admission", "route", "queue", "select", "hedge-retry", "dispatch", "egress"]
+[[listeners]]
+name = "edge"
+bind = "127.0.0.1:$sp"
+protocols = ["h2", "http1"]
+max_streams_per_connection = 256
+tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
+[[routes]]
+name = "app"
+upstream = "app"
+[upstreams.app]
+backends = [ { url = "http://127.0.0.1:$backend" } ]
+TOML
+SPOOKY_LOG=warn "$BIN/spooky" run "$work/spooky.toml" > "$work/spooky.out" 2>&1 &
+spooky_pid=$!
+pids+=($spooky_pid)
+
+# HAProxy: two threads, keep-alive to the backend.
+hp=$(free_port)
+cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 2
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend edge
+  bind 127.0.0.1:$hp ssl crt $work/haproxy.pem alpn h2,http/1.1
+  default_backend app
+backend app
+  server b1 127.0.0.1:$backend
+CFG
+haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.out" 2>&1 &
+haproxy_pid=$!
+pids+=($haproxy_pid)
+
+# nginx: two workers, keep-alive upstream.
+np=$(free_port)
+mkdir -p "$work/nginx/logs"
+cat > "$work/nginx.conf" <<CFG
+worker_processes 2;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$backend; keepalive 64; }
+  server {
+    listen 127.0.0.1:$np ssl http2;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    http2_max_concurrent_streams 256;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CFG
+nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' > "$work/nginx.out" 2>&1 &
+nginx_pid=$!
+pids+=($nginx_pid)
+
+for _ in $(seq 100); do grep -q '^ready' "$work/spooky.out" 2>/dev/null && break; sleep 0.1; done
+sleep 0.5
+for p in $spooky_pid $haproxy_pid $nginx_pid; do
+  kill -0 "$p" 2>/dev/null || { echo "a proxy did not start:" >&2; cat "$work"/*.out "$work/nginx/logs/error.log" >&2; exit 1; }
+done
+
+# CPU ticks of a process and its children (nginx workers).
+ticks() {
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+tck=$(getconf CLK_TCK)
+
+declare -A rps cpu p50
+run() { # name port pid
+  local out t0 t1
+  h2load -n 200 -c 2 -m 4 "https://127.0.0.1:$2/x" > /dev/null 2>&1 || true   # warm-up
+  t0=$(ticks "$3")
+  out=$(h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" "https://127.0.0.1:$2/x" 2>&1)
+  t1=$(ticks "$3")
+  local ok
+  ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+  rps[$1]=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+  cpu[$1]=$(awk -v t=$((t1 - t0)) -v k="$tck" -v n="${ok:-0}" 'BEGIN { if (n > 0) printf "%.1f", t / k * 1e6 / n; else print "n/a" }')
+  p50[$1]=$(awk '/^time for request:/ {print $6}' <<<"$out")
+  [ "${ok:-0}" = "$REQUESTS" ] || echo "$1: only ${ok:-0} of $REQUESTS requests succeeded" >&2
+}
+run spooky "$sp" "$spooky_pid"
+run haproxy "$hp" "$haproxy_pid"
+run nginx "$np" "$nginx_pid"
+
+printf '%-10s %12s %16s %14s %18s\n' "proxy" "req/s" "CPU us/request" "mean latency" "CPU vs spooky"
+for p in spooky haproxy nginx; do
+  ratio=$(awk -v a="${cpu[$p]}" -v b="${cpu[spooky]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }')
+  printf '%-10s %12s %16s %14s %18s\n' "$p" "${rps[$p]}" "${cpu[$p]}" "${p50[$p]}" "$ratio"
+done
+echo "(h2load -n $REQUESTS -c $CLIENTS -m $STREAMS, HTTP/2 over TLS, $SIZE-byte responses from one HTTP/1.1 backend)"
