@@ -50,8 +50,10 @@ impl AnyStage {
             AnyStage::Queue(s) => s.process(ex).await,
             AnyStage::Select(s) => s.process(ex).await,
             AnyStage::HedgeRetry(s) => s.process(ex).await,
-            AnyStage::Dispatch(s) => s.process(ex).await,
-            AnyStage::Egress(s) => s.process(ex).await,
+            // The two I/O stages hold large futures (hyper's client, body streaming): boxed,
+            // so the future of every stage hop (spawned and moved) stays small.
+            AnyStage::Dispatch(s) => Box::pin(s.process(ex)).await,
+            AnyStage::Egress(s) => Box::pin(s.process(ex)).await,
         }
     }
 }

@@ -305,7 +305,8 @@ async fn handle(
     match pipeline.drain().enter() {
         Ok(guard) => {
             ex.permits.drain = Some(guard);
-            pipeline.clone().run(ex, permit).await;
+            // Boxed: hyper moves service futures around; keep this one a pointer.
+            Box::pin(pipeline.clone().run(ex, permit)).await;
         }
         Err(_) => {
             drop(permit);
