@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use spooky_stages::Pipeline;
-use spooky_stages::config::{self, Config, Protocol};
+use spooky_stages::config::{self, Config, ListenerConfig, Protocol};
 use spooky_stages::h3_server::H3Listener;
 use spooky_stages::metrics::SECONDS_BUCKETS;
 use spooky_stages::tcp_server::TcpListenerRt;
@@ -65,23 +65,16 @@ async fn serve(config: Config) -> Result<(), String> {
         if let Some(store) = &certs {
             reloader.add(l, store.clone());
         }
-        let mut bind = l.clone();
-        let mut h3_port = None;
-        if l.protocols.contains(&Protocol::H3) {
-            let store = certs.clone().ok_or("h3 needs TLS")?;
-            let listener = H3Listener::bind(l, &config.stages, store)?;
+        let (h3, tcp) = bind_listener(l, &config, certs).await?;
+        if let Some(listener) = h3 {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!("listening listener={} protocol=h3 addr={addr}", l.name);
-            // TCP takes the same port number (also when the config asked for any port).
-            bind.bind = addr;
-            h3_port = Some(addr.port());
             endpoints.push(listener.endpoint().clone());
             tasks.push(tokio::spawn(
                 listener.serve(pipeline.clone(), shutdown_rx.clone()),
             ));
         }
-        if l.protocols.iter().any(|p| *p != Protocol::H3) {
-            let listener = TcpListenerRt::bind(&bind, &config.stages, certs, h3_port).await?;
+        if let Some(listener) = tcp {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!("listening listener={} protocol=tcp addr={addr}", l.name);
             tcp_tasks.push(tokio::spawn(
@@ -156,6 +149,43 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
     }
     Ok(())
+}
+
+/// Binds a listener's UDP (h3) and TCP (h2, http1) sides on the same port number. With port
+/// 0, the TCP side takes the port the UDP side got; if that TCP port is taken, both try again.
+async fn bind_listener(
+    l: &ListenerConfig,
+    config: &Config,
+    certs: Option<Arc<CertStore>>,
+) -> Result<(Option<H3Listener>, Option<TcpListenerRt>), String> {
+    let wants_h3 = l.protocols.contains(&Protocol::H3);
+    let wants_tcp = l.protocols.iter().any(|p| *p != Protocol::H3);
+    let attempts = if l.bind.port() == 0 && wants_h3 && wants_tcp {
+        16
+    } else {
+        1
+    };
+    let mut last = String::new();
+    for _ in 0..attempts {
+        let mut bind = l.clone();
+        let mut h3 = None;
+        if wants_h3 {
+            let store = certs.clone().ok_or("h3 needs TLS")?;
+            let listener = H3Listener::bind(l, &config.stages, store)?;
+            // TCP takes the same port number.
+            bind.bind = listener.local_addr().map_err(|e| e.to_string())?;
+            h3 = Some(listener);
+        }
+        if !wants_tcp {
+            return Ok((h3, None));
+        }
+        let h3_port = h3.as_ref().map(|_| bind.bind.port());
+        match TcpListenerRt::bind(&bind, &config.stages, certs.clone(), h3_port).await {
+            Ok(tcp) => return Ok((h3, Some(tcp))),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Waits for SIGTERM or SIGINT; reloads certificates on every SIGHUP meanwhile.
