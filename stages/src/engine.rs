@@ -374,7 +374,7 @@ impl Pipeline {
     }
 
     /// Answers a rejection with its status (and `Retry-After` when set).
-    async fn reject(&self, ex: Exchange, r: Reject) {
+    async fn reject(&self, mut ex: Exchange, r: Reject) {
         tracing::debug!(
             exchange = ex.id,
             status = r.status.as_u16(),
@@ -383,6 +383,9 @@ impl Pipeline {
         );
         if ex.responder.head_sent() {
             // Too late for a status: dropping the exchange resets the client stream.
+            return;
+        }
+        if r.malformed && ex.responder.reset_malformed() {
             return;
         }
         if ex.grpc {

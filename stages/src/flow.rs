@@ -38,6 +38,9 @@ pub struct Reject {
     pub reason: &'static str,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u32>,
+    /// A malformed HTTP/3 message: reset the stream with H3_MESSAGE_ERROR rather than answer
+    /// (RFC 9114 §4.1.2).
+    pub malformed: bool,
 }
 
 impl Reject {
@@ -46,6 +49,17 @@ impl Reject {
             status,
             reason,
             retry_after: None,
+            malformed: false,
+        }
+    }
+
+    /// A malformed request head (HTTP/3: a stream error H3_MESSAGE_ERROR; else 400).
+    pub const fn malformed(reason: &'static str) -> Self {
+        Reject {
+            status: StatusCode::BAD_REQUEST,
+            reason,
+            retry_after: None,
+            malformed: true,
         }
     }
 
@@ -55,6 +69,7 @@ impl Reject {
             status: StatusCode::SERVICE_UNAVAILABLE,
             reason,
             retry_after: Some(1),
+            malformed: false,
         }
     }
 

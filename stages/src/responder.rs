@@ -91,6 +91,19 @@ impl Responder {
         matches!(&self.sink, Sink::Hyper(Some(tx)) if tx.is_closed())
     }
 
+    /// Resets an HTTP/3 stream with H3_MESSAGE_ERROR (a malformed request); `false` when the
+    /// protocol has no such reset here.
+    pub fn reset_malformed(&mut self) -> bool {
+        match &mut self.sink {
+            Sink::H3(s) => {
+                s.stop_stream(Code::H3_MESSAGE_ERROR);
+                self.state = State::Finished;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Hands a whole response to hyper (HTTP/1.1, HTTP/2).
     pub fn send_response(&mut self, resp: Response<ProxyBody>) -> Result<(), BoxError> {
         self.state = State::Finished;

@@ -97,6 +97,10 @@ impl Ingress {
             // RFC 9110 §8.6: one valid content-length or none.
             return Flow::Reject(ex, Reject::bad_request("bad_content_length"));
         }
+        if ex.protocol == crate::exchange::ClientProtocol::H3 && has_connection_specific(headers) {
+            // RFC 9114 §4.2: connection-specific fields make an HTTP/3 message malformed.
+            return Flow::Reject(ex, Reject::malformed("connection_specific_field"));
+        }
         if headers.get_all(HOST).iter().count() > 1 {
             // RFC 9112 §3.2: a request with more than one Host field is answered 400.
             return Flow::Reject(ex, Reject::bad_request("duplicate_host"));
@@ -154,6 +158,24 @@ impl Ingress {
         }
         Flow::Continue(ex)
     }
+}
+
+/// Connection-specific fields, and TE other than `trailers` (RFC 9114 §4.2, RFC 9113 §8.2.2).
+fn has_connection_specific(headers: &http::HeaderMap) -> bool {
+    use http::header;
+    [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+    .iter()
+    .any(|h| headers.contains_key(h))
+        || headers.contains_key("keep-alive")
+        || headers.contains_key("proxy-connection")
+        || headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.as_bytes() != b"trailers")
 }
 
 #[cfg(test)]
