@@ -88,15 +88,21 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_is_forwarded_unambiguously() {
     // RFC 9112 §6.3: Transfer-Encoding wins and the intermediary removes Content-Length
-    // before forwarding, so the backend can never read the body differently than we did.
+    // before forwarding, so the backend can never read the body differently than we did; and
+    // (§6.1) the connection is closed after the response, so nothing pipelined behind it runs.
     let (_backend, proxy) = setup().await;
     let addr = proxy.tcp_addr.expect("tcp");
     let answer = raw(
         addr,
-        b"POST /headers HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /headers HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "the connection must close after the response: {answer}"
+    );
     assert!(
         !answer.contains("content-length: 40"),
         "the backend saw the client's Content-Length: {answer}"
