@@ -6,9 +6,8 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use h3::client::SendRequest;
 use http::{HeaderMap, Request, StatusCode};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use spooky_stages::upstream_tls::NoVerify;
 
 /// Boxed error.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -59,7 +58,7 @@ impl H3Client {
         let builder = match trust {
             Trust::Insecure => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(provider))),
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
             Trust::Roots(certs) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in certs {
@@ -142,54 +141,5 @@ impl H3Conn {
 impl Drop for H3Conn {
     fn drop(&mut self) {
         self.driver.abort();
-    }
-}
-
-/// Accepts any server certificate (still checks the handshake signatures).
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use http::{Request, StatusCode};
 use spooky::h3client::H3Conn;
 use support::backend::Backend;
-use support::proxy::{Proxy, pipeline};
+use support::proxy::{Proxy, app_upstream, pipeline};
 use support::{TempDir, TestCert, connect, url};
 
 const N: usize = 4;
@@ -17,20 +17,7 @@ const N: usize = 4;
 fn config(cert: &TestCert, backend: &Backend, stages: &str) -> String {
     pipeline(
         &cert.toml(),
-        &format!(
-            r#"
-{stages}
-
-[[routes]]
-name = "app"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-backends = [ {{ url = "{}" }} ]
-"#,
-            backend.url()
-        ),
+        &format!("{stages}\n\n{}", app_upstream(&backend.url())),
     )
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use http::StatusCode;
 use support::backend::Backend;
-use support::proxy::{Proxy, pipeline};
+use support::proxy::{Proxy, app_upstream, pipeline};
 use support::{TempDir, TestCert, connect, url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,18 +15,7 @@ async fn sigterm_drains_in_flight_refuses_new_and_exits_0() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let backend = Backend::start().await;
-    let rest = format!(
-        r#"
-[[routes]]
-name = "app"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-backends = [ {{ url = "{}" }} ]
-"#,
-        backend.url()
-    );
+    let rest = app_upstream(&backend.url());
     let mut proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
     let client = cert.client();
     let conn = Arc::new(connect(&client, &proxy).await);

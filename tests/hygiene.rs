@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::backend::Backend;
-use support::proxy::{Proxy, pipeline_with};
+use support::proxy::{Proxy, app_upstream, pipeline_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -21,10 +21,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 
 async fn setup() -> (Backend, Proxy) {
     let backend = Backend::start().await;
-    let rest = format!(
-        "[[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[upstreams.app]\nbackends = [ {{ url = \"{}\" }} ]\n",
-        backend.url()
-    );
+    let rest = app_upstream(&backend.url());
     let proxy = Proxy::start(&pipeline_with(r#"["http1"]"#, "tls = \"off\"", &rest));
     (backend, proxy)
 }

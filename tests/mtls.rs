@@ -9,7 +9,7 @@ use http_body_util::Full;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use spooky::h3client::{H3Client, Trust};
 use support::backend::Backend;
-use support::proxy::{Proxy, pipeline_with};
+use support::proxy::{Proxy, app_upstream, pipeline_with};
 use support::tcp::{Sender, body, client_config_with};
 use support::tls_backend::Ca;
 use support::{TempDir, TestCert, url};
@@ -78,10 +78,7 @@ async fn client_auth_modes_on_tcp_and_quic() {
     let identity = || Some((issued.chain.clone(), issued.key.clone_key()));
     let backend = Backend::start().await;
     let roots = vec![server.der.clone()];
-    let rest = format!(
-        "[[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[upstreams.app]\nbackends = [ {{ url = \"{}\" }} ]\n",
-        backend.url()
-    );
+    let rest = app_upstream(&backend.url());
     for mode in ["off", "optional", "required"] {
         let tls = format!(
             "tls = {{ cert = \"{}\", key = \"{}\", client_auth = \"{mode}\", client_ca = \"{}\", client_identity_header = \"x-client-identity\" }}",

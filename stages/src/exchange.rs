@@ -121,21 +121,36 @@ pub struct ExchangeState {
     pub started: Instant,
 }
 
+/// Where a new exchange comes from: what the protocol adapter knows about its client.
+pub struct Origin {
+    pub client_addr: SocketAddr,
+    pub protocol: ClientProtocol,
+    pub tls: bool,
+    pub client: ClientTls,
+    /// HTTP/3 only: the QUIC connection, whose closing cancels the exchange.
+    pub conn: Option<quinn::Connection>,
+}
+
 impl Exchange {
-    /// An exchange with no client behind it (empty body, a responder that sends nowhere):
-    /// for benchmarks and tests of the engine.
-    pub fn detached(id: u64, head: Parts) -> Exchange {
-        Exchange::new(ExchangeState {
+    /// A new exchange, before any stage ran.
+    pub fn start(
+        id: u64,
+        head: Parts,
+        body: RequestBody,
+        responder: Responder,
+        origin: Origin,
+    ) -> Exchange {
+        Exchange(Box::new(ExchangeState {
             id,
             head,
-            body: RequestBody::empty(),
-            responder: Responder::detached(),
-            client_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            protocol: ClientProtocol::H3,
-            tls: true,
-            client: ClientTls::default(),
+            body,
+            responder,
+            client_addr: origin.client_addr,
+            protocol: origin.protocol,
+            tls: origin.tls,
+            client: origin.client,
             grpc: false,
-            conn: None,
+            conn: origin.conn,
             permits: Permits::default(),
             route: None,
             upstream: None,
@@ -143,12 +158,26 @@ impl Exchange {
             attempts: SmallVec::new(),
             response: None,
             started: Instant::now(),
-        })
+        }))
     }
 
-    /// Boxes the state of a new exchange.
-    pub fn new(state: ExchangeState) -> Exchange {
-        Exchange(Box::new(state))
+    /// An exchange with no client behind it (empty body, a responder that sends nowhere):
+    /// for benchmarks and tests of the engine.
+    pub fn detached(id: u64, head: Parts) -> Exchange {
+        let origin = Origin {
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            protocol: ClientProtocol::H3,
+            tls: true,
+            client: ClientTls::default(),
+            conn: None,
+        };
+        Exchange::start(
+            id,
+            head,
+            RequestBody::empty(),
+            Responder::detached(),
+            origin,
+        )
     }
 
     /// Completes when the client is gone: its connection closed, it reset the request stream

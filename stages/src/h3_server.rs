@@ -8,19 +8,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h3::server::RequestResolver;
 use metrics::{counter, gauge};
-use smallvec::SmallVec;
 use spooky_sync::{Cap, Permit};
 use tokio::sync::watch;
 
 use crate::body::RequestBody;
 use crate::config::{ListenerConfig, StagesConfig};
 use crate::engine::Pipeline;
-use crate::exchange::{ClientProtocol, ClientTls, Exchange, ExchangeState, Permits};
+use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
 use crate::flow::Reject;
 use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
 use crate::responder::Responder;
@@ -251,25 +250,15 @@ async fn request(
     );
     let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
     let empty_upstream = declared == Some(0) || (!has_length && bodyless_method);
-    let mut ex = Exchange::new(ExchangeState {
-        id: pipeline.next_id(),
-        head,
-        body: RequestBody::h3(recv, declared, empty_upstream, read_ahead),
-        responder: Responder::h3(send),
+    let origin = Origin {
         client_addr: remote,
         protocol: ClientProtocol::H3,
         tls: true,
         client,
-        grpc: false,
         conn: Some(conn),
-        permits: Permits::default(),
-        route: None,
-        upstream: None,
-        backend: None,
-        attempts: SmallVec::new(),
-        response: None,
-        started: Instant::now(),
-    });
+    };
+    let body = RequestBody::h3(recv, declared, empty_upstream, read_ahead);
+    let mut ex = Exchange::start(pipeline.next_id(), head, body, Responder::h3(send), origin);
     match pipeline.drain().enter() {
         Ok(guard) => ex.permits.drain = Some(guard),
         Err(_) => {

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -18,7 +18,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use metrics::{counter, gauge};
-use smallvec::SmallVec;
 use spooky_sync::{Cap, Permit};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -27,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::RequestBody;
 use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
 use crate::engine::Pipeline;
-use crate::exchange::{ClientProtocol, ClientTls, Exchange, ExchangeState, Permits};
+use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
 use crate::flow::Reject;
 use crate::h3_server::until_true;
 use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
@@ -283,25 +282,15 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let bodyless = http_body::Body::is_end_stream(&body) || declared == Some(0);
-    let mut ex = Exchange::new(ExchangeState {
-        id: pipeline.next_id(),
-        body: RequestBody::hyper(body, declared, bodyless, shared.read_ahead),
-        head,
-        responder: Responder::hyper(tx),
+    let origin = Origin {
         client_addr: peer.remote,
         protocol,
         tls: peer.tls,
         client: peer.client,
-        grpc: false,
         conn: None,
-        permits: Permits::default(),
-        route: None,
-        upstream: None,
-        backend: None,
-        attempts: SmallVec::new(),
-        response: None,
-        started: Instant::now(),
-    });
+    };
+    let body = RequestBody::hyper(body, declared, bodyless, shared.read_ahead);
+    let mut ex = Exchange::start(pipeline.next_id(), head, body, Responder::hyper(tx), origin);
     match pipeline.drain().enter() {
         Ok(guard) => {
             ex.permits.drain = Some(guard);

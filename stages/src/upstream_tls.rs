@@ -238,9 +238,10 @@ impl AsyncWrite for BackendStream {
     }
 }
 
-/// `verify = "off"`: accepts any certificate (handshake signatures are still checked).
+/// Accepts any server certificate (handshake signatures are still checked): the upstream
+/// `verify = "off"` opt-out, and `spooky-bench` against a self-signed quickstart.
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub struct NoVerify(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(

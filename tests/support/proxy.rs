@@ -24,6 +24,13 @@ pub fn pipeline(listener_extra: &str, rest: &str) -> String {
     pipeline_with(r#"["h3"]"#, listener_extra, rest)
 }
 
+/// A catch-all route `app` to an upstream `app` with one backend at `url`.
+pub fn app_upstream(url: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nbackends = [ {{ url = \"{url}\" }} ]\n"
+    )
+}
+
 /// [`pipeline`] with the listener's protocols.
 pub fn pipeline_with(protocols: &str, listener_extra: &str, rest: &str) -> String {
     format!(
