@@ -133,15 +133,7 @@ async fn admission_wait_completes_after_one_release() {
     for h in held {
         assert_eq!(h.await.expect("task"), StatusCode::OK);
     }
-    assert_eq!(
-        proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "admission"), ("reason", "admission_full")]
-            )
-            .await,
-        0.0
-    );
+    assert_eq!(proxy.rejected("admission", "admission_full").await, 0.0);
     proxy.assert_caps_zero().await;
 }
 
@@ -254,26 +246,10 @@ backends = [ {{ url = "{}" }} ]
         .await;
     let overflow = conn.get(&url("/q/2")).await.expect("overflow");
     assert_eq!(overflow.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "queue"), ("reason", "queue_full")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.rejected("queue", "queue_full").await, 1.0);
     let timed_out = waiting.await.expect("task");
     assert_eq!(timed_out.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "queue"), ("reason", "queue_deadline")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.rejected("queue", "queue_deadline").await, 1.0);
     backend.state.release(1);
     for h in held {
         assert_eq!(h.await.expect("task"), StatusCode::OK);

@@ -99,15 +99,7 @@ async fn direct_response_and_no_route() {
         .expect("req");
     let none = conn.request(req, None).await.expect("DELETE");
     assert_eq!(none.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "route"), ("reason", "no_route")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.rejected("route", "no_route").await, 1.0);
     assert_eq!(
         backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
         0
@@ -376,24 +368,8 @@ async fn malformed_heads_get_400_or_431_and_the_connection_keeps_serving() {
         .await
         .expect("two lengths");
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "ingress"), ("reason", "header_count")]
-            )
-            .await,
-        1.0
-    );
-    assert_eq!(
-        proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "ingress"), ("reason", "bad_content_length")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.rejected("ingress", "header_count").await, 1.0);
+    assert_eq!(proxy.rejected("ingress", "bad_content_length").await, 1.0);
     assert_eq!(
         backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
         0
@@ -447,15 +423,7 @@ backends = [ {{ url = "{}", max_inflight = 1 }} ]
     // The only backend is at its cap: nothing to select.
     let full = conn.get(&url("/x")).await.expect("GET");
     assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "select"), ("reason", "no_backend")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.rejected("select", "no_backend").await, 1.0);
     let timed_out = slow.await.expect("task");
     assert_eq!(timed_out.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(

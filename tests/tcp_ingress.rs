@@ -166,15 +166,12 @@ async fn plaintext_listener_serves_and_redirect_mode_redirects() {
         "tls = \"off\"\nalt_svc = \"h3=\\\":443\\\"\"",
         &rest,
     ));
-    let addr = proxy.tcp_addr.expect("tcp");
-    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.expect("tcp"));
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1");
-    tokio::spawn(conn);
+    let mut send = Sender::plain(proxy.tcp_addr.expect("tcp")).await;
     let req = Request::get("/plain")
         .header("host", "example.org")
         .body(Full::new(Bytes::new()))
         .expect("req");
-    let resp = send.send_request(req).await.expect("send");
+    let resp = send.send(req).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         resp.headers().get("alt-svc").map(|v| v.as_bytes()),
@@ -198,18 +195,12 @@ async fn plaintext_listener_serves_and_redirect_mode_redirects() {
         "tls = \"off\"\nredirect = \"https\"\nredirect_port = 8443",
         &rest,
     ));
-    let io = hyper_util::rt::TokioIo::new(
-        tokio::net::TcpStream::connect(redirecting.tcp_addr.expect("tcp"))
-            .await
-            .expect("tcp"),
-    );
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1");
-    tokio::spawn(conn);
+    let mut send = Sender::plain(redirecting.tcp_addr.expect("tcp")).await;
     let req = Request::get("/a/b?c=d")
         .header("host", "example.org:80")
         .body(Full::new(Bytes::new()))
         .expect("req");
-    let resp = send.send_request(req).await.expect("send");
+    let resp = send.send(req).await;
     assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
     assert_eq!(
         resp.headers().get("location").map(|v| v.as_bytes()),

@@ -279,15 +279,7 @@ async fn connection_close_mid_response_body() {
         })
         .await;
     s.proxy.assert_caps_zero().await;
-    assert_eq!(
-        s.proxy
-            .metric(
-                "spooky_stage_rejected_total",
-                &[("stage", "egress"), ("reason", "client_gone")]
-            )
-            .await,
-        1.0
-    );
+    assert_eq!(s.proxy.rejected("egress", "client_gone").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

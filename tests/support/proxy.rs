@@ -150,6 +150,15 @@ impl Proxy {
         sample(&body, name, labels)
     }
 
+    /// `spooky_stage_rejected_total` of one stage and reason.
+    pub async fn rejected(&self, stage: &str, reason: &str) -> f64 {
+        self.metric(
+            "spooky_stage_rejected_total",
+            &[("stage", stage), ("reason", reason)],
+        )
+        .await
+    }
+
     /// Polls `/metrics` until `pred` holds for the sample (bounded: 10 s), returning it.
     pub async fn wait_metric(
         &self,

@@ -101,6 +101,14 @@ impl Sender {
         }
     }
 
+    /// Plaintext HTTP/1.1 (no TLS).
+    pub async fn plain(addr: SocketAddr) -> Sender {
+        let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.expect("tcp"));
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1");
+        tokio::spawn(conn);
+        Sender::H1(send)
+    }
+
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Response<Incoming> {
         self.try_send(req).await.expect("request")
     }
@@ -110,9 +118,17 @@ impl Sender {
         &mut self,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, hyper::Error> {
+        // Wait until the connection can take a request (HTTP/1.1: the previous exchange has
+        // fully finished).
         match self {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
         }
     }
 }
