@@ -302,38 +302,3 @@ impl Drop for RequestBody {
         }
     }
 }
-
-/// What dispatch sends upstream: nothing, or the client's body as it arrives.
-pub enum UpstreamBody {
-    Empty,
-    Stream(Box<RequestBody>),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Stream(b) => Pin::new(b.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Stream(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Stream(b) => b.size_hint(),
-        }
-    }
-}

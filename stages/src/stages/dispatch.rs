@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
-use crate::body::UpstreamBody;
+use crate::body::RequestBody;
 use crate::config::{BackendProtocol, Dur};
 use crate::exchange::{Attempt, AttemptError, Exchange};
 use crate::flow::{Flow, Reject};
@@ -130,7 +130,7 @@ impl BackendAddr {
 }
 
 /// The pooled client of one backend: its own pool, TLS settings and protocol.
-pub type BackendClient = Client<BackendConnector, UpstreamBody>;
+pub type BackendClient = Client<BackendConnector, RequestBody>;
 
 /// Builds a backend's client.
 pub fn backend_client(
@@ -246,7 +246,7 @@ impl Dispatch {
         &self,
         ex: &mut Exchange,
         backend: &BackendAddr,
-    ) -> Result<Request<UpstreamBody>, &'static str> {
+    ) -> Result<Request<RequestBody>, &'static str> {
         let path = ex
             .head
             .uri
@@ -307,10 +307,13 @@ impl Dispatch {
             }
             Forwarded::Off => {}
         }
+        // A request forwarded without a body keeps its own (the exchange may be repeated and
+        // still watches it for resets); an empty one goes upstream, which hyper sends with no
+        // body at all (never chunked).
         let body = if ex.body.is_empty_request() {
-            UpstreamBody::Empty
+            RequestBody::empty()
         } else {
-            UpstreamBody::Stream(Box::new(ex.body.take()))
+            ex.body.take()
         };
         let mut req = Request::new(body);
         *req.method_mut() = ex.head.method.clone();
