@@ -182,10 +182,7 @@ async fn grpc_over_h2_and_h3_with_streaming_trailers_and_errors() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let (backend, seen) = h2c_grpc_backend().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let dead = support::dead_addr();
     let rest = format!(
         r#"
 [stages.admission]

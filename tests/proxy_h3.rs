@@ -235,11 +235,7 @@ async fn backend_down_is_502_and_retry_goes_to_another_backend() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let backend = Backend::start().await;
-    // A port with nothing listening: bind, note the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let dead = support::dead_addr();
     let rest = format!(
         r#"
 [[routes]]

@@ -75,6 +75,17 @@ async fn open_post(
     s
 }
 
+/// A GET whose answer does not matter: the test closes its connection under it.
+fn abandoned_get(conn: &spooky::h3client::H3Conn, path: String) -> tokio::task::JoinHandle<()> {
+    let mut send = conn.send.clone();
+    tokio::spawn(async move {
+        let req = Request::get(url(&path)).body(()).expect("req");
+        let mut st = send.send_request(req).await.expect("send");
+        let _ = st.finish().await;
+        let _ = st.recv_response().await;
+    })
+}
+
 /// Holds the single upstream slot with a GET the backend keeps.
 async fn occupy(
     s: &Setup,
@@ -145,16 +156,7 @@ async fn connection_close_while_waiting_in_queue() {
     let (_occ, occupier) = occupy(&s).await;
     let conn = connect(&s.client, &s.proxy).await;
     let waiters: Vec<_> = (0..3)
-        .map(|i| {
-            let send = conn.send.clone();
-            tokio::spawn(async move {
-                let mut send = send;
-                let req = Request::get(url(&format!("/q/{i}"))).body(()).expect("req");
-                let mut st = send.send_request(req).await.expect("send");
-                let _ = st.finish().await;
-                let _ = st.recv_response().await;
-            })
-        })
+        .map(|i| abandoned_get(&conn, format!("/q/{i}")))
         .collect();
     s.proxy
         .wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| {
@@ -181,14 +183,7 @@ async fn connection_close_while_waiting_in_admission() {
     let s = setup("[stages.admission]\nmax_inflight = 1\nwhen_full = \"wait\"").await;
     let (_occ, occupier) = occupy(&s).await;
     let conn = connect(&s.client, &s.proxy).await;
-    let c = conn.send.clone();
-    let waiter = tokio::spawn(async move {
-        let mut c = c;
-        let req = Request::get(url("/a")).body(()).expect("req");
-        let mut st = c.send_request(req).await.expect("send");
-        let _ = st.finish().await;
-        let _ = st.recv_response().await;
-    });
+    let waiter = abandoned_get(&conn, "/a".into());
     s.proxy
         .wait_metric("spooky_admission_waiting", &[], |v| v == 1.0)
         .await;
@@ -207,14 +202,7 @@ async fn connection_close_while_waiting_in_admission() {
 async fn connection_close_while_in_dispatch() {
     let s = setup("").await;
     let conn = connect(&s.client, &s.proxy).await;
-    let c = conn.send.clone();
-    let req_task = tokio::spawn(async move {
-        let mut c = c;
-        let req = Request::get(url("/hold/d")).body(()).expect("req");
-        let mut st = c.send_request(req).await.expect("send");
-        let _ = st.finish().await;
-        let _ = st.recv_response().await;
-    });
+    let req_task = abandoned_get(&conn, "/hold/d".into());
     s.backend
         .state
         .wait_until("request at the backend", |b| {

@@ -85,3 +85,10 @@ pub async fn connect(client: &H3Client, proxy: &proxy::Proxy) -> H3Conn {
 pub fn url(path: &str) -> String {
     format!("https://localhost{path}")
 }
+
+/// A loopback address with nothing listening (bound, noted, closed): connections are refused.
+pub fn dead_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+}
