@@ -104,6 +104,9 @@ pub struct ExchangeState {
     pub client: ClientTls,
     /// A gRPC request (set by ingress): the proxy's own errors are answered as gRPC.
     pub grpc: bool,
+    /// A gRPC request's deadline (`grpc-timeout` from when ingress saw it): it bounds the
+    /// wait for the backend and the whole streamed response.
+    pub deadline: Option<Instant>,
     /// The connection the exchange came on: closing it cancels the exchange.
     pub(crate) conn: Option<quinn::Connection>,
     pub permits: Permits,
@@ -150,6 +153,7 @@ impl Exchange {
             tls: origin.tls,
             client: origin.client,
             grpc: false,
+            deadline: None,
             conn: origin.conn,
             permits: Permits::default(),
             route: None,

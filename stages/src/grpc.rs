@@ -65,6 +65,21 @@ pub fn error_headers(r: &Reject) -> HeaderMap {
     h
 }
 
+/// Trailers that end a response whose deadline passed while it streamed: the backend's stream
+/// is dropped (reset) and the client reads DEADLINE_EXCEEDED, as if the call had failed there.
+pub fn deadline_trailers() -> HeaderMap {
+    let mut t = HeaderMap::new();
+    t.insert(
+        "grpc-status",
+        HeaderValue::from(Code::DeadlineExceeded as u16),
+    );
+    t.insert(
+        "grpc-message",
+        HeaderValue::from_static("spooky: grpc_deadline (response cut short)"),
+    );
+    t
+}
+
 /// Parses `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n; at most 8 digits).
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -84,6 +99,19 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// `grpc-timeout` for `d`, rounded up to whole milliseconds (never shorter than what is left,
+/// so the backend does not give up before the proxy does), in the coarsest unit that keeps
+/// the value within the 8 digits gRPC allows.
+pub fn encode_timeout(d: Duration) -> HeaderValue {
+    let ms = d.as_nanos().div_ceil(1_000_000).max(1);
+    let v = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", ms.div_ceil(1000).min(99_999_999))
+    };
+    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("99999999S"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +129,21 @@ mod tests {
         assert_eq!(h("123456789S"), None);
         assert_eq!(h("10x"), None);
         assert_eq!(h("m"), None);
+    }
+
+    #[test]
+    fn encoded_timeouts_round_up_and_parse_back() {
+        let enc = |d: Duration| encode_timeout(d).to_str().map(str::to_string).ok();
+        assert_eq!(enc(Duration::from_micros(199_001)).as_deref(), Some("200m"));
+        assert_eq!(enc(Duration::from_nanos(1)).as_deref(), Some("1m"));
+        assert_eq!(enc(Duration::from_secs(3600)).as_deref(), Some("3600000m"));
+        assert_eq!(
+            enc(Duration::from_secs(10_000_000)).as_deref(),
+            Some("10000000S")
+        );
+        let mut m = HeaderMap::new();
+        m.insert("grpc-timeout", encode_timeout(Duration::from_millis(1500)));
+        assert_eq!(timeout(&m), Some(Duration::from_millis(1500)));
     }
 
     #[test]

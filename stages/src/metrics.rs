@@ -26,6 +26,8 @@ pub const LISTENER_CONNECTIONS: &str = "spooky_listener_connections";
 pub const LISTENER_CONNECTIONS_TOTAL: &str = "spooky_listener_connections_total";
 pub const LISTENER_HANDSHAKES: &str = "spooky_listener_handshakes_total";
 pub const CONTROL_RELOADS: &str = "spooky_control_reloads_total";
+/// gRPC responses cut short by the client's deadline after their head was sent.
+pub const GRPC_DEADLINE_CUT: &str = "spooky_grpc_deadline_cut_total";
 
 /// Buckets for every `_seconds` histogram: few and deliberate, 100 µs to 10 s.
 pub const SECONDS_BUCKETS: [f64; 12] = [

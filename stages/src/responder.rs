@@ -203,6 +203,37 @@ impl Drop for Responder {
 pub struct ProxyBody {
     inner: Inner,
     permits: Option<Permits>,
+    /// A gRPC deadline that ends the body early with DEADLINE_EXCEEDED trailers.
+    deadline: Option<Deadline>,
+}
+
+/// When a streamed gRPC response must end, and what counts the cut.
+pub struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    cut: metrics::Counter,
+}
+
+impl Deadline {
+    pub fn new(at: std::time::Instant, cut: metrics::Counter) -> Deadline {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at.into())),
+            cut,
+        }
+    }
+
+    /// Ready once the deadline has passed; counts the cut.
+    pub fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let passed = self.sleep.as_mut().poll(cx);
+        if passed.is_ready() {
+            self.cut.increment(1);
+        }
+        passed
+    }
+
+    /// Waits for the deadline (see [`Deadline::poll_passed`]).
+    pub async fn passed(&mut self) {
+        std::future::poll_fn(|cx| self.poll_passed(cx)).await;
+    }
 }
 
 enum Inner {
@@ -215,14 +246,20 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Full((!b.is_empty()).then_some(b)),
             permits: None,
+            deadline: None,
         }
     }
 
     /// The upstream body, holding `permits` until it is done.
-    pub fn upstream(body: hyper::body::Incoming, permits: Permits) -> Self {
+    pub fn upstream(
+        body: hyper::body::Incoming,
+        permits: Permits,
+        deadline: Option<Deadline>,
+    ) -> Self {
         ProxyBody {
             inner: Inner::Upstream(body),
             permits: Some(permits),
+            deadline,
         }
     }
 }
@@ -247,7 +284,18 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => match this.deadline.as_mut().map(|d| d.poll_passed(cx)) {
+                    Some(Poll::Ready(())) => {
+                        // Dropping the upstream body resets the backend's stream.
+                        this.inner = Inner::Full(None);
+                        this.deadline = None;
+                        this.permits = None;
+                        return Poll::Ready(Some(Ok(Frame::trailers(
+                            crate::grpc::deadline_trailers(),
+                        ))));
+                    }
+                    _ => Poll::Pending,
+                },
             },
         };
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {

@@ -164,6 +164,9 @@ pub fn backend_client(
     Ok(builder.build(connector))
 }
 
+/// `upstream_request`'s answer when a gRPC deadline ran out before the request was sent.
+const DEADLINE_PASSED: &str = "grpc_deadline";
+
 /// The running stage.
 pub struct Dispatch {
     response_timeout: Duration,
@@ -188,16 +191,24 @@ impl Dispatch {
         let backend = &upstream.backends[idx];
         let req = match self.upstream_request(&mut ex, &backend.addr) {
             Ok(r) => r,
+            Err(DEADLINE_PASSED) => {
+                return Flow::Reject(
+                    ex,
+                    Reject::new(StatusCode::GATEWAY_TIMEOUT, "grpc_deadline"),
+                );
+            }
             Err(reason) => return Flow::Reject(ex, Reject::bad_request(reason)),
         };
         let started = Instant::now();
-        // A gRPC client's deadline bounds the wait too (the header is forwarded unchanged).
-        let deadline = match crate::grpc::timeout(req.headers()) {
-            Some(t) => t.min(self.response_timeout),
-            None => self.response_timeout,
+        // A gRPC client's deadline bounds the wait too; what is left of it was forwarded.
+        let (wait, timeout_reason) = match ex.deadline {
+            Some(d) if d.saturating_duration_since(started) < self.response_timeout => {
+                (d.saturating_duration_since(started), "grpc_deadline")
+            }
+            _ => (self.response_timeout, "upstream_timeout"),
         };
         let sent = {
-            let send = tokio::time::timeout(deadline, backend.client.request(req));
+            let send = tokio::time::timeout(wait, backend.client.request(req));
             tokio::select! {
                 r = send => Some(r),
                 () = ex.cancelled() => None,
@@ -230,12 +241,9 @@ impl Dispatch {
                 Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "upstream_reset"))
             }
             Some(Err(_elapsed)) => {
-                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, "upstream response timed out");
+                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, reason = timeout_reason, "upstream response timed out");
                 backend.metrics.timeout.increment(1);
-                Flow::Reject(
-                    ex,
-                    Reject::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-                )
+                Flow::Reject(ex, Reject::new(StatusCode::GATEWAY_TIMEOUT, timeout_reason))
             }
         }
     }
@@ -291,6 +299,15 @@ impl Dispatch {
         // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send them
         // (RFC 9110 §10.1.4).
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        if let Some(deadline) = ex.deadline {
+            // The backend gets what is left of the client's deadline (gRPC over HTTP/2:
+            // proxies pass the deadline on, less the time already spent).
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DEADLINE_PASSED);
+            }
+            headers.insert("grpc-timeout", crate::grpc::encode_timeout(left));
+        }
         let client_ip = HeaderValue::from_str(&ex.client_addr.ip().to_string())
             .map_err(|_| "bad_client_addr")?;
         const XFF: &str = "x-forwarded-for";

@@ -9,7 +9,7 @@ use crate::exchange::Exchange;
 use crate::flow::{Flow, Reject};
 use crate::headers::{append_via, strip_hop_by_hop};
 use crate::metrics::RequestMetrics;
-use crate::responder::ProxyBody;
+use crate::responder::{Deadline, ProxyBody};
 
 /// Whether the proxy adds itself to `Via` on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -33,6 +33,7 @@ pub struct Config {
 pub struct Egress {
     requests: RequestMetrics,
     via: Via,
+    deadline_cut: metrics::Counter,
 }
 
 impl Egress {
@@ -40,6 +41,10 @@ impl Egress {
         Egress {
             requests: RequestMetrics::new(pipeline),
             via: config.via,
+            deadline_cut: metrics::counter!(
+                crate::metrics::GRPC_DEADLINE_CUT,
+                "pipeline" => pipeline.to_string()
+            ),
         }
     }
 
@@ -56,11 +61,15 @@ impl Egress {
             append_via(&mut parts.headers, "1.1");
         }
         let status = parts.status;
+        // A gRPC deadline still bounds the streamed body.
+        let mut deadline = ex
+            .deadline
+            .map(|at| Deadline::new(at, self.deadline_cut.clone()));
         if ex.responder.takes_whole_response() {
             // HTTP/1.1 and HTTP/2: hyper streams the body; the exchange's permits travel with
             // it and come back when the last byte is sent (or the client goes).
             let permits = std::mem::take(&mut ex.permits);
-            let resp = Response::from_parts(parts, ProxyBody::upstream(body, permits));
+            let resp = Response::from_parts(parts, ProxyBody::upstream(body, permits, deadline));
             return match ex.responder.send_response(resp) {
                 Ok(()) => {
                     self.requests.record(status, ex.started);
@@ -85,10 +94,30 @@ impl Egress {
             }
         };
         tokio::pin!(closed);
+        let passed = async {
+            match deadline.as_mut() {
+                Some(d) => d.passed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(passed);
         loop {
             let frame = tokio::select! {
                 f = body.frame() => f,
                 _ = &mut closed => return Flow::Abandon(ex, "client_gone"),
+                () = &mut passed => {
+                    tracing::info!(exchange = ex.id, "gRPC deadline passed while the response streamed");
+                    // Dropping the upstream body resets the backend's stream.
+                    drop(body);
+                    let ended = ex.responder.send_trailers(crate::grpc::deadline_trailers()).await;
+                    return match ended {
+                        Ok(()) => {
+                            self.requests.record(status, ex.started);
+                            Flow::Done
+                        }
+                        Err(_) => Flow::Abandon(ex, "client_gone"),
+                    };
+                }
             };
             let result = match frame {
                 None => ex.responder.finish().await,

@@ -81,6 +81,10 @@ impl Ingress {
 
     pub fn decide(&self, mut ex: Exchange) -> Flow {
         ex.grpc = crate::grpc::is_grpc(&ex.head.headers);
+        if ex.grpc {
+            ex.deadline =
+                crate::grpc::timeout(&ex.head.headers).and_then(|t| ex.started.checked_add(t));
+        }
         let headers = &ex.head.headers;
         let lengths: Vec<_> = headers
             .get_all(http::header::CONTENT_LENGTH)
