@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use metrics::counter;
 use spooky_stages::config::{ListenerConfig, TlsSetting};
 use spooky_stages::metrics::CONTROL_RELOADS;
-use spooky_stages::tls::{CertStore, Certs};
+use spooky_stages::tls::{self, CertStore, Certs};
 
 /// One listener's certificates and where they come from.
 struct Entry {
@@ -65,7 +65,13 @@ impl CertReloader {
             if !cfg.watch {
                 continue;
             }
-            let mut files: Vec<PathBuf> = cfg.cert.iter().chain(cfg.key.iter()).cloned().collect();
+            let mut files: Vec<PathBuf> = cfg
+                .cert
+                .iter()
+                .chain(cfg.key.iter())
+                .chain(cfg.client_ca.iter())
+                .cloned()
+                .collect();
             for c in &cfg.certificates {
                 files.push(c.cert.clone());
                 files.push(c.key.clone());
@@ -88,9 +94,15 @@ impl CertReloader {
 }
 
 fn reload_one(e: &Entry) -> Result<(), String> {
-    match Certs::load(&e.setting, &e.listener) {
-        Ok(Some(certs)) => {
+    // Certificates and the client CA (mTLS) are reloaded together, or not at all.
+    let loaded = Certs::load(&e.setting, &e.listener).and_then(|certs| {
+        let verifier = tls::client_verifier(&e.setting)?;
+        Ok(certs.map(|c| (c, verifier)))
+    });
+    match loaded {
+        Ok(Some((certs, verifier))) => {
             e.store.replace(certs);
+            e.store.set_client_verifier(verifier);
             counter!(CONTROL_RELOADS, "kind" => "certs", "result" => "ok").increment(1);
             tracing::info!(listener = %e.listener, "certificates reloaded: new handshakes use them");
             Ok(())

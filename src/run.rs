@@ -13,7 +13,7 @@ use spooky_stages::config::{self, Config, ListenerConfig, Protocol};
 use spooky_stages::h3_server::H3Listener;
 use spooky_stages::metrics::SECONDS_BUCKETS;
 use spooky_stages::tcp_server::TcpListenerRt;
-use spooky_stages::tls::{CertStore, Certs};
+use spooky_stages::tls::{self, CertStore, Certs};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
@@ -63,6 +63,7 @@ async fn serve(config: Config) -> Result<(), String> {
     for l in &config.listeners {
         let certs = Certs::load(&l.tls, &l.name)?.map(CertStore::new);
         if let Some(store) = &certs {
+            store.set_client_verifier(tls::client_verifier(&l.tls)?);
             reloader.add(l, store.clone());
         }
         let (h3, tcp) = bind_listener(l, &config, certs).await?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use support::backend::Backend;
 use support::proxy::{Proxy, app_upstream, pipeline_with};
+use support::tcp::{client_config, tls_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,7 +31,19 @@ async fn setup() -> (Backend, Proxy) {
 async fn malformed_requests_get_400_and_the_connection_is_closed() {
     let (backend, proxy) = setup().await;
     let addr = proxy.tcp_addr.expect("tcp");
-    let cases: [(&str, &[u8]); 6] = [
+    let cases: [(&str, &[u8]); 9] = [
+        (
+            "identical content-lengths",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "content-length, then transfer-encoding",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "transfer-encoding, then content-length",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
         (
             "content-lengths that differ",
             b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
@@ -83,27 +96,52 @@ async fn malformed_requests_get_400_and_the_connection_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_length_with_transfer_encoding_is_forwarded_unambiguously() {
-    // RFC 9112 §6.3: Transfer-Encoding wins and the intermediary removes Content-Length
-    // before forwarding, so the backend can never read the body differently than we did; and
-    // (§6.1) the connection is closed after the response, so nothing pipelined behind it runs.
-    let (_backend, proxy) = setup().await;
-    let addr = proxy.tcp_addr.expect("tcp");
-    let answer = raw(
-        addr,
-        b"POST /headers HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+async fn ambiguous_framing_is_refused_after_the_requests_before_it_on_tls() {
+    // One HTTP/1.1-over-TLS connection: two good requests with bodies (chunked, then
+    // fixed-length, the first body itself looking like a smuggled head), then
+    // Content-Length with Transfer-Encoding, then a request that must never run.
+    let backend = Backend::start().await;
+    let dir = support::TempDir::new();
+    let cert = support::TestCert::generate(&dir);
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["http1"]"#,
+        &cert.toml(),
+        &app_upstream(&backend.url()),
+    ));
+    let cfg = client_config(std::slice::from_ref(&cert.der), &[b"http/1.1"]);
+    let (mut tls, _) = tls_connect(proxy.tcp_addr.expect("tcp"), "localhost", cfg)
+        .await
+        .expect("tls");
+    let decoy = "GET /decoy HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
+    let mut bytes = format!(
+        "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{decoy}\r\n0\r\n\r\n",
+        decoy.len()
+    );
+    bytes.push_str("POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok");
+    bytes.push_str("POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n");
+    bytes.push_str("GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n");
+    tls.write_all(bytes.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answer[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{answer}");
+    assert!(answer.contains(decoy), "the decoy was a body: {answer}");
     assert_eq!(
-        answer.matches("HTTP/1.1 ").count(),
-        1,
-        "the connection must close after the response: {answer}"
+        backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "only the two good requests reached the backend"
     );
-    assert!(
-        !answer.contains("content-length: 40"),
-        "the backend saw the client's Content-Length: {answer}"
-    );
+    proxy
+        .wait_metric(
+            "spooky_http1_refused_total",
+            &[("reason", "content_length_with_transfer_encoding")],
+            |v| v == 1.0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,3 +155,88 @@ async fn a_certificate_from_another_ca_is_refused_when_required() {
     let id = Some((stranger.chain.clone(), stranger.key.clone_key()));
     assert!(over_quic(&proxy, &roots, id).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_ca_is_reloaded_with_the_certificates() {
+    let dir = TempDir::new();
+    let server = TestCert::generate(&dir);
+    let (old_ca, new_ca) = (Ca::new("old client CA"), Ca::new("new client CA"));
+    let ca_path = dir.0.join("client-ca.pem");
+    old_ca.write(&ca_path);
+    let old_client = old_ca.issue(&dir, "old", &["old.example"]);
+    let new_client = new_ca.issue(&dir, "new", &["new.example"]);
+    let old_id = || Some((old_client.chain.clone(), old_client.key.clone_key()));
+    let new_id = || Some((new_client.chain.clone(), new_client.key.clone_key()));
+    let backend = Backend::start().await;
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", client_auth = \"required\", client_ca = \"{}\", client_identity_header = \"x-client-identity\" }}",
+        server.cert_path.display(),
+        server.key_path.display(),
+        ca_path.display()
+    );
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3", "h2"]"#,
+        &tls,
+        &app_upstream(&backend.url()),
+    ));
+    let roots = vec![server.der.clone()];
+    let accepted = |r: &Result<String, String>, who: &str| {
+        let line = r.as_ref().unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert!(line.contains(who), "{who}: {line}");
+    };
+    accepted(&over_tcp(&proxy, &roots, old_id()).await, "old.example");
+    accepted(&over_quic(&proxy, &roots, old_id()).await, "old.example");
+    assert!(over_tcp(&proxy, &roots, new_id()).await.is_err());
+    assert!(over_quic(&proxy, &roots, new_id()).await.is_err());
+
+    // A connection made under the old CA, kept open across the reload.
+    let mut kept = Sender::connect_with(
+        proxy.tcp_addr.expect("tcp"),
+        client_config_with(&roots, &[b"h2"], old_id()),
+    )
+    .await
+    .expect("old client");
+    let get = || {
+        Request::get("https://localhost/headers")
+            .body(Full::new(Bytes::new()))
+            .expect("req")
+    };
+    assert_eq!(kept.send(get()).await.status(), StatusCode::OK);
+
+    new_ca.write(&ca_path);
+    proxy.sighup();
+    let reloads = [("kind", "certs"), ("result", "ok")];
+    proxy
+        .wait_metric("spooky_control_reloads_total", &reloads, |v| v == 1.0)
+        .await;
+    accepted(&over_tcp(&proxy, &roots, new_id()).await, "new.example");
+    accepted(&over_quic(&proxy, &roots, new_id()).await, "new.example");
+    assert!(
+        over_tcp(&proxy, &roots, old_id()).await.is_err(),
+        "new TCP handshakes no longer trust the old CA"
+    );
+    assert!(
+        over_quic(&proxy, &roots, old_id()).await.is_err(),
+        "new QUIC handshakes no longer trust the old CA"
+    );
+    assert_eq!(
+        kept.send(get()).await.status(),
+        StatusCode::OK,
+        "an established connection goes on untouched"
+    );
+
+    // A broken client CA file is refused as a whole: the new CA keeps serving.
+    std::fs::write(&ca_path, "not a certificate").expect("write");
+    proxy.sighup();
+    let refused = [("kind", "certs"), ("result", "error")];
+    proxy
+        .wait_metric("spooky_control_reloads_total", &refused, |v| v == 1.0)
+        .await;
+    accepted(&over_tcp(&proxy, &roots, new_id()).await, "new.example");
+    accepted(&over_quic(&proxy, &roots, new_id()).await, "new.example");
+    assert!(
+        proxy.log().contains("client_ca") || proxy.log().contains("client-ca.pem"),
+        "the refusal names the file: {}",
+        proxy.log()
+    );
+}

@@ -31,6 +31,8 @@ type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
 pub struct H3Listener {
     name: String,
     endpoint: quinn::Endpoint,
+    /// The config each handshake is accepted with (rebuilt after a client CA reload).
+    server: tls::ServerConfigCell<Arc<quinn::ServerConfig>>,
     connections: Cap,
     max_field_section_size: u64,
     header_timeout: Duration,
@@ -45,10 +47,6 @@ impl H3Listener {
         stages: &StagesConfig,
         certs: Arc<CertStore>,
     ) -> Result<H3Listener, String> {
-        let crypto = tls::h3_server_crypto(certs, tls::client_verifier(&listener.tls)?)?;
-        let quic =
-            quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| e.to_string())?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(quinn::VarInt::from(
             listener.max_streams_per_connection.get(),
@@ -56,16 +54,27 @@ impl H3Listener {
         let idle = quinn::IdleTimeout::try_from(listener.idle_timeout.0)
             .map_err(|e| format!("idle_timeout: {e}"))?;
         transport.max_idle_timeout(Some(idle));
-        server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, listener.bind).map_err(|e| {
-            format!(
-                "listener \"{}\": cannot bind UDP {}: {e}",
-                listener.name, listener.bind
-            )
+        let transport = Arc::new(transport);
+        let resolver = certs.clone();
+        let server = tls::ServerConfigCell::new(certs, move |verifier| {
+            let crypto = tls::h3_server_crypto(resolver.clone(), verifier)?;
+            let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+                .map_err(|e| e.to_string())?;
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+            server.transport_config(transport.clone());
+            Ok(Arc::new(server))
         })?;
+        let endpoint =
+            quinn::Endpoint::server((*server.get()).clone(), listener.bind).map_err(|e| {
+                format!(
+                    "listener \"{}\": cannot bind UDP {}: {e}",
+                    listener.name, listener.bind
+                )
+            })?;
         Ok(H3Listener {
             name: listener.name.clone(),
             endpoint,
+            server,
             connections: Cap::new(listener.max_connections.get()),
             max_field_section_size: stages.ingress.max_header_bytes.0,
             header_timeout: stages.ingress.header_timeout.0,
@@ -127,7 +136,11 @@ impl H3Listener {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let remote = incoming.remote_address();
-        let conn = match incoming.await {
+        let accepted = match incoming.accept_with(self.server.get()) {
+            Ok(connecting) => connecting.await,
+            Err(e) => Err(e),
+        };
+        let conn = match accepted {
             Ok(c) => c,
             Err(e) => {
                 counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "error")

@@ -28,8 +28,11 @@ use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
 use crate::engine::Pipeline;
 use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
 use crate::flow::Reject;
+use crate::h1_guard::{H1Guard, Refusal};
 use crate::h3_server::until_true;
-use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
+use crate::metrics::{
+    HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
+};
 use crate::responder::{ProxyBody, Responder};
 use crate::tls::{self, CertStore};
 
@@ -39,7 +42,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every request of a listener needs.
 struct Shared {
     name: String,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::ServerConfigCell<TlsAcceptor>>,
     connections: Cap,
     alt_svc: Option<HeaderValue>,
     redirect: Option<u16>,
@@ -73,11 +76,11 @@ impl TcpListenerRt {
                 if listener.protocols.contains(&Protocol::Http1) {
                     alpn.push(b"http/1.1".to_vec());
                 }
-                Some(TlsAcceptor::from(Arc::new(tls::tcp_server_crypto(
-                    store,
-                    tls::client_verifier(&listener.tls)?,
-                    alpn,
-                )?)))
+                let resolver = store.clone();
+                Some(tls::ServerConfigCell::new(store, move |verifier| {
+                    tls::tcp_server_crypto(resolver.clone(), verifier, alpn.clone())
+                        .map(|c| TlsAcceptor::from(Arc::new(c)))
+                })?)
             }
             None => None,
         };
@@ -158,7 +161,7 @@ async fn connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let name = shared.name.clone();
-    match shared.tls.clone() {
+    match shared.tls.as_ref().map(|t| t.get()) {
         Some(acceptor) => {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
@@ -174,7 +177,8 @@ async fn connection(
                     return;
                 }
             };
-            counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "ok").increment(1);
+            counter!(LISTENER_HANDSHAKES, "listener" => name.clone(), "result" => "ok")
+                .increment(1);
             let session = tls.get_ref().1;
             let peer = Peer {
                 remote,
@@ -185,7 +189,12 @@ async fn connection(
                     forward_header: shared.forward_header.clone(),
                 },
             };
-            serve_http(shared, TokioIo::new(tls), peer, pipeline, shutdown).await;
+            if peer.h2 {
+                serve_http(shared, TokioIo::new(tls), peer, pipeline, shutdown).await;
+            } else {
+                let tls = H1Guard::new(tls, refused(name, remote));
+                serve_http(shared, TokioIo::new(tls), peer, pipeline, shutdown).await;
+            }
         }
         None => {
             let peer = Peer {
@@ -194,8 +203,17 @@ async fn connection(
                 h2: false,
                 client: ClientTls::default(),
             };
+            let stream = H1Guard::new(stream, refused(name, remote));
             serve_http(shared, TokioIo::new(stream), peer, pipeline, shutdown).await
         }
+    }
+}
+
+/// Counts and logs an HTTP/1.1 head refused by the framing guard (hyper answers it 400).
+fn refused(listener: String, remote: SocketAddr) -> impl FnOnce(Refusal) + Send + 'static {
+    move |why| {
+        tracing::info!(%remote, listener = %listener, reason = why.reason(), "HTTP/1.1 request refused: ambiguous framing (400, connection closed)");
+        counter!(HTTP1_REFUSED, "listener" => listener, "reason" => why.reason()).increment(1);
     }
 }
 

@@ -177,13 +177,33 @@ impl Certs {
 #[derive(Debug)]
 pub struct CertStore {
     current: RwLock<Arc<Certs>>,
+    /// The client-certificate verifier (mTLS), and how many times it was set.
+    verifier: RwLock<(u64, Option<Arc<dyn ClientCertVerifier>>)>,
 }
+
+/// The client-certificate verifier as last set, and its generation.
+pub type VerifierGen = (u64, Option<Arc<dyn ClientCertVerifier>>);
 
 impl CertStore {
     pub fn new(certs: Certs) -> Arc<CertStore> {
         Arc::new(CertStore {
             current: RwLock::new(Arc::new(certs)),
+            verifier: RwLock::new((0, None)),
         })
+    }
+
+    /// Verifies client certificates with `v` in handshakes from now on (server configs that
+    /// use it are rebuilt: see [`ServerConfigCell`]).
+    pub fn set_client_verifier(&self, v: Option<Arc<dyn ClientCertVerifier>>) {
+        let mut g = self.verifier.write().unwrap_or_else(|e| e.into_inner());
+        *g = (g.0 + 1, v);
+    }
+
+    pub fn client_verifier(&self) -> VerifierGen {
+        self.verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Serves `certs` to new handshakes from now on.
@@ -202,6 +222,49 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.certs().pick(hello.server_name()))
+    }
+}
+
+type Build<T> = dyn Fn(Option<Arc<dyn ClientCertVerifier>>) -> Result<T, String> + Send + Sync;
+
+/// A server config built over a [`CertStore`]. Certificates are resolved per handshake and
+/// need no rebuild; the client-certificate verifier is fixed inside a rustls config, so when
+/// a reload replaces it the config is rebuilt on the next handshake (established connections
+/// keep the one they were made with).
+pub struct ServerConfigCell<T> {
+    store: Arc<CertStore>,
+    build: Box<Build<T>>,
+    current: std::sync::Mutex<(u64, T)>,
+}
+
+impl<T: Clone> ServerConfigCell<T> {
+    pub fn new(
+        store: Arc<CertStore>,
+        build: impl Fn(Option<Arc<dyn ClientCertVerifier>>) -> Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        let (generation, verifier) = store.client_verifier();
+        let first = build(verifier)?;
+        Ok(ServerConfigCell {
+            store,
+            build: Box::new(build),
+            current: std::sync::Mutex::new((generation, first)),
+        })
+    }
+
+    /// The config for a new handshake.
+    pub fn get(&self) -> T {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, verifier) = self.store.client_verifier();
+        if cur.0 != generation {
+            match (self.build)(verifier) {
+                Ok(t) => *cur = (generation, t),
+                Err(e) => {
+                    tracing::error!(error = %e, "server config not rebuilt after reload: keeping the previous one");
+                    cur.0 = generation;
+                }
+            }
+        }
+        cur.1.clone()
     }
 }
 
