@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 /// Boxed error carried through bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-type H3Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+type H3Recv = h3::server::RequestStream<crate::h3_guard::GuardedRecv, Bytes>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -21,16 +21,23 @@ use crate::config::{ListenerConfig, StagesConfig};
 use crate::engine::Pipeline;
 use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
 use crate::flow::Reject;
-use crate::metrics::{LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES};
+use crate::h3_guard::{self, GuardedConn};
+use crate::metrics::{
+    HTTP3_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
+};
 use crate::responder::Responder;
 use crate::tls::{self, CertStore};
 
-type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
+type Resolver = RequestResolver<GuardedConn, Bytes>;
 
 /// A bound HTTP/3 listener.
 pub struct H3Listener {
     name: String,
     endpoint: quinn::Endpoint,
+    /// How much of a request stream the field-order guard waits for.
+    guard_limit: usize,
+    /// Counts heads the field-order guard refused.
+    on_refuse: h3_guard::OnRefuse,
     /// The config each handshake is accepted with (rebuilt after a client CA reload).
     server: tls::ServerConfigCell<Arc<quinn::ServerConfig>>,
     connections: Cap,
@@ -77,6 +84,17 @@ impl H3Listener {
             server,
             connections: Cap::new(listener.max_connections.get()),
             max_field_section_size: stages.ingress.max_header_bytes.0,
+            guard_limit: usize::try_from(stages.ingress.max_header_bytes.0)
+                .unwrap_or(usize::MAX)
+                .saturating_add(16 * 1024),
+            on_refuse: {
+                let name = listener.name.clone();
+                Arc::new(move |why: h3_guard::Refusal| {
+                    tracing::debug!(listener = %name, reason = why.reason(), "HTTP/3 request head refused (H3_MESSAGE_ERROR)");
+                    counter!(HTTP3_REFUSED, "listener" => name.clone(), "reason" => why.reason())
+                        .increment(1);
+                })
+            },
             header_timeout: stages.ingress.header_timeout.0,
             read_ahead: usize::try_from(stages.ingress.read_ahead.0).unwrap_or(usize::MAX),
             forward_header: tls::forward_header(&listener.tls)?,
@@ -164,7 +182,11 @@ impl H3Listener {
         open.increment(1.0);
         let built = h3::server::builder()
             .max_field_section_size(self.max_field_section_size)
-            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+            .build::<_, Bytes>(GuardedConn::new(
+                conn.clone(),
+                self.guard_limit,
+                self.on_refuse.clone(),
+            ))
             .await;
         let mut h3conn = match built {
             Ok(c) => c,

@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod flow;
 pub mod grpc;
 pub mod h1_guard;
+pub mod h3_guard;
 pub mod h3_server;
 pub mod headers;
 pub mod identity;

@@ -27,6 +27,8 @@ pub const LISTENER_CONNECTIONS_TOTAL: &str = "spooky_listener_connections_total"
 pub const LISTENER_HANDSHAKES: &str = "spooky_listener_handshakes_total";
 /// HTTP/1.1 request heads refused for ambiguous framing, by listener and reason.
 pub const HTTP1_REFUSED: &str = "spooky_http1_refused_total";
+/// HTTP/3 request heads refused for pseudo-header order or repeats, by listener and reason.
+pub const HTTP3_REFUSED: &str = "spooky_h3_refused_total";
 pub const CONTROL_RELOADS: &str = "spooky_control_reloads_total";
 /// gRPC responses cut short by the client's deadline after their head was sent.
 pub const GRPC_DEADLINE_CUT: &str = "spooky_grpc_deadline_cut_total";

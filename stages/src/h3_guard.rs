@@ -1,0 +1,602 @@
+//! HTTP/3 request-head checks that h3 cannot make: field order and repeated pseudo-headers.
+//!
+//! h3 0.0.8 decodes a request's HEADERS frame into a parsed head with no field order, keeping
+//! the last of repeated pseudo-headers. RFC 9114 §4.3 makes a request malformed when a
+//! pseudo-header follows a regular field or appears twice (§4.3.1: "exactly one value"), to be
+//! answered with a stream error H3_MESSAGE_ERROR (§4.1.2).
+//!
+//! [`GuardedConn`] wraps the QUIC connection handed to h3. On each request stream it holds the
+//! bytes back until the first HEADERS frame is complete and reads the field lines' *names* from
+//! the QPACK block (static-table references and literal names; values are skipped by length).
+//! A malformed head is replaced by an empty field section, which h3 refuses as it refuses any
+//! head without `:method` — the stream is reset with H3_MESSAGE_ERROR and the connection goes
+//! on. After the first HEADERS frame, or for anything it cannot read (dynamic-table references,
+//! which Spooky does not enable; a head larger than the limit; a stream that starts with
+//! something else), the guard steps aside and h3 decides, so it never refuses what it did not
+//! fully read.
+
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
+
+/// What replaces a malformed HEADERS frame: a HEADERS frame with an empty field section.
+const EMPTY_HEADERS: &[u8] = &[0x01, 0x02, 0x00, 0x00];
+
+/// Why a head was refused (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    PseudoAfterField,
+    RepeatedPseudo,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::PseudoAfterField => "pseudo_after_field",
+            Refusal::RepeatedPseudo => "repeated_pseudo",
+        }
+    }
+}
+
+/// Called for each refused head.
+pub type OnRefuse = std::sync::Arc<dyn Fn(Refusal) + Send + Sync>;
+
+/// A QUIC connection whose request streams are checked before h3 reads them.
+pub struct GuardedConn {
+    inner: h3_quinn::Connection,
+    limit: usize,
+    on_refuse: OnRefuse,
+}
+
+impl GuardedConn {
+    /// `limit`: the largest head (in bytes of the stream) the guard waits for.
+    pub fn new(conn: quinn::Connection, limit: usize, on_refuse: OnRefuse) -> Self {
+        GuardedConn {
+            inner: h3_quinn::Connection::new(conn),
+            limit,
+            on_refuse,
+        }
+    }
+}
+
+impl quic::Connection<Bytes> for GuardedConn {
+    type RecvStream = h3_quinn::RecvStream;
+    type OpenStreams = GuardedOpen;
+
+    fn poll_accept_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
+        <h3_quinn::Connection as quic::Connection<Bytes>>::poll_accept_recv(&mut self.inner, cx)
+    }
+
+    fn poll_accept_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
+        let stream = std::task::ready!(
+            <h3_quinn::Connection as quic::Connection<Bytes>>::poll_accept_bidi(
+                &mut self.inner,
+                cx
+            )
+        )?;
+        Poll::Ready(Ok(GuardedBidi {
+            inner: stream,
+            scan: Scan::new(self.limit, self.on_refuse.clone()),
+        }))
+    }
+
+    fn opener(&self) -> Self::OpenStreams {
+        GuardedOpen(<h3_quinn::Connection as quic::Connection<Bytes>>::opener(
+            &self.inner,
+        ))
+    }
+}
+
+/// The connection's stream opener (a server opens only its control and QPACK streams).
+#[derive(Clone)]
+pub struct GuardedOpen(h3_quinn::OpenStreams);
+
+impl quic::OpenStreams<Bytes> for GuardedOpen {
+    type BidiStream = GuardedBidi;
+    type SendStream = h3_quinn::SendStream<Bytes>;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
+        let stream = std::task::ready!(
+            <h3_quinn::OpenStreams as quic::OpenStreams<Bytes>>::poll_open_bidi(&mut self.0, cx)
+        )?;
+        Poll::Ready(Ok(GuardedBidi {
+            inner: stream,
+            scan: Scan::passing(),
+        }))
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
+        <h3_quinn::OpenStreams as quic::OpenStreams<Bytes>>::poll_open_send(&mut self.0, cx)
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        <h3_quinn::OpenStreams as quic::OpenStreams<Bytes>>::close(&mut self.0, code, reason)
+    }
+}
+
+impl quic::OpenStreams<Bytes> for GuardedConn {
+    // A server never opens request streams; these are h3-quinn's, unchecked.
+    type BidiStream = GuardedBidi;
+    type SendStream = h3_quinn::SendStream<Bytes>;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
+        let stream = std::task::ready!(
+            <h3_quinn::Connection as quic::OpenStreams<Bytes>>::poll_open_bidi(&mut self.inner, cx)
+        )?;
+        Poll::Ready(Ok(GuardedBidi {
+            inner: stream,
+            scan: Scan::passing(),
+        }))
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
+        <h3_quinn::Connection as quic::OpenStreams<Bytes>>::poll_open_send(&mut self.inner, cx)
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        <h3_quinn::Connection as quic::OpenStreams<Bytes>>::close(&mut self.inner, code, reason)
+    }
+}
+
+/// A request stream, checked on its way into h3.
+pub struct GuardedBidi {
+    inner: h3_quinn::BidiStream<Bytes>,
+    scan: Scan,
+}
+
+/// The receiving half of a request stream after h3 split it off.
+pub struct GuardedRecv {
+    inner: h3_quinn::RecvStream,
+    scan: Scan,
+}
+
+impl quic::BidiStream<Bytes> for GuardedBidi {
+    type SendStream = h3_quinn::SendStream<Bytes>;
+    type RecvStream = GuardedRecv;
+
+    fn split(self) -> (Self::SendStream, Self::RecvStream) {
+        let (send, recv) = self.inner.split();
+        (
+            send,
+            GuardedRecv {
+                inner: recv,
+                scan: self.scan,
+            },
+        )
+    }
+}
+
+impl quic::RecvStream for GuardedBidi {
+    type Buf = Bytes;
+
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        let inner = &mut self.inner;
+        self.scan.poll(cx, |cx| inner.poll_data(cx))
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        self.inner.stop_sending(error_code)
+    }
+
+    fn recv_id(&self) -> StreamId {
+        self.inner.recv_id()
+    }
+}
+
+impl quic::RecvStream for GuardedRecv {
+    type Buf = Bytes;
+
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        let inner = &mut self.inner;
+        self.scan.poll(cx, |cx| inner.poll_data(cx))
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        self.inner.stop_sending(error_code)
+    }
+
+    fn recv_id(&self) -> StreamId {
+        self.inner.recv_id()
+    }
+}
+
+impl quic::SendStream<Bytes> for GuardedBidi {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn send_data<T: Into<WriteBuf<Bytes>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        self.inner.send_data(data)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.inner.poll_finish(cx)
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        self.inner.reset(reset_code)
+    }
+
+    fn send_id(&self) -> StreamId {
+        self.inner.send_id()
+    }
+}
+
+/// The check of one stream's first HEADERS frame.
+struct Scan {
+    /// Bytes held back until the first HEADERS frame is complete; `None` once passing.
+    held: Option<BytesMut>,
+    /// Checked bytes to hand to h3 before reading on.
+    ready: Option<Bytes>,
+    limit: usize,
+    on_refuse: Option<OnRefuse>,
+}
+
+impl Scan {
+    fn new(limit: usize, on_refuse: OnRefuse) -> Scan {
+        Scan {
+            held: Some(BytesMut::new()),
+            ready: None,
+            limit,
+            on_refuse: Some(on_refuse),
+        }
+    }
+
+    fn passing() -> Scan {
+        Scan {
+            held: None,
+            ready: None,
+            limit: 0,
+            on_refuse: None,
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut read: impl FnMut(&mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        loop {
+            if let Some(b) = self.ready.take() {
+                return Poll::Ready(Ok(Some(b)));
+            }
+            let Some(held) = self.held.as_mut() else {
+                return read(cx);
+            };
+            match std::task::ready!(read(cx)) {
+                Err(e) => {
+                    self.held = None;
+                    return Poll::Ready(Err(e));
+                }
+                Ok(None) => {
+                    // The stream ended before a whole HEADERS frame: h3 decides.
+                    let rest = std::mem::take(held).freeze();
+                    self.held = None;
+                    if rest.is_empty() {
+                        return Poll::Ready(Ok(None));
+                    }
+                    self.ready = Some(rest);
+                }
+                Ok(Some(chunk)) => {
+                    held.extend_from_slice(&chunk);
+                    match first_headers(held) {
+                        Found::NeedMore if held.len() <= self.limit => continue,
+                        Found::NeedMore | Found::Other => {}
+                        Found::Headers { frame, start, end } => {
+                            if let Err(why) = check_fields(&held[start..end]) {
+                                let mut fixed = BytesMut::with_capacity(held.len());
+                                fixed.extend_from_slice(&held[..frame]);
+                                fixed.extend_from_slice(EMPTY_HEADERS);
+                                fixed.extend_from_slice(&held[end..]);
+                                *held = fixed;
+                                if let Some(f) = self.on_refuse.take() {
+                                    f(why);
+                                }
+                            }
+                        }
+                    }
+                    self.ready = Some(std::mem::take(held).freeze());
+                    self.held = None;
+                }
+            }
+        }
+    }
+}
+
+enum Found {
+    NeedMore,
+    /// The first HEADERS frame begins at `frame`; its payload is `buf[start..end]`.
+    Headers {
+        frame: usize,
+        start: usize,
+        end: usize,
+    },
+    /// The stream does not start as a request the guard can read.
+    Other,
+}
+
+/// Finds the first HEADERS frame, skipping unknown (reserved, greasing) frame types.
+fn first_headers(buf: &[u8]) -> Found {
+    let mut at = 0;
+    loop {
+        let Some((kind, n)) = varint(&buf[at..]) else {
+            return Found::NeedMore;
+        };
+        let Some((len, m)) = varint(&buf[at + n..]) else {
+            return Found::NeedMore;
+        };
+        let start = at + n + m;
+        let Some(end) = usize::try_from(len).ok().and_then(|l| start.checked_add(l)) else {
+            return Found::Other;
+        };
+        match kind {
+            0x01 if end <= buf.len() => {
+                return Found::Headers {
+                    frame: at,
+                    start,
+                    end,
+                };
+            }
+            0x01 => return Found::NeedMore,
+            // Any frame h3 defines other than HEADERS is h3's to refuse here.
+            0x00 | 0x03..=0x0d => return Found::Other,
+            _ if end <= buf.len() => at = end,
+            _ => return Found::NeedMore,
+        }
+    }
+}
+
+/// A QUIC variable-length integer (RFC 9000 §16) and its size.
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let first = *b.first()?;
+    let size = 1usize << (first >> 6);
+    let bytes = b.get(..size)?;
+    let mut v = u64::from(first & 0x3f);
+    for &x in &bytes[1..] {
+        v = (v << 8) | u64::from(x);
+    }
+    Some((v, size))
+}
+
+/// A QPACK/HPACK prefixed integer with an `n`-bit prefix (RFC 7541 §5.1) and its size.
+fn prefixed(b: &[u8], n: u8) -> Option<(u64, usize)> {
+    let max = (1u64 << n) - 1;
+    let v = u64::from(*b.first()?) & max;
+    if v < max {
+        return Some((v, 1));
+    }
+    let mut v = v;
+    let mut shift = 0u32;
+    for (i, &x) in b.iter().enumerate().skip(1) {
+        if shift > 56 {
+            return None;
+        }
+        v = v.checked_add(u64::from(x & 0x7f) << shift)?;
+        shift += 7;
+        if x & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Pseudo-header fields, as bits, for the repeat check.
+const METHOD: u8 = 1;
+const SCHEME: u8 = 2;
+const AUTHORITY: u8 = 4;
+const PATH: u8 = 8;
+const STATUS: u8 = 16;
+const PROTOCOL: u8 = 32;
+
+enum Name {
+    Regular,
+    /// A pseudo-header: its bit, or 0 when not known (unknown names are h3's to refuse).
+    Pseudo(u8),
+}
+
+/// The QPACK static table (RFC 9204 Appendix A) by what its names are.
+fn static_name(index: u64) -> Option<Name> {
+    Some(match index {
+        0 => Name::Pseudo(AUTHORITY),
+        1 => Name::Pseudo(PATH),
+        15..=21 => Name::Pseudo(METHOD),
+        22 | 23 => Name::Pseudo(SCHEME),
+        24..=28 | 63..=71 => Name::Pseudo(STATUS),
+        2..=98 => Name::Regular,
+        _ => return None,
+    })
+}
+
+fn literal_name(name: &[u8], huffman: bool) -> Name {
+    if huffman {
+        // ':' is the 7-bit Huffman code 1011100 (RFC 7541 Appendix B); codes are prefix-free.
+        return match name.first() {
+            Some(b) if b >> 1 == 0b101_1100 => Name::Pseudo(0),
+            _ => Name::Regular,
+        };
+    }
+    match name {
+        b":method" => Name::Pseudo(METHOD),
+        b":scheme" => Name::Pseudo(SCHEME),
+        b":authority" => Name::Pseudo(AUTHORITY),
+        b":path" => Name::Pseudo(PATH),
+        b":status" => Name::Pseudo(STATUS),
+        b":protocol" => Name::Pseudo(PROTOCOL),
+        [b':', ..] => Name::Pseudo(0),
+        _ => Name::Regular,
+    }
+}
+
+/// Skips a string literal with an `n`-bit length prefix; the bytes after it.
+fn skip_string(b: &[u8], n: u8) -> Option<&[u8]> {
+    let (len, used) = prefixed(b, n)?;
+    let len = usize::try_from(len).ok()?;
+    b.get(used.checked_add(len)?..)
+}
+
+/// Checks the order and uniqueness of pseudo-headers in a QPACK field section. `Ok` also
+/// when the section cannot be read here (h3 reads it then).
+fn check_fields(block: &[u8]) -> Result<(), Refusal> {
+    let Some(fields) = fields_after_prefix(block) else {
+        return Ok(());
+    };
+    let mut b = fields;
+    let mut regular = false;
+    let mut seen = 0u8;
+    while let Some(&first) = b.first() {
+        let (name, rest) = match field_line(b, first) {
+            Some(x) => x,
+            None => return Ok(()),
+        };
+        b = rest;
+        match name {
+            Name::Regular => regular = true,
+            Name::Pseudo(_) if regular => return Err(Refusal::PseudoAfterField),
+            Name::Pseudo(bit) if bit & seen != 0 => return Err(Refusal::RepeatedPseudo),
+            Name::Pseudo(bit) => seen |= bit,
+        }
+    }
+    Ok(())
+}
+
+/// The field lines after the section prefix, if the section uses no dynamic table.
+fn fields_after_prefix(block: &[u8]) -> Option<&[u8]> {
+    let (required_insert_count, n) = prefixed(block, 8)?;
+    if required_insert_count != 0 {
+        return None;
+    }
+    let (_, m) = prefixed(block.get(n..)?, 7)?;
+    block.get(n + m..)
+}
+
+/// One field line's name and the bytes after the line (RFC 9204 §4.5).
+fn field_line(b: &[u8], first: u8) -> Option<(Name, &[u8])> {
+    if first & 0x80 != 0 {
+        // Indexed field line: static only.
+        if first & 0x40 == 0 {
+            return None;
+        }
+        let (index, n) = prefixed(b, 6)?;
+        Some((static_name(index)?, &b[n..]))
+    } else if first & 0x40 != 0 {
+        // Literal field line with name reference: static only; then the value.
+        if first & 0x10 == 0 {
+            return None;
+        }
+        let (index, n) = prefixed(b, 4)?;
+        Some((static_name(index)?, skip_string(&b[n..], 7)?))
+    } else if first & 0x20 != 0 {
+        // Literal field line with literal name; then the value.
+        let huffman = first & 0x08 != 0;
+        let (len, n) = prefixed(b, 3)?;
+        let end = n.checked_add(usize::try_from(len).ok()?)?;
+        let name = b.get(n..end)?;
+        Some((literal_name(name, huffman), skip_string(&b[end..], 7)?))
+    } else {
+        // Post-base references need the dynamic table.
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field section of literal names (no Huffman), as a peer might write it.
+    fn section(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = vec![0, 0];
+        for (n, v) in fields {
+            // Name length: 3-bit prefix, then one continuation byte (names here are short).
+            if n.len() < 7 {
+                b.push(0x20 | n.len() as u8);
+            } else {
+                b.push(0x27);
+                b.push((n.len() - 7) as u8);
+            }
+            b.extend_from_slice(n.as_bytes());
+            b.push(v.len() as u8);
+            b.extend_from_slice(v.as_bytes());
+        }
+        b
+    }
+
+    const GOOD: [(&str, &str); 4] = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/"),
+    ];
+
+    #[test]
+    fn order_and_repeats() {
+        let ok = [&GOOD[..], &[("x-a", "1")]].concat();
+        assert_eq!(check_fields(&section(&ok)), Ok(()));
+        let after = [&GOOD[..1], &[("x-a", "1")], &GOOD[1..]].concat();
+        assert_eq!(
+            check_fields(&section(&after)),
+            Err(Refusal::PseudoAfterField)
+        );
+        let twice = [&GOOD[..], &[(":path", "/other")]].concat();
+        assert_eq!(check_fields(&section(&twice)), Err(Refusal::RepeatedPseudo));
+        // Static references: 0xd1 = indexed static 17 (:method GET), 0xc1 = :path /,
+        // 0x5f 0x0e = literal with static name 15+14 = 29 (accept, a regular name), value "x".
+        let statics = [0, 0, 0xd1, 0xc1, 0x5f, 0x0e, 0x01, b'x', 0xc1];
+        assert_eq!(check_fields(&statics), Err(Refusal::PseudoAfterField));
+        let statics_twice = [0, 0, 0xd1, 0xd1];
+        assert_eq!(check_fields(&statics_twice), Err(Refusal::RepeatedPseudo));
+        // A Huffman-coded literal name that starts with ':' (1011100 then padding).
+        let huffman = [0, 0, 0x5f, 0x0e, 0x01, b'x', 0x29, 0xb9, 0x00];
+        assert_eq!(check_fields(&huffman), Err(Refusal::PseudoAfterField));
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_left_to_h3() {
+        // A dynamic-table reference in the prefix.
+        assert_eq!(check_fields(&[0x01, 0x00, 0x80]), Ok(()));
+        // Truncated.
+        assert_eq!(check_fields(&[0x00, 0x00, 0x2f]), Ok(()));
+    }
+
+    #[test]
+    fn frames() {
+        let block = section(&GOOD);
+        let mut stream = vec![0x21, 0x01, 0xff]; // a reserved frame type, one byte
+        stream.push(0x01);
+        stream.push(block.len() as u8);
+        stream.extend_from_slice(&block);
+        match first_headers(&stream) {
+            Found::Headers { frame, start, end } => {
+                assert_eq!(&stream[start..end], &block[..]);
+                assert_eq!(frame, 3);
+            }
+            _ => panic!("HEADERS not found"),
+        }
+        assert!(matches!(first_headers(&stream[..4]), Found::NeedMore));
+        assert!(matches!(first_headers(&[0x00, 0x01, 0x00]), Found::Other));
+    }
+}
