@@ -86,7 +86,10 @@ async fn client_auth_modes_on_tcp_and_quic() {
             server.key_path.display(),
             ca_path.display()
         );
-        let proxy = Proxy::start(&pipeline_with(r#"["h3", "h2", "http1"]"#, &tls, &rest));
+        let proxy = Proxy::start_logging(
+            &pipeline_with(r#"["h3", "h2", "http1"]"#, &tls, &rest),
+            Some("warn,spooky_stages::tls=debug"),
+        );
         for quic in [false, true] {
             let run = |id| {
                 let (proxy, roots) = (&proxy, &roots);
@@ -116,6 +119,15 @@ async fn client_auth_modes_on_tcp_and_quic() {
                     assert!(line.contains("sha256="), "{side}: {line}");
                     assert!(!line.contains("forged"), "{side}: {line}");
                     assert_eq!(without.as_deref(), Ok(""), "{side} optional, without cert");
+                    // The identity is loggable: each verified client certificate is logged.
+                    let log = proxy.log();
+                    assert!(
+                        log.lines()
+                            .any(|l| l.contains("client certificate verified")
+                                && l.contains("dns:client-a.example")
+                                && l.contains("sha256=")),
+                        "{side}: {log}"
+                    );
                 }
                 _ => {
                     let line = with.unwrap_or_else(|e| panic!("{side} required with cert: {e}"));

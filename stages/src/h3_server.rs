@@ -175,7 +175,7 @@ impl H3Listener {
                 .ok()
         });
         let client = ClientTls {
-            identity: tls::identity_of(peer.as_deref().map(Vec::as_slice)),
+            identity: tls::identity_of(peer.as_deref().map(Vec::as_slice), remote),
             forward_header: self.forward_header.clone(),
         };
         let open = gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone());

@@ -185,7 +185,7 @@ async fn connection(
                 tls: true,
                 h2: session.alpn_protocol() == Some(b"h2"),
                 client: ClientTls {
-                    identity: tls::identity_of(session.peer_certificates()),
+                    identity: tls::identity_of(session.peer_certificates(), remote),
                     forward_header: shared.forward_header.clone(),
                 },
             };

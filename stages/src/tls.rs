@@ -356,8 +356,11 @@ pub fn forward_header(setting: &TlsSetting) -> Result<Option<http::HeaderName>, 
 /// The identity in a verified peer chain (its leaf).
 pub fn identity_of(
     chain: Option<&[CertificateDer<'_>]>,
+    remote: std::net::SocketAddr,
 ) -> Option<Arc<crate::identity::ClientIdentity>> {
-    chain
+    let id = chain
         .and_then(|c| c.first())
-        .map(|leaf| Arc::new(crate::identity::ClientIdentity::from_der(leaf)))
+        .map(|leaf| Arc::new(crate::identity::ClientIdentity::from_der(leaf)))?;
+    tracing::debug!(%remote, subject = %id.subject, san = %id.sans.join(","), sha256 = %id.sha256, "client certificate verified");
+    Some(id)
 }

@@ -57,6 +57,12 @@ bind = "127.0.0.1:0"
 impl Proxy {
     /// Starts the daemon and waits for its `ready` line.
     pub fn start(toml: &str) -> Proxy {
+        Proxy::start_logging(toml, None)
+    }
+
+    /// [`Proxy::start`] with the daemon's log filter (`SPOOKY_LOG`); by default `warn`, or
+    /// `SPOOKY_TEST_LOG` when set.
+    pub fn start_logging(toml: &str, filter: Option<&str>) -> Proxy {
         let dir = TempDir::new();
         let file = dir.0.join("pipeline.toml");
         std::fs::write(&file, toml).expect("write pipeline");
@@ -67,7 +73,9 @@ impl Proxy {
             .arg(&file)
             .env(
                 "SPOOKY_LOG",
-                std::env::var("SPOOKY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                filter.map(str::to_string).unwrap_or_else(|| {
+                    std::env::var("SPOOKY_TEST_LOG").unwrap_or_else(|_| "warn".into())
+                }),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
