@@ -147,9 +147,54 @@ fn permits(c: &mut Criterion) {
     g.finish();
 }
 
+/// 100 pipelined HTTP/1.1 requests (browser-sized GET heads, and small POSTs with fixed and
+/// chunked bodies) read to the end plainly and through the framing guard.
+fn h1_guard(c: &mut Criterion) {
+    use tokio::io::AsyncReadExt;
+    let get = "GET /assets/app.js?v=1234 HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\nAccept: */*\r\nAccept-Language: en-GB,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nReferer: https://www.example.com/\r\nCookie: session=0123456789abcdef0123456789abcdef\r\n\r\n";
+    let post = "POST /api/items HTTP/1.1\r\nHost: www.example.com\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"name\":\"widget\",\"n\":42}\r\n";
+    let chunked = "POST /api/upload HTTP/1.1\r\nHost: www.example.com\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+    let mut input = Vec::new();
+    for i in 0..100 {
+        input.extend_from_slice(match i % 10 {
+            8 => post.as_bytes(),
+            9 => chunked.as_bytes(),
+            _ => get.as_bytes(),
+        });
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("h1_guard_100_requests");
+    g.throughput(criterion::Throughput::Elements(100));
+    async fn drain(mut r: impl tokio::io::AsyncRead + Unpin) -> usize {
+        let mut buf = [0u8; 8192];
+        let mut total = 0;
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    }
+    g.bench_function("plain", |b| {
+        b.iter(|| rt.block_on(async { black_box(drain(&input[..]).await) }))
+    });
+    g.bench_function("guarded", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let guard = spooky_stages::h1_guard::H1Guard::new(&input[..], |_| {});
+                black_box(drain(guard).await)
+            })
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = route_lookup, stage_hop, permits
+    targets = route_lookup, stage_hop, permits, h1_guard
 }
 criterion_main!(benches);

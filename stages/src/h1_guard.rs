@@ -90,6 +90,9 @@ pub struct H1Guard<T> {
     buf: BytesMut,
     /// How many bytes at the front of `buf` are checked and may be handed over.
     cleared: usize,
+    /// How far past `cleared` the current head was searched for its end (so a head that
+    /// arrives a byte at a time is searched once, not once per byte).
+    searched: usize,
     /// Called once when a head is refused.
     on_refuse: Option<Box<dyn FnOnce(Refusal) + Send>>,
 }
@@ -101,6 +104,7 @@ impl<T> H1Guard<T> {
             scan: Scan::Head,
             buf: BytesMut::new(),
             cleared: 0,
+            searched: 0,
             on_refuse: Some(Box::new(on_refuse)),
         }
     }
@@ -142,11 +146,26 @@ impl<T> H1Guard<T> {
     /// Parses the head at `cleared`; false while it is incomplete.
     fn head(&mut self) -> bool {
         let bytes = &self.buf[self.cleared..];
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(bytes) {
+        // Parse only when it can decide: once the request line is in (to hand over what is
+        // not HTTP/1.x at once), and once the blank line that ends the head is.
+        let from = self.searched.saturating_sub(3);
+        self.searched = bytes.len();
+        let first_line = bytes[from..].contains(&b'\n') && !bytes[..from].contains(&b'\n');
+        if !first_line && !ends_head(bytes, from) {
+            if bytes.len() <= MAX_HEAD {
+                return false;
+            }
+            self.scan = Scan::Pass;
+            return true;
+        }
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(bytes, &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if bytes.len() <= MAX_HEAD => return false,
+            Ok(httparse::Status::Partial) if bytes.len() <= MAX_HEAD => {
+                return false;
+            }
             // Too large, or not HTTP/1.x as httparse reads it (which includes HTTP/2's
             // preface): hyper refuses it or owns it.
             _ => {
@@ -194,6 +213,7 @@ impl<T> H1Guard<T> {
             return true;
         }
         self.cleared += len;
+        self.searched = 0;
         self.scan = match (chunked, length, lengths) {
             // After an upgrade the bytes are not HTTP/1.1 any more.
             _ if upgrade => Scan::Pass,
@@ -259,6 +279,19 @@ impl<T> H1Guard<T> {
         };
         Scan::Chunked(next)
     }
+}
+
+/// Whether `bytes[from..]` holds the blank line that ends a head (`\n\r\n` or `\n\n`, after
+/// any empty lines before the request line, which httparse skips).
+fn ends_head(bytes: &[u8], from: usize) -> bool {
+    let lead = bytes
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    let start = from.max(lead);
+    bytes.get(start..).is_some_and(|tail| {
+        tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    })
 }
 
 fn end_of_size(size: u64) -> Chunk {

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# A/B: Spooky at another revision against the working tree, side by side in one run, on the
+# same backend, alternating rounds so that machine noise hits both alike. Reports req/s and
+# CPU per proxied request (HTTP/3 in, HTTP/1.1 backend) for each, and their ratios.
+#
+#   benches/ab.sh                  # base = HEAD~1
+#   BASE=bb84a50 ROUNDS=5 benches/ab.sh
+#
+# Knobs: BASE (a git revision), ROUNDS, DURATION, CONNECTIONS, STREAMS, SIZE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE=${BASE:-HEAD~1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNECTIONS=${CONNECTIONS:-4}
+STREAMS=${STREAMS:-16}
+SIZE=${SIZE:-1024}
+
+base_rev=$(git rev-parse --short "$BASE")
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  git worktree remove --force "$work/base" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --bins >&2
+git worktree add --detach "$work/base" "$base_rev" >&2
+# The base builds into its own target directory (kept between runs).
+CARGO_TARGET_DIR="$PWD/target/ab-base" cargo build --release --bin spooky \
+  --manifest-path "$work/base/Cargo.toml" >&2
+A="$PWD/target/ab-base/release/spooky"
+B="$PWD/target/release/spooky"
+BENCH="$PWD/target/release/spooky-bench"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BENCH" backend --addr "127.0.0.1:$port" --size "$SIZE" > "$work/backend.out" &
+pids+=($!)
+cat > "$work/bench.toml" <<TOML
+[pipeline]
+name = "bench"
+chain = ["ingress", "admission", "route", "queue", "select", "hedge-retry", "dispatch", "egress"]
+
+[[listeners]]
+name = "edge"
+bind = "127.0.0.1:0"
+max_streams_per_connection = 256
+
+[[routes]]
+name = "app"
+match = { path_prefix = "/" }
+upstream = "app"
+
+[upstreams.app]
+backends = [ { url = "http://127.0.0.1:$port" } ]
+TOML
+
+start() { # binary name → "pid port"
+  SPOOKY_LOG=warn "$1" run "$work/bench.toml" > "$work/$2.out" &
+  local pid=$!
+  pids+=($pid)
+  for _ in $(seq 100); do grep -q '^ready' "$work/$2.out" 2>/dev/null && break; sleep 0.1; done
+  local addr
+  addr=$(sed -n 's/.*protocol=h3 addr=//p' "$work/$2.out")
+  [ -n "$addr" ] || { echo "$2 did not start" >&2; exit 1; }
+  echo "$pid ${addr##*:}"
+}
+read -r apid aport < <(start "$A" base)
+read -r bpid bport < <(start "$B" head)
+for _ in $(seq 100); do grep -q listening "$work/backend.out" 2>/dev/null && break; sleep 0.1; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tck=$(getconf CLK_TCK)
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+measure() { # pid port → "rps cpu_us"
+  local c0 c1 out
+  c0=$(cpu_ticks "$1")
+  out=$("$BENCH" load --url "https://127.0.0.1:$2/x" --connections "$CONNECTIONS" \
+    --streams "$STREAMS" --duration "$DURATION" --machine)
+  c1=$(cpu_ticks "$1")
+  awk -v r="$(field rps "$out")" -v n="$(field ok "$out")" -v t=$((c1 - c0)) -v k="$tck" \
+    'BEGIN { printf "%d %.1f\n", r, (n > 0 ? t / k * 1e6 / n : 0) }'
+}
+
+printf '%-6s %12s %12s %12s %12s\n' round "base req/s" "head req/s" "base µs/req" "head µs/req"
+: > "$work/rows"
+for r in $(seq "$ROUNDS"); do
+  # Alternate which goes first.
+  if [ $((r % 2)) = 1 ]; then
+    read -r ar ac < <(measure "$apid" "$aport"); read -r br bc < <(measure "$bpid" "$bport")
+  else
+    read -r br bc < <(measure "$bpid" "$bport"); read -r ar ac < <(measure "$apid" "$aport")
+  fi
+  printf '%-6s %12s %12s %12s %12s\n' "$r" "$ar" "$br" "$ac" "$bc"
+  echo "$ar $br $ac $bc" >> "$work/rows"
+done
+awk -v base="$base_rev" '{ ar += $1; br += $2; ac += $3; bc += $4 }
+  END { printf "sums over %d rounds: head/base req/s %.3f, head/base CPU per request %.3f (base %s)\n",
+        NR, br / ar, bc / ac, base }' "$work/rows"
