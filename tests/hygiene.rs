@@ -164,3 +164,28 @@ async fn hop_by_hop_request_headers_stay_on_their_hop() {
     assert!(body.contains("x-kept: yes"), "{body}");
     assert!(body.contains("host: a"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_never_ends_is_cut_at_the_header_timeout() {
+    // The framing guard holds an incomplete head back from hyper; hyper's head timer runs
+    // all the same, so a client dripping a head forever (slowloris) is closed in time.
+    let backend = Backend::start().await;
+    let rest = format!(
+        "[stages.ingress]\nheader_timeout = \"300ms\"\n\n{}",
+        app_upstream(&backend.url())
+    );
+    let proxy = Proxy::start(&pipeline_with(r#"["http1"]"#, "tls = \"off\"", &rest));
+    let mut s = TcpStream::connect(proxy.tcp_addr.expect("tcp"))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "the connection was not closed at the header timeout");
+    assert_eq!(
+        backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
