@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # A/B: Spooky at another revision against the working tree, side by side in one run, on the
 # same backend, alternating rounds so that machine noise hits both alike. Reports req/s and
-# CPU per proxied request (HTTP/3 in, HTTP/1.1 backend) for each, and their ratios.
+# CPU per proxied request (HTTP/1.1 backend) for each, and their ratios.
 #
-#   benches/ab.sh                  # base = HEAD~1
+#   benches/ab.sh                  # base = HEAD~1, HTTP/3 in (spooky-bench load)
 #   BASE=bb84a50 ROUNDS=5 benches/ab.sh
+#   PROTO=h2 benches/ab.sh         # HTTP/2 over TLS in (h2load; nghttp2-client is installed)
 #
-# Knobs: BASE (a git revision), ROUNDS, DURATION, CONNECTIONS, STREAMS, SIZE.
+# Knobs: BASE (a git revision), PROTO (h3|h2), ROUNDS, DURATION (h3), REQUESTS (h2),
+# CONNECTIONS, STREAMS, SIZE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,12 @@ DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-4}
 STREAMS=${STREAMS:-16}
 SIZE=${SIZE:-1024}
+PROTO=${PROTO:-h3}
+REQUESTS=${REQUESTS:-30000}
+if [ "$PROTO" = h2 ] && ! command -v h2load >/dev/null; then
+  sudo=$(command -v sudo || true)
+  $sudo apt-get install -y -qq nghttp2-client >&2
+fi
 
 base_rev=$(git rev-parse --short "$BASE")
 work=$(mktemp -d)
@@ -47,6 +55,7 @@ chain = ["ingress", "admission", "route", "queue", "select", "hedge-retry", "dis
 [[listeners]]
 name = "edge"
 bind = "127.0.0.1:0"
+protocols = ["h3", "h2"]
 max_streams_per_connection = 256
 
 [[routes]]
@@ -64,7 +73,7 @@ start() { # binary name → "pid port"
   pids+=($pid)
   for _ in $(seq 100); do grep -q '^ready' "$work/$2.out" 2>/dev/null && break; sleep 0.1; done
   local addr
-  addr=$(sed -n 's/.*protocol=h3 addr=//p' "$work/$2.out")
+  addr=$(sed -n "s/.*protocol=$([ "$PROTO" = h2 ] && echo tcp || echo h3) addr=//p" "$work/$2.out")
   [ -n "$addr" ] || { echo "$2 did not start" >&2; exit 1; }
   echo "$pid ${addr##*:}"
 }
@@ -78,13 +87,20 @@ field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 measure() { # pid port → "rps cpu_us"
   local c0 c1 out
   c0=$(cpu_ticks "$1")
-  out=$("$BENCH" load --url "https://127.0.0.1:$2/x" --connections "$CONNECTIONS" \
-    --streams "$STREAMS" --duration "$DURATION" --machine)
+  if [ "$PROTO" = h2 ]; then
+    local h2
+    h2=$(h2load -n "$REQUESTS" -c "$CONNECTIONS" -m "$STREAMS" "https://127.0.0.1:$2/x" 2>&1)
+    out="rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$h2") ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' <<<"$h2")"
+  else
+    out=$("$BENCH" load --url "https://127.0.0.1:$2/x" --connections "$CONNECTIONS" \
+      --streams "$STREAMS" --duration "$DURATION" --machine)
+  fi
   c1=$(cpu_ticks "$1")
   awk -v r="$(field rps "$out")" -v n="$(field ok "$out")" -v t=$((c1 - c0)) -v k="$tck" \
     'BEGIN { printf "%d %.1f\n", r, (n > 0 ? t / k * 1e6 / n : 0) }'
 }
 
+echo "$PROTO in, base $base_rev vs working tree"
 printf '%-6s %12s %12s %12s %12s\n' round "base req/s" "head req/s" "base µs/req" "head µs/req"
 : > "$work/rows"
 for r in $(seq "$ROUNDS"); do
