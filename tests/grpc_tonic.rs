@@ -218,6 +218,15 @@ impl Service<http::Request<tonic::body::Body>> for Echo {
                     });
                     grpc.server_streaming(h, req).await
                 }
+                // Messages without end, as fast as they can go.
+                "/test.Echo/Flood" => {
+                    let h = Handler(|_: tonic::Request<Msg>| async move {
+                        let s: BoxStream<'static, Result<Msg, Status>> =
+                            stream::repeat_with(|| Ok(msg("more"))).boxed();
+                        Ok(tonic::Response::new(s))
+                    });
+                    grpc.server_streaming(h, req).await
+                }
                 _ => Status::unimplemented("no such method").into_http(),
             })
         })
@@ -566,6 +575,30 @@ where
     })
     .await
     .unwrap_or_else(|_| panic!("{via}: the backend's stalled stream was never reset"));
+    // A backend that never stops sending is cut at the deadline too.
+    let mut req = tonic::Request::new(msg("?"));
+    req.set_timeout(Duration::from_millis(300));
+    ready(&mut c).await;
+    let mut s = c
+        .server_streaming(req, path("/test.Echo/Flood"), Codec::default())
+        .await
+        .expect("flood")
+        .into_inner();
+    let mut got = 0u64;
+    let err = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("{via}: the flood ended by itself"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{via}: the deadline did not cut the flood"));
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{via}: {err:?}");
+    assert!(got > 0, "{via}: messages flowed before the deadline");
+
     // What the backend was told was what remained of the client's deadline.
     let forwarded = seen
         .timeout

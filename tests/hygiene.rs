@@ -183,7 +183,10 @@ async fn a_head_that_never_ends_is_cut_at_the_header_timeout() {
         .expect("write");
     let mut out = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    assert!(closed.is_ok(), "the connection was not closed at the header timeout");
+    assert!(
+        closed.is_ok(),
+        "the connection was not closed at the header timeout"
+    );
     assert_eq!(
         backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),
         0

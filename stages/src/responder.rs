@@ -273,33 +273,33 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        // The deadline first, so that a backend that never stops sending is cut too.
+        if let Some(Poll::Ready(())) = this.deadline.as_mut().map(|d| d.poll_passed(cx)) {
+            // Dropping the upstream body resets the backend's stream.
+            this.inner = Inner::Full(None);
+            this.deadline = None;
+            this.permits = None;
+            return Poll::Ready(Some(Ok(Frame::trailers(crate::grpc::deadline_trailers()))));
+        }
         let polled = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(mut frame))) => {
                     if let Some(t) = frame.trailers_mut() {
                         crate::headers::strip_hop_by_hop(t);
+                        // The call is over: no second set of trailers.
+                        this.deadline = None;
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match this.deadline.as_mut().map(|d| d.poll_passed(cx)) {
-                    Some(Poll::Ready(())) => {
-                        // Dropping the upstream body resets the backend's stream.
-                        this.inner = Inner::Full(None);
-                        this.deadline = None;
-                        this.permits = None;
-                        return Poll::Ready(Some(Ok(Frame::trailers(
-                            crate::grpc::deadline_trailers(),
-                        ))));
-                    }
-                    _ => Poll::Pending,
-                },
+                Poll::Pending => Poll::Pending,
             },
         };
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.permits = None;
+            this.deadline = None;
         }
         polled
     }
