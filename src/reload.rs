@@ -1,8 +1,8 @@
 //! Certificate hot reload: on SIGHUP, on `POST /certs/reload` (admin, bearer token) and, for
-//! listeners with `watch = true`, when their files change. New handshakes get the new
-//! certificates; established connections go on untouched. A broken file (bad PEM, key
-//! mismatch, names not covered) is refused with a log line and the old certificates keep
-//! serving.
+//! listeners with `watch = true`, when their files change. A listener's certificates, keys
+//! and `client_ca` (mTLS) are reloaded together. New handshakes get the new ones; established
+//! connections go on untouched. A broken file (bad PEM, key mismatch, names not covered, an
+//! unusable client CA) is refused with a log line and the old set keeps serving.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,7 +104,7 @@ fn reload_one(e: &Entry) -> Result<(), String> {
             e.store.replace(certs);
             e.store.set_client_verifier(verifier);
             counter!(CONTROL_RELOADS, "kind" => "certs", "result" => "ok").increment(1);
-            tracing::info!(listener = %e.listener, "certificates reloaded: new handshakes use them");
+            tracing::info!(listener = %e.listener, "certificates (and client CA) reloaded: new handshakes use them");
             Ok(())
         }
         Ok(None) => Ok(()),
