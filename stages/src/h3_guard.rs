@@ -45,6 +45,8 @@ pub type OnRefuse = std::sync::Arc<dyn Fn(Refusal) + Send + Sync>;
 /// A QUIC connection whose request streams are checked before h3 reads them.
 pub struct GuardedConn {
     inner: h3_quinn::Connection,
+    /// Opens the server's own streams for h3, as the connection itself and as its opener.
+    opener: GuardedOpen,
     limit: usize,
     on_refuse: OnRefuse,
 }
@@ -52,8 +54,13 @@ pub struct GuardedConn {
 impl GuardedConn {
     /// `limit`: the largest head (in bytes of the stream) the guard waits for.
     pub fn new(conn: quinn::Connection, limit: usize, on_refuse: OnRefuse) -> Self {
+        let inner = h3_quinn::Connection::new(conn);
+        let opener = GuardedOpen(<h3_quinn::Connection as quic::Connection<Bytes>>::opener(
+            &inner,
+        ));
         GuardedConn {
-            inner: h3_quinn::Connection::new(conn),
+            inner,
+            opener,
             limit,
             on_refuse,
         }
@@ -81,20 +88,42 @@ impl quic::Connection<Bytes> for GuardedConn {
                 cx
             )
         )?;
-        Poll::Ready(Ok(GuardedBidi {
+        Poll::Ready(Ok(Guarded {
             inner: stream,
             scan: Scan::new(self.limit, self.on_refuse.clone()),
         }))
     }
 
     fn opener(&self) -> Self::OpenStreams {
-        GuardedOpen(<h3_quinn::Connection as quic::Connection<Bytes>>::opener(
-            &self.inner,
-        ))
+        self.opener.clone()
     }
 }
 
-/// The connection's stream opener (a server opens only its control and QPACK streams).
+impl quic::OpenStreams<Bytes> for GuardedConn {
+    type BidiStream = GuardedBidi;
+    type SendStream = h3_quinn::SendStream<Bytes>;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
+        self.opener.poll_open_bidi(cx)
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
+        self.opener.poll_open_send(cx)
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        self.opener.close(code, reason)
+    }
+}
+
+/// The connection's stream opener (a server opens only its control and QPACK streams; a
+/// bidirectional stream it opened is not a request to check).
 #[derive(Clone)]
 pub struct GuardedOpen(h3_quinn::OpenStreams);
 
@@ -109,7 +138,7 @@ impl quic::OpenStreams<Bytes> for GuardedOpen {
         let stream = std::task::ready!(
             <h3_quinn::OpenStreams as quic::OpenStreams<Bytes>>::poll_open_bidi(&mut self.0, cx)
         )?;
-        Poll::Ready(Ok(GuardedBidi {
+        Poll::Ready(Ok(Guarded {
             inner: stream,
             scan: Scan::passing(),
         }))
@@ -127,47 +156,18 @@ impl quic::OpenStreams<Bytes> for GuardedOpen {
     }
 }
 
-impl quic::OpenStreams<Bytes> for GuardedConn {
-    // A server never opens request streams; these are h3-quinn's, unchecked.
-    type BidiStream = GuardedBidi;
-    type SendStream = h3_quinn::SendStream<Bytes>;
-
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        let stream = std::task::ready!(
-            <h3_quinn::Connection as quic::OpenStreams<Bytes>>::poll_open_bidi(&mut self.inner, cx)
-        )?;
-        Poll::Ready(Ok(GuardedBidi {
-            inner: stream,
-            scan: Scan::passing(),
-        }))
-    }
-
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        <h3_quinn::Connection as quic::OpenStreams<Bytes>>::poll_open_send(&mut self.inner, cx)
-    }
-
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        <h3_quinn::Connection as quic::OpenStreams<Bytes>>::close(&mut self.inner, code, reason)
-    }
-}
-
-/// A request stream, checked on its way into h3.
-pub struct GuardedBidi {
-    inner: h3_quinn::BidiStream<Bytes>,
+/// A stream checked on its way into h3: a request stream, or its receiving half once h3
+/// split it off (the check goes with it).
+pub struct Guarded<S> {
+    inner: S,
     scan: Scan,
 }
 
-/// The receiving half of a request stream after h3 split it off.
-pub struct GuardedRecv {
-    inner: h3_quinn::RecvStream,
-    scan: Scan,
-}
+/// A request stream.
+pub type GuardedBidi = Guarded<h3_quinn::BidiStream<Bytes>>;
+
+/// The receiving half of a request stream.
+pub type GuardedRecv = Guarded<h3_quinn::RecvStream>;
 
 impl quic::BidiStream<Bytes> for GuardedBidi {
     type SendStream = h3_quinn::SendStream<Bytes>;
@@ -177,7 +177,7 @@ impl quic::BidiStream<Bytes> for GuardedBidi {
         let (send, recv) = self.inner.split();
         (
             send,
-            GuardedRecv {
+            Guarded {
                 inner: recv,
                 scan: self.scan,
             },
@@ -185,27 +185,7 @@ impl quic::BidiStream<Bytes> for GuardedBidi {
     }
 }
 
-impl quic::RecvStream for GuardedBidi {
-    type Buf = Bytes;
-
-    fn poll_data(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
-        let inner = &mut self.inner;
-        self.scan.poll(cx, |cx| inner.poll_data(cx))
-    }
-
-    fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code)
-    }
-
-    fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
-    }
-}
-
-impl quic::RecvStream for GuardedRecv {
+impl<S: quic::RecvStream<Buf = Bytes>> quic::RecvStream for Guarded<S> {
     type Buf = Bytes;
 
     fn poll_data(
