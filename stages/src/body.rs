@@ -111,16 +111,7 @@ impl RequestBody {
         empty_upstream: bool,
         read_ahead: usize,
     ) -> Self {
-        RequestBody {
-            stream: Some(Source::H3(stream)),
-            declared,
-            received: 0,
-            stash: None,
-            read_ahead,
-            read_pending: false,
-            state: State::Data,
-            empty_upstream,
-        }
+        RequestBody::reading(Source::H3(stream), declared, empty_upstream, read_ahead)
     }
 
     /// The body of an HTTP/1.1 or HTTP/2 request.
@@ -130,8 +121,22 @@ impl RequestBody {
         empty_upstream: bool,
         read_ahead: usize,
     ) -> Self {
+        RequestBody::reading(
+            Source::Hyper(body, None),
+            declared,
+            empty_upstream,
+            read_ahead,
+        )
+    }
+
+    fn reading(
+        source: Source,
+        declared: Option<u64>,
+        empty_upstream: bool,
+        read_ahead: usize,
+    ) -> Self {
         RequestBody {
-            stream: Some(Source::Hyper(body, None)),
+            stream: Some(source),
             declared,
             received: 0,
             stash: None,
