@@ -17,10 +17,11 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::proxy::{Proxy, pipeline_with};
 use support::tcp::Sender;
+use support::tls_backend::serve_h2c;
 use support::{TempDir, TestCert, connect, url};
+use tokio::sync::Notify;
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -67,11 +68,16 @@ fn grpc_response(frames: Vec<Bytes>, t: HeaderMap) -> Response<Body> {
     r
 }
 
-async fn service(
-    seen: Arc<AtomicUsize>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    seen.fetch_add(1, Ordering::SeqCst);
+/// Calls the backend has seen, and a signal on each.
+#[derive(Default)]
+struct Seen {
+    calls: AtomicUsize,
+    changed: Notify,
+}
+
+async fn service(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    seen.calls.fetch_add(1, Ordering::SeqCst);
+    seen.changed.notify_waiters();
     let path = req.uri().path().to_string();
     let te = req.headers().get("te").cloned();
     let body = req
@@ -120,27 +126,14 @@ async fn service(
     })
 }
 
-async fn h2c_grpc_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = Arc::new(AtomicUsize::new(0));
+async fn h2c_grpc_backend() -> (std::net::SocketAddr, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
     let s = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let s = s.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| service(s.clone(), req));
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serve_h2c(move || {
+        let s = s.clone();
+        service_fn(move |req| service(s.clone(), req))
+    })
+    .await;
     (addr, seen)
 }
 
@@ -298,7 +291,7 @@ backends = [ {{ url = "http://{dead}", protocol = "h2c" }} ]
 
     // One exchange in flight fills admission (max_inflight = 1): the next is shed as
     // RESOURCE_EXHAUSTED.
-    let slow_seen = seen.load(Ordering::SeqCst);
+    let slow_seen = seen.calls.load(Ordering::SeqCst);
     let mut other = Sender::connect(
         proxy.tcp_addr.expect("tcp"),
         std::slice::from_ref(&cert.der),
@@ -311,12 +304,10 @@ backends = [ {{ url = "http://{dead}", protocol = "h2c" }} ]
             .await
             .status()
     });
-    for _ in 0..500 {
-        if seen.load(Ordering::SeqCst) > slow_seen {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::wait_until(&seen.changed, "the slow call at the backend", || {
+        seen.calls.load(Ordering::SeqCst) > slow_seen
+    })
+    .await;
     let r = conn
         .request(
             Request::post(url("/t.Echo/Unary"))

@@ -564,17 +564,12 @@ where
     assert_eq!(err.code(), Code::DeadlineExceeded, "{via}: {err:?}");
     assert!(err.message().starts_with("spooky:"), "{via}: {err:?}");
     // The proxy reset the backend's stream, so the server dropped it.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while seen.stalls_dropped.load(Ordering::SeqCst) == dropped {
-            let notified = seen.stall_dropped.notified();
-            if seen.stalls_dropped.load(Ordering::SeqCst) != dropped {
-                break;
-            }
-            notified.await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{via}: the backend's stalled stream was never reset"));
+    support::wait_until(
+        &seen.stall_dropped,
+        &format!("{via}: the backend's stalled stream to be reset"),
+        || seen.stalls_dropped.load(Ordering::SeqCst) != dropped,
+    )
+    .await;
     // A backend that never stops sending is cut at the deadline too.
     let mut req = tonic::Request::new(msg("?"));
     req.set_timeout(Duration::from_millis(300));

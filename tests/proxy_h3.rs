@@ -8,6 +8,18 @@ use support::backend::Backend;
 use support::proxy::{Proxy, pipeline};
 use support::{TempDir, TestCert, connect, url};
 
+/// The eight stages of the test pipeline's chain.
+const STAGES: [&str; 8] = [
+    "ingress",
+    "admission",
+    "route",
+    "queue",
+    "select",
+    "hedge-retry",
+    "dispatch",
+    "egress",
+];
+
 fn routes(backend: &Backend) -> String {
     format!(
         r#"
@@ -60,16 +72,7 @@ async fn get_through_every_stage_with_forwarding_headers() {
         resp.headers.get("via").map(|v| v.as_bytes()),
         Some(&b"1.1 spooky"[..])
     );
-    for stage in [
-        "ingress",
-        "admission",
-        "route",
-        "queue",
-        "select",
-        "hedge-retry",
-        "dispatch",
-        "egress",
-    ] {
+    for stage in STAGES {
         let n = proxy
             .metric("spooky_stage_emitted_total", &[("stage", stage)])
             .await;
@@ -304,16 +307,7 @@ async fn every_stage_exports_the_common_stage_metrics() {
         StatusCode::OK
     );
     let (_, text) = proxy.admin_get("/metrics").await;
-    for stage in [
-        "ingress",
-        "admission",
-        "route",
-        "queue",
-        "select",
-        "hedge-retry",
-        "dispatch",
-        "egress",
-    ] {
+    for stage in STAGES {
         for family in [
             "spooky_stage_received_total",
             "spooky_stage_emitted_total",

@@ -5,15 +5,13 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::proxy::{Proxy, pipeline};
-use support::tls_backend::{Ca, h2c_backend, https_backend};
+use support::tls_backend::{Ca, h2c_backend, https_backend, serve_h2c};
 use support::{TempDir, TestCert, connect, url};
 use tokio::sync::{Notify, Semaphore};
 
@@ -191,78 +189,51 @@ async fn h2c_and_mixed_protocols_in_one_upstream() {
 
 /// An h2c backend that counts connections and requests in flight, and holds every request
 /// until the test releases it.
-struct HeldH2 {
-    addr: std::net::SocketAddr,
-    connections: Arc<AtomicUsize>,
-    inflight: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-    arrived: Arc<Notify>,
-    release: Arc<Semaphore>,
+struct Held {
+    connections: AtomicUsize,
+    inflight: AtomicUsize,
+    most: AtomicUsize,
+    arrived: Notify,
+    release: Semaphore,
 }
 
-async fn held_h2c_backend() -> HeldH2 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let b = HeldH2 {
-        addr: listener.local_addr().expect("addr"),
-        connections: Arc::default(),
-        inflight: Arc::default(),
-        most: Arc::default(),
-        arrived: Arc::default(),
-        release: Arc::new(Semaphore::new(0)),
-    };
-    let (connections, inflight, most, arrived, release) = (
-        b.connections.clone(),
-        b.inflight.clone(),
-        b.most.clone(),
-        b.arrived.clone(),
-        b.release.clone(),
-    );
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            connections.fetch_add(1, Ordering::SeqCst);
-            let (inflight, most, arrived, release) = (
-                inflight.clone(),
-                most.clone(),
-                arrived.clone(),
-                release.clone(),
-            );
-            let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                let (inflight, most, arrived, release) = (
-                    inflight.clone(),
-                    most.clone(),
-                    arrived.clone(),
-                    release.clone(),
-                );
-                async move {
-                    let now = inflight.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(now, Ordering::SeqCst);
-                    arrived.notify_waiters();
-                    if let Ok(p) = release.acquire().await {
-                        p.forget();
-                    }
-                    inflight.fetch_sub(1, Ordering::SeqCst);
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                        Bytes::from_static(b"held"),
-                    )))
-                }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+async fn held_h2c_backend() -> (std::net::SocketAddr, Arc<Held>) {
+    let held = Arc::new(Held {
+        connections: AtomicUsize::new(0),
+        inflight: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        arrived: Notify::new(),
+        release: Semaphore::new(0),
     });
-    b
+    let h = held.clone();
+    let addr = serve_h2c(move || {
+        h.connections.fetch_add(1, Ordering::SeqCst);
+        let h = h.clone();
+        service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+            let h = h.clone();
+            async move {
+                let now = h.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                h.most.fetch_max(now, Ordering::SeqCst);
+                h.arrived.notify_waiters();
+                if let Ok(p) = h.release.acquire().await {
+                    p.forget();
+                }
+                h.inflight.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                    Bytes::from_static(b"held"),
+                )))
+            }
+        })
+    })
+    .await;
+    (addr, held)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_backend_multiplexes_one_connection_capped_by_max_inflight() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
-    let backend = held_h2c_backend().await;
+    let (addr, backend) = held_h2c_backend().await;
     let rest = format!(
         r#"
 [[routes]]
@@ -274,7 +245,7 @@ upstream = "app"
 max_inflight = 4
 backends = [ {{ url = "http://{}", protocol = "h2c", max_inflight = 4 }} ]
 "#,
-        backend.addr
+        addr
     );
     let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
     let client = cert.client();
@@ -286,17 +257,12 @@ backends = [ {{ url = "http://{}", protocol = "h2c", max_inflight = 4 }} ]
         })
         .collect();
     // Four reach the backend at once; the other six wait in the queue stage.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while backend.inflight.load(Ordering::SeqCst) < 4 {
-            let arrived = backend.arrived.notified();
-            if backend.inflight.load(Ordering::SeqCst) >= 4 {
-                break;
-            }
-            arrived.await;
-        }
-    })
-    .await
-    .expect("four requests in flight at the backend");
+    support::wait_until(
+        &backend.arrived,
+        "four requests in flight at the backend",
+        || backend.inflight.load(Ordering::SeqCst) >= 4,
+    )
+    .await;
     proxy
         .wait_metric("spooky_route_queue_waiting", &[], |v| v == 6.0)
         .await;

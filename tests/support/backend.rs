@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -43,16 +42,7 @@ impl BackendState {
 
     /// Waits (bounded) until `f` holds; panics with `what` after 10 s.
     pub async fn wait_until(&self, what: &str, f: impl Fn(&BackendState) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let notified = self.changed.notified();
-            if f(self) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("backend: timed out waiting for {what}");
-            }
-        }
+        super::wait_until(&self.changed, &format!("backend: {what}"), || f(self)).await;
     }
 }
 

@@ -86,6 +86,22 @@ pub fn url(path: &str) -> String {
     format!("https://localhost{path}")
 }
 
+/// Waits (bounded: 10 s) until `cond` holds, checking again each time `changed` is notified;
+/// panics naming `what` if it never does.
+pub async fn wait_until(changed: &tokio::sync::Notify, what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // Created before the check: a notification between the two is not lost.
+        let notified = changed.notified();
+        if cond() {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            panic!("timed out waiting for {what}");
+        }
+    }
+}
+
 /// A loopback address with nothing listening (bound, noted, closed): connections are refused.
 pub fn dead_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

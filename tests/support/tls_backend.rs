@@ -118,6 +118,20 @@ pub async fn https_backend(cert: &Issued, alpn: &[&[u8]]) -> SocketAddr {
 
 /// A plaintext HTTP/2 backend (prior knowledge).
 pub async fn h2c_backend() -> SocketAddr {
+    serve_h2c(|| service_fn(answer)).await
+}
+
+/// Serves plaintext HTTP/2 (prior knowledge) on an OS-picked loopback port. `service` is
+/// called once per accepted connection, for the service that connection runs.
+pub async fn serve_h2c<S, B>(service: impl Fn() -> S + Send + 'static) -> SocketAddr
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -127,9 +141,10 @@ pub async fn h2c_backend() -> SocketAddr {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            let svc = service();
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service_fn(answer))
+                    .serve_connection(TokioIo::new(tcp), svc)
                     .await;
             });
         }
