@@ -20,20 +20,12 @@ STREAMS=${STREAMS:-16}
 SIZE=${SIZE:-1024}
 PROTO=${PROTO:-h3}
 REQUESTS=${REQUESTS:-30000}
-if [ "$PROTO" = h2 ] && ! command -v h2load >/dev/null; then
-  sudo=$(command -v sudo || true)
-  $sudo apt-get install -y -qq nghttp2-client >&2
-fi
+source benches/lib.sh
+if [ "$PROTO" = h2 ]; then need h2load:nghttp2-client; fi
 
 base_rev=$(git rev-parse --short "$BASE")
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  git worktree remove --force "$work/base" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_init
+on_exit() { git worktree remove --force "$work/base" 2>/dev/null || true; }
 
 cargo build --release --bins >&2
 git worktree add --detach "$work/base" "$base_rev" >&2
@@ -44,9 +36,8 @@ A="$PWD/target/ab-base/release/spooky"
 B="$PWD/target/release/spooky"
 BENCH="$PWD/target/release/spooky-bench"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BENCH" backend --addr "127.0.0.1:$port" --size "$SIZE" > "$work/backend.out" &
-pids+=($!)
+start_backend "$SIZE"
+port=$backend_port
 cat > "$work/bench.toml" <<TOML
 [pipeline]
 name = "bench"
@@ -67,37 +58,35 @@ upstream = "app"
 backends = [ { url = "http://127.0.0.1:$port" } ]
 TOML
 
-start() { # binary name → "pid port"
+# Starts Spooky from binary $1 (output in $work/$2.out): sets $started_pid and $started_port.
+# Not in a subshell, so that its process joins $pids and is stopped on exit.
+start() {
   SPOOKY_LOG=warn "$1" run "$work/bench.toml" > "$work/$2.out" &
-  local pid=$!
-  pids+=($pid)
-  for _ in $(seq 100); do grep -q '^ready' "$work/$2.out" 2>/dev/null && break; sleep 0.1; done
+  started_pid=$!
+  pids+=($started_pid)
+  wait_for "$work/$2.out" '^ready' || true
   local addr
   addr=$(sed -n "s/.*protocol=$([ "$PROTO" = h2 ] && echo tcp || echo h3) addr=//p" "$work/$2.out")
   [ -n "$addr" ] || { echo "$2 did not start" >&2; exit 1; }
-  echo "$pid ${addr##*:}"
+  started_port=${addr##*:}
 }
-read -r apid aport < <(start "$A" base)
-read -r bpid bport < <(start "$B" head)
-for _ in $(seq 100); do grep -q listening "$work/backend.out" 2>/dev/null && break; sleep 0.1; done
+start "$A" base
+apid=$started_pid aport=$started_port
+start "$B" head
+bpid=$started_pid bport=$started_port
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-tck=$(getconf CLK_TCK)
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 measure() { # pid port → "rps cpu_us"
   local c0 c1 out
   c0=$(cpu_ticks "$1")
   if [ "$PROTO" = h2 ]; then
-    local h2
-    h2=$(h2load -n "$REQUESTS" -c "$CONNECTIONS" -m "$STREAMS" "https://127.0.0.1:$2/x" 2>&1)
-    out="rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$h2") ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' <<<"$h2")"
+    out=$(h2load_summary "$(h2load -n "$REQUESTS" -c "$CONNECTIONS" -m "$STREAMS" \
+      "https://127.0.0.1:$2/x" 2>&1)")
   else
     out=$("$BENCH" load --url "https://127.0.0.1:$2/x" --connections "$CONNECTIONS" \
       --streams "$STREAMS" --duration "$DURATION" --machine)
   fi
   c1=$(cpu_ticks "$1")
-  awk -v r="$(field rps "$out")" -v n="$(field ok "$out")" -v t=$((c1 - c0)) -v k="$tck" \
-    'BEGIN { printf "%d %.1f\n", r, (n > 0 ? t / k * 1e6 / n : 0) }'
+  echo "$(field rps "$out" | cut -d. -f1) $(cpu_us $((c1 - c0)) "$(field ok "$out")")"
 }
 
 echo "$PROTO in, base $base_rev vs working tree"

@@ -16,30 +16,19 @@ CLIENTS=${CLIENTS:-8}
 STREAMS=${STREAMS:-16}
 SIZE=${SIZE:-1024}
 
-need=()
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx-light)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
-  $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q "${need[@]}" >&2
-fi
+source benches/lib.sh
+need h2load:nghttp2-client haproxy:haproxy nginx:nginx-light
 
 cargo build --release --bins >&2
 BIN=target/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_init
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
-backend=$(free_port)
-"$BIN/spooky-bench" backend --addr "127.0.0.1:$backend" --size "$SIZE" > /dev/null &
-pids+=($!)
+start_backend "$SIZE"
+backend=$backend_port
 
 # Spooky: h2 + http/1.1 over TLS, the full chain.
 sp=$(free_port)
@@ -110,34 +99,24 @@ nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' > "$work/nginx.out
 nginx_pid=$!
 pids+=($nginx_pid)
 
-for _ in $(seq 100); do grep -q '^ready' "$work/spooky.out" 2>/dev/null && break; sleep 0.1; done
+wait_for "$work/spooky.out" '^ready' || true
 sleep 0.5
 for p in $spooky_pid $haproxy_pid $nginx_pid; do
   kill -0 "$p" 2>/dev/null || { echo "a proxy did not start:" >&2; cat "$work"/*.out "$work/nginx/logs/error.log" >&2; exit 1; }
 done
 
-# CPU ticks of a process and its children (nginx workers).
-ticks() {
-  local total=0 p
-  for p in $1 $(pgrep -P "$1" || true); do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-tck=$(getconf CLK_TCK)
-
 declare -A rps cpu p50
 run() { # name port pid
   local out t0 t1
   h2load -n 200 -c 2 -m 4 "https://127.0.0.1:$2/x" > /dev/null 2>&1 || true   # warm-up
-  t0=$(ticks "$3")
+  t0=$(cpu_ticks "$3")
   out=$(h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" "https://127.0.0.1:$2/x" 2>&1)
-  t1=$(ticks "$3")
-  local ok
-  ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
-  rps[$1]=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
-  cpu[$1]=$(awk -v t=$((t1 - t0)) -v k="$tck" -v n="${ok:-0}" 'BEGIN { if (n > 0) printf "%.1f", t / k * 1e6 / n; else print "n/a" }')
+  t1=$(cpu_ticks "$3")
+  local ok summary
+  summary=$(h2load_summary "$out")
+  ok=$(field ok "$summary")
+  rps[$1]=$(field rps "$summary")
+  cpu[$1]=$(cpu_us $((t1 - t0)) "$ok")
   p50[$1]=$(awk '/^time for request:/ {print $6}' <<<"$out")
   [ "${ok:-0}" = "$REQUESTS" ] || echo "$1: only ${ok:-0} of $REQUESTS requests succeeded" >&2
 }

@@ -15,17 +15,12 @@ CONNECTIONS=${CONNECTIONS:-4}
 STREAMS=${STREAMS:-16}
 SIZE=${SIZE:-1024}
 
+source benches/lib.sh
 cargo build --release --bins >&2
 BIN=target/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-# A free TCP port for the backend (the load tool's backend needs a fixed address).
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN/spooky-bench" backend --addr "127.0.0.1:$port" --size "$SIZE" > "$work/backend.out" &
-pids+=($!)
+bench_init
+start_backend "$SIZE"
+port=$backend_port
 
 cat > "$work/bench.toml" <<TOML
 [pipeline]
@@ -53,15 +48,10 @@ TOML
 SPOOKY_LOG=warn "$BIN/spooky" run "$work/bench.toml" > "$work/spooky.out" &
 spid=$!
 pids+=($spid)
-for _ in $(seq 100); do grep -q '^ready' "$work/spooky.out" 2>/dev/null && break; sleep 0.1; done
+wait_for "$work/spooky.out" '^ready' || true
 h3=$(sed -n 's/.*protocol=h3 addr=//p' "$work/spooky.out")
 [ -n "$h3" ] || { echo "spooky did not start" >&2; exit 1; }
 h3port=${h3##*:}
-for _ in $(seq 100); do grep -q listening "$work/backend.out" 2>/dev/null && break; sleep 0.1; done
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-tck=$(getconf CLK_TCK)
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
 load() { # url [rate]
   "$BIN/spooky-bench" load --url "$1" --connections "$CONNECTIONS" --streams "$STREAMS" \
@@ -75,7 +65,7 @@ c1=$(cpu_ticks "$spid")
 hello=$(load "https://127.0.0.1:$h3port/hello")
 
 ok=$(field ok "$proxied")
-cpu_us=$(awk -v t=$((c1 - c0)) -v k="$tck" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", t / k * 1e6 / n; else print "n/a" }')
+cpu_us=$(cpu_us $((c1 - c0)) "$ok")
 peak=$(field rps "$proxied")
 half=$(awk -v r="$peak" 'BEGIN { printf "%d", r / 2 }')
 direct_half=$(load "http://127.0.0.1:$port/x" "$half")

@@ -1,0 +1,73 @@
+# Pieces the bench scripts share; sourced by them, not run.
+
+# A scratch directory ($work) and a list of background processes ($pids): on exit the
+# processes are killed, an `on_exit` function runs if the script defined one, and the
+# directory goes.
+bench_init() {
+  work=$(mktemp -d)
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  if declare -F on_exit >/dev/null; then on_exit; fi
+  rm -rf "$work"
+}
+
+# Installs the Debian package of each missing command: need h2load:nghttp2-client …
+need() {
+  local missing=() pair sudo
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    $sudo apt-get update -q >&2 && $sudo apt-get install -y -q "${missing[@]}" >&2
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits (up to 10 s) until file $1 has a line matching $2.
+wait_for() {
+  for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+
+# The load tool's HTTP/1.1 backend with $1-byte responses, on a free port: sets $backend_port.
+start_backend() {
+  backend_port=$(free_port)
+  target/release/spooky-bench backend --addr "127.0.0.1:$backend_port" --size "$1" \
+    > "$work/backend.out" &
+  pids+=($!)
+  wait_for "$work/backend.out" listening
+}
+
+# CPU ticks (user + system) of a process and its children (nginx workers).
+cpu_ticks() {
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+tck=$(getconf CLK_TCK)
+
+# CPU µs per request from $1 ticks over $2 requests.
+cpu_us() {
+  awk -v t="$1" -v k="$tck" -v n="${2:-0}" \
+    'BEGIN { if (n > 0) printf "%.1f", t / k * 1e6 / n; else print "n/a" }'
+}
+
+# The value of `name=value` in a line of `spooky-bench --machine` (or h2load_summary) output.
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+# h2load's output as `rps=… ok=…`.
+h2load_summary() {
+  echo "rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$1") ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' <<<"$1")"
+}
