@@ -46,10 +46,7 @@ async fn admission_shed_answers_503_for_request_n_plus_one() {
     let client = cert.client();
     let conn = Arc::new(connect(&client, &proxy).await);
     let held = hold(&conn, N);
-    backend
-        .state
-        .wait_until("N held requests", |s| s.held.load(Ordering::SeqCst) == N)
-        .await;
+    backend.state.wait_held(N).await;
     assert_eq!(
         proxy.metric("spooky_admission_inflight", &[]).await,
         N as f64
@@ -91,10 +88,7 @@ async fn admission_wait_completes_after_one_release() {
     let client = cert.client();
     let conn = Arc::new(connect(&client, &proxy).await);
     let held = hold(&conn, N);
-    backend
-        .state
-        .wait_until("N held requests", |s| s.held.load(Ordering::SeqCst) == N)
-        .await;
+    backend.state.wait_held(N).await;
 
     let extra = {
         let conn = conn.clone();
@@ -117,12 +111,7 @@ async fn admission_wait_completes_after_one_release() {
 
     // One held request finishes: exactly one slot frees, and N+1 takes it.
     backend.state.release(1);
-    backend
-        .state
-        .wait_until("N+1 reached the backend", |s| {
-            s.held.load(Ordering::SeqCst) == N + 1
-        })
-        .await;
+    backend.state.wait_held(N + 1).await;
     assert_eq!(proxy.metric("spooky_admission_waiting", &[]).await, 0.0);
     assert_eq!(
         proxy.metric("spooky_admission_inflight", &[]).await,
@@ -161,10 +150,7 @@ async fn full_chain_stops_ingress_accepting_streams() {
             })
         })
         .collect();
-    backend
-        .state
-        .wait_until("the first request", |s| s.held.load(Ordering::SeqCst) == 1)
-        .await;
+    backend.state.wait_held(1).await;
     proxy
         .wait_metric("spooky_admission_waiting", &[], |v| v == 1.0)
         .await;
@@ -231,10 +217,7 @@ backends = [ {{ url = "{}" }} ]
     let client = cert.client();
     let conn = Arc::new(connect(&client, &proxy).await);
     let held = hold(&conn, 1);
-    backend
-        .state
-        .wait_until("one held", |s| s.held.load(Ordering::SeqCst) == 1)
-        .await;
+    backend.state.wait_held(1).await;
     let waiting = {
         let conn = conn.clone();
         tokio::spawn(async move { conn.get(&url("/q/1")).await.expect("queued") })

@@ -23,10 +23,7 @@ async fn sigterm_drains_in_flight_refuses_new_and_exits_0() {
         let conn = conn.clone();
         tokio::spawn(async move { conn.get(&url("/hold/slow")).await.expect("slow request") })
     };
-    backend
-        .state
-        .wait_until("slow request held", |s| s.held.load(Ordering::SeqCst) == 1)
-        .await;
+    backend.state.wait_held(1).await;
     assert_eq!(proxy.admin_get("/ready").await.0, 200);
 
     proxy.sigterm();

@@ -404,12 +404,7 @@ backends = [ {{ url = "{}", max_inflight = 1 }} ]
         let conn = conn.clone();
         tokio::spawn(async move { conn.get(&url("/hold/slow")).await.expect("slow") })
     };
-    backend
-        .state
-        .wait_until("held", |s| {
-            s.held.load(std::sync::atomic::Ordering::SeqCst) == 1
-        })
-        .await;
+    backend.state.wait_held(1).await;
     // The only backend is at its cap: nothing to select.
     let full = conn.get(&url("/x")).await.expect("GET");
     assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -101,10 +101,7 @@ async fn occupy(
             .expect("occupier")
             .status
     });
-    s.backend
-        .state
-        .wait_until("occupier held", |b| b.held.load(Ordering::SeqCst) == 1)
-        .await;
+    s.backend.state.wait_held(1).await;
     (conn, task)
 }
 
@@ -203,21 +200,11 @@ async fn connection_close_while_in_dispatch() {
     let s = setup("").await;
     let conn = connect(&s.client, &s.proxy).await;
     let req_task = abandoned_get(&conn, "/hold/d".into());
-    s.backend
-        .state
-        .wait_until("request at the backend", |b| {
-            b.held.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    s.backend.state.wait_held(1).await;
     conn.close();
     // The proxy drops the upstream request: the backend sees its handler abandoned, without
     // ever being released.
-    s.backend
-        .state
-        .wait_until("backend handler dropped", |b| {
-            b.finished.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    s.backend.state.wait_finished(1).await;
     s.proxy.assert_caps_zero().await;
     let _ = req_task.await;
 }
@@ -227,12 +214,7 @@ async fn stream_reset_while_in_dispatch_with_body_open() {
     let s = setup("").await;
     let conn = connect(&s.client, &s.proxy).await;
     let mut st = open_post(&conn, "/hold/post").await;
-    s.backend
-        .state
-        .wait_until("request at the backend", |b| {
-            b.held.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    s.backend.state.wait_held(1).await;
     st.stop_stream(Code::H3_REQUEST_CANCELLED);
     // Every cap comes back while the backend still holds the request: the proxy gave it up.
     s.proxy.assert_caps_zero().await;
@@ -260,12 +242,7 @@ async fn connection_close_mid_response_body() {
     assert_eq!(first.chunk(), b"first chunk\n");
     conn.close();
     // Egress notices the closed connection while it waits for the next upstream chunk.
-    s.backend
-        .state
-        .wait_until("backend body dropped", |b| {
-            b.finished.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    s.backend.state.wait_finished(1).await;
     s.proxy.assert_caps_zero().await;
     assert_eq!(s.proxy.rejected("egress", "client_gone").await, 1.0);
 }
@@ -287,12 +264,7 @@ async fn stream_reset_mid_response_body() {
     drop(st);
     // STOP_SENDING is seen on the next write: let the backend send its second chunk.
     s.backend.state.release(1);
-    s.backend
-        .state
-        .wait_until("backend body finished", |b| {
-            b.finished.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    s.backend.state.wait_finished(1).await;
     s.proxy.assert_caps_zero().await;
     let ok = conn.get(&url("/fine")).await.expect("GET after reset");
     assert_eq!(ok.status, StatusCode::OK);

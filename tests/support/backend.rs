@@ -40,6 +40,22 @@ impl BackendState {
         self.releases.add_permits(n);
     }
 
+    /// Waits (bounded) until exactly `n` requests have reached `/hold` or `/drip`.
+    pub async fn wait_held(&self, n: usize) {
+        self.wait_until(&format!("{n} held requests"), |s| {
+            s.held.load(Ordering::SeqCst) == n
+        })
+        .await;
+    }
+
+    /// Waits (bounded) until exactly `n` held requests were answered or dropped.
+    pub async fn wait_finished(&self, n: usize) {
+        self.wait_until(&format!("{n} finished held requests"), |s| {
+            s.finished.load(Ordering::SeqCst) == n
+        })
+        .await;
+    }
+
     /// Waits (bounded) until `f` holds; panics with `what` after 10 s.
     pub async fn wait_until(&self, what: &str, f: impl Fn(&BackendState) -> bool) {
         super::wait_until(&self.changed, &format!("backend: {what}"), || f(self)).await;
