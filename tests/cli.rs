@@ -2,21 +2,7 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::TempDir;
-
-fn spooky(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spooky"))
-        .args(args)
-        .output()
-        .expect("run spooky");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{TempDir, spooky};
 
 const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/quickstart.toml");
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/reference.toml");

@@ -3,13 +3,11 @@
 
 mod support;
 
-use std::process::Command;
-
 use rustls::pki_types::CertificateDer;
 use spooky::h3client::{H3Client, Trust};
-use support::TempDir;
 use support::proxy::{Proxy, pipeline_with};
 use support::tcp::{client_config, tls_connect};
+use support::{TempDir, spooky};
 
 struct Pem {
     cert: String,
@@ -123,13 +121,8 @@ fn a_name_the_certificate_does_not_cover_is_a_config_error() {
     );
     let file = dir.0.join("p.toml");
     std::fs::write(&file, &text).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_spooky"))
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, _, err) = spooky(&["check", &file.display().to_string()]);
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("listeners[0].tls"), "{err}");
     assert!(err.contains("do not cover \"www.example.com\""), "{err}");
     // A key that belongs to another certificate is refused too.
@@ -138,12 +131,7 @@ fn a_name_the_certificate_does_not_cover_is_a_config_error() {
         .replace(&exact.key, &other.key)
         .replace(", \"www.example.com\"", "");
     std::fs::write(&file, &text).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_spooky"))
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, _, err) = spooky(&["check", &file.display().to_string()]);
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("does not match the certificate"), "{err}");
 }

@@ -86,6 +86,19 @@ pub fn url(path: &str) -> String {
     format!("https://localhost{path}")
 }
 
+/// Runs the `spooky` binary with `args` to the end: (exit code, stdout, stderr).
+pub fn spooky(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spooky"))
+        .args(args)
+        .output()
+        .expect("run spooky");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Waits (bounded: 10 s) until `cond` holds, checking again each time `changed` is notified;
 /// panics naming `what` if it never does.
 pub async fn wait_until(changed: &tokio::sync::Notify, what: &str, cond: impl Fn() -> bool) {
