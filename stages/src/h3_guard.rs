@@ -283,6 +283,12 @@ impl Scan {
                     self.ready = Some(rest);
                 }
                 Ok(Some(chunk)) => {
+                    if held.is_empty() && whole_and_well_formed(&chunk) {
+                        // The usual case: the first chunk holds the whole head, which is fine:
+                        // it goes on as it is, uncopied.
+                        self.held = None;
+                        return Poll::Ready(Ok(Some(chunk)));
+                    }
                     held.extend_from_slice(&chunk);
                     match first_headers(held) {
                         Found::NeedMore if held.len() <= self.limit => continue,
@@ -306,6 +312,12 @@ impl Scan {
             }
         }
     }
+}
+
+/// Whether `buf` holds a whole first HEADERS frame whose fields are in order and unrepeated.
+fn whole_and_well_formed(buf: &[u8]) -> bool {
+    matches!(first_headers(buf), Found::Headers { start, end, .. }
+        if check_fields(&buf[start..end]).is_ok())
 }
 
 enum Found {
