@@ -21,8 +21,16 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::conn_clock::ConnClock;
+
+/// Written to a client whose request head did not arrive within `header_timeout`.
+const TIMEOUT_REPLY: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// What hyper reads instead of a refused head: an invalid method token, answered 400.
 const POISON: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
@@ -95,6 +103,11 @@ pub struct H1Guard<T> {
     searched: usize,
     /// Called once when a head is refused.
     on_refuse: Option<Box<dyn FnOnce(Refusal) + Send>>,
+    /// The connection's timers: told when heads start and end; when they expire, the guard
+    /// answers `408` (if a head was awaited) and ends the stream.
+    clock: Option<Arc<ConnClock>>,
+    /// Bytes of [`TIMEOUT_REPLY`] written so far.
+    timeout_written: usize,
 }
 
 impl<T> H1Guard<T> {
@@ -106,7 +119,15 @@ impl<T> H1Guard<T> {
             cleared: 0,
             searched: 0,
             on_refuse: Some(Box::new(on_refuse)),
+            clock: None,
+            timeout_written: 0,
         }
+    }
+
+    /// Reports head boundaries to `clock` and closes the stream when it expires.
+    pub fn with_clock(mut self, clock: Arc<ConnClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// The wrapped stream.
@@ -214,6 +235,9 @@ impl<T> H1Guard<T> {
         }
         self.cleared += len;
         self.searched = 0;
+        if let Some(c) = &self.clock {
+            c.head_complete();
+        }
         self.scan = match (chunked, length, lengths) {
             // After an upgrade the bytes are not HTTP/1.1 any more.
             _ if upgrade => Scan::Pass,
@@ -302,7 +326,7 @@ fn end_of_size(size: u64) -> Chunk {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -310,6 +334,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
+            let expired = this.clock.as_ref().and_then(|c| c.expired_phase());
+            if let (Some(phase), 0) = (expired, this.cleared) {
+                if phase.awaits_head() || !this.buf.is_empty() {
+                    std::task::ready!(this.poll_timeout_reply(cx))?;
+                }
+                // End of stream: hyper closes the connection.
+                return Poll::Ready(Ok(()));
+            }
             if this.cleared > 0 {
                 let n = this.cleared.min(out.remaining());
                 out.put_slice(&this.buf[..n]);
@@ -327,7 +359,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             }
             let mut chunk = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut chunk);
-            std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            if Pin::new(&mut this.io).poll_read(cx, &mut rb)?.is_pending() {
+                if let Some(c) = &this.clock {
+                    c.wake_on_expiry(cx.waker());
+                }
+                return Poll::Pending;
+            }
+            // The first byte of a new head starts its timer.
+            if let (Scan::Head, true, false, Some(c)) = (
+                this.scan,
+                this.buf.is_empty(),
+                rb.filled().is_empty(),
+                &this.clock,
+            ) {
+                c.head_started();
+            }
             if rb.filled().is_empty() {
                 // The client finished; a partial head it left goes to hyper as it is.
                 if this.buf.is_empty() {
@@ -339,6 +385,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             }
             this.advance();
         }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> H1Guard<T> {
+    /// Writes the whole `408` reply.
+    fn poll_timeout_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.timeout_written < TIMEOUT_REPLY.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.io).poll_write(cx, &TIMEOUT_REPLY[self.timeout_written..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.timeout_written += n;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 }
 

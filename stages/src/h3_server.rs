@@ -17,6 +17,7 @@ use spooky_sync::{Cap, Permit};
 use tokio::sync::watch;
 
 use crate::body::RequestBody;
+use crate::client_limit::{self, ClientSlot, PerClient};
 use crate::config::{ListenerConfig, StagesConfig};
 use crate::engine::Pipeline;
 use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
@@ -41,6 +42,7 @@ pub struct H3Listener {
     /// The config each handshake is accepted with (rebuilt after a client CA reload).
     server: tls::ServerConfigCell<Arc<quinn::ServerConfig>>,
     connections: Cap,
+    per_client: Option<Arc<PerClient>>,
     max_field_section_size: u64,
     header_timeout: Duration,
     read_ahead: usize,
@@ -83,6 +85,9 @@ impl H3Listener {
             endpoint,
             server,
             connections: Cap::new(listener.max_connections.get()),
+            per_client: listener
+                .max_connections_per_client
+                .map(|n| PerClient::new(n.get())),
             max_field_section_size: stages.ingress.max_header_bytes.0,
             guard_limit: usize::try_from(stages.ingress.max_header_bytes.0)
                 .unwrap_or(usize::MAX)
@@ -137,9 +142,15 @@ impl H3Listener {
                 incoming.refuse();
                 continue;
             };
+            let Ok(slot) = client_limit::slot(&this.per_client, incoming.remote_address().ip())
+            else {
+                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "per_client_limit").increment(1);
+                incoming.refuse();
+                continue;
+            };
             tokio::spawn(this.clone().connection(
                 incoming,
-                permit,
+                (permit, slot),
                 pipeline.clone(),
                 shutdown.clone(),
             ));
@@ -149,7 +160,7 @@ impl H3Listener {
     async fn connection(
         self: Arc<Self>,
         incoming: quinn::Incoming,
-        _permit: Permit,
+        _held: (Permit, Option<ClientSlot>),
         pipeline: Arc<Pipeline>,
         mut shutdown: watch::Receiver<bool>,
     ) {

@@ -11,7 +11,9 @@
 //! * [`config`] — the pipeline TOML, parsed and validated with file:line:column errors.
 
 pub mod body;
+pub mod client_limit;
 pub mod config;
+pub mod conn_clock;
 pub mod engine;
 pub mod exchange;
 pub mod flow;

@@ -205,6 +205,9 @@ pub struct ProxyBody {
     permits: Option<Permits>,
     /// A gRPC deadline that ends the body early with DEADLINE_EXCEEDED trailers.
     deadline: Option<Deadline>,
+    /// Keeps the client connection's request in flight (its idle timer stopped) until the
+    /// body ends or is dropped.
+    busy: Option<crate::conn_clock::Busy>,
 }
 
 /// When a streamed gRPC response must end, and what counts the cut.
@@ -247,7 +250,14 @@ impl ProxyBody {
             inner: Inner::Full((!b.is_empty()).then_some(b)),
             permits: None,
             deadline: None,
+            busy: None,
         }
+    }
+
+    /// Holds `busy` until the body ends.
+    pub fn hold(mut self, busy: crate::conn_clock::Busy) -> Self {
+        self.busy = Some(busy);
+        self
     }
 
     /// The upstream body, holding `permits` until it is done.
@@ -260,6 +270,7 @@ impl ProxyBody {
             inner: Inner::Upstream(body),
             permits: Some(permits),
             deadline,
+            busy: None,
         }
     }
 }
@@ -300,6 +311,7 @@ impl Body for ProxyBody {
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.permits = None;
             this.deadline = None;
+            this.busy = None;
         }
         polled
     }

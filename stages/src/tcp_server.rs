@@ -5,7 +5,14 @@
 //!
 //! Backpressure: a request waits for a permit of the ingress stage's concurrency before it
 //! enters the chain; HTTP/2 streams per connection are capped by `max_streams_per_connection`
-//! and connections by `max_connections` (beyond it new connections are closed at once).
+//! and connections by `max_connections` and `max_connections_per_client` (beyond them new
+//! connections are closed at once).
+//!
+//! Slow clients: ALPN alone picks the protocol (`h2` → HTTP/2; anything else → HTTP/1.1, no
+//! sniffing), and every connection runs a [`ConnClock`]: the TLS handshake and the first
+//! request head must be done within `header_timeout` of accept, each later HTTP/1.1 head within
+//! `header_timeout` of its first byte (else `408` and close), and a connection with no request
+//! in flight is closed after `idle_timeout` (HTTP/2 with GOAWAY).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +31,9 @@ use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::RequestBody;
+use crate::client_limit::{self, ClientSlot, PerClient};
 use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
+use crate::conn_clock::ConnClock;
 use crate::engine::Pipeline;
 use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
 use crate::flow::Reject;
@@ -32,24 +41,24 @@ use crate::h1_guard::{H1Guard, Refusal};
 use crate::h3_server::until_true;
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
+    LISTENER_TIMEOUTS,
 };
 use crate::responder::{ProxyBody, Responder};
 use crate::tls::{self, CertStore};
-
-/// Longest TLS handshake before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request of a listener needs.
 struct Shared {
     name: String,
     tls: Option<tls::ServerConfigCell<TlsAcceptor>>,
     connections: Cap,
+    per_client: Option<Arc<PerClient>>,
     alt_svc: Option<HeaderValue>,
     redirect: Option<u16>,
     protocols: Vec<Protocol>,
     max_streams: u32,
     read_ahead: usize,
     header_timeout: Duration,
+    idle_timeout: Duration,
     forward_header: Option<http::HeaderName>,
 }
 
@@ -106,12 +115,16 @@ impl TcpListenerRt {
                 name: listener.name.clone(),
                 tls,
                 connections: Cap::new(listener.max_connections.get()),
+                per_client: listener
+                    .max_connections_per_client
+                    .map(|n| PerClient::new(n.get())),
                 alt_svc,
                 redirect: (listener.redirect == Redirect::Https).then_some(listener.redirect_port),
                 protocols: listener.protocols.clone(),
                 max_streams: listener.max_streams_per_connection.get(),
                 read_ahead: usize::try_from(stages.ingress.read_ahead.0).unwrap_or(usize::MAX),
                 header_timeout: stages.ingress.header_timeout.0,
+                idle_timeout: listener.idle_timeout.0,
                 forward_header: tls::forward_header(&listener.tls)?,
             }),
         })
@@ -138,13 +151,23 @@ impl TcpListenerRt {
                 counter!(LISTENER_HANDSHAKES, "listener" => self.shared.name.clone(), "result" => "refused").increment(1);
                 continue;
             };
+            let Ok(slot) = client_limit::slot(&self.shared.per_client, remote.ip()) else {
+                counter!(LISTENER_HANDSHAKES, "listener" => self.shared.name.clone(), "result" => "per_client_limit").increment(1);
+                continue;
+            };
+            let clock = ConnClock::new(self.shared.header_timeout, self.shared.idle_timeout);
             let _ = stream.set_nodelay(true);
             let (shared, pipeline) = (self.shared.clone(), pipeline.clone());
+            let held = Held {
+                _permit: permit,
+                _slot: slot,
+            };
             tokio::spawn(connection(
                 shared,
                 stream,
                 remote,
-                permit,
+                held,
+                clock,
                 pipeline,
                 shutdown.clone(),
             ));
@@ -152,18 +175,32 @@ impl TcpListenerRt {
     }
 }
 
+/// The caps a connection holds until it ends.
+struct Held {
+    _permit: Permit,
+    _slot: Option<ClientSlot>,
+}
+
 async fn connection(
     shared: Arc<Shared>,
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
-    _permit: Permit,
+    _held: Held,
+    clock: Arc<ConnClock>,
     pipeline: Arc<Pipeline>,
     shutdown: watch::Receiver<bool>,
 ) {
     let name = shared.name.clone();
     match shared.tls.as_ref().map(|t| t.get()) {
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            // The handshake counts against the time to the first request head.
+            let handshake = async {
+                match clock.deadline() {
+                    Some(at) => tokio::time::timeout_at(at, acceptor.accept(stream)).await,
+                    None => Ok(acceptor.accept(stream).await),
+                }
+            };
+            let tls = match handshake.await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "error")
@@ -180,20 +217,25 @@ async fn connection(
             counter!(LISTENER_HANDSHAKES, "listener" => name.clone(), "result" => "ok")
                 .increment(1);
             let session = tls.get_ref().1;
+            // ALPN decides; without ALPN, HTTP/1.1 unless the listener serves only h2.
+            let h2 = match session.alpn_protocol() {
+                Some(p) => p == b"h2",
+                None => !shared.protocols.contains(&Protocol::Http1),
+            };
             let peer = Peer {
                 remote,
                 tls: true,
-                h2: session.alpn_protocol() == Some(b"h2"),
+                h2,
                 client: ClientTls {
                     identity: tls::identity_of(session.peer_certificates(), remote),
                     forward_header: shared.forward_header.clone(),
                 },
             };
             if peer.h2 {
-                serve_http(shared, TokioIo::new(tls), peer, pipeline, shutdown).await;
+                serve_http(shared, TokioIo::new(tls), peer, clock, pipeline, shutdown).await;
             } else {
-                let tls = H1Guard::new(tls, refused(name, remote));
-                serve_http(shared, TokioIo::new(tls), peer, pipeline, shutdown).await;
+                let tls = H1Guard::new(tls, refused(name, remote)).with_clock(clock.clone());
+                serve_http(shared, TokioIo::new(tls), peer, clock, pipeline, shutdown).await;
             }
         }
         None => {
@@ -203,8 +245,16 @@ async fn connection(
                 h2: false,
                 client: ClientTls::default(),
             };
-            let stream = H1Guard::new(stream, refused(name, remote));
-            serve_http(shared, TokioIo::new(stream), peer, pipeline, shutdown).await
+            let stream = H1Guard::new(stream, refused(name, remote)).with_clock(clock.clone());
+            serve_http(
+                shared,
+                TokioIo::new(stream),
+                peer,
+                clock,
+                pipeline,
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -231,6 +281,7 @@ async fn serve_http<I>(
     shared: Arc<Shared>,
     io: I,
     peer: Peer,
+    clock: Arc<ConnClock>,
     pipeline: Arc<Pipeline>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -240,36 +291,60 @@ async fn serve_http<I>(
     let open = gauge!(LISTENER_CONNECTIONS, "listener" => shared.name.clone());
     open.increment(1.0);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The connection's clock times heads and idleness; hyper's own header timer would also
+    // cut idle keep-alive connections at header_timeout instead of idle_timeout.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(shared.header_timeout);
+        .header_read_timeout(None);
     builder.http2().max_concurrent_streams(shared.max_streams);
-    // ALPN decides for TLS; plaintext is HTTP/1.1 only (no h2c downstream).
+    // ALPN decided for TLS; plaintext is HTTP/1.1 only (no h2c downstream). Never sniff: a
+    // connection that says nothing must still be on a protocol with a timer.
     let builder = if peer.h2 {
         builder.http2_only()
-    } else if !peer.tls || !shared.protocols.contains(&Protocol::H2) {
-        builder.http1_only()
     } else {
-        builder
+        builder.http1_only()
     };
     let svc = {
         let shared = shared.clone();
         let peer = peer.clone();
-        service_fn(move |req| handle(shared.clone(), pipeline.clone(), req, peer.clone()))
+        let clock = clock.clone();
+        service_fn(move |req| {
+            let busy = clock.request_started();
+            let served = handle(shared.clone(), pipeline.clone(), req, peer.clone());
+            async move { served.await.map(|resp| resp.map(|b| b.hold(busy))) }
+        })
     };
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(remote = %peer.remote, error = %e, "connection ended");
-            }
-        }
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
         () = until_true(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            None
         }
+        phase = clock.expired() => {
+            counter!(LISTENER_TIMEOUTS, "listener" => shared.name.clone(), "kind" => phase.label())
+                .increment(1);
+            tracing::debug!(remote = %peer.remote, timeout = phase.label(), "closing a slow or idle connection");
+            // HTTP/2: GOAWAY, closed at once with no stream open. HTTP/1.1: the head guard
+            // answers 408 (when a head was awaited) and ends the stream.
+            if peer.h2 {
+                conn.as_mut().graceful_shutdown();
+            }
+            None
+        }
+    };
+    let ended = match ended {
+        Some(r) => r,
+        // Bounded: a client that does not read the GOAWAY or the 408 is not waited for.
+        None => match tokio::time::timeout(shared.header_timeout, conn.as_mut()).await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        },
+    };
+    if let Err(e) = ended {
+        tracing::debug!(remote = %peer.remote, error = %e, "connection ended");
     }
     open.decrement(1.0);
 }

@@ -206,13 +206,18 @@ pub struct ListenerConfig {
     /// The https port redirects point to.
     #[serde(default = "default_redirect_port")]
     pub redirect_port: u16,
-    /// QUIC connections at once; further handshakes are refused.
+    /// Connections at once, per protocol side (QUIC, TCP); further ones are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: NonZeroUsize,
+    /// Connections one client IP address may hold at once (QUIC and TCP each); absent = no
+    /// per-client limit. For listeners exposed to the internet.
+    #[serde(default)]
+    pub max_connections_per_client: Option<NonZeroUsize>,
     /// Concurrent request streams a client may open on one connection (QUIC stream credit).
     #[serde(default = "default_max_streams")]
     pub max_streams_per_connection: NonZeroU32,
-    /// A connection with no traffic for this long is closed.
+    /// A connection with no traffic (QUIC), or with no request in flight (TCP: HTTP/1.1
+    /// keep-alive closed, HTTP/2 GOAWAY), for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
 }
