@@ -186,7 +186,7 @@ fn h1_guard(c: &mut Criterion) {
             rt.block_on(async {
                 // The guard writes too (a 408 on timeout): give it a sink to write to.
                 let io = tokio::io::join(&input[..], tokio::io::sink());
-                let guard = spooky_stages::h1_guard::H1Guard::new(io, |_| {});
+                let guard = spooky_stages::h1_guard::H1Guard::new(io, Default::default());
                 black_box(drain(guard).await)
             })
         })

@@ -11,6 +11,85 @@ use http_body::{Body, Frame, SizeHint};
 /// Boxed error carried through bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The client's request body failed: the client's fault, never the backend's. Dispatch finds
+/// it in the upstream client's error chain and answers for the client (malformed: 400 and
+/// close on HTTP/1.1, H3_MESSAGE_ERROR on HTTP/3; gone: `cancelled`), and the backend's
+/// request is aborted rather than completed with a truncated body.
+#[derive(Debug)]
+pub struct ClientBodyError {
+    /// Bad framing (a chunk size that overflows or is not hex, data past a chunk, a bad
+    /// extension, a length that disagrees with the data); otherwise the client went away
+    /// (reset its stream, closed the connection mid-body).
+    pub malformed: bool,
+    source: BoxError,
+}
+
+impl ClientBodyError {
+    fn malformed(source: BoxError) -> BoxError {
+        Box::new(ClientBodyError {
+            malformed: true,
+            source,
+        })
+    }
+
+    fn gone(source: BoxError) -> BoxError {
+        Box::new(ClientBodyError {
+            malformed: false,
+            source,
+        })
+    }
+
+    /// hyper's body errors: its HTTP/1.1 decoder reports bad framing as `InvalidInput` or
+    /// `InvalidData` I/O errors; anything else (EOF, a reset) means the client is gone.
+    fn from_hyper(e: hyper::Error) -> BoxError {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut malformed = e.is_parse();
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                malformed |= matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                );
+            }
+            cur = err.source();
+        }
+        if malformed {
+            ClientBodyError::malformed(Box::new(e))
+        } else {
+            ClientBodyError::gone(Box::new(e))
+        }
+    }
+
+    /// The client's body error in `e`'s source chain, if the failure was the client's.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(c) = err.downcast_ref::<ClientBodyError>() {
+                return Some(c);
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.malformed {
+            "malformed request body"
+        } else {
+            "client stopped sending its request body"
+        };
+        write!(f, "{what}: {}", self.source)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 type H3Recv = h3::server::RequestStream<crate::h3_guard::GuardedRecv, Bytes>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +116,8 @@ impl Source {
                     Poll::Ready(Ok(Some(buf.copy_to_bytes(buf.remaining()))))
                 }
                 Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(Box::new(e))),
+                // A reset or a closed connection; h3 itself answers frame errors.
+                Poll::Ready(Err(e)) => Poll::Ready(Err(ClientBodyError::gone(Box::new(e)))),
                 Poll::Pending => Poll::Pending,
             },
             Source::Hyper(b, trailers) => loop {
@@ -52,7 +132,7 @@ impl Source {
                             continue;
                         }
                     },
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Box::new(e))),
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Err(ClientBodyError::from_hyper(e))),
                     Poll::Ready(None) => Poll::Ready(Ok(None)),
                     Poll::Pending => Poll::Pending,
                 };
@@ -65,7 +145,7 @@ impl Source {
         match self {
             Source::H3(s) => s
                 .poll_recv_trailers(cx)
-                .map_err(|e| Box::new(e) as BoxError),
+                .map_err(|e| ClientBodyError::gone(Box::new(e))),
             Source::Hyper(_, trailers) => Poll::Ready(Ok(trailers.take())),
         }
     }
@@ -85,6 +165,8 @@ pub struct RequestBody {
     /// stream is parked in the read future and h3-quinn would panic).
     read_pending: bool,
     state: State,
+    /// Why the body failed, kept until it is read (the failure found while reading ahead).
+    failure: Option<BoxError>,
     /// Forward upstream as an empty body (GET-like request without `content-length`).
     empty_upstream: bool,
 }
@@ -100,6 +182,7 @@ impl RequestBody {
             read_ahead: 0,
             read_pending: false,
             state: State::Ended,
+            failure: None,
             empty_upstream: true,
         }
     }
@@ -143,6 +226,7 @@ impl RequestBody {
             read_ahead,
             read_pending: false,
             state: State::Data,
+            failure: None,
             empty_upstream,
         }
     }
@@ -193,9 +277,16 @@ impl RequestBody {
                     self.state = State::Trailers;
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(_)) => {
+                Poll::Ready(Err(e)) => {
                     self.state = State::Failed;
-                    return Poll::Ready(());
+                    let gone = ClientBodyError::find(&*e).is_none_or(|c| !c.malformed);
+                    self.failure = Some(e);
+                    // A malformed body is answered when it is forwarded; a client that left
+                    // cancels the exchange now.
+                    if gone {
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
                 }
                 Poll::Pending => return Poll::Pending,
             }
@@ -206,9 +297,9 @@ impl RequestBody {
 /// RFC 9114 §4.1.2: a request whose DATA frames disagree with content-length is malformed.
 fn check_length(declared: Option<u64>, received: u64, at_end: bool) -> Result<(), BoxError> {
     match declared {
-        Some(d) if received > d || (at_end && received != d) => {
-            Err(format!("request body has {received} bytes but content-length is {d}").into())
-        }
+        Some(d) if received > d || (at_end && received != d) => Err(ClientBodyError::malformed(
+            format!("request body has {received} bytes but content-length is {d}").into(),
+        )),
         _ => Ok(()),
     }
 }
@@ -235,7 +326,13 @@ impl Body for RequestBody {
         loop {
             match this.state {
                 State::Ended => return Poll::Ready(None),
-                State::Failed => return Poll::Ready(Some(Err("request stream reset".into()))),
+                State::Failed => {
+                    let e = this
+                        .failure
+                        .take()
+                        .unwrap_or_else(|| ClientBodyError::gone("request stream reset".into()));
+                    return Poll::Ready(Some(Err(e)));
+                }
                 State::Data => match stream.poll_data(cx) {
                     Poll::Pending => {
                         this.read_pending = true;

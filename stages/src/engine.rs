@@ -406,9 +406,10 @@ impl Pipeline {
         if let Some(secs) = r.retry_after {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if r.status == http::StatusCode::BAD_REQUEST
-            && ex.protocol == crate::exchange::ClientProtocol::Http1
-        {
+        if let Some(allow) = r.allow {
+            headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if r.close && ex.protocol == crate::exchange::ClientProtocol::Http1 {
             // After a malformed HTTP/1.1 request, trust nothing else on that connection.
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -41,7 +41,15 @@ pub struct Reject {
     /// A malformed HTTP/3 message: reset the stream with H3_MESSAGE_ERROR rather than answer
     /// (RFC 9114 §4.1.2).
     pub malformed: bool,
+    /// HTTP/1.1: close the connection after the answer (nothing after this request on it can
+    /// be trusted: its framing was bad, or tunnel bytes may follow).
+    pub close: bool,
+    /// An `Allow` header (405).
+    pub allow: Option<&'static str>,
 }
+
+/// The methods Spooky forwards, for `Allow` (405) and `OPTIONS *`.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
 
 impl Reject {
     pub const fn new(status: StatusCode, reason: &'static str) -> Self {
@@ -50,26 +58,34 @@ impl Reject {
             reason,
             retry_after: None,
             malformed: false,
+            close: false,
+            allow: None,
         }
     }
 
     /// A malformed request head (HTTP/3: a stream error H3_MESSAGE_ERROR; else 400).
     pub const fn malformed(reason: &'static str) -> Self {
         Reject {
-            status: StatusCode::BAD_REQUEST,
-            reason,
-            retry_after: None,
             malformed: true,
+            ..Reject::bad_request(reason)
         }
     }
 
     /// 503 with `Retry-After: 1`: a cap or queue is full.
     pub const fn overload(reason: &'static str) -> Self {
         Reject {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason,
             retry_after: Some(1),
-            malformed: false,
+            ..Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+        }
+    }
+
+    /// 405 with `Allow` for a method Spooky does not carry yet (`CONNECT`); HTTP/1.1 closes,
+    /// since tunnel bytes may follow the request.
+    pub const fn method_not_allowed(reason: &'static str) -> Self {
+        Reject {
+            close: true,
+            allow: Some(ALLOWED_METHODS),
+            ..Reject::new(StatusCode::METHOD_NOT_ALLOWED, reason)
         }
     }
 
@@ -83,8 +99,11 @@ impl Reject {
         Reject::new(StatusCode::BAD_GATEWAY, "upstream_connect")
     }
 
-    /// 400: a malformed request head.
+    /// 400: a malformed request; HTTP/1.1 closes the connection.
     pub const fn bad_request(reason: &'static str) -> Self {
-        Reject::new(StatusCode::BAD_REQUEST, reason)
+        Reject {
+            close: true,
+            ..Reject::new(StatusCode::BAD_REQUEST, reason)
+        }
     }
 }

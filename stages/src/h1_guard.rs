@@ -1,27 +1,34 @@
 //! HTTP/1.1 request framing checks in front of hyper.
 //!
 //! hyper's parser is lenient where an edge proxy must not be: it merges repeated identical
-//! `Content-Length` fields into one, and when `Transfer-Encoding` and `Content-Length` come
-//! together it drops the length and goes on (RFC 9112 §6.3 allows both). By the time a request
-//! reaches the service both facts are gone. Either one is the classic request-smuggling set-up
-//! (another hop may frame the body by the other header), so Spooky refuses them with 400 and
-//! closes the connection, as the hygiene rules ask.
+//! `Content-Length` fields into one, when `Transfer-Encoding` and `Content-Length` come
+//! together it drops the length and goes on (RFC 9112 §6.3 allows both), it drops every
+//! transfer coding before a final `chunked` (`gzip, chunked`), and it silently cuts a
+//! `#fragment` off the target. By the time a request reaches the service these facts are gone.
+//! Each is a request-smuggling or confusion set-up (another hop may frame or read the request
+//! differently), so Spooky refuses them, as RFC 9112 asks: 400, or 501 for a transfer coding
+//! it does not implement (§6.1).
 //!
 //! [`H1Guard`] sits between the client's byte stream (after TLS) and hyper. It holds each
 //! request head back until it is complete, checks it, and then follows the body's framing
 //! (fixed length or chunked) byte by byte so that it always knows where the next head starts.
-//! A refused head never reaches hyper: in its place hyper reads a head it cannot parse, answers
-//! it with its own 400 after every earlier response, and the stream then ends, so nothing
-//! pipelined behind it runs. Anything the guard does not understand (a parse error, an
-//! upgrade, HTTP/2's preface, a head too large) it hands over untouched and stops watching,
-//! because hyper then refuses or owns the connection itself; the guard never rejects what it
-//! cannot read, so it cannot turn a good request away.
+//! A refused head never reaches hyper: in its place hyper reads a harmless synthetic head
+//! ([`SYNTHETIC`]), and the guard leaves the refusal in [`Refusals`] under that head's index.
+//! HTTP/1.1 answers requests in order, so the service, counting requests, knows the synthetic
+//! one and answers it with the refusal's status and `Connection: close` — after every earlier
+//! response; nothing pipelined behind it is read. Anything the guard does not understand (a
+//! parse error, HTTP/2's preface, a head too large, `CONNECT`) it hands over untouched and
+//! stops watching, because hyper then refuses or owns the connection itself; the guard never
+//! rejects what it cannot read, so it cannot turn a good request away.
+//!
+//! The guard also tells the connection's [`ConnClock`] when heads start and end, and when the
+//! clock expires it answers `408` itself and ends the stream.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,8 +39,8 @@ use crate::conn_clock::ConnClock;
 const TIMEOUT_REPLY: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
-/// What hyper reads instead of a refused head: an invalid method token, answered 400.
-const POISON: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
+/// What hyper reads instead of a refused head; the service answers it from [`Refusals`].
+pub const SYNTHETIC: &[u8] = b"GET / HTTP/1.1\r\nhost: refused.invalid\r\n\r\n";
 
 /// Heads larger than hyper's own read buffer limit are hyper's to refuse (431).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
@@ -48,6 +55,13 @@ pub enum Refusal {
     DuplicateContentLength,
     /// Both `Transfer-Encoding` and `Content-Length`.
     ContentLengthWithTransferEncoding,
+    /// A transfer coding before the final `chunked` (`gzip, chunked`): 501.
+    UnsupportedTransferCoding,
+    /// `chunked` not last, more than once (RFC 9112 §7: a sender never chunks twice), or no
+    /// coding at all.
+    BadTransferEncoding,
+    /// A `#fragment` in the request target (RFC 9112 §3.2: never sent).
+    FragmentInTarget,
 }
 
 impl Refusal {
@@ -55,7 +69,44 @@ impl Refusal {
         match self {
             Refusal::DuplicateContentLength => "duplicate_content_length",
             Refusal::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
+            Refusal::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Refusal::BadTransferEncoding => "bad_transfer_encoding",
+            Refusal::FragmentInTarget => "fragment_in_target",
         }
+    }
+
+    /// The status the client is answered with.
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            // RFC 9112 §6.1: a transfer coding the server does not understand.
+            Refusal::UnsupportedTransferCoding => http::StatusCode::NOT_IMPLEMENTED,
+            _ => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Where the guard leaves a refusal for the service: the index (0-based, in arrival order) of
+/// the synthetic request that stands for it.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    slot: Mutex<Option<(u64, Refusal)>>,
+}
+
+impl Refusals {
+    /// The refusal the request with this index stands for, if it is the synthetic one.
+    pub fn take_for(&self, index: u64) -> Option<Refusal> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        match *slot {
+            Some((i, r)) if i == index => {
+                *slot = None;
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+
+    fn put(&self, index: u64, r: Refusal) {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((index, r));
     }
 }
 
@@ -101,8 +152,10 @@ pub struct H1Guard<T> {
     /// How far past `cleared` the current head was searched for its end (so a head that
     /// arrives a byte at a time is searched once, not once per byte).
     searched: usize,
-    /// Called once when a head is refused.
-    on_refuse: Option<Box<dyn FnOnce(Refusal) + Send>>,
+    /// Where a refusal is left for the service.
+    refusals: Arc<Refusals>,
+    /// Heads handed to hyper so far (the index of the next one).
+    handed: u64,
     /// The connection's timers: told when heads start and end; when they expire, the guard
     /// answers `408` (if a head was awaited) and ends the stream.
     clock: Option<Arc<ConnClock>>,
@@ -111,14 +164,15 @@ pub struct H1Guard<T> {
 }
 
 impl<T> H1Guard<T> {
-    pub fn new(io: T, on_refuse: impl FnOnce(Refusal) + Send + 'static) -> Self {
+    pub fn new(io: T, refusals: Arc<Refusals>) -> Self {
         H1Guard {
             io,
             scan: Scan::Head,
             buf: BytesMut::new(),
             cleared: 0,
             searched: 0,
-            on_refuse: Some(Box::new(on_refuse)),
+            refusals,
+            handed: 0,
             clock: None,
             timeout_written: 0,
         }
@@ -196,8 +250,8 @@ impl<T> H1Guard<T> {
         };
         let mut lengths = 0usize;
         let mut length = None;
-        let mut chunked = None;
-        let mut upgrade = req.method == Some("CONNECT");
+        let mut te = TransferEncoding::default();
+        let connect = req.method == Some("CONNECT");
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 lengths += 1;
@@ -205,47 +259,42 @@ impl<T> H1Guard<T> {
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok());
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                // As hyper reads it: the last field decides whether chunked is final.
-                chunked = Some(
-                    h.value
-                        .rsplit(|b| *b == b',')
-                        .next()
-                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-                );
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
+                te.add(h.value);
             }
         }
-        let refusal = if chunked.is_some() && lengths > 0 {
+        let refusal = if req.path.is_some_and(|p| p.contains('#')) {
+            Some(Refusal::FragmentInTarget)
+        } else if te.present && lengths > 0 {
             Some(Refusal::ContentLengthWithTransferEncoding)
         } else if lengths > 1 {
             Some(Refusal::DuplicateContentLength)
+        } else if te.present {
+            te.refusal()
         } else {
             None
         };
         if let Some(r) = refusal {
             self.buf.truncate(self.cleared);
-            self.buf.extend_from_slice(POISON);
+            self.buf.extend_from_slice(SYNTHETIC);
             self.cleared = self.buf.len();
             self.scan = Scan::Refused;
-            if let Some(f) = self.on_refuse.take() {
-                f(r);
-            }
+            self.refusals.put(self.handed, r);
             return true;
         }
         self.cleared += len;
         self.searched = 0;
+        self.handed += 1;
         if let Some(c) = &self.clock {
             c.head_complete();
         }
-        self.scan = match (chunked, length, lengths) {
-            // After an upgrade the bytes are not HTTP/1.1 any more.
-            _ if upgrade => Scan::Pass,
-            (Some(true), _, _) => Scan::Chunked(Chunk::Size { size: 0, digits: 0 }),
-            // hyper answers 400 to a transfer coding that is not chunked, or a bad length.
-            (Some(false), _, _) | (None, None, 1) => Scan::Pass,
-            (None, Some(n), _) => Scan::Fixed(n),
-            (None, None, _) => Scan::Head,
+        self.scan = match (te.present, length, lengths) {
+            // CONNECT is answered 405 and the connection closed; what follows is not ours.
+            _ if connect => Scan::Pass,
+            (true, _, _) => Scan::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            // hyper answers 400 to a bad length.
+            (false, None, 1) => Scan::Pass,
+            (false, Some(n), _) => Scan::Fixed(n),
+            (false, None, _) => Scan::Head,
         };
         true
     }
@@ -305,6 +354,48 @@ impl<T> H1Guard<T> {
     }
 }
 
+/// The `Transfer-Encoding` fields of a head, as a list of codings (RFC 9112 §6.1).
+#[derive(Debug, Default)]
+struct TransferEncoding {
+    present: bool,
+    chunked: usize,
+    other: bool,
+    /// The last coding listed is `chunked`.
+    chunked_last: bool,
+}
+
+impl TransferEncoding {
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        // RFC 9110 §5.6.1: empty list elements are ignored.
+        for coding in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if coding.is_empty() {
+                continue;
+            }
+            self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+            if self.chunked_last {
+                self.chunked += 1;
+            } else {
+                self.other = true;
+            }
+        }
+    }
+
+    /// Exactly `chunked` is the only framing Spooky accepts.
+    fn refusal(&self) -> Option<Refusal> {
+        if !self.chunked_last || self.chunked != 1 {
+            // RFC 9112 §6.3: without a final `chunked` the length cannot be known (400);
+            // §7: a sender never applies chunked twice.
+            Some(Refusal::BadTransferEncoding)
+        } else if self.other {
+            // §6.1: a coding the server does not implement (`gzip, chunked`) is a 501.
+            Some(Refusal::UnsupportedTransferCoding)
+        } else {
+            None
+        }
+    }
+}
+
 /// Whether `bytes[from..]` holds the blank line that ends a head (`\n\r\n` or `\n\n`, after
 /// any empty lines before the request line, which httparse skips).
 fn ends_head(bytes: &[u8], from: usize) -> bool {
@@ -354,7 +445,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
                 Scan::Pass if this.buf.is_empty() => {
                     return Pin::new(&mut this.io).poll_read(cx, out);
                 }
-                Scan::Refused => return Poll::Ready(Ok(())),
+                // Nothing after a refused head is read as HTTP: it is discarded until the
+                // service's answer (with `Connection: close`) ends the connection.
+                Scan::Refused => loop {
+                    let mut sink = [0u8; 4096];
+                    let mut rb = ReadBuf::new(&mut sink);
+                    std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+                    if rb.filled().is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                },
                 _ => {}
             }
             let mut chunk = [0u8; 8192];
@@ -437,21 +537,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
     use tokio::io::AsyncReadExt;
 
-    /// What hyper would read from `input`, sent in pieces of `step` bytes; and the refusal.
-    async fn through(input: &[u8], step: usize) -> (Vec<u8>, Option<Refusal>) {
+    /// What hyper would read from `input`, sent in pieces of `step` bytes; and the refusal
+    /// left for the request with that index.
+    async fn through(input: &[u8], step: usize) -> (Vec<u8>, Option<(u64, Refusal)>) {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let refused = Arc::new(Mutex::new(None));
-        let r = refused.clone();
-        let mut guard = H1Guard::new(server, move |why| {
-            *r.lock().expect("lock") = Some(why);
-        });
+        let refusals = Arc::new(Refusals::default());
+        let mut guard = H1Guard::new(server, refusals.clone());
         let input = input.to_vec();
         let writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            // A refusal ends the guard's side early: writes may then fail.
             for piece in input.chunks(step) {
                 if client.write_all(piece).await.is_err() {
                     return;
@@ -466,11 +562,11 @@ mod tests {
         guard.read_to_end(&mut seen).await.expect("read");
         drop(guard);
         writer.await.expect("writer");
-        let why = *refused.lock().expect("lock");
+        let why = (0..8).find_map(|i| refusals.take_for(i).map(|r| (i, r)));
         (seen, why)
     }
 
-    const GOOD: &[u8] = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n";
+    const GOOD: &[u8] = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\nPOST /d HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ,Chunked \r\n\r\n0\r\n\r\n";
 
     #[tokio::test]
     async fn good_requests_pass_unchanged_whatever_the_read_sizes() {
@@ -501,9 +597,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn duplicate_lengths_and_length_with_chunked_are_refused_after_earlier_requests() {
+    async fn refused_heads_become_the_synthetic_request_after_earlier_ones() {
         let first = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n";
-        let cases: [(&[u8], Refusal); 3] = [
+        let cases: [(&[u8], Refusal); 10] = [
             (
                 b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhello",
                 Refusal::DuplicateContentLength,
@@ -516,6 +612,34 @@ mod tests {
                 b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\nContent-Length: 0\r\n\r\n0\r\n\r\n",
                 Refusal::ContentLengthWithTransferEncoding,
             ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                Refusal::UnsupportedTransferCoding,
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                Refusal::UnsupportedTransferCoding,
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+                Refusal::BadTransferEncoding,
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+                Refusal::BadTransferEncoding,
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                Refusal::BadTransferEncoding,
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\n\r\n0\r\n\r\n",
+                Refusal::BadTransferEncoding,
+            ),
+            (
+                b"GET /x#frag HTTP/1.1\r\nHost: h\r\n\r\n",
+                Refusal::FragmentInTarget,
+            ),
         ];
         for (bad, reason) in cases {
             let mut input = first.to_vec();
@@ -524,18 +648,26 @@ mod tests {
             for step in [1, 4096] {
                 let (seen, why) = through(&input, step).await;
                 let mut expected = first.to_vec();
-                expected.extend_from_slice(POISON);
-                assert_eq!(seen, expected, "{reason:?} step {step}");
-                assert_eq!(why, Some(reason));
+                expected.extend_from_slice(SYNTHETIC);
+                assert_eq!(
+                    String::from_utf8_lossy(&seen),
+                    String::from_utf8_lossy(&expected),
+                    "{reason:?} step {step}"
+                );
+                assert_eq!(why, Some((1, reason)), "the second request stands for it");
             }
         }
+        assert_eq!(
+            Refusal::UnsupportedTransferCoding.status(),
+            http::StatusCode::NOT_IMPLEMENTED
+        );
     }
 
     #[tokio::test]
     async fn what_the_guard_cannot_read_passes_to_hyper() {
         for input in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"[..],
-            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: h\r\n",
         ] {

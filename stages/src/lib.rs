@@ -24,6 +24,7 @@ pub mod h3_server;
 pub mod headers;
 pub mod identity;
 pub mod metrics;
+pub mod path;
 pub mod responder;
 pub mod stages;
 pub mod tcp_server;

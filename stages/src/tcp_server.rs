@@ -17,6 +17,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -37,7 +38,7 @@ use crate::conn_clock::ConnClock;
 use crate::engine::Pipeline;
 use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
 use crate::flow::Reject;
-use crate::h1_guard::{H1Guard, Refusal};
+use crate::h1_guard::{H1Guard, Refusal, Refusals};
 use crate::h3_server::until_true;
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
@@ -226,6 +227,7 @@ async fn connection(
                 remote,
                 tls: true,
                 h2,
+                h1: None,
                 client: ClientTls {
                     identity: tls::identity_of(session.peer_certificates(), remote),
                     forward_header: shared.forward_header.clone(),
@@ -234,7 +236,8 @@ async fn connection(
             if peer.h2 {
                 serve_http(shared, TokioIo::new(tls), peer, clock, pipeline, shutdown).await;
             } else {
-                let tls = H1Guard::new(tls, refused(name, remote)).with_clock(clock.clone());
+                let (peer, refusals) = peer.guarded();
+                let tls = H1Guard::new(tls, refusals).with_clock(clock.clone());
                 serve_http(shared, TokioIo::new(tls), peer, clock, pipeline, shutdown).await;
             }
         }
@@ -244,8 +247,10 @@ async fn connection(
                 tls: false,
                 h2: false,
                 client: ClientTls::default(),
+                h1: None,
             };
-            let stream = H1Guard::new(stream, refused(name, remote)).with_clock(clock.clone());
+            let (peer, refusals) = peer.guarded();
+            let stream = H1Guard::new(stream, refusals).with_clock(clock.clone());
             serve_http(
                 shared,
                 TokioIo::new(stream),
@@ -259,12 +264,25 @@ async fn connection(
     }
 }
 
-/// Counts and logs an HTTP/1.1 head refused by the framing guard (hyper answers it 400).
-fn refused(listener: String, remote: SocketAddr) -> impl FnOnce(Refusal) + Send + 'static {
-    move |why| {
-        tracing::info!(%remote, listener = %listener, reason = why.reason(), "HTTP/1.1 request refused: ambiguous framing (400, connection closed)");
-        counter!(HTTP1_REFUSED, "listener" => listener, "reason" => why.reason()).increment(1);
-    }
+/// The answer to a head the HTTP/1.1 framing guard refused; counted and logged.
+fn refused(shared: &Shared, remote: SocketAddr, why: Refusal) -> Response<ProxyBody> {
+    tracing::info!(%remote, listener = %shared.name, reason = why.reason(), status = why.status().as_u16(), "HTTP/1.1 request refused: framing (connection closed)");
+    counter!(HTTP1_REFUSED, "listener" => shared.name.clone(), "reason" => why.reason())
+        .increment(1);
+    let mut r = Response::new(ProxyBody::full(bytes::Bytes::from(format!(
+        "{} {}: {}\n",
+        why.status().as_u16(),
+        why.status().canonical_reason().unwrap_or(""),
+        why.reason()
+    ))));
+    *r.status_mut() = why.status();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// What a connection knows about its client.
@@ -275,6 +293,23 @@ struct Peer {
     /// ALPN chose HTTP/2.
     h2: bool,
     client: ClientTls,
+    /// HTTP/1.1 behind the framing guard: its refusals, and the requests counted so far.
+    h1: Option<(Arc<Refusals>, Arc<AtomicU64>)>,
+}
+
+impl Peer {
+    /// The peer of an HTTP/1.1 connection behind an [`H1Guard`], and the guard's refusals.
+    fn guarded(mut self) -> (Peer, Arc<Refusals>) {
+        let refusals = Arc::new(Refusals::default());
+        self.h1 = Some((refusals.clone(), Arc::new(AtomicU64::new(0))));
+        (self, refusals)
+    }
+
+    /// The refusal this request stands for, if it is the guard's synthetic one.
+    fn refusal(&self) -> Option<Refusal> {
+        let (refusals, count) = self.h1.as_ref()?;
+        refusals.take_for(count.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 async fn serve_http<I>(
@@ -356,6 +391,9 @@ async fn handle(
     req: Request<Incoming>,
     peer: Peer,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(why) = peer.refusal() {
+        return Ok(add_alt_svc(&shared, refused(&shared, peer.remote, why)));
+    }
     if let Some(port) = shared.redirect {
         return Ok(add_alt_svc(&shared, redirect(&req, port)));
     }

@@ -18,6 +18,9 @@ pub struct Backend {
     pub metrics: BackendMetrics,
     /// Its own connection pool.
     pub client: BackendClient,
+    /// Known to speak HTTP/1.1 (`http1`, or `auto` on `http://`): hop-by-hop request fields
+    /// are listed in `Connection` for it.
+    pub http1: bool,
 }
 
 /// An upstream: its inflight cap, its backends and their balancer.
@@ -60,7 +63,13 @@ impl Upstream {
                 tls,
                 config.tls.server_name.as_deref(),
             )?;
+            let http1 = match b.protocol {
+                BackendProtocol::Http1 => true,
+                BackendProtocol::Auto => !addr.is_tls(),
+                BackendProtocol::H2 | BackendProtocol::H2c => false,
+            };
             backends.push(Backend {
+                http1,
                 metrics: BackendMetrics::new(name, &b.url),
                 name: b.url.clone(),
                 addr,

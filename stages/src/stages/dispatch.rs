@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
-use crate::body::RequestBody;
+use crate::body::{ClientBodyError, RequestBody};
 use crate::config::{BackendProtocol, Dur};
 use crate::exchange::{Attempt, AttemptError, Exchange};
 use crate::flow::{Flow, Reject};
@@ -189,7 +189,7 @@ impl Dispatch {
             );
         };
         let backend = &upstream.backends[idx];
-        let req = match self.upstream_request(&mut ex, &backend.addr) {
+        let req = match self.upstream_request(&mut ex, &backend.addr, backend.http1) {
             Ok(r) => r,
             Err(DEADLINE_PASSED) => {
                 return Flow::Reject(
@@ -216,10 +216,27 @@ impl Dispatch {
         };
         match sent {
             None => Flow::Abandon(ex, "cancelled"),
+            Some(Ok(Ok(resp))) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // Spooky forwards no Upgrade, so a 101 is a backend's error; it would reach the
+                // client without its Upgrade header and kill the connection.
+                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, "backend answered 101 to a request without Upgrade");
+                backend.metrics.response(resp.status(), started.elapsed());
+                Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "upstream_upgrade"))
+            }
             Some(Ok(Ok(resp))) => {
                 backend.metrics.response(resp.status(), started.elapsed());
                 ex.response = Some(resp);
                 Flow::Continue(ex)
+            }
+            Some(Ok(Err(e))) if ClientBodyError::find(&e).is_some() => {
+                // The client's body failed: the client's error, not the backend's.
+                let malformed = ClientBodyError::find(&e).is_some_and(|c| c.malformed);
+                tracing::debug!(exchange = ex.id, error = %error_chain(&e), "client request body failed; upstream request aborted");
+                if malformed {
+                    Flow::Reject(ex, Reject::malformed("bad_request_body"))
+                } else {
+                    Flow::Abandon(ex, "cancelled")
+                }
             }
             Some(Ok(Err(e))) if e.is_connect() => {
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream connect failed");
@@ -254,6 +271,7 @@ impl Dispatch {
         &self,
         ex: &mut Exchange,
         backend: &BackendAddr,
+        http1: bool,
     ) -> Result<Request<RequestBody>, &'static str> {
         let path = ex
             .head
@@ -296,9 +314,15 @@ impl Dispatch {
                 headers.insert(name.clone(), v);
             }
         }
-        // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send them
-        // (RFC 9110 §10.1.4).
+        // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send them.
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        if http1 {
+            // RFC 9110 §10.1.4: TE is hop-by-hop, so its sender lists it in Connection. Not
+            // towards HTTP/2 (connection fields are malformed there; hyper would drop the
+            // TE it names). An `https://` backend on `auto` is HTTP/2 or HTTP/1.1 by ALPN,
+            // unknown here, so it gets `te: trailers` alone.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("te"));
+        }
         if let Some(deadline) = ex.deadline {
             // The backend gets what is left of the client's deadline (gRPC over HTTP/2:
             // proxies pass the deadline on, less the time already spent).

@@ -1,7 +1,9 @@
-//! Ingress: validates the request head the protocol adapter (`crate::h3_server`) parsed, before
-//! the exchange enters the rest of the chain. Limits on header count and bytes (431),
-//! authority rules (400). The adapter applies backpressure: it stops accepting request streams
-//! while this stage's concurrency is used up.
+//! Ingress: validates the request head the protocol adapter (`crate::h3_server`,
+//! `crate::tcp_server`) parsed, before the exchange enters the rest of the chain. Limits on
+//! header count and bytes (431), authority rules (400), methods Spooky cannot carry yet
+//! (`CONNECT` → 405), `OPTIONS *` answered here, and the path normalized ([`crate::path`]) so
+//! that routing sees — and the backend receives — one spelling of it. The adapter applies
+//! backpressure: it stops accepting request streams while this stage's concurrency is used up.
 
 use std::num::NonZeroUsize;
 
@@ -11,8 +13,9 @@ use http::{StatusCode, Uri};
 use serde::Deserialize;
 
 use crate::config::{Dur, Size};
-use crate::exchange::Exchange;
-use crate::flow::{Flow, Reject};
+use crate::exchange::{ClientProtocol, Exchange};
+use crate::flow::{ALLOWED_METHODS, Flow, Reject, Reply};
+use crate::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
 
 /// `[stages.ingress]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -29,9 +32,19 @@ pub struct Config {
     /// a client resetting its stream is noticed there; the bytes are forwarded later.
     #[serde(default = "default_read_ahead")]
     pub read_ahead: Size,
-    /// Longest wait for a request head once its stream is open.
+    /// Longest wait for a request head once its stream is open (HTTP/3), or from accept and
+    /// from each later head's first byte (TCP).
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Dur,
+    /// `"rfc3986"`: normalize the path before routing (and forward the normalized path).
+    #[serde(default)]
+    pub normalize_path: NormalizePath,
+    /// `"merge"`: `//` becomes `/` (with `normalize_path = "rfc3986"`).
+    #[serde(default)]
+    pub merge_slashes: MergeSlashes,
+    /// `"reject"`: `%2F`/`%5C` inside a segment answers 400 (with `normalize_path = "rfc3986"`).
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
 }
 
 fn default_read_ahead() -> Size {
@@ -57,6 +70,9 @@ impl Default for Config {
             max_header_bytes: default_max_header_bytes(),
             read_ahead: default_read_ahead(),
             header_timeout: default_header_timeout(),
+            normalize_path: NormalizePath::default(),
+            merge_slashes: MergeSlashes::default(),
+            encoded_slashes: EncodedSlashes::default(),
         }
     }
 }
@@ -65,6 +81,8 @@ impl Default for Config {
 pub struct Ingress {
     max_header_count: usize,
     max_header_bytes: u64,
+    /// `None`: paths are left as sent.
+    path_rules: Option<path::Rules>,
 }
 
 impl Ingress {
@@ -72,6 +90,10 @@ impl Ingress {
         Ingress {
             max_header_count: config.max_header_count.get(),
             max_header_bytes: config.max_header_bytes.0,
+            path_rules: (config.normalize_path == NormalizePath::Rfc3986).then_some(path::Rules {
+                merge_slashes: config.merge_slashes,
+                encoded_slashes: config.encoded_slashes,
+            }),
         }
     }
 
@@ -84,6 +106,10 @@ impl Ingress {
         if ex.grpc {
             ex.deadline =
                 crate::grpc::timeout(&ex.head.headers).and_then(|t| ex.started.checked_add(t));
+        }
+        if ex.head.method == http::Method::CONNECT {
+            // No tunnels yet: refused on every protocol, never forwarded.
+            return Flow::Reject(ex, Reject::method_not_allowed("connect_unsupported"));
         }
         let headers = &ex.head.headers;
         let lengths: Vec<_> = headers
@@ -142,6 +168,14 @@ impl Ingress {
             (Some(a), _) if a.as_str().contains('@') => {
                 return Flow::Reject(ex, Reject::bad_request("bad_authority"));
             }
+            // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400, whatever its
+            // target's form.
+            (Some(_), None)
+                if ex.protocol == ClientProtocol::Http1
+                    && ex.head.version == http::Version::HTTP_11 =>
+            {
+                return Flow::Reject(ex, Reject::bad_request("missing_host"));
+            }
             (Some(_), _) => {}
             (None, Some(h)) => {
                 let mut parts = ex.head.uri.clone().into_parts();
@@ -160,8 +194,46 @@ impl Ingress {
             }
             (None, None) => return Flow::Reject(ex, Reject::bad_request("missing_authority")),
         }
+        if ex.head.uri.path() == "*" {
+            // RFC 9110 §9.3.7: `OPTIONS *` asks about the server itself; answered here.
+            if ex.head.method != http::Method::OPTIONS {
+                return Flow::Reject(ex, Reject::bad_request("bad_path"));
+            }
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static(ALLOWED_METHODS),
+            );
+            let reply = Reply {
+                status: StatusCode::OK,
+                headers,
+                body: bytes::Bytes::new(),
+            };
+            return Flow::Respond(ex, reply);
+        }
+        if let Some(rules) = self.path_rules {
+            match path::normalize(ex.head.uri.path(), rules) {
+                Ok(std::borrow::Cow::Borrowed(_)) => {}
+                Ok(std::borrow::Cow::Owned(normal)) => match with_path(&ex.head.uri, &normal) {
+                    Some(uri) => ex.head.uri = uri,
+                    None => return Flow::Reject(ex, Reject::bad_request("bad_path")),
+                },
+                Err(e) => return Flow::Reject(ex, Reject::bad_request(e.reason())),
+            }
+        }
         Flow::Continue(ex)
     }
+}
+
+/// `uri` with its path replaced (the query kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// Connection-specific fields, and TE other than `trailers` (RFC 9114 §4.2, RFC 9113 §8.2.2).

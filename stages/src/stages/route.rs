@@ -9,6 +9,9 @@
 //! 3. **method** — among routes with the same host group and prefix, one that lists the method
 //!    beats one that takes any method.
 //!
+//! Paths are matched as ingress normalized them (`crate::path`), with segment parameters
+//! (`/admin;x`) ignored, so a route cannot be walked around by spelling its path differently.
+//!
 //! No route → 404. A `respond` route answers directly; an `upstream` route continues.
 
 use std::collections::{BTreeMap, HashMap};
@@ -328,7 +331,9 @@ impl RouteStage {
     /// The pure decision (no await): benches and the fused path call it directly.
     pub fn decide(&self, mut ex: Exchange) -> Flow {
         let host = ex.head.uri.authority().map_or("", |a| host_of(a.as_str()));
-        let Some(route) = self.index.lookup(host, ex.head.uri.path(), &ex.head.method) else {
+        // Ingress normalized the path; `;params` do not make a segment another segment.
+        let path = crate::path::without_params(ex.head.uri.path());
+        let Some(route) = self.index.lookup(host, &path, &ex.head.method) else {
             return Flow::Reject(ex, Reject::new(StatusCode::NOT_FOUND, "no_route"));
         };
         match &route.action {
