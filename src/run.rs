@@ -120,8 +120,9 @@ async fn serve(config: Config) -> Result<(), String> {
         ?deadline,
         "shutting down: draining"
     );
-    state.ready.store(false, Ordering::Release);
+    // Listeners learn first, so that once /ready answers 503 no new connection is taken.
     let _ = shutdown_tx.send(true);
+    state.ready.store(false, Ordering::Release);
     pipeline.drain().close();
     if tokio::time::timeout(deadline, pipeline.drain().wait())
         .await

@@ -4,69 +4,13 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use bytes::{BufMut, BytesMut};
+use support::frames::{H3Raw, h2_frame, h3_headers, hpack};
 use support::proxy::{Proxy, pipeline_with};
 use support::tcp::{client_config, tls_connect};
 use support::{TempDir, TestCert};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REST: &str = "[[routes]]\nname = \"hi\"\nrespond = { status = 200, body = \"hi\" }\n";
-
-/// HPACK/QPACK-style integer with an `n`-bit prefix.
-fn int(buf: &mut BytesMut, first: u8, n: u32, v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        buf.put_u8(first | v as u8);
-        return;
-    }
-    buf.put_u8(first | max as u8);
-    let mut rest = v - max;
-    while rest >= 128 {
-        buf.put_u8((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    buf.put_u8(rest as u8);
-}
-
-/// An HPACK block of literal fields without indexing, new names, no Huffman.
-fn hpack(fields: &[(&str, &str)]) -> BytesMut {
-    let mut b = BytesMut::new();
-    for (k, v) in fields {
-        b.put_u8(0x00);
-        int(&mut b, 0, 7, k.len());
-        b.put_slice(k.as_bytes());
-        int(&mut b, 0, 7, v.len());
-        b.put_slice(v.as_bytes());
-    }
-    b
-}
-
-/// A QPACK field section (no dynamic table) of literal names and values.
-fn qpack(fields: &[(&str, &str)]) -> BytesMut {
-    let mut b = BytesMut::new();
-    b.put_u8(0); // required insert count
-    b.put_u8(0); // delta base
-    for (k, v) in fields {
-        int(&mut b, 0x20, 3, k.len()); // 001N H=0, 3-bit name length
-        b.put_slice(k.as_bytes());
-        int(&mut b, 0, 7, v.len());
-        b.put_slice(v.as_bytes());
-    }
-    b
-}
-
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(9 + payload.len());
-    let len = payload.len() as u32;
-    f.extend_from_slice(&len.to_be_bytes()[1..]);
-    f.push(kind);
-    f.push(flags);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 const GOOD: [(&str, &str); 4] = [
     (":method", "GET"),
@@ -111,6 +55,11 @@ fn malformed() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         (
             "TE other than trailers",
             [&GOOD[..], &[("te", "gzip")]].concat(),
+        ),
+        // RFC 9114 §4.3 / RFC 9113 §8.3: a response pseudo-header in a request.
+        (
+            ":status in a request",
+            [&GOOD[..], &[(":status", "200")]].concat(),
         ),
     ]
 }
@@ -206,49 +155,10 @@ async fn h3_malformed_heads_reset_their_stream_with_message_error() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let proxy = Proxy::start(&pipeline_with(r#"["h3"]"#, &cert.toml(), REST));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).expect("root");
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("tls13")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = endpoint
-        .connect(proxy.h3_addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("handshake");
-    // Our control stream: type 0x00, then an empty SETTINGS frame.
-    let mut control = conn.open_uni().await.expect("control");
-    control
-        .write_all(&[0x00, 0x04, 0x00])
-        .await
-        .expect("settings");
-
+    let raw = H3Raw::connect(proxy.h3_addr, &cert.der).await;
     let send = |fields: Vec<(&'static str, &'static str)>| {
-        let conn = conn.clone();
-        async move {
-            let (mut tx, mut rx) = conn.open_bi().await.expect("bidi");
-            let block = qpack(&fields);
-            let mut frame = BytesMut::new();
-            frame.put_u8(0x01);
-            int(&mut frame, 0, 6, block.len()); // QUIC varint: 1 byte up to 63, 2 bytes below
-            if block.len() >= 63 {
-                frame.truncate(1);
-                frame.put_u16(0x4000 | block.len() as u16);
-            }
-            frame.extend_from_slice(&block);
-            tx.write_all(&frame).await.expect("headers");
-            let _ = tx.finish();
-            rx.read_to_end(64 * 1024).await
-        }
+        let raw = &raw;
+        async move { raw.send(&h3_headers(&fields), true).await }
     };
     for (what, fields) in malformed() {
         match send(fields).await {
@@ -273,5 +183,5 @@ async fn h3_malformed_heads_reset_their_stream_with_message_error() {
     // The connection is fine: a well-formed request is answered.
     let answer = send(GOOD.to_vec()).await.expect("good request");
     assert!(answer.first() == Some(&0x01), "a HEADERS frame comes back");
-    assert!(conn.close_reason().is_none());
+    assert!(raw.conn.close_reason().is_none());
 }

@@ -60,6 +60,22 @@ impl ClientBodyError {
         }
     }
 
+    /// h3's body errors: a malformed message (e.g. trailers h3 refused) is H3_MESSAGE_ERROR;
+    /// anything else is a reset or a closed connection.
+    fn from_h3(e: h3::error::StreamError) -> BoxError {
+        let malformed = matches!(
+            &e,
+            h3::error::StreamError::StreamError { code, .. }
+                if *code == h3::error::Code::H3_MESSAGE_ERROR
+        );
+        let e = Box::new(e);
+        if malformed {
+            ClientBodyError::malformed(e)
+        } else {
+            ClientBodyError::gone(e)
+        }
+    }
+
     /// The client's body error in `e`'s source chain, if the failure was the client's.
     pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
         let mut cur = Some(e);
@@ -116,8 +132,7 @@ impl Source {
                     Poll::Ready(Ok(Some(buf.copy_to_bytes(buf.remaining()))))
                 }
                 Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
-                // A reset or a closed connection; h3 itself answers frame errors.
-                Poll::Ready(Err(e)) => Poll::Ready(Err(ClientBodyError::gone(Box::new(e)))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(ClientBodyError::from_h3(e))),
                 Poll::Pending => Poll::Pending,
             },
             Source::Hyper(b, trailers) => loop {
@@ -143,9 +158,7 @@ impl Source {
     /// Trailers after the data, if any.
     fn poll_trailers(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<HeaderMap>, BoxError>> {
         match self {
-            Source::H3(s) => s
-                .poll_recv_trailers(cx)
-                .map_err(|e| ClientBodyError::gone(Box::new(e))),
+            Source::H3(s) => s.poll_recv_trailers(cx).map_err(ClientBodyError::from_h3),
             Source::Hyper(_, trailers) => Poll::Ready(Ok(trailers.take())),
         }
     }
@@ -262,6 +275,11 @@ impl RequestBody {
             match polled {
                 Poll::Ready(Ok(Some(chunk))) => {
                     self.received += chunk.len() as u64;
+                    if let Err(e) = check_length(self.declared, self.received, false) {
+                        // Answered when the body is forwarded (after what came before it).
+                        self.state = State::Failed;
+                        self.failure = Some(e);
+                    }
                     self.stash = Some(match self.stash.take() {
                         None => chunk,
                         Some(prev) => {
@@ -274,7 +292,13 @@ impl RequestBody {
                     });
                 }
                 Poll::Ready(Ok(None)) => {
-                    self.state = State::Trailers;
+                    match check_length(self.declared, self.received, true) {
+                        Ok(()) => self.state = State::Trailers,
+                        Err(e) => {
+                            self.state = State::Failed;
+                            self.failure = Some(e);
+                        }
+                    }
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => {

@@ -1,4 +1,5 @@
-//! HTTP/3 request-head checks that h3 cannot make: field order and repeated pseudo-headers.
+//! HTTP/3 request checks that h3 cannot make: field order, repeated pseudo-headers, `:status`
+//! in a request, and pseudo-headers in trailers.
 //!
 //! h3 0.0.8 decodes a request's HEADERS frame into a parsed head with no field order, keeping
 //! the last of repeated pseudo-headers. RFC 9114 §4.3 makes a request malformed when a
@@ -14,6 +15,11 @@
 //! which Spooky does not enable; a head larger than the limit; a stream that starts with
 //! something else), the guard steps aside and h3 decides, so it never refuses what it did not
 //! fully read.
+//!
+//! After a good head the guard follows the stream's frames: DATA payloads pass as they arrive
+//! (only frame headers are read), and a trailing HEADERS frame is held until whole. Trailers
+//! naming a pseudo-header (RFC 9114 §4.3), which h3 would silently drop, are replaced by a field
+//! section h3 refuses with H3_MESSAGE_ERROR; the request body then fails as the client's error.
 
 use std::task::{Context, Poll};
 
@@ -28,6 +34,11 @@ const EMPTY_HEADERS: &[u8] = &[0x01, 0x02, 0x00, 0x00];
 pub enum Refusal {
     PseudoAfterField,
     RepeatedPseudo,
+    /// `:status` is a response pseudo-header (RFC 9114 §4.3.1: a request with it is
+    /// malformed); h3 0.0.8 would ignore it.
+    ResponsePseudoInRequest,
+    /// A pseudo-header in the request's trailers (RFC 9114 §4.3); h3 0.0.8 drops it.
+    PseudoInTrailers,
 }
 
 impl Refusal {
@@ -35,6 +46,8 @@ impl Refusal {
         match self {
             Refusal::PseudoAfterField => "pseudo_after_field",
             Refusal::RepeatedPseudo => "repeated_pseudo",
+            Refusal::ResponsePseudoInRequest => "status_in_request",
+            Refusal::PseudoInTrailers => "pseudo_in_trailers",
         }
     }
 }
@@ -227,10 +240,25 @@ impl quic::SendStream<Bytes> for GuardedBidi {
     }
 }
 
-/// The check of one stream's first HEADERS frame.
+/// What the scan of one stream is doing.
+enum Mode {
+    /// Holding bytes back until the first HEADERS frame is complete.
+    Head(BytesMut),
+    /// Following the frames after the head: DATA (and unknown) payloads pass as they come;
+    /// a trailing HEADERS frame is held until whole and checked.
+    Body {
+        /// Payload bytes of the current frame still to pass.
+        skip: u64,
+        /// An incomplete frame header or trailers frame, held back.
+        partial: BytesMut,
+    },
+    /// Not watching any more: everything passes.
+    Pass,
+}
+
+/// The check of one request stream: its head, then its trailers.
 struct Scan {
-    /// Bytes held back until the first HEADERS frame is complete; `None` once passing.
-    held: Option<BytesMut>,
+    mode: Mode,
     /// Checked bytes to hand to h3 before reading on.
     ready: Option<Bytes>,
     limit: usize,
@@ -240,7 +268,7 @@ struct Scan {
 impl Scan {
     fn new(limit: usize, on_refuse: OnRefuse) -> Scan {
         Scan {
-            held: Some(BytesMut::new()),
+            mode: Mode::Head(BytesMut::new()),
             ready: None,
             limit,
             on_refuse: Some(on_refuse),
@@ -249,10 +277,16 @@ impl Scan {
 
     fn passing() -> Scan {
         Scan {
-            held: None,
+            mode: Mode::Pass,
             ready: None,
             limit: 0,
             on_refuse: None,
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal) {
+        if let Some(f) = self.on_refuse.take() {
+            f(why);
         }
     }
 
@@ -265,59 +299,181 @@ impl Scan {
             if let Some(b) = self.ready.take() {
                 return Poll::Ready(Ok(Some(b)));
             }
-            let Some(held) = self.held.as_mut() else {
+            if let Mode::Pass = self.mode {
                 return read(cx);
-            };
-            match std::task::ready!(read(cx)) {
+            }
+            let chunk = match std::task::ready!(read(cx)) {
                 Err(e) => {
-                    self.held = None;
+                    self.mode = Mode::Pass;
                     return Poll::Ready(Err(e));
                 }
+                Ok(Some(chunk)) => chunk,
                 Ok(None) => {
-                    // The stream ended before a whole HEADERS frame: h3 decides.
-                    let rest = std::mem::take(held).freeze();
-                    self.held = None;
+                    // The stream ended inside a frame: h3 decides what that means.
+                    let rest = match std::mem::replace(&mut self.mode, Mode::Pass) {
+                        Mode::Head(held) | Mode::Body { partial: held, .. } => held.freeze(),
+                        Mode::Pass => Bytes::new(),
+                    };
                     if rest.is_empty() {
                         return Poll::Ready(Ok(None));
                     }
                     self.ready = Some(rest);
+                    continue;
                 }
-                Ok(Some(chunk)) => {
-                    if held.is_empty() && whole_and_well_formed(&chunk) {
-                        // The usual case: the first chunk holds the whole head, which is fine:
-                        // it goes on as it is, uncopied.
-                        self.held = None;
-                        return Poll::Ready(Ok(Some(chunk)));
-                    }
-                    held.extend_from_slice(&chunk);
-                    match first_headers(held) {
-                        Found::NeedMore if held.len() <= self.limit => continue,
-                        Found::NeedMore | Found::Other => {}
-                        Found::Headers { frame, start, end } => {
-                            if let Err(why) = check_fields(&held[start..end]) {
-                                let mut fixed = BytesMut::with_capacity(held.len());
-                                fixed.extend_from_slice(&held[..frame]);
-                                fixed.extend_from_slice(EMPTY_HEADERS);
-                                fixed.extend_from_slice(&held[end..]);
-                                *held = fixed;
-                                if let Some(f) = self.on_refuse.take() {
-                                    f(why);
+            };
+            let out = match &mut self.mode {
+                Mode::Head(held) => {
+                    if held.is_empty()
+                        && let Some(end) = whole_and_well_formed(&chunk)
+                    {
+                        // The usual case: the first chunk holds the whole head, which is
+                        // fine: it goes on as it is, uncopied; what follows it is followed.
+                        self.body_after_head(chunk, end)
+                    } else {
+                        held.extend_from_slice(&chunk);
+                        match first_headers(held) {
+                            Found::NeedMore if held.len() <= self.limit => continue,
+                            Found::NeedMore | Found::Other => {
+                                let held = std::mem::take(held).freeze();
+                                self.mode = Mode::Pass;
+                                held
+                            }
+                            Found::Headers { frame, start, end } => {
+                                let held = std::mem::take(held).freeze();
+                                match check_fields(&held[start..end]) {
+                                    Ok(()) => self.body_after_head(held, end),
+                                    Err(why) => {
+                                        // h3 resets the stream on the empty head.
+                                        let mut fixed = BytesMut::with_capacity(held.len());
+                                        fixed.extend_from_slice(&held[..frame]);
+                                        fixed.extend_from_slice(EMPTY_HEADERS);
+                                        fixed.extend_from_slice(&held[end..]);
+                                        self.mode = Mode::Pass;
+                                        self.refuse(why);
+                                        fixed.freeze()
+                                    }
                                 }
                             }
                         }
                     }
-                    self.ready = Some(std::mem::take(held).freeze());
-                    self.held = None;
+                }
+                Mode::Body { .. } => self.follow(chunk),
+                Mode::Pass => chunk,
+            };
+            if !out.is_empty() {
+                return Poll::Ready(Ok(Some(out)));
+            }
+        }
+    }
+
+    /// `bytes` holds the checked head up to `end`: hands the head on, and follows the rest.
+    fn body_after_head(&mut self, bytes: Bytes, end: usize) -> Bytes {
+        self.mode = Mode::Body {
+            skip: 0,
+            partial: BytesMut::new(),
+        };
+        let rest = self.follow(bytes.slice(end..));
+        if rest.is_empty() {
+            return bytes.slice(..end);
+        }
+        self.ready = Some(rest);
+        bytes.slice(..end)
+    }
+
+    /// Follows body frames over `chunk`; what may be handed to h3 now.
+    fn follow(&mut self, chunk: Bytes) -> Bytes {
+        let Mode::Body { skip, partial } = &mut self.mode else {
+            return chunk;
+        };
+        let data = if partial.is_empty() {
+            chunk
+        } else {
+            partial.extend_from_slice(&chunk);
+            std::mem::take(partial).freeze()
+        };
+        let mut at = 0;
+        loop {
+            if *skip > 0 {
+                let take = (*skip).min((data.len() - at) as u64);
+                at += take as usize;
+                *skip -= take;
+            }
+            if at == data.len() {
+                return data;
+            }
+            let Some((kind, n)) = varint(&data[at..]) else {
+                partial.extend_from_slice(&data[at..]);
+                return data.slice(..at);
+            };
+            let Some((len, m)) = varint(&data[at + n..]) else {
+                partial.extend_from_slice(&data[at..]);
+                return data.slice(..at);
+            };
+            let start = at + n + m;
+            if kind != 0x01 {
+                // DATA, or a frame h3 judges: its payload passes.
+                *skip = len;
+                at = start;
+                continue;
+            }
+            // Trailers: held until whole, then checked; nothing known may follow them.
+            let end = usize::try_from(len).ok().and_then(|l| start.checked_add(l));
+            match end {
+                Some(end) if end <= data.len() => {
+                    let pseudo = has_pseudo(&data[start..end]);
+                    self.mode = Mode::Pass;
+                    if !pseudo {
+                        return data;
+                    }
+                    // RFC 9114 §4.3: pseudo-headers are not allowed in trailers. h3 would drop
+                    // them silently; an unknown pseudo name makes it refuse the trailers
+                    // (H3_MESSAGE_ERROR).
+                    let mut fixed = BytesMut::with_capacity(data.len());
+                    fixed.extend_from_slice(&data[..at]);
+                    fixed.extend_from_slice(BAD_TRAILERS);
+                    fixed.extend_from_slice(&data[end..]);
+                    self.refuse(Refusal::PseudoInTrailers);
+                    return fixed.freeze();
+                }
+                Some(_) if data.len() - at <= self.limit => {
+                    partial.extend_from_slice(&data[at..]);
+                    return data.slice(..at);
+                }
+                _ => {
+                    self.mode = Mode::Pass;
+                    return data;
                 }
             }
         }
     }
 }
 
-/// Whether `buf` holds a whole first HEADERS frame whose fields are in order and unrepeated.
-fn whole_and_well_formed(buf: &[u8]) -> bool {
-    matches!(first_headers(buf), Found::Headers { start, end, .. }
-        if check_fields(&buf[start..end]).is_ok())
+/// What replaces trailers that carry a pseudo-header: a field section with the unknown
+/// pseudo-header `:x`, which h3 refuses with H3_MESSAGE_ERROR.
+const BAD_TRAILERS: &[u8] = &[0x01, 0x06, 0x00, 0x00, 0x22, b':', b'x', 0x00];
+
+/// Whether a QPACK field section (readable without the dynamic table) names a pseudo-header.
+fn has_pseudo(block: &[u8]) -> bool {
+    let Some(mut b) = fields_after_prefix(block) else {
+        return false;
+    };
+    while let Some(&first) = b.first() {
+        match field_line(b, first) {
+            Some((Name::Pseudo(_), _)) => return true,
+            Some((Name::Regular, rest)) => b = rest,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Where a whole first HEADERS frame at the start of `buf` ends, if its fields are in order,
+/// unrepeated and a request's.
+fn whole_and_well_formed(buf: &[u8]) -> Option<usize> {
+    match first_headers(buf) {
+        Found::Headers { start, end, .. } if check_fields(&buf[start..end]).is_ok() => Some(end),
+        _ => None,
+    }
 }
 
 enum Found {
@@ -451,7 +607,8 @@ fn skip_string(b: &[u8], n: u8) -> Option<&[u8]> {
     b.get(used.checked_add(len)?..)
 }
 
-/// Checks the order and uniqueness of pseudo-headers in a QPACK field section. `Ok` also
+/// Checks the order and uniqueness of pseudo-headers in a request's QPACK field section, and
+/// that it holds no response pseudo-header. `Ok` also
 /// when the section cannot be read here (h3 reads it then).
 fn check_fields(block: &[u8]) -> Result<(), Refusal> {
     let Some(fields) = fields_after_prefix(block) else {
@@ -468,6 +625,7 @@ fn check_fields(block: &[u8]) -> Result<(), Refusal> {
         b = rest;
         match name {
             Name::Regular => regular = true,
+            Name::Pseudo(STATUS) => return Err(Refusal::ResponsePseudoInRequest),
             Name::Pseudo(_) if regular => return Err(Refusal::PseudoAfterField),
             Name::Pseudo(bit) if bit & seen != 0 => return Err(Refusal::RepeatedPseudo),
             Name::Pseudo(bit) => seen |= bit,

@@ -132,6 +132,8 @@ impl H3Listener {
                 }
             };
             let Some(incoming) = incoming else { break };
+            // A connection that raced the shutdown signal in `select!` is refused too.
+            refusing |= *draining.borrow();
             if refusing {
                 counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "refused").increment(1);
                 incoming.refuse();
@@ -235,11 +237,14 @@ impl H3Listener {
                 p = pipeline.ingress_cap().acquire() => p,
                 _ = conn.closed() => break,
             };
-            let Ok(permit) = permit else { break };
+            let (Ok(permit), Ok(guard)) = (permit, live.enter()) else {
+                // Shutting down: this stream was never processed.
+                reject_unprocessed(resolver);
+                break;
+            };
             let pipeline = pipeline.clone();
             let conn = conn.clone();
             let limits = (self.header_timeout, self.read_ahead);
-            let Ok(guard) = live.enter() else { break };
             let client = client.clone();
             tokio::spawn(async move {
                 request(resolver, permit, pipeline, conn, remote, client, limits).await;
@@ -266,8 +271,18 @@ async fn request(
     client: ClientTls,
     (header_timeout, read_ahead): (Duration, usize),
 ) {
-    let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
-    {
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let mut resolver = resolver;
+    let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+    let Ok(frame) = tokio::time::timeout_at(deadline, first).await else {
+        tracing::debug!(%remote, "request head timed out");
+        return reject_unprocessed(resolver);
+    };
+    let resolved = match resolver.accept_with_frame(frame) {
+        Ok(r) => tokio::time::timeout_at(deadline, r.resolve()).await,
+        Err(e) => Ok(Err(e)),
+    };
+    let (req, stream) = match resolved {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             // h3 has already answered a malformed head on the stream (RFC 9114 §4.1.2).
@@ -313,6 +328,17 @@ async fn request(
         }
     }
     pipeline.run(ex, permit).await;
+}
+
+/// RFC 9114 §8.1: a request refused before any processing is reset with H3_REQUEST_REJECTED
+/// in both directions (so the client knows it may retry it) — never with quinn's implicit
+/// code 0, which is not an HTTP/3 error code.
+fn reject_unprocessed(resolver: Resolver) {
+    use h3::quic::{RecvStream, SendStream};
+    let mut stream = resolver.frame_stream.into_inner();
+    let code = h3::error::Code::H3_REQUEST_REJECTED.value();
+    SendStream::<Bytes>::reset(&mut stream, code);
+    stream.stop_sending(code);
 }
 
 /// Completes once the shutdown flag is true (or its sender is gone).

@@ -145,6 +145,10 @@ impl TcpListenerRt {
                 a = self.listener.accept() => a,
                 () = until_true(&mut stop) => break,
             };
+            if *stop.borrow() {
+                // This connection raced the shutdown signal in `select!`.
+                break;
+            }
             let Ok((stream, remote)) = accepted else {
                 continue;
             };

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod frames;
 pub mod proxy;
 pub mod raw_backend;
 pub mod tcp;

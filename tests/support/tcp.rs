@@ -122,6 +122,14 @@ impl Sender {
         // fully finished).
         match self {
             Sender::H1(s) => {
+                // As every HTTP/1.1 client must (RFC 9112 §3.2): Host, from the target.
+                let mut req = req;
+                if let Some(a) = req.uri().authority().cloned()
+                    && !req.headers().contains_key(http::header::HOST)
+                    && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+                {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
                 s.ready().await?;
                 s.send_request(req).await
             }
