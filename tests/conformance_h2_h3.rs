@@ -151,6 +151,35 @@ async fn h3_probes() {
     assert_eq!(reset_code(&answer), Some(H3_REQUEST_REJECTED), "{answer:?}");
     assert!(start.elapsed() < Duration::from_secs(3));
 
+    // A client that resets its stream mid-body has cancelled: never the backend's fault, and
+    // the backend's request is aborted, not completed short.
+    let mut bytes =
+        h3_headers(&[&head("POST", "/upload")[..], &[("content-length", "100")]].concat());
+    bytes.extend_from_slice(&h3_data(b"hello"));
+    let heads = backend
+        .state
+        .heads
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let (mut tx, _rx) = raw.conn.open_bi().await.expect("bidi");
+    tx.write_all(&bytes).await.expect("write");
+    backend
+        .state
+        .wait_until("the upload's head upstream", |s| {
+            s.heads.load(std::sync::atomic::Ordering::SeqCst) > heads
+        })
+        .await;
+    tx.reset(quinn::VarInt::from_u32(0x10c)).expect("reset"); // H3_REQUEST_CANCELLED
+    // Wherever the reset finds the exchange (waiting in a stage, or streaming upstream), it
+    // is `cancelled`.
+    proxy
+        .wait_metric(
+            "spooky_stage_rejected_total",
+            &[("reason", "cancelled")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert!(backend.state.take().iter().all(|r| !r.complete));
+
     // The connection served on, and the backend was never blamed.
     let answer = raw.send(&h3_headers(&head("GET", "/fine")), true).await;
     assert_eq!(h3_status(&answer.expect("fine")), Some(200));

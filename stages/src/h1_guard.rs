@@ -663,6 +663,24 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (the harness looked for the refusal among the first 64 requests only):
+    /// the synthetic request's index counts every head before it, however many.
+    #[tokio::test]
+    async fn a_refusal_after_many_pipelined_requests_names_its_own_index() {
+        let mut input = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".repeat(100);
+        input.extend_from_slice(b"GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n");
+        let refusals = Arc::new(Refusals::default());
+        let mut guard = H1Guard::new(
+            tokio::io::join(&input[..], tokio::io::sink()),
+            refusals.clone(),
+        );
+        let mut seen = Vec::new();
+        guard.read_to_end(&mut seen).await.expect("read");
+        assert!(seen.ends_with(SYNTHETIC));
+        assert_eq!(refusals.take_for(99), None);
+        assert_eq!(refusals.take_for(100), Some(Refusal::FragmentInTarget));
+    }
+
     #[tokio::test]
     async fn what_the_guard_cannot_read_passes_to_hyper() {
         for input in [

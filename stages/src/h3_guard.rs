@@ -448,6 +448,31 @@ impl Scan {
     }
 }
 
+/// Runs the request-stream check over `input` read in pieces of `step` bytes, returning what
+/// h3 would read and the refusal, if any. For the fuzz targets and tests: the check runs
+/// without a QUIC stream.
+#[doc(hidden)]
+pub fn scan_bytes(input: &[u8], step: usize, limit: usize) -> (Vec<u8>, Option<Refusal>) {
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let r = refused.clone();
+    let mut scan = Scan::new(
+        limit,
+        std::sync::Arc::new(move |why| {
+            if let Ok(mut slot) = r.lock() {
+                *slot = Some(why);
+            }
+        }),
+    );
+    let mut pieces = input.chunks(step.max(1)).map(Bytes::copy_from_slice);
+    let mut out = Vec::new();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    while let Poll::Ready(Ok(Some(b))) = scan.poll(&mut cx, |_| Poll::Ready(Ok(pieces.next()))) {
+        out.extend_from_slice(&b);
+    }
+    let why = refused.lock().ok().and_then(|s| *s);
+    (out, why)
+}
+
 /// What replaces trailers that carry a pseudo-header: a field section with the unknown
 /// pseudo-header `:x`, which h3 refuses with H3_MESSAGE_ERROR.
 const BAD_TRAILERS: &[u8] = &[0x01, 0x06, 0x00, 0x00, 0x22, b':', b'x', 0x00];
@@ -748,5 +773,52 @@ mod tests {
         }
         assert!(matches!(first_headers(&stream[..4]), Found::NeedMore));
         assert!(matches!(first_headers(&[0x00, 0x01, 0x00]), Found::Other));
+    }
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind];
+        assert!(payload.len() < 64);
+        f.push(payload.len() as u8);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn trailers_with_pseudo_headers_are_replaced_whatever_the_read_sizes() {
+        let head = frame(0x01, &section(&GOOD));
+        // DATA whose payload looks like a HEADERS frame with a pseudo-header: only data.
+        let decoy = frame(0x01, &section(&[(":path", "/x")]));
+        let good_trailers = frame(0x01, &section(&[("x-t", "1")]));
+        let bad_trailers = frame(0x01, &section(&[(":path", "/other")]));
+        let mut good = head.clone();
+        good.extend(frame(0x00, &decoy));
+        good.extend(frame(0x21, b"grease"));
+        good.extend(frame(0x00, b"hello"));
+        good.extend(&good_trailers);
+        let mut bad = good[..good.len() - good_trailers.len()].to_vec();
+        bad.extend(&bad_trailers);
+        let mut fixed = good[..good.len() - good_trailers.len()].to_vec();
+        fixed.extend(BAD_TRAILERS);
+        for step in [1, 2, 3, 5, 8, 64, 4096] {
+            assert_eq!(
+                scan_bytes(&good, step, 4096),
+                (good.clone(), None),
+                "step {step}"
+            );
+            assert_eq!(
+                scan_bytes(&bad, step, 4096),
+                (fixed.clone(), Some(Refusal::PseudoInTrailers)),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_in_a_request_is_refused() {
+        let with_status = [&GOOD[..], &[(":status", "200")]].concat();
+        assert_eq!(
+            check_fields(&section(&with_status)),
+            Err(Refusal::ResponsePseudoInRequest)
+        );
     }
 }

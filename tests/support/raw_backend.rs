@@ -34,6 +34,8 @@ impl Received {
 #[derive(Default)]
 pub struct RawState {
     pub requests: Mutex<Vec<Received>>,
+    /// Request heads parsed so far (a request is recorded only once its body ends).
+    pub heads: std::sync::atomic::AtomicUsize,
     /// Connections that ended.
     pub closed: Mutex<usize>,
     pub changed: Notify,
@@ -117,6 +119,8 @@ async fn serve(mut s: tokio::net::TcpStream, st: Arc<RawState>) {
                     body: Vec::new(),
                     complete: false,
                 };
+                st.heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                st.changed.notify_waiters();
                 break (r, n);
             }
             if !read_more(&mut s, &mut buf).await {

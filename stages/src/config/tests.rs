@@ -315,6 +315,7 @@ fn reference_toml_documents_the_defaults() {
     assert_eq!(l.max_connections, model::default_max_connections());
     assert_eq!(l.max_streams_per_connection, model::default_max_streams());
     assert_eq!(l.idle_timeout, model::default_idle_timeout());
+    assert_eq!(l.max_connections_per_client, None, "off unless set");
     assert_eq!(c.pipeline.drain_timeout, model::default_drain_timeout());
     assert_eq!(c.pipeline.drain_linger, model::default_drain_linger());
     assert_eq!(l.alt_svc, AltSvc::default());
@@ -326,5 +327,33 @@ fn reference_toml_documents_the_defaults() {
     assert_eq!(
         u.backends[0].max_inflight,
         model::default_backend_inflight()
+    );
+}
+
+#[test]
+fn path_and_connection_keys_are_enums_with_clear_errors() {
+    let t = GOOD.replace(
+        "[admin]",
+        "[stages.ingress]\nnormalize_path = \"yes\"\nmerge_slashes = true\n\n[admin]",
+    );
+    let errs = errors(&t);
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"stages.ingress.normalize_path"), "{errs:?}");
+    assert!(keys.contains(&"stages.ingress.merge_slashes"), "{errs:?}");
+    let bad = errs
+        .iter()
+        .find(|e| e.key == "stages.ingress.normalize_path")
+        .expect("normalize_path error");
+    assert!(
+        bad.message.contains("rfc3986"),
+        "names what is expected: {}",
+        bad.message
+    );
+    let t = GOOD.replacen("bind = ", "max_connections_per_client = 0\nbind = ", 1);
+    let errs = errors(&t);
+    assert!(
+        errs.iter()
+            .any(|e| e.key.ends_with("max_connections_per_client")),
+        "{errs:?}"
     );
 }
