@@ -194,9 +194,28 @@ fn h1_guard(c: &mut Criterion) {
     g.finish();
 }
 
+/// Path normalization on the request hot path: a path that needs nothing (borrowed, the
+/// usual case) and one that needs every step.
+fn path_normalize(c: &mut Criterion) {
+    use spooky_stages::path::{Rules, normalize};
+    let mut g = c.benchmark_group("path_normalize");
+    for (name, path) in [
+        ("normal", "/api/v1/users/12345/orders?limit=10"),
+        (
+            "walk_around",
+            "/api//v1/./users/%31%32345/../12345/orders%7e",
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(normalize(black_box(path), Rules::default()).is_ok()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = route_lookup, stage_hop, permits, h1_guard
+    targets = route_lookup, stage_hop, permits, h1_guard, path_normalize
 }
 criterion_main!(benches);

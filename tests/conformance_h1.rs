@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::proxy::{Proxy, pipeline_with};
+use support::proxy::{Proxy, admin_and_app, pipeline_with};
 use support::raw_backend::{RawBackend, Received};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,22 +30,22 @@ enum Upstream {
 
 struct Probe {
     name: &'static str,
-    send: &'static [u8],
+    send: Vec<u8>,
     status: u16,
     closes: bool,
     upstream: Upstream,
 }
 
-const fn probe(
+fn probe(
     name: &'static str,
-    send: &'static [u8],
+    send: impl Into<Vec<u8>>,
     status: u16,
     closes: bool,
     upstream: Upstream,
 ) -> Probe {
     Probe {
         name,
-        send,
+        send: send.into(),
         status,
         closes,
         upstream,
@@ -54,7 +54,8 @@ const fn probe(
 
 use Upstream::{Complete, NoComplete, Nothing};
 
-const TABLE: &[Probe] = &[
+fn table() -> Vec<Probe> {
+    vec![
     // Well-formed, for reference.
     probe("plain GET", b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", 200, false, Complete("GET /a HTTP/1.1", b"")),
     probe("chunked POST", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200, false, Complete("POST /a HTTP/1.1", b"5\r\nhello\r\n0\r\n\r\n")),
@@ -102,7 +103,20 @@ const TABLE: &[Probe] = &[
     probe("negative chunk size", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n", 400, true, NoComplete),
     probe("more data than the chunk size", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello, more\r\n0\r\n\r\n", 400, true, NoComplete),
     probe("bare LF in a chunk extension", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n", 400, true, NoComplete),
-];
+    probe(
+        "oversized chunk extensions",
+        [
+            &b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x="[..],
+            &b"e".repeat(20 * 1024),
+            b"\r\nhello\r\n0\r\n\r\n",
+        ]
+        .concat(),
+        400,
+        true,
+        NoComplete,
+    ),
+    ]
+}
 
 const FOLLOWER: &[u8] = b"GET /follower HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
 
@@ -132,28 +146,12 @@ async fn http1_conformance_table() {
     let proxy = Proxy::start(&pipeline_with(
         r#"["http1"]"#,
         "tls = \"off\"",
-        &format!(
-            r#"
-[[routes]]
-name = "admin"
-match = {{ path_prefix = "/admin" }}
-respond = {{ status = 403, body = "forbidden\n" }}
-
-[[routes]]
-name = "app"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-backends = [ {{ url = "{}" }} ]
-"#,
-            backend.url()
-        ),
+        &admin_and_app(&backend.url()),
     ));
     let addr = proxy.tcp_addr.expect("tcp");
     let mut failures = Vec::new();
-    for p in TABLE {
-        let mut bytes = p.send.to_vec();
+    for p in table() {
+        let mut bytes = p.send.clone();
         bytes.extend_from_slice(FOLLOWER);
         let answer = exchange(addr, &bytes).await;
         let got = statuses(&answer);

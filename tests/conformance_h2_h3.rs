@@ -9,10 +9,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::frames::{H3Raw, h2_frame, h3_data, h3_headers, hpack, reset_code};
-use support::proxy::{Proxy, pipeline_with};
+use support::frames::{H3Raw, h2_frame, h2_open, h3_data, h3_headers, hpack, reset_code};
+use support::proxy::{Proxy, admin_and_app, pipeline_with};
 use support::raw_backend::RawBackend;
-use support::tcp::{client_config, tls_connect};
 use support::{TempDir, TestCert};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,24 +23,8 @@ fn start(cert: &TestCert, backend: &RawBackend, protocols: &str) -> Proxy {
         protocols,
         &cert.toml(),
         &format!(
-            r#"
-[stages.ingress]
-header_timeout = "1s"
-
-[[routes]]
-name = "admin"
-match = {{ path_prefix = "/admin" }}
-respond = {{ status = 403, body = "forbidden\n" }}
-
-[[routes]]
-name = "app"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-backends = [ {{ url = "{}" }} ]
-"#,
-            backend.url()
+            "[stages.ingress]\nheader_timeout = \"1s\"\n\n{}",
+            admin_and_app(&backend.url())
         ),
     ))
 }
@@ -195,16 +178,7 @@ async fn h3_probes() {
 /// One HTTP/2 stream of frames written by hand; returns (RST_STREAM code of stream 1, whether
 /// stream 1 got a HEADERS answer, GOAWAY code).
 async fn h2_probe(proxy: &Proxy, cert: &TestCert, frames: &[Vec<u8>]) -> (Option<u32>, bool) {
-    let cfg = client_config(std::slice::from_ref(&cert.der), &[b"h2"]);
-    let (mut tls, _) = tls_connect(proxy.tcp_addr.expect("tcp"), "localhost", cfg)
-        .await
-        .expect("tls");
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .expect("preface");
-    tls.write_all(&h2_frame(0x4, 0, 0, &[]))
-        .await
-        .expect("settings");
+    let mut tls = h2_open(proxy.tcp_addr.expect("tcp"), &cert.der).await;
     for f in frames {
         tls.write_all(f).await.expect("frame");
     }

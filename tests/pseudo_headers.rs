@@ -4,9 +4,8 @@
 
 mod support;
 
-use support::frames::{H3Raw, h2_frame, h3_headers, hpack};
+use support::frames::{H3Raw, h2_frame, h2_open, h3_headers, hpack};
 use support::proxy::{Proxy, pipeline_with};
-use support::tcp::{client_config, tls_connect};
 use support::{TempDir, TestCert};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -71,16 +70,7 @@ async fn h2_exchange(
     cert: &TestCert,
     fields: &[(&str, &str)],
 ) -> (Vec<(u32, u32)>, Option<u32>, bool) {
-    let cfg = client_config(std::slice::from_ref(&cert.der), &[b"h2"]);
-    let (mut tls, _) = tls_connect(proxy.tcp_addr.expect("tcp"), "localhost", cfg)
-        .await
-        .expect("tls");
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .expect("preface");
-    tls.write_all(&h2_frame(0x4, 0, 0, &[]))
-        .await
-        .expect("settings");
+    let mut tls = h2_open(proxy.tcp_addr.expect("tcp"), &cert.der).await;
     tls.write_all(&h2_frame(0x1, 0x5, 1, &hpack(fields)))
         .await
         .expect("headers");

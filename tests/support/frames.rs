@@ -57,6 +57,26 @@ pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// An HTTP/2 connection over TLS (ALPN `h2`) with the client preface and an empty SETTINGS
+/// frame sent; the caller writes frames and acknowledges the server's SETTINGS.
+pub async fn h2_open(
+    addr: std::net::SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let cfg = super::tcp::client_config(std::slice::from_ref(root), &[b"h2"]);
+    let (mut tls, _) = super::tcp::tls_connect(addr, "localhost", cfg)
+        .await
+        .expect("tls");
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    tls.write_all(&h2_frame(0x4, 0, 0, &[]))
+        .await
+        .expect("settings");
+    tls
+}
+
 /// A QUIC variable-length integer (RFC 9000 §16).
 pub fn varint(buf: &mut BytesMut, v: u64) {
     match v {

@@ -31,6 +31,16 @@ pub fn app_upstream(url: &str) -> String {
     )
 }
 
+/// An access-control route (`/admin` answered 403 by the proxy) and everything else to an
+/// upstream `app` with one backend at `url`: a path that walks around the first shows up at
+/// the backend.
+pub fn admin_and_app(url: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"admin\"\nmatch = {{ path_prefix = \"/admin\" }}\nrespond = {{ status = 403, body = \"forbidden\\n\" }}\n\n{}",
+        app_upstream(url)
+    )
+}
+
 /// [`pipeline`] with the listener's protocols.
 pub fn pipeline_with(protocols: &str, listener_extra: &str, rest: &str) -> String {
     format!(
