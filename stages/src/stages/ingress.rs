@@ -317,4 +317,62 @@ mod tests {
             .expect("req");
         assert_eq!(decide(bad_len), Err("bad_content_length"));
     }
+
+    #[test]
+    fn paths_are_normalized_and_bad_ones_refused() {
+        let get = |p: &str| {
+            decide(
+                Request::get(format!("https://a.example{p}"))
+                    .body(())
+                    .expect("req"),
+            )
+        };
+        assert_eq!(
+            get("/x/../%61dmin//y?q=%2e").map(|u| u.to_string()),
+            Ok("https://a.example/admin/y?q=%2e".to_string())
+        );
+        assert_eq!(get("/a%2Fb"), Err("encoded_slash"));
+        assert_eq!(get("/a%00"), Err("encoded_nul"));
+        assert_eq!(get("/a%g0"), Err("bad_percent_encoding"));
+    }
+
+    #[test]
+    fn connect_is_refused_and_options_star_answered() {
+        let (head, ()) = Request::connect("example.com:443")
+            .body(())
+            .expect("req")
+            .into_parts();
+        match Ingress::build(&Config::default()).decide(Exchange::detached(1, head)) {
+            Flow::Reject(_, r) => {
+                assert_eq!(
+                    (r.status, r.reason),
+                    (StatusCode::METHOD_NOT_ALLOWED, "connect_unsupported")
+                );
+                assert_eq!(r.allow, Some(ALLOWED_METHODS));
+                assert!(r.close, "HTTP/1.1 closes: tunnel bytes may follow");
+            }
+            _ => panic!("CONNECT must be refused"),
+        }
+        let (head, ()) = Request::options("*")
+            .header("host", "a.example")
+            .body(())
+            .expect("req")
+            .into_parts();
+        match Ingress::build(&Config::default()).decide(Exchange::detached(1, head)) {
+            Flow::Respond(_, reply) => {
+                assert_eq!(reply.status, StatusCode::OK);
+                assert!(reply.headers.contains_key(http::header::ALLOW));
+            }
+            _ => panic!("OPTIONS * is answered by the proxy"),
+        }
+        let (head, ()) = Request::get("*")
+            .header("host", "a.example")
+            .body(())
+            .expect("req")
+            .into_parts();
+        assert!(matches!(
+            Ingress::build(&Config::default()).decide(Exchange::detached(1, head)),
+            Flow::Reject(_, r) if r.reason == "bad_path"
+        ));
+    }
 }
