@@ -324,7 +324,7 @@ impl Scan {
             let out = match &mut self.mode {
                 Mode::Head(held) => {
                     if held.is_empty()
-                        && let Some(end) = whole_and_well_formed(&chunk)
+                        && let Some(end) = whole_and_well_formed(&chunk, self.limit)
                     {
                         // The usual case: the first chunk holds the whole head, which is
                         // fine: it goes on as it is, uncopied; what follows it is followed.
@@ -333,7 +333,14 @@ impl Scan {
                         held.extend_from_slice(&chunk);
                         match first_headers(held) {
                             Found::NeedMore if held.len() <= self.limit => continue,
+                            // Too large (decided by where the frame ends, never by how much
+                            // was read so far), or not a request the guard can read.
                             Found::NeedMore | Found::Other => {
+                                let held = std::mem::take(held).freeze();
+                                self.mode = Mode::Pass;
+                                held
+                            }
+                            Found::Headers { end, .. } if end > self.limit => {
                                 let held = std::mem::take(held).freeze();
                                 self.mode = Mode::Pass;
                                 held
@@ -416,8 +423,12 @@ impl Scan {
                 at = start;
                 continue;
             }
-            // Trailers: held until whole, then checked; nothing known may follow them.
-            let end = usize::try_from(len).ok().and_then(|l| start.checked_add(l));
+            // Trailers: held until whole, then checked; nothing known may follow them. Too
+            // large ones (by their declared end, whatever has arrived) are h3's.
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|l| start.checked_add(l))
+                .filter(|end| end - at <= self.limit);
             match end {
                 Some(end) if end <= data.len() => {
                     let pseudo = has_pseudo(&data[start..end]);
@@ -435,11 +446,11 @@ impl Scan {
                     self.refuse(Refusal::PseudoInTrailers);
                     return fixed.freeze();
                 }
-                Some(_) if data.len() - at <= self.limit => {
+                Some(_) => {
                     partial.extend_from_slice(&data[at..]);
                     return data.slice(..at);
                 }
-                _ => {
+                None => {
                     self.mode = Mode::Pass;
                     return data;
                 }
@@ -492,11 +503,15 @@ fn has_pseudo(block: &[u8]) -> bool {
     false
 }
 
-/// Where a whole first HEADERS frame at the start of `buf` ends, if its fields are in order,
-/// unrepeated and a request's.
-fn whole_and_well_formed(buf: &[u8]) -> Option<usize> {
+/// Where a whole first HEADERS frame at the start of `buf` ends, if it ends within `limit` and
+/// its fields are in order, unrepeated and a request's.
+fn whole_and_well_formed(buf: &[u8], limit: usize) -> Option<usize> {
     match first_headers(buf) {
-        Found::Headers { start, end, .. } if check_fields(&buf[start..end]).is_ok() => Some(end),
+        Found::Headers { start, end, .. }
+            if end <= limit && check_fields(&buf[start..end]).is_ok() =>
+        {
+            Some(end)
+        }
         _ => None,
     }
 }
@@ -777,8 +792,10 @@ mod tests {
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![kind];
-        assert!(payload.len() < 64);
-        f.push(payload.len() as u8);
+        match payload.len() {
+            n @ 0..64 => f.push(n as u8),
+            n => f.extend_from_slice(&(0x4000 | n as u16).to_be_bytes()),
+        }
         f.extend_from_slice(payload);
         f
     }
@@ -820,5 +837,38 @@ mod tests {
             check_fields(&section(&with_status)),
             Err(Refusal::ResponsePseudoInRequest)
         );
+    }
+
+    /// Found by fuzzing: whether a head was too large to check depended on how much of the
+    /// stream had arrived, so the same bytes were refused or passed by their read sizes. The
+    /// limit now applies to where the frame ends.
+    #[test]
+    fn the_limit_is_decided_by_the_frame_not_by_the_reads() {
+        let long = "v".repeat(40);
+        let after = [&GOOD[..1], &[("x-long", long.as_str())], &GOOD[1..]].concat();
+        let stream = frame(0x01, &section(&after));
+        let limit = stream.len() - 1;
+        for step in [1, 7, stream.len()] {
+            assert_eq!(
+                scan_bytes(&stream, step, limit),
+                (stream.clone(), None),
+                "step {step}"
+            );
+        }
+        let mut trailers = frame(0x01, &section(&GOOD));
+        let head_len = trailers.len();
+        trailers.extend(frame(
+            0x01,
+            &section(&[(":path", long.as_str()), ("x-pad", long.as_str())]),
+        ));
+        let limit = trailers.len() - head_len - 1;
+        assert!(limit >= head_len);
+        for step in [1, 3, trailers.len()] {
+            assert_eq!(
+                scan_bytes(&trailers, step, limit),
+                (trailers.clone(), None),
+                "step {step}"
+            );
+        }
     }
 }
