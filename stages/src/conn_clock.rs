@@ -54,6 +54,11 @@ struct State {
     expired: Option<Phase>,
     /// The reader to wake when the deadline passes (the HTTP/1.1 head guard).
     reader: Option<Waker>,
+    /// What the watcher ([`ConnClock::expired`]) sleeps until; `None` while it waits for a
+    /// notification only (it last saw no deadline). A change needs to wake it only when the
+    /// new deadline is earlier than that, so requests coming and going on a busy connection
+    /// cost no wakeup and no timer.
+    watching: Option<Instant>,
 }
 
 /// The shared timer state of one connection.
@@ -74,6 +79,7 @@ impl ConnClock {
                 deadline: Some(Instant::now() + header_timeout),
                 expired: None,
                 reader: None,
+                watching: None,
             }),
             changed: Notify::new(),
             header_timeout,
@@ -88,7 +94,11 @@ impl ConnClock {
     fn set(&self, s: &mut State, phase: Phase, deadline: Option<Instant>) {
         s.phase = phase;
         s.deadline = deadline;
-        self.changed.notify_one();
+        if let Some(at) = deadline
+            && s.watching.is_none_or(|w| at < w)
+        {
+            self.changed.notify_one();
+        }
     }
 
     /// The deadline for the current phase (the TLS handshake is bounded by it).
@@ -164,7 +174,11 @@ impl ConnClock {
                         }
                         return s.phase;
                     }
-                    d => d,
+                    d => {
+                        // Under the same lock as the read, so no change slips between.
+                        s.watching = d;
+                        d
+                    }
                 }
             };
             match deadline {
@@ -243,5 +257,47 @@ mod tests {
         assert_eq!(clock.deadline(), None, "one request still in flight");
         drop(second);
         assert!(clock.deadline().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_wakes_a_watcher_sleeping_on_a_later_one() {
+        let clock = ConnClock::new(H, I);
+        drop(clock.request_started());
+        let watch = {
+            let clock = clock.clone();
+            tokio::spawn(async move { (clock.expired().await, Instant::now()) })
+        };
+        // The watcher now sleeps until the idle deadline (7 s); a head starting at 1 s must
+        // be cut at 4 s, not 7 s.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        clock.head_started();
+        let (phase, at) = watch.await.expect("watch");
+        assert_eq!((phase, at - started), (Phase::Head, H));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_last_request_while_the_watcher_sleeps_on_an_earlier_deadline() {
+        let clock = ConnClock::new(H, I);
+        let first = clock.request_started();
+        let watch = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.expired().await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The watcher saw no deadline and waits for a notification; ending the request sets
+        // one, which wakes it exactly once; the requests after that set later deadlines.
+        drop(first);
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(clock.request_started());
+        }
+        let ended = Instant::now();
+        assert_eq!(watch.await.expect("watch"), Phase::Idle);
+        assert_eq!(
+            ended.elapsed(),
+            I,
+            "idle counts from the last request's end"
+        );
     }
 }

@@ -189,6 +189,11 @@ impl<T> H1Guard<T> {
         &self.io
     }
 
+    /// Whether part of a head is held back, waiting for the rest.
+    fn partial_head(&self) -> bool {
+        self.scan == Scan::Head && self.buf.len() > self.cleared
+    }
+
     /// Checks as much of `buf[cleared..]` as can be checked now.
     fn advance(&mut self) {
         while self.cleared < self.buf.len() {
@@ -457,6 +462,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
                 },
                 _ => {}
             }
+            let partial_before = this.partial_head();
             let mut chunk = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut chunk);
             if Pin::new(&mut this.io).poll_read(cx, &mut rb)?.is_pending() {
@@ -464,15 +470,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
                     c.wake_on_expiry(cx.waker());
                 }
                 return Poll::Pending;
-            }
-            // The first byte of a new head starts its timer.
-            if let (Scan::Head, true, false, Some(c)) = (
-                this.scan,
-                this.buf.is_empty(),
-                rb.filled().is_empty(),
-                &this.clock,
-            ) {
-                c.head_started();
             }
             if rb.filled().is_empty() {
                 // The client finished; a partial head it left goes to hyper as it is.
@@ -484,6 +481,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
                 this.buf.extend_from_slice(rb.filled());
             }
             this.advance();
+            // A head that did not arrive whole in one read starts its timer (one that did
+            // costs the clock nothing but `head_complete`).
+            if let (false, true, Some(c)) = (partial_before, this.partial_head(), &this.clock) {
+                c.head_started();
+            }
         }
     }
 }
