@@ -8,7 +8,8 @@
 #   PROTO=h2 benches/ab.sh         # HTTP/2 over TLS in (h2load; nghttp2-client is installed)
 #
 # Knobs: BASE (a git revision), PROTO (h3|h2), ROUNDS, DURATION (h3), REQUESTS (h2),
-# CONNECTIONS, STREAMS, SIZE.
+# CONNECTIONS, STREAMS, SIZE, PIN=1 (both proxies on CPU 0, backend and load generator on
+# CPU 1: steadier figures on a shared 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,8 @@ STREAMS=${STREAMS:-16}
 SIZE=${SIZE:-1024}
 PROTO=${PROTO:-h3}
 REQUESTS=${REQUESTS:-30000}
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then proxy_cpu=(taskset -c 0); load_cpu=(taskset -c 1); else proxy_cpu=(); load_cpu=(); fi
 source benches/lib.sh
 if [ "$PROTO" = h2 ]; then need h2load:nghttp2-client; fi
 
@@ -38,6 +41,7 @@ BENCH="$PWD/target/release/spooky-bench"
 
 start_backend "$SIZE"
 port=$backend_port
+if [ "$PIN" = 1 ]; then taskset -pc 1 "${pids[-1]}" > /dev/null; fi
 cat > "$work/bench.toml" <<TOML
 [pipeline]
 name = "bench"
@@ -61,7 +65,7 @@ TOML
 # Starts Spooky from binary $1 (output in $work/$2.out): sets $started_pid and $started_port.
 # Not in a subshell, so that its process joins $pids and is stopped on exit.
 start() {
-  SPOOKY_LOG=warn "$1" run "$work/bench.toml" > "$work/$2.out" &
+  SPOOKY_LOG=warn "${proxy_cpu[@]}" "$1" run "$work/bench.toml" > "$work/$2.out" &
   started_pid=$!
   pids+=($started_pid)
   wait_for "$work/$2.out" '^ready' || true
@@ -79,10 +83,10 @@ measure() { # pid port → "rps cpu_us"
   local c0 c1 out
   c0=$(cpu_ticks "$1")
   if [ "$PROTO" = h2 ]; then
-    out=$(h2load_summary "$(h2load -n "$REQUESTS" -c "$CONNECTIONS" -m "$STREAMS" \
+    out=$(h2load_summary "$("${load_cpu[@]}" h2load -n "$REQUESTS" -c "$CONNECTIONS" -m "$STREAMS" \
       "https://127.0.0.1:$2/x" 2>&1)")
   else
-    out=$("$BENCH" load --url "https://127.0.0.1:$2/x" --connections "$CONNECTIONS" \
+    out=$("${load_cpu[@]}" "$BENCH" load --url "https://127.0.0.1:$2/x" --connections "$CONNECTIONS" \
       --streams "$STREAMS" --duration "$DURATION" --machine)
   fi
   c1=$(cpu_ticks "$1")

@@ -5,17 +5,26 @@
 //!   handshake included — and, on HTTP/1.1, from the first byte of each later head to its end.
 //! * `idle_timeout` bounds the time a connection sits with no request in flight after one.
 //!
-//! The clock is a pure state machine driven by four events: the head guard saw a head start
-//! ([`ConnClock::head_started`]) or end ([`ConnClock::head_complete`]); the adapter began a
+//! The clock is driven by four events: the head guard saw a head arrive in part
+//! ([`ConnClock::head_started`]) or whole ([`ConnClock::head_complete`]); the adapter began a
 //! request ([`ConnClock::request_started`], whose [`Busy`] guard rides in the response body and
-//! ends the request when dropped). [`ConnClock::expired`] completes when the current deadline
-//! passes with nothing in flight, naming the phase that timed out; the adapter then closes the
-//! connection (HTTP/1.1: `408` when a head was awaited; HTTP/2: GOAWAY).
+//! ends the request when dropped). [`ConnClock::expired`], run by a watcher task of the
+//! connection, completes when the current deadline passes with nothing in flight, naming the
+//! phase that timed out; the adapter then closes the connection (HTTP/1.1: `408` when a head
+//! was awaited; HTTP/2: GOAWAY).
+//!
+//! Requests are on the hot path, so their events are a few atomic operations: no lock, no
+//! wakeup, no timer. The watcher derives the deadline from the atomics when it wakes, and a
+//! connection busy past `idle_timeout` costs it one wakeup per `idle_timeout`. Only a head that
+//! arrives in parts (a slow client) notifies the watcher, since its deadline may be earlier
+//! than the one the watcher sleeps on.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -44,151 +53,173 @@ impl Phase {
     pub fn label(self) -> &'static str {
         if self.awaits_head() { "header" } else { "idle" }
     }
+
+    fn code(self) -> u8 {
+        match self {
+            Phase::FirstHead => 1,
+            Phase::Head => 2,
+            Phase::Handed => 3,
+            Phase::Busy => 4,
+            Phase::Idle => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Phase> {
+        Some(match c {
+            1 => Phase::FirstHead,
+            2 => Phase::Head,
+            3 => Phase::Handed,
+            4 => Phase::Busy,
+            5 => Phase::Idle,
+            _ => return None,
+        })
+    }
 }
 
-struct State {
-    phase: Phase,
-    inflight: usize,
-    deadline: Option<Instant>,
-    /// Set once the deadline passed (to the phase that timed out): the connection is closing.
-    expired: Option<Phase>,
-    /// The reader to wake when the deadline passes (the HTTP/1.1 head guard).
-    reader: Option<Waker>,
-    /// What the watcher ([`ConnClock::expired`]) sleeps until; `None` while it waits for a
-    /// notification only (it last saw no deadline). A change needs to wake it only when the
-    /// new deadline is earlier than that, so requests coming and going on a busy connection
-    /// cost no wakeup and no timer.
-    watching: Option<Instant>,
-}
-
-/// The shared timer state of one connection.
+/// The shared timer state of one connection. Times are microseconds since accept, plus one
+/// (0 means "none").
 pub struct ConnClock {
-    state: Mutex<State>,
-    changed: Notify,
+    start: Instant,
     header_timeout: Duration,
     idle_timeout: Duration,
+    inflight: AtomicUsize,
+    /// Requests started so far.
+    requests: AtomicU64,
+    /// When the last request ended.
+    last_end: AtomicU64,
+    /// When the first byte of a head that is still incomplete arrived.
+    head_since: AtomicU64,
+    /// A whole head went to the HTTP parser and its request has not started yet.
+    handed: AtomicBool,
+    /// The phase that timed out (0 while none has): the connection is closing.
+    expired: AtomicU8,
+    /// Wakes the watcher when a deadline may have come earlier.
+    changed: Notify,
+    /// The reader to wake when the deadline passes (the HTTP/1.1 head guard).
+    reader: AtomicWaker,
 }
 
 impl ConnClock {
     /// A clock for a connection accepted now.
     pub fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<ConnClock> {
         Arc::new(ConnClock {
-            state: Mutex::new(State {
-                phase: Phase::FirstHead,
-                inflight: 0,
-                deadline: Some(Instant::now() + header_timeout),
-                expired: None,
-                reader: None,
-                watching: None,
-            }),
-            changed: Notify::new(),
+            start: Instant::now(),
             header_timeout,
             idle_timeout,
+            inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            last_end: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            handed: AtomicBool::new(false),
+            expired: AtomicU8::new(0),
+            changed: Notify::new(),
+            reader: AtomicWaker::new(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX - 1)
+            + 1
     }
 
-    fn set(&self, s: &mut State, phase: Phase, deadline: Option<Instant>) {
-        s.phase = phase;
-        s.deadline = deadline;
-        if let Some(at) = deadline
-            && s.watching.is_none_or(|w| at < w)
-        {
+    fn at(&self, stamp: u64) -> Instant {
+        self.start + Duration::from_micros(stamp.saturating_sub(1))
+    }
+
+    /// The deadline of the first request head (the TLS handshake is bounded by it).
+    pub fn deadline(&self) -> Option<Instant> {
+        Some(self.start + self.header_timeout)
+    }
+
+    /// Part of a request head arrived and the rest has not (HTTP/1.1).
+    pub fn head_started(&self) {
+        if self.requests.load(Ordering::Acquire) > 0 && self.inflight.load(Ordering::Acquire) == 0 {
+            self.head_since
+                .store(self.stamp(Instant::now()), Ordering::Release);
+            // Its deadline may be earlier than the idle one the watcher sleeps on.
             self.changed.notify_one();
         }
     }
 
-    /// The deadline for the current phase (the TLS handshake is bounded by it).
-    pub fn deadline(&self) -> Option<Instant> {
-        self.lock().deadline
-    }
-
-    /// The first byte of a request head arrived (HTTP/1.1).
-    pub fn head_started(&self) {
-        let mut s = self.lock();
-        if s.phase == Phase::Idle {
-            let at = Instant::now() + self.header_timeout;
-            self.set(&mut s, Phase::Head, Some(at));
-        }
-    }
-
-    /// A whole request head was handed to the HTTP parser (HTTP/1.1).
+    /// A whole request head went to the HTTP parser (HTTP/1.1).
     pub fn head_complete(&self) {
-        let mut s = self.lock();
-        if s.inflight == 0 && s.expired.is_none() {
-            self.set(&mut s, Phase::Handed, None);
-        }
+        self.head_since.store(0, Ordering::Release);
+        self.handed.store(true, Ordering::Release);
     }
 
     /// A request reached the service; the connection is busy until the guard drops.
     pub fn request_started(self: &Arc<Self>) -> Busy {
-        let mut s = self.lock();
-        s.inflight += 1;
-        self.set(&mut s, Phase::Busy, None);
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.handed.store(false, Ordering::Release);
         Busy(self.clone())
     }
 
     fn request_ended(&self) {
-        let mut s = self.lock();
-        s.inflight = s.inflight.saturating_sub(1);
-        if s.inflight == 0 {
-            let at = Instant::now() + self.idle_timeout;
-            self.set(&mut s, Phase::Idle, Some(at));
+        self.last_end
+            .store(self.stamp(Instant::now()), Ordering::Release);
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The phase the connection is in and its deadline, if it has one.
+    fn due(&self) -> (Phase, Option<Instant>) {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return (Phase::Busy, None);
+        }
+        if self.handed.load(Ordering::Acquire) {
+            return (Phase::Handed, None);
+        }
+        if self.requests.load(Ordering::Acquire) == 0 {
+            return (Phase::FirstHead, Some(self.start + self.header_timeout));
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            0 => {
+                let end = self.at(self.last_end.load(Ordering::Acquire));
+                (Phase::Idle, Some(end + self.idle_timeout))
+            }
+            since => (Phase::Head, Some(self.at(since) + self.header_timeout)),
         }
     }
 
     /// The phase that timed out, once the deadline passed (the connection is being closed).
     pub fn expired_phase(&self) -> Option<Phase> {
-        self.lock().expired
+        Phase::from_code(self.expired.load(Ordering::Acquire))
     }
 
     /// Registers the reader to wake when the deadline passes.
     pub fn wake_on_expiry(&self, waker: &Waker) {
-        let mut s = self.lock();
-        match &s.reader {
-            Some(w) if w.will_wake(waker) => {}
-            _ => s.reader = Some(waker.clone()),
-        }
+        self.reader.register(waker);
     }
 
     /// Completes when the deadline of the current phase passes with no request in flight;
     /// the clock is then expired and stays so.
     pub async fn expired(&self) -> Phase {
         loop {
+            if let Some(phase) = self.expired_phase() {
+                return phase;
+            }
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let deadline = {
-                let mut s = self.lock();
-                if let Some(phase) = s.expired {
+            match self.due() {
+                (phase, Some(at)) if at <= Instant::now() => {
+                    self.expired.store(phase.code(), Ordering::Release);
+                    self.reader.wake();
                     return phase;
                 }
-                match s.deadline {
-                    Some(at) if at <= Instant::now() && s.inflight == 0 => {
-                        s.expired = Some(s.phase);
-                        if let Some(w) = s.reader.take() {
-                            w.wake();
-                        }
-                        return s.phase;
-                    }
-                    d => {
-                        // Under the same lock as the read, so no change slips between.
-                        s.watching = d;
-                        d
-                    }
-                }
-            };
-            match deadline {
-                Some(at) => {
+                (_, Some(at)) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(at) => {}
                         () = &mut notified => {}
                     }
                 }
-                None => notified.await,
+                // Busy: look again after `idle_timeout` (or when told).
+                (_, None) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(self.idle_timeout) => {}
+                        () = &mut notified => {}
+                    }
+                }
             }
         }
     }
@@ -250,13 +281,33 @@ mod tests {
     async fn a_handed_head_waits_for_its_request() {
         let clock = ConnClock::new(H, I);
         clock.head_complete();
-        assert_eq!(clock.deadline(), None);
+        assert_eq!(clock.due(), (Phase::Handed, None));
         let busy = clock.request_started();
         let second = clock.request_started();
         drop(busy);
-        assert_eq!(clock.deadline(), None, "one request still in flight");
+        assert_eq!(
+            clock.due(),
+            (Phase::Busy, None),
+            "one request still in flight"
+        );
         drop(second);
-        assert!(clock.deadline().is_some());
+        assert_eq!(clock.due(), (Phase::Idle, Some(Instant::now() + I)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_busy_past_idle_timeout_is_not_cut() {
+        let clock = ConnClock::new(H, I);
+        let busy = clock.request_started();
+        let watch = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.expired().await })
+        };
+        tokio::time::sleep(I * 5).await;
+        assert!(!watch.is_finished(), "a long request keeps its connection");
+        drop(busy);
+        let ended = Instant::now();
+        assert_eq!(watch.await.expect("watch"), Phase::Idle);
+        assert!(ended.elapsed() >= I && ended.elapsed() <= I * 2);
     }
 
     #[tokio::test(start_paused = true)]

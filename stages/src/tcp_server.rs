@@ -356,13 +356,22 @@ async fn serve_http<I>(
     };
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
+    // The clock is watched from its own task: polled inside this select it would be polled
+    // on every wakeup of the connection, which is several per request.
+    let (expired_tx, mut expired) = oneshot::channel();
+    let watcher = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            let _ = expired_tx.send(clock.expired().await);
+        })
+    };
     let ended = tokio::select! {
         r = conn.as_mut() => Some(r),
         () = until_true(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             None
         }
-        phase = clock.expired() => {
+        Ok(phase) = &mut expired => {
             counter!(LISTENER_TIMEOUTS, "listener" => shared.name.clone(), "kind" => phase.label())
                 .increment(1);
             tracing::debug!(remote = %peer.remote, timeout = phase.label(), "closing a slow or idle connection");
@@ -382,6 +391,7 @@ async fn serve_http<I>(
             Err(_) => Ok(()),
         },
     };
+    watcher.abort();
     if let Err(e) = ended {
         tracing::debug!(remote = %peer.remote, error = %e, "connection ended");
     }
