@@ -279,7 +279,16 @@ async fn request(
         return reject_unprocessed(resolver);
     };
     let resolved = match resolver.accept_with_frame(frame) {
-        Ok(r) => tokio::time::timeout_at(deadline, r.resolve()).await,
+        Ok(r) => {
+            // Decoding is synchronous (no dynamic QPACK table); only answering a head that is
+            // too large waits on the client, and only then is a second timer armed.
+            let resolving = r.resolve();
+            tokio::pin!(resolving);
+            match futures::poll!(resolving.as_mut()) {
+                std::task::Poll::Ready(r) => Ok(r),
+                std::task::Poll::Pending => tokio::time::timeout_at(deadline, resolving).await,
+            }
+        }
         Err(e) => Ok(Err(e)),
     };
     let (req, stream) = match resolved {
