@@ -360,9 +360,15 @@ async fn serve_http<I>(
     // on every wakeup of the connection, which is several per request.
     let (expired_tx, mut expired) = oneshot::channel();
     let watcher = {
-        let clock = clock.clone();
+        let (clock, listener, remote) = (clock.clone(), shared.name.clone(), peer.remote);
         tokio::spawn(async move {
-            let _ = expired_tx.send(clock.expired().await);
+            let phase = clock.expired().await;
+            // Counted here: on HTTP/1.1 the guard may end the connection before the select
+            // below sees the expiry.
+            counter!(LISTENER_TIMEOUTS, "listener" => listener, "kind" => phase.label())
+                .increment(1);
+            tracing::debug!(%remote, timeout = phase.label(), "closing a slow or idle connection");
+            let _ = expired_tx.send(phase);
         })
     };
     let ended = tokio::select! {
@@ -371,10 +377,7 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             None
         }
-        Ok(phase) = &mut expired => {
-            counter!(LISTENER_TIMEOUTS, "listener" => shared.name.clone(), "kind" => phase.label())
-                .increment(1);
-            tracing::debug!(remote = %peer.remote, timeout = phase.label(), "closing a slow or idle connection");
+        Ok(_) = &mut expired => {
             // HTTP/2: GOAWAY, closed at once with no stream open. HTTP/1.1: the head guard
             // answers 408 (when a head was awaited) and ends the stream.
             if peer.h2 {
