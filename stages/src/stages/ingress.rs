@@ -1,5 +1,5 @@
-//! Ingress: validates the request head the protocol adapter (`crate::h3_server`,
-//! `crate::tcp_server`) parsed, before the exchange enters the rest of the chain. Limits on
+//! Ingress: validates the request head a protocol adapter (the HTTP/3 or the TCP one) parsed,
+//! before the exchange enters the rest of the chain. Limits on
 //! header count and bytes (431), authority rules (400), methods Spooky cannot carry yet
 //! (`CONNECT` → 405), `OPTIONS *` answered here, and the path normalized ([`crate::path`]) so
 //! that routing sees — and the backend receives — one spelling of it. The adapter applies
