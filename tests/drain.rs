@@ -27,15 +27,7 @@ async fn sigterm_drains_in_flight_refuses_new_and_exits_0() {
     assert_eq!(proxy.admin_get("/ready").await.0, 200);
 
     proxy.sigterm();
-    // /ready turning 503 is the signal that draining has begun.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while proxy.admin_get("/ready").await.0 != 503 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never started draining"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    proxy.wait_until_not_ready().await;
     // New work is refused: a new connection fails, and a new request on the old connection
     // does not reach the backend.
     let fresh = client.connect(proxy.h3_addr, "localhost").await;
@@ -60,6 +52,48 @@ async fn sigterm_drains_in_flight_refuses_new_and_exits_0() {
     let resp = slow.await.expect("task");
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(&resp.body[..], b"released /hold/slow\n");
+    let status = tokio::task::spawn_blocking(move || proxy.wait_exit())
+        .await
+        .expect("join");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Draining waits for a TCP request in flight however long it takes within `drain_timeout`:
+/// the connection's head timer must not cut it (it bounded the wait once, cutting at 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_tcp_request_outlive_header_timeout() {
+    use support::tcp::{Sender, body};
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Backend::start().await;
+    let rest = format!(
+        "[stages.ingress]\nheader_timeout = \"1s\"\n\n{}",
+        app_upstream(&backend.url())
+    );
+    let mut proxy = Proxy::start(&support::proxy::pipeline_with(
+        r#"["h3", "h2"]"#,
+        &cert.toml(),
+        &rest,
+    ));
+    let tcp = proxy.tcp_addr.expect("tcp");
+    let mut sender = Sender::connect(tcp, std::slice::from_ref(&cert.der), b"h2").await;
+    let slow = tokio::spawn(async move {
+        let req = http::Request::get(url("/hold/slow"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("req");
+        let resp = sender.send(req).await;
+        (resp.status(), body(resp).await.0)
+    });
+    backend.state.wait_held(1).await;
+    proxy.sigterm();
+    proxy.wait_until_not_ready().await;
+    // Time passes beyond header_timeout with the request still held: that is the point.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(!slow.is_finished(), "the held request is still in flight");
+    backend.state.release(1);
+    let (status, answer) = slow.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&answer[..], b"released /hold/slow\n");
     let status = tokio::task::spawn_blocking(move || proxy.wait_exit())
         .await
         .expect("join");

@@ -372,10 +372,11 @@ async fn serve_http<I>(
         })
     };
     let ended = tokio::select! {
-        r = conn.as_mut() => Some(r),
+        r = conn.as_mut() => r,
         () = until_true(&mut shutdown) => {
+            // In-flight requests finish; the daemon's drain deadline bounds the wait.
             conn.as_mut().graceful_shutdown();
-            None
+            conn.as_mut().await
         }
         Ok(_) = &mut expired => {
             // HTTP/2: GOAWAY, closed at once with no stream open. HTTP/1.1: the head guard
@@ -383,16 +384,12 @@ async fn serve_http<I>(
             if peer.h2 {
                 conn.as_mut().graceful_shutdown();
             }
-            None
+            // Nothing is in flight: a client that does not read the GOAWAY or the 408 is not
+            // waited for.
+            tokio::time::timeout(shared.header_timeout, conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
         }
-    };
-    let ended = match ended {
-        Some(r) => r,
-        // Bounded: a client that does not read the GOAWAY or the 408 is not waited for.
-        None => match tokio::time::timeout(shared.header_timeout, conn.as_mut()).await {
-            Ok(r) => r,
-            Err(_) => Ok(()),
-        },
     };
     watcher.abort();
     if let Err(e) = ended {

@@ -216,6 +216,18 @@ impl Proxy {
     }
 
     /// Sends SIGTERM.
+    /// Waits (bounded: 10 s) until `/ready` answers 503: the signal that draining has begun.
+    pub async fn wait_until_not_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.admin_get("/ready").await.0 != 503 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never started draining"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn sigterm(&self) {
         self.signal("-TERM");
     }
