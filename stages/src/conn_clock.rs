@@ -127,8 +127,8 @@ impl ConnClock {
     }
 
     /// The deadline of the first request head (the TLS handshake is bounded by it).
-    pub fn deadline(&self) -> Option<Instant> {
-        Some(self.start + self.header_timeout)
+    pub fn first_head_deadline(&self) -> Instant {
+        self.start + self.header_timeout
     }
 
     /// Part of a request head arrived and the rest has not (HTTP/1.1).
@@ -170,7 +170,7 @@ impl ConnClock {
             return (Phase::Handed, None);
         }
         if self.requests.load(Ordering::Acquire) == 0 {
-            return (Phase::FirstHead, Some(self.start + self.header_timeout));
+            return (Phase::FirstHead, Some(self.first_head_deadline()));
         }
         match self.head_since.load(Ordering::Acquire) {
             0 => {

@@ -413,12 +413,7 @@ impl Pipeline {
             // After a malformed HTTP/1.1 request, trust nothing else on that connection.
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let body = Bytes::from(format!(
-            "{} {}: {}\n",
-            r.status.as_u16(),
-            r.status.canonical_reason().unwrap_or(""),
-            r.reason
-        ));
+        let body = crate::flow::status_text(r.status, r.reason);
         self.reply(
             ex,
             Reply {

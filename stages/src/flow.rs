@@ -48,6 +48,15 @@ pub struct Reject {
     pub allow: Option<&'static str>,
 }
 
+/// The body of a proxy-made error answer: `400 Bad Request: bad_path`.
+pub fn status_text(status: StatusCode, reason: &str) -> Bytes {
+    Bytes::from(format!(
+        "{} {}: {reason}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    ))
+}
+
 /// The methods Spooky forwards, for `Allow` (405) and `OPTIONS *`.
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
 

@@ -28,6 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, BytesMut};
@@ -86,13 +87,21 @@ impl Refusal {
 }
 
 /// Where the guard leaves a refusal for the service: the index (0-based, in arrival order) of
-/// the synthetic request that stands for it.
+/// the synthetic request that stands for it. The service counts the requests it is given.
 #[derive(Debug, Default)]
 pub struct Refusals {
     slot: Mutex<Option<(u64, Refusal)>>,
+    /// Requests the service was given so far.
+    served: AtomicU64,
 }
 
 impl Refusals {
+    /// Counts a request the service was given; the refusal it stands for, if it is the
+    /// synthetic one.
+    pub fn next_request(&self) -> Option<Refusal> {
+        self.take_for(self.served.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// The refusal the request with this index stands for, if it is the synthetic one.
     pub fn take_for(&self, index: u64) -> Option<Refusal> {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);

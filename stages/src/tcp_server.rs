@@ -17,7 +17,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -37,7 +36,7 @@ use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
 use crate::conn_clock::ConnClock;
 use crate::engine::Pipeline;
 use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
-use crate::flow::Reject;
+use crate::flow::{Reject, status_text};
 use crate::h1_guard::{H1Guard, Refusal, Refusals};
 use crate::h3_server::until_true;
 use crate::metrics::{
@@ -199,13 +198,8 @@ async fn connection(
     match shared.tls.as_ref().map(|t| t.get()) {
         Some(acceptor) => {
             // The handshake counts against the time to the first request head.
-            let handshake = async {
-                match clock.deadline() {
-                    Some(at) => tokio::time::timeout_at(at, acceptor.accept(stream)).await,
-                    None => Ok(acceptor.accept(stream).await),
-                }
-            };
-            let tls = match handshake.await {
+            let handshake = acceptor.accept(stream);
+            let tls = match tokio::time::timeout_at(clock.first_head_deadline(), handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "error")
@@ -273,17 +267,7 @@ fn refused(shared: &Shared, remote: SocketAddr, why: Refusal) -> Response<ProxyB
     tracing::info!(%remote, listener = %shared.name, reason = why.reason(), status = why.status().as_u16(), "HTTP/1.1 request refused: framing (connection closed)");
     counter!(HTTP1_REFUSED, "listener" => shared.name.clone(), "reason" => why.reason())
         .increment(1);
-    let mut r = Response::new(ProxyBody::full(bytes::Bytes::from(format!(
-        "{} {}: {}\n",
-        why.status().as_u16(),
-        why.status().canonical_reason().unwrap_or(""),
-        why.reason()
-    ))));
-    *r.status_mut() = why.status();
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let mut r = plain(why.status(), status_text(why.status(), why.reason()));
     r.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     r
@@ -297,22 +281,21 @@ struct Peer {
     /// ALPN chose HTTP/2.
     h2: bool,
     client: ClientTls,
-    /// HTTP/1.1 behind the framing guard: its refusals, and the requests counted so far.
-    h1: Option<(Arc<Refusals>, Arc<AtomicU64>)>,
+    /// HTTP/1.1 behind the framing guard: where it leaves its refusals.
+    h1: Option<Arc<Refusals>>,
 }
 
 impl Peer {
     /// The peer of an HTTP/1.1 connection behind an [`H1Guard`], and the guard's refusals.
     fn guarded(mut self) -> (Peer, Arc<Refusals>) {
         let refusals = Arc::new(Refusals::default());
-        self.h1 = Some((refusals.clone(), Arc::new(AtomicU64::new(0))));
+        self.h1 = Some(refusals.clone());
         (self, refusals)
     }
 
     /// The refusal this request stands for, if it is the guard's synthetic one.
     fn refusal(&self) -> Option<Refusal> {
-        let (refusals, count) = self.h1.as_ref()?;
-        refusals.take_for(count.fetch_add(1, Ordering::Relaxed))
+        self.h1.as_ref()?.next_request()
     }
 }
 
@@ -461,8 +444,8 @@ fn add_alt_svc(shared: &Shared, mut resp: Response<ProxyBody>) -> Response<Proxy
     resp
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(bytes::Bytes::from_static(body.as_bytes())));
+fn plain(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
