@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Method, Request};
 use spooky_stages::Pipeline;
 use spooky_stages::config::{RouteConfig, parse};
-use spooky_stages::exchange::Exchange;
+use spooky_stages::contract::exchange::Exchange;
 use spooky_stages::stages::route::{MatchConfig, RespondConfig, RouteIndex};
 use spooky_sync::{Cap, try_acquire_all};
 
@@ -186,7 +186,8 @@ fn h1_guard(c: &mut Criterion) {
             rt.block_on(async {
                 // The guard writes too (a 408 on timeout): give it a sink to write to.
                 let io = tokio::io::join(&input[..], tokio::io::sink());
-                let guard = spooky_stages::h1_guard::H1Guard::new(io, Default::default());
+                let guard =
+                    spooky_stages::adapters::tcp::h1_guard::H1Guard::new(io, Default::default());
                 black_box(drain(guard).await)
             })
         })
@@ -197,7 +198,7 @@ fn h1_guard(c: &mut Criterion) {
 /// Path normalization on the request hot path: a path that needs nothing (borrowed, the
 /// usual case) and one that needs every step.
 fn path_normalize(c: &mut Criterion) {
-    use spooky_stages::path::{Rules, normalize};
+    use spooky_stages::http::path::{Rules, normalize};
     let mut g = c.benchmark_group("path_normalize");
     for (name, path) in [
         ("normal", "/api/v1/users/12345/orders?limit=10"),

@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use h3::client::SendRequest;
 use http::{HeaderMap, Request, StatusCode};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use spooky_stages::upstream_tls::NoVerify;
+use spooky_stages::upstreams::tls::NoVerify;
 
 /// Boxed error.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use spooky_stages::Pipeline;
+use spooky_stages::adapters::h3::server::H3Listener;
+use spooky_stages::adapters::tcp::server::TcpListenerRt;
 use spooky_stages::config::{self, Config, ListenerConfig, Protocol};
-use spooky_stages::h3_server::H3Listener;
 use spooky_stages::metrics::SECONDS_BUCKETS;
-use spooky_stages::tcp_server::TcpListenerRt;
 use spooky_stages::tls::{self, CertStore, Certs};
 use tokio::sync::watch;
 

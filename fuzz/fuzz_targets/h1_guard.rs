@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use spooky_stages::h1_guard::{H1Guard, Refusals, SYNTHETIC};
+use spooky_stages::adapters::tcp::h1_guard::{H1Guard, Refusals, SYNTHETIC};
 use tokio::io::AsyncReadExt;
 
 /// What hyper would read from `input` delivered `step` bytes per read, and the refusal.
 fn through(
     input: &[u8],
     step: usize,
-) -> (Vec<u8>, Option<(u64, spooky_stages::h1_guard::Refusal)>) {
+) -> (Vec<u8>, Option<(u64, spooky_stages::adapters::tcp::h1_guard::Refusal)>) {
     let reader = Pieces { data: input, step };
     let io = tokio::io::join(reader, tokio::io::sink());
     let refusals = Arc::new(Refusals::default());

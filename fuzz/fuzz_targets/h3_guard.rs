@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spooky_stages::h3_guard::scan_bytes;
+use spooky_stages::adapters::h3::guard::scan_bytes;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, input)) = data.split_first() else {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spooky_stages::path::{EncodedSlashes, MergeSlashes, Rules, normalize};
+use spooky_stages::http::path::{EncodedSlashes, MergeSlashes, Rules, normalize};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {

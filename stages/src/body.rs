@@ -106,7 +106,7 @@ impl std::error::Error for ClientBodyError {
     }
 }
 
-type H3Recv = h3::server::RequestStream<crate::h3_guard::GuardedRecv, Bytes>;
+type H3Recv = h3::server::RequestStream<crate::adapters::h3::guard::GuardedRecv, Bytes>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -4,32 +4,34 @@
 //! ingress → admission → route → queue → select → hedge-retry → dispatch → egress
 //! ```
 //!
-//! * [`exchange`] / [`flow`] — what flows, and what a stage answers.
+//! The folders are the architecture; arrows point down, and there are no circles
+//! (`python3 ../shared/tools/modgraph.py stages/src` checks it in CI):
+//!
+//! ```text
+//! adapters ─► engine ─► config ─► stages ─► contract ─► upstreams ─► body, http, units, metrics
+//!   (h3, tcp)   (chain,    (TOML)    (eight)   (exchange,   (registry,
+//!               inlets)                         flow, …)     clients)
+//! ```
+//!
+//! * [`contract`] — what flows (the exchange), what a stage answers (the flow), the decisions.
 //! * [`engine`] — builds the declared chain with bounded inlets and concurrency.
 //! * [`stages`] — one module per stage.
-//! * [`h3_server`] — the HTTP/3 adapter (quinn + h3) that feeds ingress.
+//! * [`adapters`] — HTTP/3 and TCP (HTTP/1.1, HTTP/2) in front of the engine.
+//! * [`upstreams`] — backends, their pooled clients, TLS towards them, balancing.
+//! * [`tls`] — listeners' certificates (SNI, reload, mTLS).
 //! * [`config`] — the pipeline TOML, parsed and validated with file:line:column errors.
+//! * [`body`], [`http`], [`units`], [`metrics`] — leaves every layer may use.
 
+pub mod adapters;
 pub mod body;
-pub mod client_limit;
 pub mod config;
-pub mod conn_clock;
+pub mod contract;
 pub mod engine;
-pub mod exchange;
-pub mod flow;
-pub mod grpc;
-pub mod h1_guard;
-pub mod h3_guard;
-pub mod h3_server;
-pub mod headers;
-pub mod identity;
+pub mod http;
 pub mod metrics;
-pub mod path;
-pub mod responder;
 pub mod stages;
-pub mod tcp_server;
 pub mod tls;
-pub mod upstream;
-pub mod upstream_tls;
+pub mod units;
+pub mod upstreams;
 
 pub use engine::Pipeline;

@@ -4,7 +4,6 @@
 
 mod error;
 mod model;
-mod units;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -15,10 +14,10 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+pub use crate::units::{Dur, Size, parse_duration, parse_size};
 pub(crate) use error::Source;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use units::{Dur, Size, parse_duration, parse_size};
 
 const TOP_LEVEL: [&str; 6] = [
     "pipeline",

@@ -13,8 +13,16 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::units::Dur;
 use crate::stages::{admission, dispatch, egress, hedge_retry, ingress, queue, route, select};
+use crate::units::Dur;
+
+pub use crate::stages::WhenFull;
+pub use crate::stages::route::RouteConfig;
+pub use crate::tls::config::{CertificateConfig, ClientAuth, TlsConfig, TlsSetting};
+pub use crate::upstreams::config::{
+    BackendConfig, BackendProtocol, Balance, UpstreamConfig, UpstreamTls, Verify,
+    default_backend_inflight, default_upstream_inflight,
+};
 
 /// One stage of the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -85,16 +93,6 @@ impl StageKind {
             },
         }
     }
-}
-
-/// What a stage does when its inlet (or, for admission, its cap) is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WhenFull {
-    /// Hold the previous stage until there is room: pressure travels back to the client.
-    Wait,
-    /// Answer 503 at once.
-    Shed,
 }
 
 /// The bounds every stage has.
@@ -239,97 +237,6 @@ pub(crate) fn default_idle_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(30))
 }
 
-/// `[listeners.tls]`: a table, `"off"`, or absent (generated self-signed certificate).
-#[derive(Debug, Clone, Default)]
-pub enum TlsSetting {
-    #[default]
-    SelfSigned,
-    Off,
-    Files(TlsConfig),
-}
-
-impl<'de> Deserialize<'de> for TlsSetting {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = TlsSetting;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"off\" or a table with cert/key or [[listeners.tls.certificates]]")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TlsSetting, E> {
-                match v {
-                    "off" => Ok(TlsSetting::Off),
-                    _ => Err(E::custom(format!(
-                        "expected \"off\" or a table, found \"{v}\""
-                    ))),
-                }
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<TlsSetting, A::Error> {
-                TlsConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(TlsSetting::Files)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Certificates of a TLS listener: the single-certificate form (`cert`, `key`) and/or
-/// several certificates chosen by SNI (`[[listeners.tls.certificates]]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    #[serde(default)]
-    pub certificates: Vec<CertificateConfig>,
-    /// Client certificates (mTLS): `"off"`, `"optional"` (verified when sent), `"required"`.
-    #[serde(default)]
-    pub client_auth: ClientAuth,
-    /// PEM file of the CAs client certificates must chain to.
-    pub client_ca: Option<PathBuf>,
-    /// Forward the verified client identity to backends in this request header (any value a
-    /// client sends in it is removed first).
-    pub client_identity_header: Option<String>,
-    /// Reload the certificate files when they change (checked every `watch_interval`).
-    #[serde(default)]
-    pub watch: bool,
-    #[serde(default = "default_watch_interval")]
-    pub watch_interval: Dur,
-}
-
-pub(crate) fn default_watch_interval() -> Dur {
-    Dur(std::time::Duration::from_secs(2))
-}
-
-/// Whether clients present certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClientAuth {
-    #[default]
-    Off,
-    /// Asked for; verified when sent; the handshake succeeds without one.
-    Optional,
-    /// A client without a valid certificate fails the handshake.
-    Required,
-}
-
-/// One certificate chosen by SNI.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Server names it serves: exact (`api.example.com`) or wildcard (`*.example.com`).
-    #[serde(default)]
-    pub names: Vec<String>,
-    /// Served when the client sends no SNI or an unknown name (else the first entry).
-    #[serde(default)]
-    pub default: bool,
-}
-
 /// `[admin]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,109 +284,6 @@ impl StagesConfig {
     pub fn settings(&self, kind: StageKind) -> StageSettings {
         self.settings[kind as usize]
     }
-}
-
-/// `[[routes]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub name: String,
-    #[serde(rename = "match", default)]
-    pub matches: route::MatchConfig,
-    /// A direct response: no upstream involved.
-    pub respond: Option<route::RespondConfig>,
-    /// The upstream to forward to.
-    pub upstream: Option<String>,
-}
-
-/// Load-balancing algorithm of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Weighted smooth round-robin.
-    #[default]
-    RoundRobin,
-}
-
-/// `[upstreams.<name>]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    #[serde(default)]
-    pub balance: Balance,
-    /// Exchanges in flight to this upstream at once; more wait in the queue stage.
-    #[serde(default = "default_upstream_inflight")]
-    pub max_inflight: NonZeroUsize,
-    /// TLS towards this upstream's `https://` backends.
-    #[serde(default)]
-    pub tls: UpstreamTls,
-    pub backends: Vec<BackendConfig>,
-}
-
-/// Whether backend certificates are verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verify {
-    #[default]
-    On,
-    /// Explicit opt-out, logged loudly at start.
-    Off,
-}
-
-/// `[upstreams.<name>.tls]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
-    /// PEM file of private CA certificates; with `ca_dir`, replaces the bundled Mozilla roots.
-    pub ca_file: Option<PathBuf>,
-    /// Directory of `*.pem` / `*.crt` CA certificates.
-    pub ca_dir: Option<PathBuf>,
-    /// SNI and the name the certificate must carry (default: the backend URL's host).
-    pub server_name: Option<String>,
-    #[serde(default)]
-    pub verify: Verify,
-    /// Client certificate and key (PEM) for upstream mTLS.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-}
-
-/// Which HTTP a backend speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendProtocol {
-    /// `http://`: HTTP/1.1; `https://`: ALPN picks `h2` or `http/1.1`.
-    #[default]
-    Auto,
-    Http1,
-    /// HTTP/2 over TLS (ALPN `h2` only).
-    H2,
-    /// HTTP/2 without TLS, prior knowledge (`http://` URLs).
-    H2c,
-}
-
-pub(crate) fn default_upstream_inflight() -> NonZeroUsize {
-    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// One backend of an upstream.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    /// `http://host:port` or `https://host:port`.
-    pub url: String,
-    #[serde(default)]
-    pub protocol: BackendProtocol,
-    #[serde(default = "default_weight")]
-    pub weight: NonZeroU32,
-    #[serde(default = "default_backend_inflight")]
-    pub max_inflight: NonZeroUsize,
-}
-
-fn default_weight() -> NonZeroU32 {
-    NonZeroU32::MIN
-}
-pub(crate) fn default_backend_inflight() -> NonZeroUsize {
-    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// A whole validated pipeline.

@@ -9,7 +9,7 @@ use toml::de::DeTable;
 use super::{
     AltSvc, BackendProtocol, Config, Cx, Protocol, Redirect, StageKind, TlsSetting, Verify, span_at,
 };
-use crate::stages::route::HostPattern;
+use crate::http::host::HostPattern;
 
 pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
     config.chain = chain(cx, root, &config.pipeline.chain);
@@ -377,7 +377,7 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
         }
         for (i, b) in u.backends.iter().enumerate() {
             let at = |k: &str| span_at(root, &["upstreams", name, "backends", &i.to_string(), k]);
-            match crate::stages::dispatch::BackendAddr::parse(&b.url) {
+            match crate::upstreams::addr::BackendAddr::parse(&b.url) {
                 Err(e) => cx.push(
                     Some(at("url")),
                     &format!("upstreams.{name}.backends[{i}].url"),

@@ -6,9 +6,9 @@ use std::num::NonZeroUsize;
 use serde::Deserialize;
 use spooky_sync::{Cap, TryAcquireError};
 
-use crate::config::WhenFull;
-use crate::exchange::Exchange;
-use crate::flow::{Flow, Reject};
+use crate::contract::exchange::Exchange;
+use crate::contract::flow::{Flow, Reject};
+use crate::stages::WhenFull;
 
 /// `[stages.admission]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

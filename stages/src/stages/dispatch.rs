@@ -5,24 +5,19 @@
 //! another attempt when the request is safe to repeat; anything else is final. 502 for connect
 //! or reset, 504 when the head does not arrive within `response_timeout`.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, StatusCode, Uri};
-use std::sync::Arc;
-
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use crate::body::{ClientBodyError, RequestBody};
-use crate::config::{BackendProtocol, Dur};
-use crate::exchange::{Attempt, AttemptError, Exchange};
-use crate::flow::{Flow, Reject};
-use crate::headers::{append_via, strip_hop_by_hop};
-use crate::upstream_tls::BackendConnector;
+use crate::contract::exchange::{Attempt, AttemptError, Exchange};
+use crate::contract::flow::{Flow, Reject};
+use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::units::Dur;
+use crate::upstreams::addr::BackendAddr;
+use crate::upstreams::client::ClientSettings;
 
 /// How `X-Forwarded-For` is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -71,6 +66,17 @@ fn default_pool_max_idle() -> usize {
     64
 }
 
+impl Config {
+    /// How backend connections are made and pooled.
+    pub fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            connect_timeout: self.connect_timeout.0,
+            pool_idle_timeout: self.pool_idle_timeout.0,
+            pool_max_idle: self.pool_max_idle_per_backend,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -81,87 +87,6 @@ impl Default for Config {
             forwarded: Forwarded::default(),
         }
     }
-}
-
-/// Where a backend listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendAddr {
-    pub scheme: Scheme,
-    pub authority: Authority,
-}
-
-impl BackendAddr {
-    /// Parses a backend URL: `http://host:port` or `https://host:port` (a path other than `/`
-    /// is refused).
-    pub fn parse(url: &str) -> Result<BackendAddr, String> {
-        let uri = Uri::from_str(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::HTTP,
-            Some("https") => Scheme::HTTPS,
-            _ => return Err(format!("\"{url}\": expected an http:// or https:// URL")),
-        };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("\"{url}\": expected a host, as in http://127.0.0.1:8080"))?;
-        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-            return Err(format!("\"{url}\": a backend URL takes no path or query"));
-        }
-        Ok(BackendAddr { scheme, authority })
-    }
-
-    /// `host:port` to connect to (port from the scheme when absent).
-    pub fn connect_addr(&self) -> String {
-        let port = self
-            .authority
-            .port_u16()
-            .unwrap_or(if self.scheme == Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
-        format!("{}:{port}", self.authority.host())
-    }
-
-    /// Whether the backend is reached over TLS.
-    pub fn is_tls(&self) -> bool {
-        self.scheme == Scheme::HTTPS
-    }
-}
-
-/// The pooled client of one backend: its own pool, TLS settings and protocol.
-pub type BackendClient = Client<BackendConnector, RequestBody>;
-
-/// Builds a backend's client.
-pub fn backend_client(
-    config: &Config,
-    addr: &BackendAddr,
-    protocol: BackendProtocol,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    server_name: Option<&str>,
-) -> Result<BackendClient, String> {
-    let tls = match (addr.is_tls(), tls) {
-        (true, Some(cfg)) => {
-            let name = server_name
-                .unwrap_or(addr.authority.host())
-                .trim_matches(['[', ']']);
-            let name = ServerName::try_from(name.to_string())
-                .map_err(|e| format!("server_name \"{name}\": {e}"))?;
-            Some((cfg, name))
-        }
-        _ => None,
-    };
-    let connector = BackendConnector::new(&addr.connect_addr(), tls, config.connect_timeout.0);
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.pool_idle_timeout.0)
-        .pool_max_idle_per_host(config.pool_max_idle_per_backend)
-        .set_host(false);
-    if matches!(protocol, BackendProtocol::H2c | BackendProtocol::H2) {
-        builder.http2_only(true);
-    }
-    Ok(builder.build(connector))
 }
 
 /// `upstream_request`'s answer when a gRPC deadline ran out before the request was sent.
@@ -330,7 +255,7 @@ impl Dispatch {
             if left.is_zero() {
                 return Err(DEADLINE_PASSED);
             }
-            headers.insert("grpc-timeout", crate::grpc::encode_timeout(left));
+            headers.insert("grpc-timeout", crate::http::grpc::encode_timeout(left));
         }
         let client_ip = HeaderValue::from_str(&ex.client_addr.ip().to_string())
             .map_err(|_| "bad_client_addr")?;

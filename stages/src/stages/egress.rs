@@ -5,11 +5,11 @@ use http::Response;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
-use crate::exchange::Exchange;
-use crate::flow::{Flow, Reject};
-use crate::headers::{append_via, strip_hop_by_hop};
+use crate::adapters::responder::{Deadline, ProxyBody};
+use crate::contract::exchange::Exchange;
+use crate::contract::flow::{Flow, Reject};
+use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::metrics::RequestMetrics;
-use crate::responder::{Deadline, ProxyBody};
 
 /// Whether the proxy adds itself to `Via` on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -109,7 +109,7 @@ impl Egress {
                     tracing::info!(exchange = ex.id, "gRPC deadline passed while the response streamed");
                     // Dropping the upstream body resets the backend's stream.
                     drop(body);
-                    let ended = ex.responder.send_trailers(crate::grpc::deadline_trailers()).await;
+                    let ended = ex.responder.send_trailers(crate::http::grpc::deadline_trailers()).await;
                     return match ended {
                         Ok(()) => {
                             self.requests.record(status, ex.started);

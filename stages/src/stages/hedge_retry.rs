@@ -5,8 +5,8 @@
 
 use serde::Deserialize;
 
-use crate::exchange::Exchange;
-use crate::flow::{Flow, Reject};
+use crate::contract::exchange::Exchange;
+use crate::contract::flow::{Flow, Reject};
 
 /// `[stages.hedge-retry]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -1,7 +1,7 @@
 //! Ingress: validates the request head a protocol adapter (the HTTP/3 or the TCP one) parsed,
 //! before the exchange enters the rest of the chain. Limits on
 //! header count and bytes (431), authority rules (400), methods Spooky cannot carry yet
-//! (`CONNECT` → 405), `OPTIONS *` answered here, and the path normalized ([`crate::path`]) so
+//! (`CONNECT` → 405), `OPTIONS *` answered here, and the path normalized ([`crate::http::path`]) so
 //! that routing sees — and the backend receives — one spelling of it. The adapter applies
 //! backpressure: it stops accepting request streams while this stage's concurrency is used up.
 
@@ -12,10 +12,10 @@ use http::uri::Authority;
 use http::{StatusCode, Uri};
 use serde::Deserialize;
 
-use crate::config::{Dur, Size};
-use crate::exchange::{ClientProtocol, Exchange};
-use crate::flow::{ALLOWED_METHODS, Flow, Reject, Reply};
-use crate::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
+use crate::contract::exchange::{ClientProtocol, Exchange};
+use crate::contract::flow::{ALLOWED_METHODS, Flow, Reject, Reply};
+use crate::http::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
+use crate::units::{Dur, Size};
 
 /// `[stages.ingress]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -102,10 +102,10 @@ impl Ingress {
     }
 
     pub fn decide(&self, mut ex: Exchange) -> Flow {
-        ex.grpc = crate::grpc::is_grpc(&ex.head.headers);
+        ex.grpc = crate::http::grpc::is_grpc(&ex.head.headers);
         if ex.grpc {
-            ex.deadline =
-                crate::grpc::timeout(&ex.head.headers).and_then(|t| ex.started.checked_add(t));
+            ex.deadline = crate::http::grpc::timeout(&ex.head.headers)
+                .and_then(|t| ex.started.checked_add(t));
         }
         if ex.head.method == http::Method::CONNECT {
             // No tunnels yet: refused on every protocol, never forwarded.
@@ -127,7 +127,9 @@ impl Ingress {
             // RFC 9110 §8.6: one valid content-length or none.
             return Flow::Reject(ex, Reject::bad_request("bad_content_length"));
         }
-        if ex.protocol == crate::exchange::ClientProtocol::H3 && has_connection_specific(headers) {
+        if ex.protocol == crate::contract::exchange::ClientProtocol::H3
+            && has_connection_specific(headers)
+        {
             // RFC 9114 §4.2: connection-specific fields make an HTTP/3 message malformed.
             return Flow::Reject(ex, Reject::malformed("connection_specific_field"));
         }

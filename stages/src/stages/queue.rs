@@ -7,9 +7,9 @@ use std::num::NonZeroUsize;
 use serde::Deserialize;
 use spooky_sync::TryAcquireError;
 
-use crate::config::Dur;
-use crate::exchange::Exchange;
-use crate::flow::{Flow, Reject};
+use crate::contract::exchange::Exchange;
+use crate::contract::flow::{Flow, Reject};
+use crate::units::Dur;
 
 /// `[stages.queue]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

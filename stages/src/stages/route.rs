@@ -9,7 +9,7 @@
 //! 3. **method** — among routes with the same host group and prefix, one that lists the method
 //!    beats one that takes any method.
 //!
-//! Paths are matched as ingress normalized them (`crate::path`), with segment parameters
+//! Paths are matched as ingress normalized them (`crate::http::path`), with segment parameters
 //! (`/admin;x`) ignored, so a route cannot be walked around by spelling its path differently.
 //!
 //! No route → 404. A `respond` route answers directly; an `upstream` route continues.
@@ -22,15 +22,29 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 use spooky_sync::Cap;
 
-use crate::config::RouteConfig;
-use crate::exchange::Exchange;
-use crate::flow::{Flow, Reject, Reply};
-use crate::upstream::Upstream;
+use crate::contract::exchange::Exchange;
+use crate::contract::flow::{Flow, Reject, Reply};
+use crate::contract::route::{Action, Route};
+use crate::http::host::{HostPattern, host_of};
+use crate::upstreams::Upstream;
 
 /// `[stages.route]`: nothing to set yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: MatchConfig,
+    /// A direct response: no upstream involved.
+    pub respond: Option<RespondConfig>,
+    /// The upstream to forward to.
+    pub upstream: Option<String>,
+}
 
 /// `match = { host, path_prefix, methods }`.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,54 +89,6 @@ pub struct RespondConfig {
 
 fn default_content_type() -> String {
     "text/plain; charset=utf-8".to_string()
-}
-
-/// A host matcher.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostPattern {
-    /// Lower-cased host name.
-    Exact(String),
-    /// The suffix after `*`, with its leading dot: `*.example.com` → `.example.com`.
-    Wildcard(String),
-}
-
-impl HostPattern {
-    pub fn parse(s: &str) -> Result<HostPattern, String> {
-        let lower = s.to_ascii_lowercase();
-        let (wild, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
-        };
-        let valid = !name.is_empty()
-            && name.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid || name.contains('*') {
-            return Err(format!(
-                "\"{s}\" is not a host pattern: expected a host name (\"api.example.com\") or a wildcard (\"*.example.com\"), without port"
-            ));
-        }
-        Ok(if wild {
-            HostPattern::Wildcard(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_string())
-        })
-    }
-}
-
-/// What a route does.
-pub enum Action {
-    Respond(Reply),
-    Upstream(Arc<Upstream>),
-}
-
-/// A compiled route.
-pub struct Route {
-    pub name: String,
-    pub methods: Vec<Method>,
-    pub action: Action,
-    /// Exchanges of this route waiting in the queue stage.
-    pub waiting: Cap,
 }
 
 /// Routes with the same host group, by path prefix; each list has method-specific routes
@@ -302,14 +268,6 @@ fn reply_from(r: &RespondConfig) -> Result<Reply, String> {
     })
 }
 
-/// The host part of an authority (`example.com:443` → `example.com`, `[::1]:443` → `[::1]`).
-pub fn host_of(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority.find(']').map_or(authority, |i| &authority[..=i]);
-    }
-    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-}
-
 /// The running stage.
 pub struct RouteStage {
     index: RouteIndex,
@@ -332,7 +290,7 @@ impl RouteStage {
     pub fn decide(&self, mut ex: Exchange) -> Flow {
         let host = ex.head.uri.authority().map_or("", |a| host_of(a.as_str()));
         // Ingress normalized the path; `;params` do not make a segment another segment.
-        let path = crate::path::without_params(ex.head.uri.path());
+        let path = crate::http::path::without_params(ex.head.uri.path());
         let Some(route) = self.index.lookup(host, &path, &ex.head.method) else {
             return Flow::Reject(ex, Reject::new(StatusCode::NOT_FOUND, "no_route"));
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::flow::Reject;
+use crate::contract::flow::Reject;
 
 /// Whether a request is gRPC (`content-type: application/grpc` or `application/grpc+…`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {

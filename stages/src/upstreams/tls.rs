@@ -26,8 +26,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::BoxError;
-use crate::config::{BackendProtocol, UpstreamTls, Verify};
 use crate::tls::provider;
+use crate::upstreams::config::{BackendProtocol, UpstreamTls, Verify};
 
 /// Reads every PEM certificate of a file.
 fn certs_in(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -12,8 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::body::BoxError;
-use crate::exchange::Permits;
-use crate::flow::Reply;
+use crate::contract::exchange::Permits;
+use crate::contract::flow::Reply;
 
 type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -207,7 +207,7 @@ pub struct ProxyBody {
     deadline: Option<Deadline>,
     /// Keeps the client connection's request in flight (its idle timer stopped) until the
     /// body ends or is dropped.
-    busy: Option<crate::conn_clock::Busy>,
+    busy: Option<crate::adapters::tcp::conn_clock::Busy>,
 }
 
 /// When a streamed gRPC response must end, and what counts the cut.
@@ -255,7 +255,7 @@ impl ProxyBody {
     }
 
     /// Holds `busy` until the body ends.
-    pub fn hold(mut self, busy: crate::conn_clock::Busy) -> Self {
+    pub fn hold(mut self, busy: crate::adapters::tcp::conn_clock::Busy) -> Self {
         self.busy = Some(busy);
         self
     }
@@ -290,14 +290,16 @@ impl Body for ProxyBody {
             this.inner = Inner::Full(None);
             this.deadline = None;
             this.permits = None;
-            return Poll::Ready(Some(Ok(Frame::trailers(crate::grpc::deadline_trailers()))));
+            return Poll::Ready(Some(Ok(Frame::trailers(
+                crate::http::grpc::deadline_trailers(),
+            ))));
         }
         let polled = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(mut frame))) => {
                     if let Some(t) = frame.trailers_mut() {
-                        crate::headers::strip_hop_by_hop(t);
+                        crate::http::headers::strip_hop_by_hop(t);
                         // The call is over: no second set of trailers.
                         this.deadline = None;
                     }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::conn_clock::ConnClock;
+use crate::adapters::tcp::conn_clock::ConnClock;
 
 /// Written to a client whose request head did not arrive within `header_timeout`.
 const TIMEOUT_REPLY: &[u8] =

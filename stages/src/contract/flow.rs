@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
-use crate::exchange::Exchange;
+use crate::contract::exchange::Exchange;
 
 /// A stage's answer: an enum, so each outcome explains itself.
 pub enum Flow {

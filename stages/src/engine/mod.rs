@@ -20,14 +20,14 @@ use spooky_sync::{Cap, Drain, Permit, TryAcquireError};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, StageKind, StageSettings, WhenFull};
-use crate::exchange::Exchange;
-use crate::flow::{Flow, Reject, Reply};
+use crate::contract::exchange::Exchange;
+use crate::contract::flow::{Flow, Reject, Reply};
 use crate::metrics::{RequestMetrics, StageMetrics};
 use crate::stages::{
     admission::Admission, dispatch::Dispatch, egress::Egress, hedge_retry::HedgeRetry,
     ingress::Ingress, queue::Queue, route::RouteIndex, route::RouteStage, select::Select,
 };
-use crate::upstream::Upstream;
+use crate::upstreams::Upstream;
 
 /// Any of the eight stages (static dispatch: no boxed futures on the hot path).
 pub enum AnyStage {
@@ -102,7 +102,7 @@ impl Pipeline {
         let name = config.pipeline.name.clone();
         let mut upstreams = HashMap::new();
         for (n, u) in &config.upstreams {
-            let built = Upstream::build(n, u, &config.stages.dispatch)
+            let built = Upstream::build(n, u, &config.stages.dispatch.client_settings())
                 .map_err(|e| BuildError::Upstream(n.clone(), e))?;
             upstreams.insert(n.clone(), built);
         }
@@ -390,7 +390,7 @@ impl Pipeline {
         }
         if ex.grpc {
             // gRPC clients read the outcome from grpc-status: a trailers-only answer.
-            let headers = crate::grpc::error_headers(&r);
+            let headers = crate::http::grpc::error_headers(&r);
             let reply = Reply {
                 status: http::StatusCode::OK,
                 headers,
@@ -409,11 +409,11 @@ impl Pipeline {
         if let Some(allow) = r.allow {
             headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
         }
-        if r.close && ex.protocol == crate::exchange::ClientProtocol::Http1 {
+        if r.close && ex.protocol == crate::contract::exchange::ClientProtocol::Http1 {
             // After a malformed HTTP/1.1 request, trust nothing else on that connection.
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let body = crate::flow::status_text(r.status, r.reason);
+        let body = crate::contract::flow::status_text(r.status, r.reason);
         self.reply(
             ex,
             Reply {

@@ -12,10 +12,10 @@ use http::request::Parts;
 use smallvec::SmallVec;
 use spooky_sync::{DrainGuard, Permit};
 
+use crate::adapters::responder::Responder;
 use crate::body::RequestBody;
-use crate::responder::Responder;
-use crate::stages::route::Route;
-use crate::upstream::Upstream;
+use crate::contract::route::Route;
+use crate::upstreams::Upstream;
 
 /// How the client reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl ClientProtocol {
 #[derive(Clone, Default)]
 pub struct ClientTls {
     /// The verified client certificate, when one was presented (mTLS).
-    pub identity: Option<Arc<crate::identity::ClientIdentity>>,
+    pub identity: Option<Arc<crate::tls::identity::ClientIdentity>>,
     /// The listener's `client_identity_header`.
     pub forward_header: Option<http::HeaderName>,
 }

@@ -5,6 +5,9 @@
 //! as TLS wildcards go), then the entry marked `default = true` (or the first). At load, every configured name must
 //! be covered by its certificate's SANs and the key must match the certificate.
 
+pub mod config;
+pub mod identity;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -15,8 +18,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::{ClientAuth, TlsConfig, TlsSetting};
-use crate::stages::route::HostPattern;
+use crate::http::host::HostPattern;
+use crate::tls::config::{ClientAuth, TlsConfig, TlsSetting};
 
 /// A certificate chain and its private key.
 pub struct CertKey {
@@ -357,10 +360,10 @@ pub fn forward_header(setting: &TlsSetting) -> Result<Option<http::HeaderName>, 
 pub fn identity_of(
     chain: Option<&[CertificateDer<'_>]>,
     remote: std::net::SocketAddr,
-) -> Option<Arc<crate::identity::ClientIdentity>> {
+) -> Option<Arc<crate::tls::identity::ClientIdentity>> {
     let id = chain
         .and_then(|c| c.first())
-        .map(|leaf| Arc::new(crate::identity::ClientIdentity::from_der(leaf)))?;
+        .map(|leaf| Arc::new(crate::tls::identity::ClientIdentity::from_der(leaf)))?;
     tracing::debug!(%remote, subject = %id.subject, san = %id.sans.join(","), sha256 = %id.sha256, "client certificate verified");
     Some(id)
 }

@@ -1,14 +1,21 @@
-//! Upstreams and backends as built from config: their caps and addresses.
+//! Upstreams and backends as built from config: their caps, addresses, pooled clients and
+//! balancing. Nothing here knows the stages or the exchange.
+
+pub mod addr;
+pub mod balance;
+pub mod client;
+pub mod config;
+pub mod tls;
 
 use std::sync::Arc;
 
 use spooky_sync::Cap;
 
-use crate::config::{BackendProtocol, UpstreamConfig};
 use crate::metrics::BackendMetrics;
-use crate::stages::dispatch::{self, BackendAddr, BackendClient};
-use crate::stages::select::RoundRobin;
-use crate::upstream_tls;
+use addr::BackendAddr;
+use balance::RoundRobin;
+use client::{BackendClient, ClientSettings};
+use config::{BackendProtocol, UpstreamConfig};
 
 /// One backend of an upstream.
 pub struct Backend {
@@ -36,7 +43,7 @@ impl Upstream {
     pub fn build(
         name: &str,
         config: &UpstreamConfig,
-        dispatch: &dispatch::Config,
+        settings: &ClientSettings,
     ) -> Result<Arc<Self>, String> {
         // One TLS config per ALPN offer, shared by the backends that use it.
         let mut tls_by_protocol: Vec<(BackendProtocol, Arc<rustls::ClientConfig>)> = Vec::new();
@@ -47,8 +54,8 @@ impl Upstream {
                 match tls_by_protocol.iter().find(|(p, _)| *p == b.protocol) {
                     Some((_, c)) => Some(c.clone()),
                     None => {
-                        let alpn = upstream_tls::alpn_for(b.protocol);
-                        let c = Arc::new(upstream_tls::client_config(&config.tls, alpn, name)?);
+                        let alpn = tls::alpn_for(b.protocol);
+                        let c = Arc::new(tls::client_config(&config.tls, alpn, name)?);
                         tls_by_protocol.push((b.protocol, c.clone()));
                         Some(c)
                     }
@@ -56,8 +63,8 @@ impl Upstream {
             } else {
                 None
             };
-            let client = dispatch::backend_client(
-                dispatch,
+            let client = client::backend_client(
+                settings,
                 &addr,
                 b.protocol,
                 tls,

@@ -16,17 +16,17 @@ use metrics::{counter, gauge};
 use spooky_sync::{Cap, Permit};
 use tokio::sync::watch;
 
+use crate::adapters::client_limit::{self, ClientSlot, PerClient};
+use crate::adapters::h3::guard::{self, GuardedConn};
+use crate::adapters::responder::Responder;
 use crate::body::RequestBody;
-use crate::client_limit::{self, ClientSlot, PerClient};
 use crate::config::{ListenerConfig, StagesConfig};
+use crate::contract::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
+use crate::contract::flow::Reject;
 use crate::engine::Pipeline;
-use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
-use crate::flow::Reject;
-use crate::h3_guard::{self, GuardedConn};
 use crate::metrics::{
     HTTP3_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
 };
-use crate::responder::Responder;
 use crate::tls::{self, CertStore};
 
 type Resolver = RequestResolver<GuardedConn, Bytes>;
@@ -38,7 +38,7 @@ pub struct H3Listener {
     /// How much of a request stream the field-order guard waits for.
     guard_limit: usize,
     /// Counts heads the field-order guard refused.
-    on_refuse: h3_guard::OnRefuse,
+    on_refuse: guard::OnRefuse,
     /// The config each handshake is accepted with (rebuilt after a client CA reload).
     server: tls::ServerConfigCell<Arc<quinn::ServerConfig>>,
     connections: Cap,
@@ -94,7 +94,7 @@ impl H3Listener {
                 .saturating_add(16 * 1024),
             on_refuse: {
                 let name = listener.name.clone();
-                Arc::new(move |why: h3_guard::Refusal| {
+                Arc::new(move |why: guard::Refusal| {
                     tracing::debug!(listener = %name, reason = why.reason(), "HTTP/3 request head refused (H3_MESSAGE_ERROR)");
                     counter!(HTTP3_REFUSED, "listener" => name.clone(), "reason" => why.reason())
                         .increment(1);

@@ -30,20 +30,20 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::adapters::client_limit::{self, ClientSlot, PerClient};
+use crate::adapters::h3::server::until_true;
+use crate::adapters::responder::{ProxyBody, Responder};
+use crate::adapters::tcp::conn_clock::ConnClock;
+use crate::adapters::tcp::h1_guard::{H1Guard, Refusal, Refusals};
 use crate::body::RequestBody;
-use crate::client_limit::{self, ClientSlot, PerClient};
 use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
-use crate::conn_clock::ConnClock;
+use crate::contract::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
+use crate::contract::flow::{Reject, status_text};
 use crate::engine::Pipeline;
-use crate::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
-use crate::flow::{Reject, status_text};
-use crate::h1_guard::{H1Guard, Refusal, Refusals};
-use crate::h3_server::until_true;
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
     LISTENER_TIMEOUTS,
 };
-use crate::responder::{ProxyBody, Responder};
 use crate::tls::{self, CertStore};
 
 /// What every request of a listener needs.
@@ -461,7 +461,7 @@ fn redirect(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())
-        .map(crate::stages::route::host_of);
+        .map(crate::http::host::host_of);
     let Some(host) = host else {
         return plain(StatusCode::BAD_REQUEST, "400 Bad Request: no Host\n");
     };

@@ -1,0 +1,5 @@
+//! The HTTP/3 adapter: QUIC connections (quinn), request streams (h3), and the guard in front
+//! of h3's head parsing.
+
+pub mod guard;
+pub mod server;

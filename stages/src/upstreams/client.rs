@@ -1,0 +1,57 @@
+//! A backend's pooled HTTP client (hyper-util's legacy client over our own connector): its own
+//! pool, TLS settings and protocol.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
+
+use crate::body::RequestBody;
+use crate::upstreams::addr::BackendAddr;
+use crate::upstreams::config::BackendProtocol;
+use crate::upstreams::tls::BackendConnector;
+
+/// How backend connections are made and pooled (from `[stages.dispatch]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+/// The pooled client of one backend: its own pool, TLS settings and protocol.
+pub type BackendClient = Client<BackendConnector, RequestBody>;
+
+/// Builds a backend's client.
+pub fn backend_client(
+    settings: &ClientSettings,
+    addr: &BackendAddr,
+    protocol: BackendProtocol,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    server_name: Option<&str>,
+) -> Result<BackendClient, String> {
+    let tls = match (addr.is_tls(), tls) {
+        (true, Some(cfg)) => {
+            let name = server_name
+                .unwrap_or(addr.authority.host())
+                .trim_matches(['[', ']']);
+            let name = ServerName::try_from(name.to_string())
+                .map_err(|e| format!("server_name \"{name}\": {e}"))?;
+            Some((cfg, name))
+        }
+        _ => None,
+    };
+    let connector = BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle)
+        .set_host(false);
+    if matches!(protocol, BackendProtocol::H2c | BackendProtocol::H2) {
+        builder.http2_only(true);
+    }
+    Ok(builder.build(connector))
+}

@@ -1,0 +1,97 @@
+//! `[upstreams.<name>]`: the keys of an upstream and its backends, owned here beside the code
+//! that builds them; `config` assembles them into the pipeline's model.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Load-balancing algorithm of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Weighted smooth round-robin.
+    #[default]
+    RoundRobin,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub balance: Balance,
+    /// Exchanges in flight to this upstream at once; more wait in the queue stage.
+    #[serde(default = "default_upstream_inflight")]
+    pub max_inflight: NonZeroUsize,
+    /// TLS towards this upstream's `https://` backends.
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    pub backends: Vec<BackendConfig>,
+}
+
+/// Whether backend certificates are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verify {
+    #[default]
+    On,
+    /// Explicit opt-out, logged loudly at start.
+    Off,
+}
+
+/// `[upstreams.<name>.tls]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of private CA certificates; with `ca_dir`, replaces the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Directory of `*.pem` / `*.crt` CA certificates.
+    pub ca_dir: Option<PathBuf>,
+    /// SNI and the name the certificate must carry (default: the backend URL's host).
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub verify: Verify,
+    /// Client certificate and key (PEM) for upstream mTLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Which HTTP a backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendProtocol {
+    /// `http://`: HTTP/1.1; `https://`: ALPN picks `h2` or `http/1.1`.
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2` only).
+    H2,
+    /// HTTP/2 without TLS, prior knowledge (`http://` URLs).
+    H2c,
+}
+
+pub fn default_upstream_inflight() -> NonZeroUsize {
+    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// One backend of an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+    #[serde(default = "default_weight")]
+    pub weight: NonZeroU32,
+    #[serde(default = "default_backend_inflight")]
+    pub max_inflight: NonZeroUsize,
+}
+
+fn default_weight() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+pub fn default_backend_inflight() -> NonZeroUsize {
+    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
+}
