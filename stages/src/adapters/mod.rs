@@ -4,5 +4,4 @@
 
 pub mod client_limit;
 pub mod h3;
-pub mod responder;
 pub mod tcp;

@@ -12,10 +12,12 @@ use http::request::Parts;
 use smallvec::SmallVec;
 use spooky_sync::{DrainGuard, Permit};
 
-use crate::adapters::responder::Responder;
 use crate::body::RequestBody;
+use crate::contract::reason::Reason;
+use crate::contract::responder::Responder;
 use crate::contract::route::Route;
-use crate::upstreams::Upstream;
+use crate::tls::identity::ClientIdentity;
+use crate::upstreams::{Upstream, UpstreamBody};
 
 /// How the client reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +36,107 @@ impl ClientProtocol {
             ClientProtocol::Http1 => "1.1",
         }
     }
+
+    /// A short label (metrics, the end-of-exchange record).
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientProtocol::H3 => "h3",
+            ClientProtocol::H2 => "h2",
+            ClientProtocol::Http1 => "http/1.1",
+        }
+    }
 }
 
-/// What the client's TLS connection says about it.
-#[derive(Clone, Default)]
-pub struct ClientTls {
+/// The client's facts, as its adapter knows them.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub protocol: ClientProtocol,
+    /// Whether the client connection is encrypted (`X-Forwarded-Proto`).
+    pub tls: bool,
     /// The verified client certificate, when one was presented (mTLS).
-    pub identity: Option<Arc<crate::tls::identity::ClientIdentity>>,
-    /// The listener's `client_identity_header`.
+    pub identity: Option<Arc<ClientIdentity>>,
+    /// The listener's `client_identity_header`, which forwards `identity`.
     pub forward_header: Option<http::HeaderName>,
+}
+
+impl Client {
+    /// A client with no certificate.
+    pub fn new(addr: SocketAddr, protocol: ClientProtocol, tls: bool) -> Client {
+        Client {
+            addr,
+            protocol,
+            tls,
+            identity: None,
+            forward_header: None,
+        }
+    }
+}
+
+/// A connection-wide "the client is gone" signal, raised once by the adapter that watches the
+/// connection (HTTP/3: when the QUIC connection closes), read by every exchange on it.
+#[derive(Clone)]
+pub struct ConnGone(tokio::sync::watch::Receiver<bool>);
+
+/// The adapter's end of a [`ConnGone`].
+pub struct RaiseConnGone(tokio::sync::watch::Sender<bool>);
+
+impl ConnGone {
+    /// A new signal and the handle that raises it.
+    pub fn new() -> (RaiseConnGone, ConnGone) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (RaiseConnGone(tx), ConnGone(rx))
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_gone(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once the connection is gone (or its watcher ended).
+    pub async fn gone(&mut self) {
+        let _ = self.0.wait_for(|g| *g).await;
+    }
+}
+
+impl RaiseConnGone {
+    /// Tells every exchange of the connection.
+    pub fn raise(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The request's `content-length`, parsed once by the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentLength {
+    Absent,
+    Length(u64),
+    /// More than one, or not a number (RFC 9110 §8.6): ingress refuses the request.
+    Invalid,
+}
+
+impl ContentLength {
+    pub fn of(headers: &http::HeaderMap) -> ContentLength {
+        let mut all = headers.get_all(http::header::CONTENT_LENGTH).iter();
+        let Some(first) = all.next() else {
+            return ContentLength::Absent;
+        };
+        if all.next().is_some() {
+            return ContentLength::Invalid;
+        }
+        match first.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(n) => ContentLength::Length(n),
+            None => ContentLength::Invalid,
+        }
+    }
+
+    /// The length, when there is a valid one.
+    pub fn get(self) -> Option<u64> {
+        match self {
+            ContentLength::Length(n) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 /// Permits held by the exchange; each is returned when dropped.
@@ -58,11 +152,37 @@ pub struct Permits {
     pub backend: Option<Permit>,
 }
 
-/// Why an attempt failed.
+/// Why an attempt to a backend failed: classified where it happened, with its source kept
+/// for the logs, so hedge-retry decides by matching, never by parsing a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptError {
     /// No connection could be made: nothing was sent, a retry is safe.
     Connect,
+    /// The backend reset or broke the exchange after the request was (partly) sent.
+    Reset,
+    /// The response head did not come in time.
+    Timeout,
+    /// The backend answered with a status Spooky does not pass on (a 101 without Upgrade).
+    Status(http::StatusCode),
+    /// The backend broke HTTP (a response hyper could not read).
+    Protocol,
+}
+
+impl AttemptError {
+    /// Whether another backend may be tried: nothing reached the backend.
+    pub fn nothing_sent(self) -> bool {
+        self == AttemptError::Connect
+    }
+
+    /// The reason an exchange is refused with when this was its last attempt.
+    pub fn reason(self) -> Reason {
+        match self {
+            AttemptError::Connect => Reason::UpstreamConnect,
+            AttemptError::Reset | AttemptError::Protocol => Reason::UpstreamReset,
+            AttemptError::Timeout => Reason::UpstreamTimeout,
+            AttemptError::Status(_) => Reason::UpstreamUpgrade,
+        }
+    }
 }
 
 /// One failed attempt to a backend.
@@ -70,6 +190,19 @@ pub enum AttemptError {
 pub struct Attempt {
     pub backend: usize,
     pub error: AttemptError,
+}
+
+/// What the stages decided for an exchange.
+#[derive(Default)]
+pub struct Decisions {
+    /// Set by route.
+    pub route: Option<Arc<Route>>,
+    /// Set by route (for proxied routes).
+    pub upstream: Option<Arc<Upstream>>,
+    /// Index of the backend chosen by select for the current attempt.
+    pub backend: Option<usize>,
+    /// Failed attempts so far.
+    pub attempts: SmallVec<[Attempt; 2]>,
 }
 
 /// One request/response through the pipeline: a box around [`ExchangeState`], so handing an
@@ -94,44 +227,35 @@ pub struct ExchangeState {
     pub id: u64,
     /// The request head (method, URI with authority, headers).
     pub head: Parts,
+    /// `content-length`, parsed once by the adapter.
+    pub content_length: ContentLength,
     pub body: RequestBody,
+    /// How the response goes back, on the client's own protocol.
     pub responder: Responder,
-    pub client_addr: SocketAddr,
-    pub protocol: ClientProtocol,
-    /// Whether the client connection is encrypted (`X-Forwarded-Proto`).
-    pub tls: bool,
-    /// The client's verified certificate identity (mTLS), and the header that forwards it.
-    pub client: ClientTls,
+    /// Who the client is and how it came.
+    pub client: Client,
+    /// Raised when the client's connection is gone (adapters that watch connections).
+    pub conn_gone: Option<ConnGone>,
     /// A gRPC request (set by ingress): the proxy's own errors are answered as gRPC.
     pub grpc: bool,
     /// A gRPC request's deadline (`grpc-timeout` from when ingress saw it): it bounds the
     /// wait for the backend and the whole streamed response.
     pub deadline: Option<Instant>,
-    /// The connection the exchange came on: closing it cancels the exchange.
-    pub(crate) conn: Option<quinn::Connection>,
     pub permits: Permits,
-    /// Set by route.
-    pub route: Option<Arc<Route>>,
-    /// Set by route (for proxied routes).
-    pub upstream: Option<Arc<Upstream>>,
-    /// Index of the backend chosen by select for the current attempt.
-    pub backend: Option<usize>,
-    /// Failed attempts so far.
-    pub attempts: SmallVec<[Attempt; 2]>,
+    /// Route, upstream, backend, attempts.
+    pub decided: Decisions,
     /// Set by dispatch: the upstream response to stream back.
-    pub response: Option<http::Response<hyper::body::Incoming>>,
+    pub response: Option<http::Response<UpstreamBody>>,
     /// When ingress built the exchange.
     pub started: Instant,
 }
 
 /// Where a new exchange comes from: what the protocol adapter knows about its client.
 pub struct Origin {
-    pub client_addr: SocketAddr,
-    pub protocol: ClientProtocol,
-    pub tls: bool,
-    pub client: ClientTls,
-    /// HTTP/3 only: the QUIC connection, whose closing cancels the exchange.
-    pub conn: Option<quinn::Connection>,
+    pub client: Client,
+    /// Raised when the client's connection is gone.
+    pub conn_gone: Option<ConnGone>,
+    pub content_length: ContentLength,
 }
 
 impl Exchange {
@@ -146,20 +270,15 @@ impl Exchange {
         Exchange(Box::new(ExchangeState {
             id,
             head,
+            content_length: origin.content_length,
             body,
             responder,
-            client_addr: origin.client_addr,
-            protocol: origin.protocol,
-            tls: origin.tls,
             client: origin.client,
+            conn_gone: origin.conn_gone,
             grpc: false,
             deadline: None,
-            conn: origin.conn,
             permits: Permits::default(),
-            route: None,
-            upstream: None,
-            backend: None,
-            attempts: SmallVec::new(),
+            decided: Decisions::default(),
             response: None,
             started: Instant::now(),
         }))
@@ -169,11 +288,13 @@ impl Exchange {
     /// for benchmarks and tests of the engine.
     pub fn detached(id: u64, head: Parts) -> Exchange {
         let origin = Origin {
-            client_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            protocol: ClientProtocol::H3,
-            tls: true,
-            client: ClientTls::default(),
-            conn: None,
+            client: Client::new(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                ClientProtocol::H3,
+                true,
+            ),
+            conn_gone: None,
+            content_length: ContentLength::of(&head.headers),
         };
         Exchange::start(
             id,
@@ -185,32 +306,27 @@ impl Exchange {
     }
 
     /// Completes when the client is gone: its connection closed, it reset the request stream
-    /// while the request body was still open, or (HTTP/1.1, HTTP/2) hyper gave the request up.
-    /// Never completes otherwise.
+    /// while the request body was still open, or its adapter can no longer deliver a response
+    /// (HTTP/1.1, HTTP/2: hyper gave the request up). Never completes otherwise.
     pub async fn cancelled(&mut self) {
         let st = &mut *self.0;
-        let conn = st.conn.clone();
-        let closed = async {
-            match conn {
-                Some(c) => {
-                    c.closed().await;
-                }
+        let conn = async {
+            match st.conn_gone.as_mut() {
+                Some(c) => c.gone().await,
                 None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
-            () = closed => {}
+            () = conn => {}
             () = st.body.reset() => {}
             () = st.responder.closed() => {}
         }
     }
 
-    /// Whether the client's connection is already closed (checked when an exchange leaves a
-    /// channel, where nobody could watch it).
+    /// Whether the client is already gone (checked when an exchange leaves a channel, where
+    /// nobody could watch it).
     pub fn is_cancelled(&self) -> bool {
-        self.conn
-            .as_ref()
-            .is_some_and(|c| c.close_reason().is_some())
+        self.conn_gone.as_ref().is_some_and(ConnGone::is_gone) || self.responder.is_closed()
     }
 
     /// Safe to send again to another backend after a connect failure: an idempotent method

@@ -1,6 +1,11 @@
-//! The contract every stage and adapter shares: the exchange (what flows), the flow (what a
-//! stage answers) and the decisions stages leave on the exchange.
+//! The contract every stage and adapter shares, with no protocol in it: the exchange (what
+//! flows: the client's facts, the request, the decisions, the permits), the flow (what a stage
+//! answers), the reasons (why an exchange was refused), the responder (how it answers) and the
+//! response it hands over.
 
 pub mod exchange;
 pub mod flow;
+pub mod reason;
+pub mod responder;
+pub mod response;
 pub mod route;

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
 use spooky_sync::{Cap, Drain, Permit, TryAcquireError};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, StageKind, StageSettings, WhenFull};
 use crate::contract::exchange::Exchange;
-use crate::contract::flow::{Flow, Reject, Reply};
+use crate::contract::flow::{Flow, Reply};
+use crate::contract::reason::Reason;
+use crate::contract::response::End;
 use crate::metrics::{RequestMetrics, StageMetrics};
 use crate::stages::{
     admission::Admission, dispatch::Dispatch, egress::Egress, hedge_retry::HedgeRetry,
@@ -212,7 +212,9 @@ impl Pipeline {
             slot.metrics.queue_depth.decrement(1.0);
             slot.metrics.queue_wait.record(q.at.elapsed().as_secs_f64());
             if q.ex.is_cancelled() {
-                slot.metrics.rejected("cancelled").increment(1);
+                slot.metrics
+                    .rejected(Reason::Cancelled.label())
+                    .increment(1);
                 continue;
             }
             tokio::spawn(self.clone().run_from(idx, q.ex, permit));
@@ -240,8 +242,8 @@ impl Pipeline {
                         (to, ex)
                     }
                     None => {
-                        let r = Reject::upstream_connect();
-                        slot.metrics.rejected(r.reason).increment(1);
+                        let r = Reason::UpstreamConnect;
+                        slot.metrics.rejected(r.label()).increment(1);
                         drop(held);
                         return self.reject(ex, r).await;
                     }
@@ -252,16 +254,16 @@ impl Pipeline {
                     return self.reply(ex, reply).await;
                 }
                 Flow::Reject(ex, r) => {
-                    slot.metrics.rejected(r.reason).increment(1);
+                    slot.metrics.rejected(r.label()).increment(1);
                     drop(held);
                     return self.reject(ex, r).await;
                 }
                 Flow::Abandon(ex, reason) => {
-                    slot.metrics.rejected(reason).increment(1);
+                    slot.metrics.rejected(reason.label()).increment(1);
                     tracing::debug!(
                         exchange = ex.id,
                         stage = slot.kind.name(),
-                        reason,
+                        reason = reason.label(),
                         "exchange abandoned"
                     );
                     return;
@@ -293,14 +295,17 @@ impl Pipeline {
                             match got {
                                 Some(p) => p,
                                 None => {
-                                    nslot.metrics.rejected("cancelled").increment(1);
+                                    nslot
+                                        .metrics
+                                        .rejected(Reason::Cancelled.label())
+                                        .increment(1);
                                     return;
                                 }
                             }
                         }
                         Err(_) => {
-                            let r = Reject::overload("concurrency_full");
-                            nslot.metrics.rejected(r.reason).increment(1);
+                            let r = Reason::ConcurrencyFull;
+                            nslot.metrics.rejected(r.label()).increment(1);
                             drop(held);
                             return self.reject(ex, r).await;
                         }
@@ -322,8 +327,8 @@ impl Pipeline {
                                     mpsc::error::TrySendError::Full(q)
                                     | mpsc::error::TrySendError::Closed(q) => q,
                                 };
-                                let r = Reject::overload("queue_full");
-                                nslot.metrics.rejected(r.reason).increment(1);
+                                let r = Reason::QueueFull;
+                                nslot.metrics.rejected(r.label()).increment(1);
                                 drop(held);
                                 return self.reject(q.ex, r).await;
                             }
@@ -345,10 +350,13 @@ impl Pipeline {
                                 }
                                 Some(Err(_closed)) => {
                                     drop(held);
-                                    return self.reject(q.ex, Reject::shutting_down()).await;
+                                    return self.reject(q.ex, Reason::ShuttingDown).await;
                                 }
                                 None => {
-                                    nslot.metrics.rejected("cancelled").increment(1);
+                                    nslot
+                                        .metrics
+                                        .rejected(Reason::Cancelled.label())
+                                        .increment(1);
                                     return;
                                 }
                             }
@@ -361,68 +369,38 @@ impl Pipeline {
     }
 
     /// Refuses an exchange before it enters the chain (e.g. while draining).
-    pub async fn refuse(&self, ex: Exchange, r: Reject) {
+    pub async fn refuse(&self, ex: Exchange, r: Reason) {
         self.reject(ex, r).await
     }
 
     /// Writes a proxy-made response and ends the exchange.
     async fn reply(&self, mut ex: Exchange, reply: Reply) {
         let status = reply.status;
-        if ex.responder.reply(reply).await.is_ok() {
+        let end = End {
+            permits: std::mem::take(&mut ex.permits),
+        };
+        let resp = reply.into_response().map(|b| b.ending(end));
+        if ex.responder.send(resp).await.is_ok() {
             self.requests.record(status, ex.started);
         }
     }
 
-    /// Answers a rejection with its status (and `Retry-After` when set).
-    async fn reject(&self, mut ex: Exchange, r: Reject) {
+    /// Answers a refusal the way the client's protocol and kind (gRPC) expect.
+    async fn reject(&self, mut ex: Exchange, r: Reason) {
         tracing::debug!(
             exchange = ex.id,
-            status = r.status.as_u16(),
-            reason = r.reason,
+            status = r.status().as_u16(),
+            reason = r.label(),
             "exchange rejected"
         );
         if ex.responder.head_sent() {
             // Too late for a status: dropping the exchange resets the client stream.
             return;
         }
-        if r.malformed && ex.responder.reset_malformed() {
-            return;
+        let grpc = ex.grpc;
+        if let Some(reply) = ex.responder.rejection(r, grpc) {
+            self.reply(ex, reply).await;
         }
-        if ex.grpc {
-            // gRPC clients read the outcome from grpc-status: a trailers-only answer.
-            let headers = crate::http::grpc::error_headers(&r);
-            let reply = Reply {
-                status: http::StatusCode::OK,
-                headers,
-                body: Bytes::new(),
-            };
-            return self.reply(ex, reply).await;
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if let Some(secs) = r.retry_after {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if let Some(allow) = r.allow {
-            headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
-        }
-        if r.close && ex.protocol == crate::contract::exchange::ClientProtocol::Http1 {
-            // After a malformed HTTP/1.1 request, trust nothing else on that connection.
-            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        let body = crate::contract::flow::status_text(r.status, r.reason);
-        self.reply(
-            ex,
-            Reply {
-                status: r.status,
-                headers,
-                body,
-            },
-        )
-        .await;
     }
 
     /// Caps' current use, for the admin `/metrics` gauges.

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::contract::flow::Reject;
-
 /// Whether a request is gRPC (`content-type: application/grpc` or `application/grpc+…`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -33,32 +31,16 @@ pub enum Code {
     Unavailable = 14,
 }
 
-/// The gRPC status for a rejection: specific where the proxy knows why (overload, timeout),
-/// else gRPC's HTTP mapping (404 → UNIMPLEMENTED, 5xx → UNAVAILABLE, 4xx → INTERNAL).
-pub fn code_for(r: &Reject) -> Code {
-    match r.reason {
-        "admission_full" | "queue_full" | "concurrency_full" | "upstream_full" => {
-            Code::ResourceExhausted
-        }
-        "upstream_timeout" | "grpc_deadline" => Code::DeadlineExceeded,
-        _ => match r.status {
-            StatusCode::NOT_FOUND => Code::Unimplemented,
-            s if s.is_server_error() => Code::Unavailable,
-            _ => Code::Internal,
-        },
-    }
-}
-
 /// Headers of a trailers-only gRPC error response.
-pub fn error_headers(r: &Reject) -> HeaderMap {
+pub fn error_headers(code: Code, reason: &str, status: StatusCode) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(code_for(r) as u16));
+    h.insert("grpc-status", HeaderValue::from(code as u16));
     // A fixed ASCII phrase: no percent-encoding needed (gRPC spec, grpc-message).
-    let message = format!("spooky: {} ({})", r.reason, r.status.as_u16());
+    let message = format!("spooky: {reason} ({})", status.as_u16());
     if let Ok(v) = HeaderValue::from_str(&message) {
         h.insert("grpc-message", v);
     }
@@ -144,26 +126,5 @@ mod tests {
         let mut m = HeaderMap::new();
         m.insert("grpc-timeout", encode_timeout(Duration::from_millis(1500)));
         assert_eq!(timeout(&m), Some(Duration::from_millis(1500)));
-    }
-
-    #[test]
-    fn codes() {
-        assert_eq!(
-            code_for(&Reject::overload("admission_full")),
-            Code::ResourceExhausted
-        );
-        assert_eq!(
-            code_for(&Reject::new(StatusCode::NOT_FOUND, "no_route")),
-            Code::Unimplemented
-        );
-        assert_eq!(code_for(&Reject::upstream_connect()), Code::Unavailable);
-        assert_eq!(
-            code_for(&Reject::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout"
-            )),
-            Code::DeadlineExceeded
-        );
-        assert_eq!(code_for(&Reject::bad_request("bad_host")), Code::Internal);
     }
 }

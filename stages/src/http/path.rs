@@ -61,7 +61,7 @@ pub struct Rules {
 }
 
 /// Why a path was refused (a metric label: `spooky_stage_rejected_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PathError {
     /// Not origin-form: does not start with `/`.
     NotAbsolute,

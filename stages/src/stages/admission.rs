@@ -7,7 +7,8 @@ use serde::Deserialize;
 use spooky_sync::{Cap, TryAcquireError};
 
 use crate::contract::exchange::Exchange;
-use crate::contract::flow::{Flow, Reject};
+use crate::contract::flow::Flow;
+use crate::contract::reason::Reason;
 use crate::stages::WhenFull;
 
 /// `[stages.admission]`.
@@ -53,9 +54,9 @@ impl Admission {
     pub async fn process(&self, mut ex: Exchange) -> Flow {
         let permit = match self.cap.try_acquire() {
             Ok(p) => p,
-            Err(TryAcquireError::Closed) => return Flow::Reject(ex, Reject::shutting_down()),
+            Err(TryAcquireError::Closed) => return Flow::Reject(ex, Reason::ShuttingDown),
             Err(TryAcquireError::Full) if self.when_full == WhenFull::Shed => {
-                return Flow::Reject(ex, Reject::overload("admission_full"));
+                return Flow::Reject(ex, Reason::AdmissionFull);
             }
             Err(TryAcquireError::Full) => {
                 let acquired = {
@@ -67,8 +68,8 @@ impl Admission {
                 };
                 match acquired {
                     Some(Ok(p)) => p,
-                    Some(Err(_)) => return Flow::Reject(ex, Reject::shutting_down()),
-                    None => return Flow::Abandon(ex, "cancelled"),
+                    Some(Err(_)) => return Flow::Reject(ex, Reason::ShuttingDown),
+                    None => return Flow::Abandon(ex, Reason::Cancelled),
                 }
             }
         };

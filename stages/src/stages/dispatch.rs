@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use crate::body::{ClientBodyError, RequestBody};
 use crate::contract::exchange::{Attempt, AttemptError, Exchange};
-use crate::contract::flow::{Flow, Reject};
+use crate::contract::flow::Flow;
+use crate::contract::reason::Reason;
 use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::units::Dur;
 use crate::upstreams::addr::BackendAddr;
@@ -89,9 +90,6 @@ impl Default for Config {
     }
 }
 
-/// `upstream_request`'s answer when a gRPC deadline ran out before the request was sent.
-const DEADLINE_PASSED: &str = "grpc_deadline";
-
 /// The running stage.
 pub struct Dispatch {
     response_timeout: Duration,
@@ -107,30 +105,21 @@ impl Dispatch {
     }
 
     pub async fn process(&self, mut ex: Exchange) -> Flow {
-        let (Some(upstream), Some(idx)) = (ex.upstream.clone(), ex.backend) else {
-            return Flow::Reject(
-                ex,
-                Reject::new(StatusCode::BAD_GATEWAY, "no_backend_chosen"),
-            );
+        let (Some(upstream), Some(idx)) = (ex.decided.upstream.clone(), ex.decided.backend) else {
+            return Flow::Reject(ex, Reason::ChainIncomplete);
         };
         let backend = &upstream.backends[idx];
         let req = match self.upstream_request(&mut ex, &backend.addr, backend.http1) {
             Ok(r) => r,
-            Err(DEADLINE_PASSED) => {
-                return Flow::Reject(
-                    ex,
-                    Reject::new(StatusCode::GATEWAY_TIMEOUT, "grpc_deadline"),
-                );
-            }
-            Err(reason) => return Flow::Reject(ex, Reject::bad_request(reason)),
+            Err(reason) => return Flow::Reject(ex, reason),
         };
         let started = Instant::now();
         // A gRPC client's deadline bounds the wait too; what is left of it was forwarded.
         let (wait, timeout_reason) = match ex.deadline {
             Some(d) if d.saturating_duration_since(started) < self.response_timeout => {
-                (d.saturating_duration_since(started), "grpc_deadline")
+                (d.saturating_duration_since(started), Reason::GrpcDeadline)
             }
-            _ => (self.response_timeout, "upstream_timeout"),
+            _ => (self.response_timeout, Reason::UpstreamTimeout),
         };
         let sent = {
             let send = tokio::time::timeout(wait, backend.client.request(req));
@@ -140,13 +129,13 @@ impl Dispatch {
             }
         };
         match sent {
-            None => Flow::Abandon(ex, "cancelled"),
+            None => Flow::Abandon(ex, Reason::Cancelled),
             Some(Ok(Ok(resp))) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // Spooky forwards no Upgrade, so a 101 is a backend's error; it would reach the
                 // client without its Upgrade header and kill the connection.
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, "backend answered 101 to a request without Upgrade");
                 backend.metrics.response(resp.status(), started.elapsed());
-                Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "upstream_upgrade"))
+                Flow::Reject(ex, Reason::UpstreamUpgrade)
             }
             Some(Ok(Ok(resp))) => {
                 backend.metrics.response(resp.status(), started.elapsed());
@@ -158,15 +147,15 @@ impl Dispatch {
                 let malformed = ClientBodyError::find(&e).is_some_and(|c| c.malformed);
                 tracing::debug!(exchange = ex.id, error = %error_chain(&e), "client request body failed; upstream request aborted");
                 if malformed {
-                    Flow::Reject(ex, Reject::malformed("bad_request_body"))
+                    Flow::Reject(ex, Reason::BadRequestBody)
                 } else {
-                    Flow::Abandon(ex, "cancelled")
+                    Flow::Abandon(ex, Reason::Cancelled)
                 }
             }
             Some(Ok(Err(e))) if e.is_connect() => {
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream connect failed");
                 backend.metrics.connect_error.increment(1);
-                ex.attempts.push(Attempt {
+                ex.decided.attempts.push(Attempt {
                     backend: idx,
                     error: AttemptError::Connect,
                 });
@@ -174,18 +163,18 @@ impl Dispatch {
                 if ex.retry_safe() {
                     Flow::Retry(ex)
                 } else {
-                    Flow::Reject(ex, Reject::upstream_connect())
+                    Flow::Reject(ex, Reason::UpstreamConnect)
                 }
             }
             Some(Ok(Err(e))) => {
                 tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream request failed");
                 backend.metrics.reset.increment(1);
-                Flow::Reject(ex, Reject::new(StatusCode::BAD_GATEWAY, "upstream_reset"))
+                Flow::Reject(ex, Reason::UpstreamReset)
             }
             Some(Err(_elapsed)) => {
-                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, reason = timeout_reason, "upstream response timed out");
+                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, reason = timeout_reason.label(), "upstream response timed out");
                 backend.metrics.timeout.increment(1);
-                Flow::Reject(ex, Reject::new(StatusCode::GATEWAY_TIMEOUT, timeout_reason))
+                Flow::Reject(ex, timeout_reason)
             }
         }
     }
@@ -197,7 +186,7 @@ impl Dispatch {
         ex: &mut Exchange,
         backend: &BackendAddr,
         http1: bool,
-    ) -> Result<Request<RequestBody>, &'static str> {
+    ) -> Result<Request<RequestBody>, Reason> {
         let path = ex
             .head
             .uri
@@ -217,7 +206,7 @@ impl Dispatch {
             .authority(authority)
             .path_and_query(path)
             .build()
-            .map_err(|_| "bad_uri")?;
+            .map_err(|_| Reason::Unforwardable)?;
         // A request that may be sent again keeps its head; others give it up (moved, not copied).
         let mut headers = if ex.retry_safe() {
             ex.head.headers.clone()
@@ -226,16 +215,16 @@ impl Dispatch {
         };
         strip_hop_by_hop(&mut headers);
         if let Some(a) = ex.head.uri.authority() {
-            let host = HeaderValue::from_str(a.as_str()).map_err(|_| "bad_authority")?;
+            let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reason::BadAuthority)?;
             headers.insert(http::header::HOST, host);
         }
-        append_via(&mut headers, ex.protocol.via_version());
+        append_via(&mut headers, ex.client.protocol.via_version());
         if let Some(name) = &ex.client.forward_header {
             // Never pass on what the client wrote there itself.
             headers.remove(name);
             if let Some(id) = &ex.client.identity {
                 let v =
-                    HeaderValue::from_str(&id.header_value()).map_err(|_| "bad_client_identity")?;
+                    HeaderValue::from_str(&id.header_value()).map_err(|_| Reason::Unforwardable)?;
                 headers.insert(name.clone(), v);
             }
         }
@@ -253,15 +242,15 @@ impl Dispatch {
             // proxies pass the deadline on, less the time already spent).
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(DEADLINE_PASSED);
+                return Err(Reason::GrpcDeadline);
             }
             headers.insert("grpc-timeout", crate::http::grpc::encode_timeout(left));
         }
-        let client_ip = HeaderValue::from_str(&ex.client_addr.ip().to_string())
-            .map_err(|_| "bad_client_addr")?;
+        let client_ip = HeaderValue::from_str(&ex.client.addr.ip().to_string())
+            .map_err(|_| Reason::Unforwardable)?;
         const XFF: &str = "x-forwarded-for";
         const XFP: &str = "x-forwarded-proto";
-        let proto = HeaderValue::from_static(if ex.tls { "https" } else { "http" });
+        let proto = HeaderValue::from_static(if ex.client.tls { "https" } else { "http" });
         match self.forwarded {
             Forwarded::Append => {
                 headers.append(XFF, client_ip);

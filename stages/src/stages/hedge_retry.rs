@@ -6,7 +6,8 @@
 use serde::Deserialize;
 
 use crate::contract::exchange::Exchange;
-use crate::contract::flow::{Flow, Reject};
+use crate::contract::flow::Flow;
+use crate::contract::reason::Reason;
 
 /// `[stages.hedge-retry]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -43,9 +44,9 @@ impl HedgeRetry {
 
     pub async fn process(&self, ex: Exchange) -> Flow {
         // `attempts` holds the failed attempts so far; the one about to be made is not in it.
-        let failed = u32::try_from(ex.attempts.len()).unwrap_or(u32::MAX);
+        let failed = u32::try_from(ex.decided.attempts.len()).unwrap_or(u32::MAX);
         if failed > self.retries {
-            return Flow::Reject(ex, Reject::upstream_connect());
+            return Flow::Reject(ex, Reason::UpstreamConnect);
         }
         Flow::Continue(ex)
     }

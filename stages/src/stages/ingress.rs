@@ -12,8 +12,9 @@ use http::uri::Authority;
 use http::{StatusCode, Uri};
 use serde::Deserialize;
 
-use crate::contract::exchange::{ClientProtocol, Exchange};
-use crate::contract::flow::{ALLOWED_METHODS, Flow, Reject, Reply};
+use crate::contract::exchange::{ClientProtocol, ContentLength, Exchange};
+use crate::contract::flow::{Flow, Reply};
+use crate::contract::reason::{ALLOWED_METHODS, Reason};
 use crate::http::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
 use crate::units::{Dur, Size};
 
@@ -109,39 +110,23 @@ impl Ingress {
         }
         if ex.head.method == http::Method::CONNECT {
             // No tunnels yet: refused on every protocol, never forwarded.
-            return Flow::Reject(ex, Reject::method_not_allowed("connect_unsupported"));
+            return Flow::Reject(ex, Reason::ConnectUnsupported);
+        }
+        if ex.content_length == ContentLength::Invalid {
+            // RFC 9110 §8.6: one valid content-length or none.
+            return Flow::Reject(ex, Reason::BadContentLength);
         }
         let headers = &ex.head.headers;
-        let lengths: Vec<_> = headers
-            .get_all(http::header::CONTENT_LENGTH)
-            .iter()
-            .collect();
-        if lengths.len() > 1
-            || lengths.iter().any(|v| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .is_none()
-            })
-        {
-            // RFC 9110 §8.6: one valid content-length or none.
-            return Flow::Reject(ex, Reject::bad_request("bad_content_length"));
-        }
-        if ex.protocol == crate::contract::exchange::ClientProtocol::H3
-            && has_connection_specific(headers)
-        {
+        if ex.client.protocol == ClientProtocol::H3 && has_connection_specific(headers) {
             // RFC 9114 §4.2: connection-specific fields make an HTTP/3 message malformed.
-            return Flow::Reject(ex, Reject::malformed("connection_specific_field"));
+            return Flow::Reject(ex, Reason::ConnectionSpecificField);
         }
         if headers.get_all(HOST).iter().count() > 1 {
             // RFC 9112 §3.2: a request with more than one Host field is answered 400.
-            return Flow::Reject(ex, Reject::bad_request("duplicate_host"));
+            return Flow::Reject(ex, Reason::DuplicateHost);
         }
         if headers.len() > self.max_header_count {
-            return Flow::Reject(
-                ex,
-                Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_count"),
-            );
+            return Flow::Reject(ex, Reason::HeaderCount);
         }
         let bytes: u64 = headers
             .iter()
@@ -149,10 +134,7 @@ impl Ingress {
             .sum::<u64>()
             + ex.head.uri.to_string().len() as u64;
         if bytes > self.max_header_bytes {
-            return Flow::Reject(
-                ex,
-                Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_bytes"),
-            );
+            return Flow::Reject(ex, Reason::HeaderBytes);
         }
         // RFC 9114 §4.3.1: a request with an http(s) scheme carries :authority or Host; when
         // both are present they must be the same.
@@ -160,30 +142,30 @@ impl Ingress {
             None => None,
             Some(v) => match v.to_str().ok().and_then(|s| s.parse::<Authority>().ok()) {
                 Some(a) if !a.as_str().contains('@') => Some(a),
-                _ => return Flow::Reject(ex, Reject::bad_request("bad_host")),
+                _ => return Flow::Reject(ex, Reason::BadHost),
             },
         };
         match (ex.head.uri.authority(), host) {
             (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h.as_str()) => {
-                return Flow::Reject(ex, Reject::bad_request("authority_mismatch"));
+                return Flow::Reject(ex, Reason::AuthorityMismatch);
             }
             (Some(a), _) if a.as_str().contains('@') => {
-                return Flow::Reject(ex, Reject::bad_request("bad_authority"));
+                return Flow::Reject(ex, Reason::BadAuthority);
             }
             // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400, whatever its
             // target's form.
             (Some(_), None)
-                if ex.protocol == ClientProtocol::Http1
+                if ex.client.protocol == ClientProtocol::Http1
                     && ex.head.version == http::Version::HTTP_11 =>
             {
-                return Flow::Reject(ex, Reject::bad_request("missing_host"));
+                return Flow::Reject(ex, Reason::MissingHost);
             }
             (Some(_), _) => {}
             (None, Some(h)) => {
                 let mut parts = ex.head.uri.clone().into_parts();
                 parts.authority = Some(h);
                 if parts.scheme.is_none() {
-                    parts.scheme = Some(if ex.tls {
+                    parts.scheme = Some(if ex.client.tls {
                         http::uri::Scheme::HTTPS
                     } else {
                         http::uri::Scheme::HTTP
@@ -191,15 +173,15 @@ impl Ingress {
                 }
                 match Uri::from_parts(parts) {
                     Ok(u) => ex.head.uri = u,
-                    Err(_) => return Flow::Reject(ex, Reject::bad_request("bad_host")),
+                    Err(_) => return Flow::Reject(ex, Reason::BadHost),
                 }
             }
-            (None, None) => return Flow::Reject(ex, Reject::bad_request("missing_authority")),
+            (None, None) => return Flow::Reject(ex, Reason::MissingAuthority),
         }
         if ex.head.uri.path() == "*" {
             // RFC 9110 §9.3.7: `OPTIONS *` asks about the server itself; answered here.
             if ex.head.method != http::Method::OPTIONS {
-                return Flow::Reject(ex, Reject::bad_request("bad_path"));
+                return Flow::Reject(ex, Reason::BadPath(path::PathError::NotAbsolute));
             }
             let mut headers = http::HeaderMap::new();
             headers.insert(
@@ -218,9 +200,9 @@ impl Ingress {
                 Ok(std::borrow::Cow::Borrowed(_)) => {}
                 Ok(std::borrow::Cow::Owned(normal)) => match with_path(&ex.head.uri, &normal) {
                     Some(uri) => ex.head.uri = uri,
-                    None => return Flow::Reject(ex, Reject::bad_request("bad_path")),
+                    None => return Flow::Reject(ex, Reason::BadPath(path::PathError::NotAbsolute)),
                 },
-                Err(e) => return Flow::Reject(ex, Reject::bad_request(e.reason())),
+                Err(e) => return Flow::Reject(ex, Reason::BadPath(e)),
             }
         }
         Flow::Continue(ex)
@@ -265,7 +247,7 @@ mod tests {
         let (head, ()) = req.into_parts();
         match Ingress::build(&Config::default()).decide(Exchange::detached(1, head)) {
             Flow::Continue(ex) => Ok(ex.head.uri.clone()),
-            Flow::Reject(_, r) => Err(r.reason),
+            Flow::Reject(_, r) => Err(r.label()),
             _ => Err("other"),
         }
     }
@@ -347,11 +329,11 @@ mod tests {
         match Ingress::build(&Config::default()).decide(Exchange::detached(1, head)) {
             Flow::Reject(_, r) => {
                 assert_eq!(
-                    (r.status, r.reason),
+                    (r.status(), r.label()),
                     (StatusCode::METHOD_NOT_ALLOWED, "connect_unsupported")
                 );
-                assert_eq!(r.allow, Some(ALLOWED_METHODS));
-                assert!(r.close, "HTTP/1.1 closes: tunnel bytes may follow");
+                assert_eq!(r.allow(), Some(ALLOWED_METHODS));
+                assert!(r.closes(), "HTTP/1.1 closes: tunnel bytes may follow");
             }
             _ => panic!("CONNECT must be refused"),
         }
@@ -374,7 +356,7 @@ mod tests {
             .into_parts();
         assert!(matches!(
             Ingress::build(&Config::default()).decide(Exchange::detached(1, head)),
-            Flow::Reject(_, r) if r.reason == "bad_path"
+            Flow::Reject(_, r) if r.label() == "bad_path"
         ));
     }
 }

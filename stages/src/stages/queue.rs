@@ -8,7 +8,8 @@ use serde::Deserialize;
 use spooky_sync::TryAcquireError;
 
 use crate::contract::exchange::Exchange;
-use crate::contract::flow::{Flow, Reject};
+use crate::contract::flow::Flow;
+use crate::contract::reason::Reason;
 use crate::units::Dur;
 
 /// `[stages.queue]`.
@@ -53,7 +54,8 @@ impl Queue {
     }
 
     pub async fn process(&self, mut ex: Exchange) -> Flow {
-        let (Some(upstream), Some(route)) = (ex.upstream.clone(), ex.route.clone()) else {
+        let (Some(upstream), Some(route)) = (ex.decided.upstream.clone(), ex.decided.route.clone())
+        else {
             return Flow::Continue(ex);
         };
         if ex.permits.upstream.is_some() {
@@ -64,12 +66,12 @@ impl Queue {
                 ex.permits.upstream = Some(p);
                 return Flow::Continue(ex);
             }
-            Err(TryAcquireError::Closed) => return Flow::Reject(ex, Reject::shutting_down()),
+            Err(TryAcquireError::Closed) => return Flow::Reject(ex, Reason::ShuttingDown),
             Err(TryAcquireError::Full) => {}
         }
         // A place in the route's waiting room, held only while waiting.
         let Ok(_place) = route.waiting.try_acquire() else {
-            return Flow::Reject(ex, Reject::overload("queue_full"));
+            return Flow::Reject(ex, Reason::QueueFull);
         };
         let waited = {
             let acquire = tokio::time::timeout(self.deadline, upstream.cap.acquire());
@@ -83,9 +85,9 @@ impl Queue {
                 ex.permits.upstream = Some(p);
                 Flow::Continue(ex)
             }
-            Some(Ok(Err(_))) => Flow::Reject(ex, Reject::shutting_down()),
-            Some(Err(_elapsed)) => Flow::Reject(ex, Reject::overload("queue_deadline")),
-            None => Flow::Abandon(ex, "cancelled"),
+            Some(Ok(Err(_))) => Flow::Reject(ex, Reason::ShuttingDown),
+            Some(Err(_elapsed)) => Flow::Reject(ex, Reason::QueueDeadline),
+            None => Flow::Abandon(ex, Reason::Cancelled),
         }
     }
 }

@@ -23,7 +23,8 @@ use serde::Deserialize;
 use spooky_sync::Cap;
 
 use crate::contract::exchange::Exchange;
-use crate::contract::flow::{Flow, Reject, Reply};
+use crate::contract::flow::{Flow, Reply};
+use crate::contract::reason::Reason;
 use crate::contract::route::{Action, Route};
 use crate::http::host::{HostPattern, host_of};
 use crate::upstreams::Upstream;
@@ -292,17 +293,17 @@ impl RouteStage {
         // Ingress normalized the path; `;params` do not make a segment another segment.
         let path = crate::http::path::without_params(ex.head.uri.path());
         let Some(route) = self.index.lookup(host, &path, &ex.head.method) else {
-            return Flow::Reject(ex, Reject::new(StatusCode::NOT_FOUND, "no_route"));
+            return Flow::Reject(ex, Reason::NoRoute);
         };
         match &route.action {
             Action::Respond(reply) => {
                 let reply = reply.clone();
-                ex.route = Some(route.clone());
+                ex.decided.route = Some(route.clone());
                 Flow::Respond(ex, reply)
             }
             Action::Upstream(u) => {
-                ex.upstream = Some(u.clone());
-                ex.route = Some(route.clone());
+                ex.decided.upstream = Some(u.clone());
+                ex.decided.route = Some(route.clone());
                 Flow::Continue(ex)
             }
         }

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 use crate::contract::exchange::Exchange;
-use crate::contract::flow::{Flow, Reject};
+use crate::contract::flow::Flow;
+use crate::contract::reason::Reason;
 
 /// `[stages.select]`: nothing to set yet (the algorithm is per upstream: `balance`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -24,34 +25,34 @@ impl Select {
     }
 
     pub fn decide(&self, mut ex: Exchange) -> Flow {
-        let Some(upstream) = ex.upstream.clone() else {
+        let Some(upstream) = ex.decided.upstream.clone() else {
             return Flow::Continue(ex);
         };
         // Without a queue stage in the chain, the upstream cap is taken here, without waiting.
         if ex.permits.upstream.is_none() {
             match upstream.cap.try_acquire() {
                 Ok(p) => ex.permits.upstream = Some(p),
-                Err(_) => return Flow::Reject(ex, Reject::overload("upstream_full")),
+                Err(_) => return Flow::Reject(ex, Reason::UpstreamFull),
             }
         }
         ex.permits.backend = None;
-        ex.backend = None;
-        let retrying = !ex.attempts.is_empty();
+        ex.decided.backend = None;
+        let retrying = !ex.decided.attempts.is_empty();
         for i in upstream.balancer.order() {
-            if ex.attempts.iter().any(|a| a.backend == i) {
+            if ex.decided.attempts.iter().any(|a| a.backend == i) {
                 continue;
             }
             if let Ok(p) = upstream.backends[i].cap.try_acquire() {
                 ex.permits.backend = Some(p);
-                ex.backend = Some(i);
+                ex.decided.backend = Some(i);
                 return Flow::Continue(ex);
             }
         }
         if retrying {
             // Every other backend was tried or is busy: report the failure that sent us here.
-            Flow::Reject(ex, Reject::upstream_connect())
+            Flow::Reject(ex, Reason::UpstreamConnect)
         } else {
-            Flow::Reject(ex, Reject::overload("no_backend"))
+            Flow::Reject(ex, Reason::NoBackend)
         }
     }
 }

@@ -93,3 +93,6 @@ impl Upstream {
         }))
     }
 }
+
+/// A backend's response body (hyper's today; an HTTP/3 client's later).
+pub type UpstreamBody = hyper::body::Incoming;

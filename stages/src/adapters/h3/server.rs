@@ -17,12 +17,16 @@ use spooky_sync::{Cap, Permit};
 use tokio::sync::watch;
 
 use crate::adapters::client_limit::{self, ClientSlot, PerClient};
+use crate::adapters::h3::body::H3Body;
 use crate::adapters::h3::guard::{self, GuardedConn};
-use crate::adapters::responder::Responder;
+use crate::adapters::h3::sink::H3Sink;
 use crate::body::RequestBody;
 use crate::config::{ListenerConfig, StagesConfig};
-use crate::contract::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
-use crate::contract::flow::Reject;
+use crate::contract::exchange::{
+    Client, ClientProtocol, ConnGone, ContentLength, Exchange, Origin,
+};
+use crate::contract::reason::Reason;
+use crate::contract::responder::Responder;
 use crate::engine::Pipeline;
 use crate::metrics::{
     HTTP3_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
@@ -187,9 +191,19 @@ impl H3Listener {
             any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
                 .ok()
         });
-        let client = ClientTls {
+        let client = Client {
             identity: tls::identity_of(peer.as_deref().map(Vec::as_slice), remote),
             forward_header: self.forward_header.clone(),
+            ..Client::new(remote, ClientProtocol::H3, true)
+        };
+        // One watcher per connection tells every exchange on it that the client is gone.
+        let (raise, conn_gone) = ConnGone::new();
+        let watcher = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                conn.closed().await;
+                raise.raise();
+            })
         };
         let open = gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone());
         open.increment(1.0);
@@ -243,11 +257,10 @@ impl H3Listener {
                 break;
             };
             let pipeline = pipeline.clone();
-            let conn = conn.clone();
             let limits = (self.header_timeout, self.read_ahead);
-            let client = client.clone();
+            let who = (client.clone(), conn_gone.clone());
             tokio::spawn(async move {
-                request(resolver, permit, pipeline, conn, remote, client, limits).await;
+                request(resolver, permit, pipeline, who, limits).await;
                 drop(guard);
             });
         }
@@ -257,6 +270,7 @@ impl H3Listener {
             _ = conn.closed() => {}
         }
         drop(h3conn);
+        watcher.abort();
         open.decrement(1.0);
     }
 }
@@ -266,11 +280,10 @@ async fn request(
     resolver: Resolver,
     permit: Permit,
     pipeline: Arc<Pipeline>,
-    conn: quinn::Connection,
-    remote: SocketAddr,
-    client: ClientTls,
+    (client, conn_gone): (Client, ConnGone),
     (header_timeout, read_ahead): (Duration, usize),
 ) {
+    let remote = client.addr;
     let deadline = tokio::time::Instant::now() + header_timeout;
     let mut resolver = resolver;
     let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
@@ -305,11 +318,7 @@ async fn request(
     };
     let (send, recv) = stream.split();
     let (head, ()) = req.into_parts();
-    let declared = head
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let content_length = ContentLength::of(&head.headers);
     let bodyless_method = matches!(
         head.method,
         http::Method::GET
@@ -318,22 +327,26 @@ async fn request(
             | http::Method::OPTIONS
             | http::Method::TRACE
     );
-    let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
-    let empty_upstream = declared == Some(0) || (!has_length && bodyless_method);
+    let empty_upstream = content_length == ContentLength::Length(0)
+        || (content_length == ContentLength::Absent && bodyless_method);
+    let body = RequestBody::streaming(
+        H3Body(recv),
+        content_length.get(),
+        empty_upstream,
+        read_ahead,
+    );
+    let responder = Responder::new(H3Sink::new(send, conn_gone.clone()));
     let origin = Origin {
-        client_addr: remote,
-        protocol: ClientProtocol::H3,
-        tls: true,
         client,
-        conn: Some(conn),
+        conn_gone: Some(conn_gone),
+        content_length,
     };
-    let body = RequestBody::h3(recv, declared, empty_upstream, read_ahead);
-    let mut ex = Exchange::start(pipeline.next_id(), head, body, Responder::h3(send), origin);
+    let mut ex = Exchange::start(pipeline.next_id(), head, body, responder, origin);
     match pipeline.drain().enter() {
         Ok(guard) => ex.permits.drain = Some(guard),
         Err(_) => {
             drop(permit);
-            return pipeline.refuse(ex, Reject::shutting_down()).await;
+            return pipeline.refuse(ex, Reason::ShuttingDown).await;
         }
     }
     pipeline.run(ex, permit).await;

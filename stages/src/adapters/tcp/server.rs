@@ -32,13 +32,16 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::server::until_true;
-use crate::adapters::responder::{ProxyBody, Responder};
+use crate::adapters::tcp::body::HyperBody;
 use crate::adapters::tcp::conn_clock::ConnClock;
 use crate::adapters::tcp::h1_guard::{H1Guard, Refusal, Refusals};
+use crate::adapters::tcp::sink::{HyperSink, ProxyBody};
 use crate::body::RequestBody;
 use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
-use crate::contract::exchange::{ClientProtocol, ClientTls, Exchange, Origin};
-use crate::contract::flow::{Reject, status_text};
+use crate::contract::exchange::{Client, ClientProtocol, ContentLength, Exchange, Origin};
+use crate::contract::flow::status_text;
+use crate::contract::reason::Reason;
+use crate::contract::responder::Responder;
 use crate::engine::Pipeline;
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
@@ -226,10 +229,8 @@ async fn connection(
                 tls: true,
                 h2,
                 h1: None,
-                client: ClientTls {
-                    identity: tls::identity_of(session.peer_certificates(), remote),
-                    forward_header: shared.forward_header.clone(),
-                },
+                identity: tls::identity_of(session.peer_certificates(), remote),
+                forward_header: shared.forward_header.clone(),
             };
             if peer.h2 {
                 serve_http(shared, TokioIo::new(tls), peer, clock, pipeline, shutdown).await;
@@ -244,7 +245,8 @@ async fn connection(
                 remote,
                 tls: false,
                 h2: false,
-                client: ClientTls::default(),
+                identity: None,
+                forward_header: None,
                 h1: None,
             };
             let (peer, refusals) = peer.guarded();
@@ -280,7 +282,8 @@ struct Peer {
     tls: bool,
     /// ALPN chose HTTP/2.
     h2: bool,
-    client: ClientTls,
+    identity: Option<Arc<crate::tls::identity::ClientIdentity>>,
+    forward_header: Option<http::HeaderName>,
     /// HTTP/1.1 behind the framing guard: where it leaves its refusals.
     h1: Option<Arc<Refusals>>,
 }
@@ -404,21 +407,27 @@ async fn handle(
     } else {
         ClientProtocol::Http1
     };
-    let declared = head
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let bodyless = http_body::Body::is_end_stream(&body) || declared == Some(0);
-    let origin = Origin {
-        client_addr: peer.remote,
-        protocol,
-        tls: peer.tls,
-        client: peer.client,
-        conn: None,
+    let content_length = ContentLength::of(&head.headers);
+    let bodyless =
+        http_body::Body::is_end_stream(&body) || content_length == ContentLength::Length(0);
+    let client = Client {
+        identity: peer.identity,
+        forward_header: peer.forward_header,
+        ..Client::new(peer.remote, protocol, peer.tls)
     };
-    let body = RequestBody::hyper(body, declared, bodyless, shared.read_ahead);
-    let mut ex = Exchange::start(pipeline.next_id(), head, body, Responder::hyper(tx), origin);
+    let origin = Origin {
+        client,
+        conn_gone: None,
+        content_length,
+    };
+    let body = RequestBody::streaming(
+        HyperBody(body, None),
+        content_length.get(),
+        bodyless,
+        shared.read_ahead,
+    );
+    let responder = Responder::new(HyperSink::new(tx, protocol == ClientProtocol::Http1));
+    let mut ex = Exchange::start(pipeline.next_id(), head, body, responder, origin);
     match pipeline.drain().enter() {
         Ok(guard) => {
             ex.permits.drain = Some(guard);
@@ -427,13 +436,14 @@ async fn handle(
         }
         Err(_) => {
             drop(permit);
-            pipeline.refuse(ex, Reject::shutting_down()).await;
+            pipeline.refuse(ex, Reason::ShuttingDown).await;
         }
     }
-    let resp = rx.await.unwrap_or_else(|_| {
+    let resp = match rx.await {
+        Ok(resp) => resp.map(ProxyBody::from),
         // The exchange ended without an answer (its upstream body failed before the head).
-        plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n")
-    });
+        Err(_) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
+    };
     Ok(add_alt_svc(&shared, resp))
 }
 

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
@@ -25,55 +25,20 @@ pub struct ClientBodyError {
 }
 
 impl ClientBodyError {
-    fn malformed(source: BoxError) -> BoxError {
+    /// Bad framing: the client's error (400; HTTP/3 H3_MESSAGE_ERROR).
+    pub fn malformed(source: BoxError) -> BoxError {
         Box::new(ClientBodyError {
             malformed: true,
             source,
         })
     }
 
-    fn gone(source: BoxError) -> BoxError {
+    /// The client went away mid-body.
+    pub fn gone(source: BoxError) -> BoxError {
         Box::new(ClientBodyError {
             malformed: false,
             source,
         })
-    }
-
-    /// hyper's body errors: its HTTP/1.1 decoder reports bad framing as `InvalidInput` or
-    /// `InvalidData` I/O errors; anything else (EOF, a reset) means the client is gone.
-    fn from_hyper(e: hyper::Error) -> BoxError {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        let mut malformed = e.is_parse();
-        while let Some(err) = cur {
-            if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                malformed |= matches!(
-                    io.kind(),
-                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
-                );
-            }
-            cur = err.source();
-        }
-        if malformed {
-            ClientBodyError::malformed(Box::new(e))
-        } else {
-            ClientBodyError::gone(Box::new(e))
-        }
-    }
-
-    /// h3's body errors: a malformed message (e.g. trailers h3 refused) is H3_MESSAGE_ERROR;
-    /// anything else is a reset or a closed connection.
-    fn from_h3(e: h3::error::StreamError) -> BoxError {
-        let malformed = matches!(
-            &e,
-            h3::error::StreamError::StreamError { code, .. }
-                if *code == h3::error::Code::H3_MESSAGE_ERROR
-        );
-        let e = Box::new(e);
-        if malformed {
-            ClientBodyError::malformed(e)
-        } else {
-            ClientBodyError::gone(e)
-        }
     }
 
     /// The client's body error in `e`'s source chain, if the failure was the client's.
@@ -106,8 +71,6 @@ impl std::error::Error for ClientBodyError {
     }
 }
 
-type H3Recv = h3::server::RequestStream<crate::adapters::h3::guard::GuardedRecv, Bytes>;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Data,
@@ -116,57 +79,23 @@ enum State {
     Failed,
 }
 
-/// Where the body comes from.
-enum Source {
-    H3(H3Recv),
-    /// An HTTP/1.1 or HTTP/2 request body (hyper); trailers read early wait here.
-    Hyper(hyper::body::Incoming, Option<HeaderMap>),
-}
-
-impl Source {
+/// Where a request body comes from: each protocol adapter implements it for its stream.
+/// Errors are [`ClientBodyError`]s (malformed or gone).
+pub trait BodySource: Send + Sync + 'static {
     /// The next data chunk; `None` once the data ends.
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BoxError>> {
-        match self {
-            Source::H3(s) => match s.poll_recv_data(cx) {
-                Poll::Ready(Ok(Some(mut buf))) => {
-                    Poll::Ready(Ok(Some(buf.copy_to_bytes(buf.remaining()))))
-                }
-                Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(ClientBodyError::from_h3(e))),
-                Poll::Pending => Poll::Pending,
-            },
-            Source::Hyper(b, trailers) => loop {
-                if trailers.is_some() {
-                    return Poll::Ready(Ok(None));
-                }
-                return match Pin::new(&mut *b).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(d) => Poll::Ready(Ok(Some(d))),
-                        Err(frame) => {
-                            *trailers = Some(frame.into_trailers().unwrap_or_default());
-                            continue;
-                        }
-                    },
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Err(ClientBodyError::from_hyper(e))),
-                    Poll::Ready(None) => Poll::Ready(Ok(None)),
-                    Poll::Pending => Poll::Pending,
-                };
-            },
-        }
-    }
-
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BoxError>>;
     /// Trailers after the data, if any.
-    fn poll_trailers(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<HeaderMap>, BoxError>> {
-        match self {
-            Source::H3(s) => s.poll_recv_trailers(cx).map_err(ClientBodyError::from_h3),
-            Source::Hyper(_, trailers) => Poll::Ready(Ok(trailers.take())),
-        }
+    fn poll_trailers(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<HeaderMap>, BoxError>>;
+    /// The body is dropped unread: tell the client no more is needed, if the protocol can.
+    /// `read_pending`: a read was left in flight (see the HTTP/3 source).
+    fn stop(&mut self, read_pending: bool) {
+        let _ = read_pending;
     }
 }
 
 /// The request body of an exchange.
 pub struct RequestBody {
-    stream: Option<Source>,
+    stream: Option<Box<dyn BodySource>>,
     /// `content-length` of the request, if given.
     declared: Option<u64>,
     received: u64,
@@ -200,33 +129,18 @@ impl RequestBody {
         }
     }
 
-    /// The body of an HTTP/3 request stream.
-    pub(crate) fn h3(
-        stream: H3Recv,
+    /// A body read from an adapter's stream.
+    pub fn streaming(
+        source: impl BodySource,
         declared: Option<u64>,
         empty_upstream: bool,
         read_ahead: usize,
     ) -> Self {
-        RequestBody::reading(Source::H3(stream), declared, empty_upstream, read_ahead)
-    }
-
-    /// The body of an HTTP/1.1 or HTTP/2 request.
-    pub(crate) fn hyper(
-        body: hyper::body::Incoming,
-        declared: Option<u64>,
-        empty_upstream: bool,
-        read_ahead: usize,
-    ) -> Self {
-        RequestBody::reading(
-            Source::Hyper(body, None),
-            declared,
-            empty_upstream,
-            read_ahead,
-        )
+        RequestBody::reading(Box::new(source), declared, empty_upstream, read_ahead)
     }
 
     fn reading(
-        source: Source,
+        source: Box<dyn BodySource>,
         declared: Option<u64>,
         empty_upstream: bool,
         read_ahead: usize,
@@ -418,13 +332,10 @@ impl Body for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        if let Some(Source::H3(s)) = self.stream.as_mut()
+        if let Some(s) = self.stream.as_mut()
             && matches!(self.state, State::Data | State::Trailers)
-            && !self.read_pending
         {
-            // Quinn would send STOP_SENDING with code 0, not a valid HTTP/3 code (RFC 9114
-            // §8.1); H3_NO_ERROR tells the client we need no more of the body.
-            s.stop_sending(h3::error::Code::H3_NO_ERROR);
+            s.stop(self.read_pending);
         }
     }
 }

@@ -1,0 +1,122 @@
+//! The HTTP/3 responder: writes the response head, body and trailers as frames on the
+//! request stream, and resets the stream when an exchange is dropped before it finished.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use h3::error::Code;
+use http::Response;
+use http_body_util::BodyExt;
+
+use crate::contract::exchange::ConnGone;
+use crate::contract::responder::{ClientSink, SendError, Sending};
+use crate::contract::response::ResponseBody;
+
+type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// How long a proxy-made response may take to write before the stream is reset.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Fresh,
+    HeadSent,
+    Finished,
+}
+
+/// The sending half of an HTTP/3 request stream.
+pub struct H3Sink {
+    stream: H3Send,
+    state: State,
+    /// The connection's close, watched while the body streams (an idle backend body would
+    /// otherwise hold the exchange after the client left).
+    conn_gone: ConnGone,
+}
+
+fn gone(e: impl std::error::Error + Send + Sync + 'static) -> SendError {
+    SendError::ClientGone(Box::new(e))
+}
+
+impl H3Sink {
+    pub(crate) fn new(stream: H3Send, conn_gone: ConnGone) -> Self {
+        H3Sink {
+            stream,
+            state: State::Fresh,
+            conn_gone,
+        }
+    }
+
+    async fn write(&mut self, resp: Response<ResponseBody>) -> Result<(), SendError> {
+        if resp.body().is_full() {
+            // A proxy-made answer: bounded, so a client that does not read cannot hold it.
+            return match tokio::time::timeout(REPLY_WRITE_TIMEOUT, self.stream_out(resp)).await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::ClientGone(
+                    "timed out writing the response".into(),
+                )),
+            };
+        }
+        self.stream_out(resp).await
+    }
+
+    async fn stream_out(&mut self, resp: Response<ResponseBody>) -> Result<(), SendError> {
+        let (parts, mut body) = resp.into_parts();
+        self.state = State::HeadSent;
+        self.stream
+            .send_response(Response::from_parts(parts, ()))
+            .await
+            .map_err(gone)?;
+        let mut conn = self.conn_gone.clone();
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                () = conn.gone() => {
+                    return Err(SendError::ClientGone("connection closed".into()));
+                }
+            };
+            match frame {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => self.stream.send_data(data).await.map_err(gone)?,
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.stream.send_trailers(trailers).await.map_err(gone)?;
+                            // h3 0.0.8: send_trailers does not finish the stream.
+                            break;
+                        }
+                    }
+                },
+                // Dropping the sink mid-body resets the client stream.
+                Some(Err(e)) => return Err(SendError::UpstreamBody(e)),
+            }
+        }
+        self.stream.finish().await.map_err(gone)?;
+        self.state = State::Finished;
+        Ok(())
+    }
+}
+
+impl ClientSink for H3Sink {
+    fn send(&mut self, resp: Response<ResponseBody>) -> Sending<'_> {
+        Box::pin(self.write(resp))
+    }
+
+    fn reset_malformed(&mut self) -> bool {
+        self.stream.stop_stream(Code::H3_MESSAGE_ERROR);
+        self.state = State::Finished;
+        true
+    }
+}
+
+impl Drop for H3Sink {
+    fn drop(&mut self) {
+        match self.state {
+            State::Finished => {}
+            // RFC 9114 §4.1.1: an abandoned request is cancelled by resetting the stream.
+            State::Fresh => self.stream.stop_stream(Code::H3_REQUEST_CANCELLED),
+            // The response was cut short: the client must not take it as complete.
+            State::HeadSent => self.stream.stop_stream(Code::H3_INTERNAL_ERROR),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The HTTP/1.1 and HTTP/2 responder: hands the whole response to the request's service
+//! future, which waits on the other end of a oneshot; hyper writes it. The exchange's end
+//! rides in the body, so caps count the exchange until its last byte is written.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
+
+use crate::adapters::tcp::conn_clock::Busy;
+use crate::body::BoxError;
+use crate::contract::responder::{ClientSink, SendError, Sending};
+use crate::contract::response::ResponseBody;
+
+/// Hands the response to hyper's service future.
+pub struct HyperSink {
+    tx: Option<oneshot::Sender<Response<ResponseBody>>>,
+    /// HTTP/1.1: refusals that must close say `Connection: close`.
+    http1: bool,
+}
+
+impl HyperSink {
+    pub(crate) fn new(tx: oneshot::Sender<Response<ResponseBody>>, http1: bool) -> Self {
+        HyperSink {
+            tx: Some(tx),
+            http1,
+        }
+    }
+}
+
+impl ClientSink for HyperSink {
+    fn send(&mut self, resp: Response<ResponseBody>) -> Sending<'_> {
+        let sent = match self.tx.take() {
+            Some(tx) => tx
+                .send(resp)
+                .map_err(|_| SendError::ClientGone("client gone".into())),
+            None => Err(SendError::ClientGone("response already sent".into())),
+        };
+        Box::pin(std::future::ready(sent))
+    }
+
+    fn closes_by_header(&self) -> bool {
+        self.http1
+    }
+
+    /// hyper dropped the request's service future: connection closed or HTTP/2 stream reset.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.tx.as_mut() {
+            Some(tx) => tx.poll_closed(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+}
+
+/// A response body for hyper: the exchange's, and the connection's `Busy` mark (its idle
+/// timer stopped) until the body ends or is dropped.
+pub struct ProxyBody {
+    inner: ResponseBody,
+    busy: Option<Busy>,
+}
+
+impl ProxyBody {
+    pub fn full(b: Bytes) -> Self {
+        ProxyBody::from(ResponseBody::full(b))
+    }
+
+    /// Holds `busy` until the body ends.
+    pub fn hold(mut self, busy: Busy) -> Self {
+        self.busy = Some(busy);
+        self
+    }
+}
+
+impl From<ResponseBody> for ProxyBody {
+    fn from(inner: ResponseBody) -> Self {
+        ProxyBody { inner, busy: None }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.busy = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

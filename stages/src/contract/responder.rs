@@ -1,0 +1,150 @@
+//! How an exchange answers its client, without knowing the protocol: each adapter plugs in a
+//! [`ClientSink`] (HTTP/3 writes frames on the request stream; HTTP/1.1 and HTTP/2 hand the
+//! response to hyper), and the [`Responder`] renders the proxy's own answers for it — status
+//! pages, `Retry-After`, `Allow`, gRPC trailers-only status, `Connection: close` after a bad
+//! HTTP/1.1 request, an HTTP/3 stream reset for a malformed one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::body::BoxError;
+use crate::contract::flow::{Reply, status_text};
+use crate::contract::reason::Reason;
+use crate::contract::response::ResponseBody;
+use crate::http::grpc;
+
+/// Why a response could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The client went away (or stopped reading) before the response was delivered.
+    #[error("client gone: {0}")]
+    ClientGone(BoxError),
+    /// The backend's body failed mid-stream; the client's stream was reset.
+    #[error("upstream body failed: {0}")]
+    UpstreamBody(BoxError),
+}
+
+/// A boxed send future.
+pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+
+/// The protocol side of a responder, implemented by each adapter.
+pub trait ClientSink: Send + 'static {
+    /// Sends the response: its head, then its body to the end. HTTP/3 writes it here;
+    /// HTTP/1.1 and HTTP/2 hand it to hyper, which writes it later while the body carries the
+    /// exchange's end.
+    fn send(&mut self, resp: Response<ResponseBody>) -> Sending<'_>;
+
+    /// Refuses a malformed request the protocol's own way, when it has one (HTTP/3: reset
+    /// the stream with H3_MESSAGE_ERROR, RFC 9114 §4.1.2). `false`: answer with a status.
+    fn reset_malformed(&mut self) -> bool {
+        false
+    }
+
+    /// Whether a refusal that must close the connection says so in a header (HTTP/1.1).
+    fn closes_by_header(&self) -> bool {
+        false
+    }
+
+    /// Ready when the client can no longer receive the response.
+    fn poll_closed(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+
+    /// Whether [`ClientSink::poll_closed`] has happened.
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// The client side of an exchange's response.
+pub struct Responder {
+    /// `None`: detached (benchmarks, engine tests): responses go nowhere.
+    sink: Option<Box<dyn ClientSink>>,
+    sent: bool,
+}
+
+impl Responder {
+    pub fn new(sink: impl ClientSink) -> Self {
+        Responder {
+            sink: Some(Box::new(sink)),
+            sent: false,
+        }
+    }
+
+    /// A responder that sends nowhere.
+    pub fn detached() -> Self {
+        Responder {
+            sink: None,
+            sent: false,
+        }
+    }
+
+    /// Whether a response was handed over (too late for another one).
+    pub fn head_sent(&self) -> bool {
+        self.sent
+    }
+
+    /// Completes when the client can no longer receive the response; never for a protocol
+    /// whose cancellation is watched elsewhere (HTTP/3: the connection and the request body).
+    pub async fn closed(&mut self) {
+        match self.sink.as_mut() {
+            Some(s) => std::future::poll_fn(|cx| s.poll_closed(cx)).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether [`Responder::closed`] has happened.
+    pub fn is_closed(&self) -> bool {
+        self.sink.as_ref().is_some_and(|s| s.is_closed())
+    }
+
+    /// Sends a response.
+    pub async fn send(&mut self, resp: Response<ResponseBody>) -> Result<(), SendError> {
+        self.sent = true;
+        match self.sink.as_mut() {
+            Some(s) => s.send(resp).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The answer to a refusal on this client's protocol, or `None` when the protocol refused
+    /// it itself (an HTTP/3 stream reset).
+    pub fn rejection(&mut self, reason: Reason, grpc: bool) -> Option<Reply> {
+        if reason.malformed() && self.sink.as_mut().is_some_and(|s| s.reset_malformed()) {
+            self.sent = true;
+            return None;
+        }
+        if grpc {
+            // gRPC clients read the outcome from grpc-status: a trailers-only answer.
+            return Some(Reply {
+                status: StatusCode::OK,
+                headers: grpc::error_headers(reason.grpc_code(), reason.label(), reason.status()),
+                body: Bytes::new(),
+            });
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Some(secs) = reason.retry_after() {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = reason.allow() {
+            headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if reason.closes() && self.sink.as_ref().is_some_and(|s| s.closes_by_header()) {
+            // After a malformed HTTP/1.1 request, trust nothing else on that connection.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Some(Reply {
+            status: reason.status(),
+            headers,
+            body: status_text(reason.status(), reason.label()),
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! The response an exchange hands its responder, whatever the protocol: a proxy-made body or
+//! the backend's streamed through, bounded by a gRPC deadline, carrying the exchange's end
+//! (its permits) until its last byte is gone — so caps count an exchange until then, on every
+//! protocol alike.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::BoxError;
+use crate::contract::exchange::Permits;
+use crate::contract::flow::Reply;
+use crate::http::grpc;
+use crate::http::headers::strip_hop_by_hop;
+use crate::upstreams::UpstreamBody;
+
+/// When a streamed gRPC response must end, and what counts the cut.
+pub struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    cut: metrics::Counter,
+}
+
+impl Deadline {
+    pub fn new(at: std::time::Instant, cut: metrics::Counter) -> Deadline {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at.into())),
+            cut,
+        }
+    }
+
+    /// Ready once the deadline has passed; counts the cut.
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let passed = self.sleep.as_mut().poll(cx);
+        if passed.is_ready() {
+            self.cut.increment(1);
+            tracing::info!("gRPC deadline passed while the response streamed");
+        }
+        passed
+    }
+}
+
+/// What an exchange holds until the last byte of its response is gone.
+#[derive(Default)]
+pub struct End {
+    pub permits: Permits,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    inner: Inner,
+    /// A gRPC deadline that ends the body early with DEADLINE_EXCEEDED trailers.
+    deadline: Option<Deadline>,
+    end: Option<End>,
+}
+
+impl ResponseBody {
+    /// A proxy-made body.
+    pub fn full(b: Bytes) -> Self {
+        ResponseBody {
+            inner: Inner::Full((!b.is_empty()).then_some(b)),
+            deadline: None,
+            end: None,
+        }
+    }
+
+    /// The backend's body, streamed through.
+    pub fn upstream(body: UpstreamBody, deadline: Option<Deadline>) -> Self {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            deadline,
+            end: None,
+        }
+    }
+
+    /// Carries `end` until the body ends or is dropped.
+    pub fn ending(mut self, end: End) -> Self {
+        self.end = Some(end);
+        self
+    }
+
+    /// A whole proxy-made body (written with a bound on time).
+    pub fn is_full(&self) -> bool {
+        matches!(self.inner, Inner::Full(_))
+    }
+
+    fn finish(&mut self) {
+        self.end = None;
+        self.deadline = None;
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        // The deadline first, so that a backend that never stops sending is cut too.
+        if let Some(Poll::Ready(())) = this.deadline.as_mut().map(|d| d.poll_passed(cx)) {
+            // Dropping the upstream body resets the backend's stream.
+            this.inner = Inner::Full(None);
+            this.finish();
+            return Poll::Ready(Some(Ok(Frame::trailers(grpc::deadline_trailers()))));
+        }
+        let polled = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(mut frame))) => {
+                    if let Some(t) = frame.trailers_mut() {
+                        strip_hop_by_hop(t);
+                        // The call is over: no second set of trailers.
+                        this.deadline = None;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Reply {
+    /// The response for a proxy-made reply (`content-length` added, except on a gRPC
+    /// trailers-only answer).
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let len = self.body.len();
+        let mut head = Response::new(ResponseBody::full(self.body));
+        *head.status_mut() = self.status;
+        *head.headers_mut() = self.headers;
+        if !head.headers().contains_key(http::header::CONTENT_LENGTH)
+            && !head.headers().contains_key("grpc-status")
+        {
+            head.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        head
+    }
+}
