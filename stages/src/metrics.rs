@@ -34,6 +34,9 @@ pub const HTTP3_REFUSED: &str = "spooky_h3_refused_total";
 pub const CONTROL_RELOADS: &str = "spooky_control_reloads_total";
 /// gRPC responses cut short by the client's deadline after their head was sent.
 pub const GRPC_DEADLINE_CUT: &str = "spooky_grpc_deadline_cut_total";
+/// Exchanges ended, by how (`complete`, `cancelled`, `upstream_failed`, `reset`): one count
+/// per end-of-exchange record, so it equals the exchanges started.
+pub const EXCHANGES_ENDED: &str = "spooky_exchanges_ended_total";
 
 /// Buckets for every `_seconds` histogram: few and deliberate, 100 µs to 10 s.
 pub const SECONDS_BUCKETS: [f64; 12] = [

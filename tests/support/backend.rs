@@ -4,6 +4,7 @@
 //! * `/hold…` — counts the arrival, then answers only when the test releases one hold;
 //! * `/trailers` — a chunked body followed by trailers;
 //! * `/drip…` — sends one chunk, then waits for a release before the rest;
+//! * `/broken…` — sends one chunk, then fails its body once released (cut mid-response);
 //! * anything else — `200 backend <path>`.
 
 use std::convert::Infallible;
@@ -174,6 +175,27 @@ async fn handle(
                     _ => None,
                 }
             });
+        return Ok(Response::new(BoxBody::new(StreamBody::new(stream))));
+    }
+    if path.starts_with("/broken") {
+        // The head and a first chunk go out; the body fails once the test releases it.
+        let stream = futures::stream::unfold((0, st.clone()), |(i, st)| async move {
+            match i {
+                0 => Some((
+                    Ok(Frame::data(Bytes::from_static(b"first chunk\n"))),
+                    (1, st),
+                )),
+                1 => {
+                    if let Ok(p) = st.releases.acquire().await {
+                        p.forget();
+                    }
+                    let e: Box<dyn std::error::Error + Send + Sync> =
+                        "the backend broke mid-body".into();
+                    Some((Err(e), (2, st)))
+                }
+                _ => None,
+            }
+        });
         return Ok(Response::new(BoxBody::new(StreamBody::new(stream))));
     }
     if path == "/headers" {

@@ -2,6 +2,8 @@
 //! never buffered whole.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -93,6 +95,21 @@ pub trait BodySource: Send + Sync + 'static {
     }
 }
 
+/// Request-body bytes forwarded, counted by the body wherever it has gone (the upstream
+/// client owns it while it streams).
+#[derive(Clone, Default)]
+pub struct BytesIn(Arc<AtomicU64>);
+
+impl BytesIn {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The request body of an exchange.
 pub struct RequestBody {
     stream: Option<Box<dyn BodySource>>,
@@ -111,6 +128,8 @@ pub struct RequestBody {
     failure: Option<BoxError>,
     /// Forward upstream as an empty body (GET-like request without `content-length`).
     empty_upstream: bool,
+    /// Where forwarded bytes are counted (the exchange's record).
+    forwarded: Option<BytesIn>,
 }
 
 impl RequestBody {
@@ -126,6 +145,7 @@ impl RequestBody {
             state: State::Ended,
             failure: None,
             empty_upstream: true,
+            forwarded: None,
         }
     }
 
@@ -155,6 +175,7 @@ impl RequestBody {
             state: State::Data,
             failure: None,
             empty_upstream,
+            forwarded: None,
         }
     }
 
@@ -163,9 +184,12 @@ impl RequestBody {
         self.empty_upstream
     }
 
-    /// Takes the body out for forwarding, leaving an empty one behind.
-    pub fn take(&mut self) -> RequestBody {
-        std::mem::replace(self, RequestBody::empty())
+    /// Takes the body out for forwarding, leaving an empty one behind; what it forwards is
+    /// counted in `counter`.
+    pub fn take(&mut self, counter: &BytesIn) -> RequestBody {
+        let mut body = std::mem::replace(self, RequestBody::empty());
+        body.forwarded = Some(counter.clone());
+        body
     }
 
     /// Completes if the client resets its request stream while the body is still open. To
@@ -242,15 +266,12 @@ fn check_length(declared: Option<u64>, received: u64, at_end: bool) -> Result<()
     }
 }
 
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+impl RequestBody {
+    fn poll_next_frame(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
+        let this = self;
         if let Some(chunk) = this.stash.take() {
             if let Err(e) = check_length(this.declared, this.received, false) {
                 this.state = State::Failed;
@@ -314,6 +335,25 @@ impl Body for RequestBody {
                 }
             }
         }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = this.poll_next_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, &this.forwarded)
+            && let Some(data) = frame.data_ref()
+        {
+            counter.add(data.len() as u64);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -14,7 +14,9 @@ use spooky_sync::{DrainGuard, Permit};
 
 use crate::body::RequestBody;
 use crate::contract::reason::Reason;
+use crate::contract::record::Record;
 use crate::contract::responder::Responder;
+use crate::contract::response::End;
 use crate::contract::route::Route;
 use crate::tls::identity::ClientIdentity;
 use crate::upstreams::{Upstream, UpstreamBody};
@@ -248,6 +250,15 @@ pub struct ExchangeState {
     pub response: Option<http::Response<UpstreamBody>>,
     /// When ingress built the exchange.
     pub started: Instant,
+    /// What happened to it, emitted once when it ends.
+    pub record: Record,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // The record (unless it left with the response) is emitted as the state drops.
+        self.fill_record();
+    }
 }
 
 /// Where a new exchange comes from: what the protocol adapter knows about its client.
@@ -267,6 +278,8 @@ impl Exchange {
         responder: Responder,
         origin: Origin,
     ) -> Exchange {
+        let started = Instant::now();
+        let protocol = origin.client.protocol;
         Exchange(Box::new(ExchangeState {
             id,
             head,
@@ -280,7 +293,8 @@ impl Exchange {
             permits: Permits::default(),
             decided: Decisions::default(),
             response: None,
-            started: Instant::now(),
+            started,
+            record: Record::new(id, protocol, started),
         }))
     }
 
@@ -327,6 +341,30 @@ impl Exchange {
     /// nobody could watch it).
     pub fn is_cancelled(&self) -> bool {
         self.conn_gone.as_ref().is_some_and(ConnGone::is_gone) || self.responder.is_closed()
+    }
+
+    /// Copies the decisions into the record (cheap: reference counts).
+    fn fill_record(&mut self) {
+        let st = &mut *self.0;
+        st.record.route = st.decided.route.clone();
+        st.record.upstream = st.decided.upstream.clone();
+        st.record.backend = st.decided.backend;
+    }
+
+    /// What the exchange holds until its response's last byte is gone: its permits and its
+    /// record, handed over with the response (status `status`).
+    pub fn end(&mut self, status: http::StatusCode) -> End {
+        self.fill_record();
+        let st = &mut *self.0;
+        let mut record = std::mem::replace(
+            &mut st.record,
+            Record::new(st.id, st.client.protocol, st.started),
+        );
+        record.status = Some(status);
+        End {
+            permits: std::mem::take(&mut st.permits),
+            record: Some(record),
+        }
     }
 
     /// Safe to send again to another backend after a connect failure: an idempotent method

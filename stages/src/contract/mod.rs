@@ -6,6 +6,7 @@
 pub mod exchange;
 pub mod flow;
 pub mod reason;
+pub mod record;
 pub mod responder;
 pub mod response;
 pub mod route;

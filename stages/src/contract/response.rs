@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::body::BoxError;
 use crate::contract::exchange::Permits;
 use crate::contract::flow::Reply;
+use crate::contract::record::{Outcome, Record};
 use crate::http::grpc;
 use crate::http::headers::strip_hop_by_hop;
 use crate::upstreams::UpstreamBody;
@@ -42,10 +43,12 @@ impl Deadline {
     }
 }
 
-/// What an exchange holds until the last byte of its response is gone.
+/// What an exchange holds until the last byte of its response is gone: its permits, and its
+/// record (emitted when this is dropped).
 #[derive(Default)]
 pub struct End {
     pub permits: Permits,
+    pub record: Option<Record>,
 }
 
 enum Inner {
@@ -91,9 +94,28 @@ impl ResponseBody {
         matches!(self.inner, Inner::Full(_))
     }
 
-    fn finish(&mut self) {
+    /// The body is over: the exchange ends here.
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(r) = self.end.as_mut().and_then(|e| e.record.as_mut()) {
+            r.ended(outcome);
+        }
         self.end = None;
         self.deadline = None;
+    }
+
+    fn count_out(&mut self, n: usize) {
+        if let Some(r) = self.end.as_mut().and_then(|e| e.record.as_mut()) {
+            r.bytes_out += n as u64;
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper need not poll a body that says it has ended (an empty one): it was complete.
+        if self.end.is_some() && self.is_end_stream() {
+            self.finish(Outcome::Complete);
+        }
     }
 }
 
@@ -110,7 +132,7 @@ impl Body for ResponseBody {
         if let Some(Poll::Ready(())) = this.deadline.as_mut().map(|d| d.poll_passed(cx)) {
             // Dropping the upstream body resets the backend's stream.
             this.inner = Inner::Full(None);
-            this.finish();
+            this.finish(Outcome::Complete);
             return Poll::Ready(Some(Ok(Frame::trailers(grpc::deadline_trailers()))));
         }
         let polled = match &mut this.inner {
@@ -129,8 +151,15 @@ impl Body for ResponseBody {
                 Poll::Pending => Poll::Pending,
             },
         };
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.finish();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.count_out(d.len());
+                }
+            }
+            Poll::Ready(None) => this.finish(Outcome::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(Outcome::UpstreamFailed),
+            Poll::Pending => {}
         }
         polled
     }

@@ -21,7 +21,7 @@ use crate::config::{Config, StageKind, StageSettings, WhenFull};
 use crate::contract::exchange::Exchange;
 use crate::contract::flow::{Flow, Reply};
 use crate::contract::reason::Reason;
-use crate::contract::response::End;
+use crate::contract::record::{Outcome, Record, RecordSink};
 use crate::metrics::{RequestMetrics, StageMetrics};
 use crate::stages::{
     admission::Admission, dispatch::Dispatch, egress::Egress, hedge_retry::HedgeRetry,
@@ -83,6 +83,58 @@ pub enum BuildError {
     Routes(String),
 }
 
+/// Turns end-of-exchange records into the request metrics.
+struct Recorder {
+    requests: RequestMetrics,
+    ended: [metrics::Counter; 4],
+}
+
+impl Recorder {
+    fn new(pipeline: &str) -> Recorder {
+        let ended = [
+            Outcome::Complete,
+            Outcome::Cancelled,
+            Outcome::UpstreamFailed,
+            Outcome::Reset,
+        ]
+        .map(|o| {
+            metrics::counter!(crate::metrics::EXCHANGES_ENDED, "pipeline" => pipeline.to_string(), "outcome" => o.label())
+        });
+        Recorder {
+            requests: RequestMetrics::new(pipeline),
+            ended,
+        }
+    }
+}
+
+impl RecordSink for Recorder {
+    fn emit(&self, r: &Record) {
+        if let Some(status) = r.status {
+            self.requests.record(status, r.started);
+        }
+        let i = match r.outcome {
+            Some(Outcome::Complete) => 0,
+            Some(Outcome::Cancelled) | None => 1,
+            Some(Outcome::UpstreamFailed) => 2,
+            Some(Outcome::Reset) => 3,
+        };
+        self.ended[i].increment(1);
+        tracing::trace!(
+            exchange = r.id,
+            protocol = r.protocol.label(),
+            status = r.status.map(|s| s.as_u16()),
+            reason = r.reason.map(|r| r.label()),
+            outcome = r.outcome.map(Outcome::label),
+            bytes_in = r.bytes_in.get(),
+            bytes_out = r.bytes_out,
+            attempts = r.attempts,
+            backend = r.backend_name(),
+            duration_us = r.duration().as_micros() as u64,
+            "exchange ended"
+        );
+    }
+}
+
 /// A running pipeline: everything built from one config generation.
 pub struct Pipeline {
     name: String,
@@ -91,7 +143,7 @@ pub struct Pipeline {
     retry_to: Option<usize>,
     drain: Drain,
     upstreams: Vec<Arc<Upstream>>,
-    requests: RequestMetrics,
+    recorder: Arc<Recorder>,
     next_id: AtomicU64,
 }
 
@@ -160,7 +212,7 @@ impl Pipeline {
             .position(|k| *k == StageKind::Select)
             .filter(|_| has_hedge);
         let pipeline = Arc::new(Pipeline {
-            requests: RequestMetrics::new(&name),
+            recorder: Arc::new(Recorder::new(&name)),
             name,
             slots,
             retry_to,
@@ -196,7 +248,8 @@ impl Pipeline {
     }
 
     /// Runs a new exchange from the first stage; `permit` is from [`Pipeline::ingress_cap`].
-    pub async fn run(self: Arc<Self>, ex: Exchange, permit: Permit) {
+    pub async fn run(self: Arc<Self>, mut ex: Exchange, permit: Permit) {
+        ex.record.emit_to(self.recorder.clone());
         self.run_from(0, ex, permit).await
     }
 
@@ -232,8 +285,9 @@ impl Pipeline {
             slot.metrics.processing.record(t0.elapsed().as_secs_f64());
             let next;
             (next, ex) = match flow {
-                Flow::Continue(ex) => {
+                Flow::Continue(mut ex) => {
                     slot.metrics.emitted.increment(1);
+                    ex.record.mark(slot.kind.name());
                     (idx + 1, ex)
                 }
                 Flow::Retry(ex) => match self.retry_to {
@@ -248,18 +302,22 @@ impl Pipeline {
                         return self.reject(ex, r).await;
                     }
                 },
-                Flow::Respond(ex, reply) => {
+                Flow::Respond(mut ex, reply) => {
                     slot.metrics.emitted.increment(1);
+                    ex.record.mark(slot.kind.name());
                     drop(held);
                     return self.reply(ex, reply).await;
                 }
-                Flow::Reject(ex, r) => {
+                Flow::Reject(mut ex, r) => {
                     slot.metrics.rejected(r.label()).increment(1);
+                    ex.record.mark(slot.kind.name());
                     drop(held);
                     return self.reject(ex, r).await;
                 }
-                Flow::Abandon(ex, reason) => {
+                Flow::Abandon(mut ex, reason) => {
                     slot.metrics.rejected(reason.label()).increment(1);
+                    ex.record.mark(slot.kind.name());
+                    ex.record.reason = Some(reason);
                     tracing::debug!(
                         exchange = ex.id,
                         stage = slot.kind.name(),
@@ -369,20 +427,17 @@ impl Pipeline {
     }
 
     /// Refuses an exchange before it enters the chain (e.g. while draining).
-    pub async fn refuse(&self, ex: Exchange, r: Reason) {
+    pub async fn refuse(&self, mut ex: Exchange, r: Reason) {
+        ex.record.emit_to(self.recorder.clone());
         self.reject(ex, r).await
     }
 
     /// Writes a proxy-made response and ends the exchange.
     async fn reply(&self, mut ex: Exchange, reply: Reply) {
-        let status = reply.status;
-        let end = End {
-            permits: std::mem::take(&mut ex.permits),
-        };
+        let end = ex.end(reply.status);
         let resp = reply.into_response().map(|b| b.ending(end));
-        if ex.responder.send(resp).await.is_ok() {
-            self.requests.record(status, ex.started);
-        }
+        // Delivered or not, the record in the body tells.
+        let _ = ex.responder.send(resp).await;
     }
 
     /// Answers a refusal the way the client's protocol and kind (gRPC) expect.
@@ -393,13 +448,15 @@ impl Pipeline {
             reason = r.label(),
             "exchange rejected"
         );
+        ex.record.reason = Some(r);
         if ex.responder.head_sent() {
             // Too late for a status: dropping the exchange resets the client stream.
             return;
         }
         let grpc = ex.grpc;
-        if let Some(reply) = ex.responder.rejection(r, grpc) {
-            self.reply(ex, reply).await;
+        match ex.responder.rejection(r, grpc) {
+            Some(reply) => self.reply(ex, reply).await,
+            None => ex.record.ended(Outcome::Reset),
         }
     }
 

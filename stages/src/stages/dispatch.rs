@@ -114,6 +114,7 @@ impl Dispatch {
             Err(reason) => return Flow::Reject(ex, reason),
         };
         let started = Instant::now();
+        ex.record.attempts += 1;
         // A gRPC client's deadline bounds the wait too; what is left of it was forwarded.
         let (wait, timeout_reason) = match ex.deadline {
             Some(d) if d.saturating_duration_since(started) < self.response_timeout => {
@@ -268,7 +269,8 @@ impl Dispatch {
         let body = if ex.body.is_empty_request() {
             RequestBody::empty()
         } else {
-            ex.body.take()
+            let counter = ex.record.bytes_in.clone();
+            ex.body.take(&counter)
         };
         let mut req = Request::new(body);
         *req.method_mut() = ex.head.method.clone();

@@ -9,9 +9,8 @@ use crate::contract::exchange::Exchange;
 use crate::contract::flow::Flow;
 use crate::contract::reason::Reason;
 use crate::contract::responder::SendError;
-use crate::contract::response::{Deadline, End, ResponseBody};
+use crate::contract::response::{Deadline, ResponseBody};
 use crate::http::headers::{append_via, strip_hop_by_hop};
-use crate::metrics::RequestMetrics;
 
 /// Whether the proxy adds itself to `Via` on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -33,7 +32,6 @@ pub struct Config {
 
 /// The running stage.
 pub struct Egress {
-    requests: RequestMetrics,
     via: Via,
     deadline_cut: metrics::Counter,
 }
@@ -41,7 +39,6 @@ pub struct Egress {
 impl Egress {
     pub fn build(config: &Config, pipeline: &str) -> Self {
         Egress {
-            requests: RequestMetrics::new(pipeline),
             via: config.via,
             deadline_cut: metrics::counter!(
                 crate::metrics::GRPC_DEADLINE_CUT,
@@ -66,15 +63,11 @@ impl Egress {
             .map(|at| Deadline::new(at, self.deadline_cut.clone()));
         // The exchange's permits travel with the body and come back when its last byte is
         // gone (or the client goes), whichever protocol writes it.
-        let end = End {
-            permits: std::mem::take(&mut ex.permits),
-        };
+        ex.record.mark("egress");
+        let end = ex.end(status);
         let body = ResponseBody::upstream(body, deadline).ending(end);
         match ex.responder.send(Response::from_parts(parts, body)).await {
-            Ok(()) => {
-                self.requests.record(status, ex.started);
-                Flow::Done
-            }
+            Ok(()) => Flow::Done,
             Err(SendError::ClientGone(_)) => Flow::Abandon(ex, Reason::ClientGone),
             Err(SendError::UpstreamBody(e)) => {
                 tracing::warn!(exchange = ex.id, error = %e, "upstream response body failed");

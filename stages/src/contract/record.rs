@@ -1,0 +1,165 @@
+//! The end-of-exchange record: what happened to one exchange — stage timing marks, status,
+//! bytes in and out, route, upstream, backend, attempts, reason, protocol — collected as it
+//! flows and emitted **exactly once** when it ends, wherever it ends.
+//!
+//! Exactly once is by construction: the record is a guard that rides with the exchange (and,
+//! once the response is handed over, inside the response body), and it is emitted from its
+//! `Drop`, which runs once. Whoever ends the exchange only says how (`ended`); an exchange
+//! dropped without a word (a closed inlet, a panic unwinding, a client that left) is recorded
+//! as `cancelled`. The pipeline's [`RecordSink`] turns records into request metrics today, and
+//! will feed the access log, passive health and latency-aware balancing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use smallvec::SmallVec;
+
+use crate::body::BytesIn;
+use crate::contract::exchange::ClientProtocol;
+use crate::contract::reason::Reason;
+use crate::contract::route::Route;
+use crate::upstreams::Upstream;
+
+/// How an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The whole response went out (proxied, direct or a refusal).
+    Complete,
+    /// The exchange ended before its response was complete: the client left, or the exchange
+    /// was dropped (shutdown, an inlet closed).
+    Cancelled,
+    /// The backend's response body failed mid-stream; the client's stream was cut.
+    UpstreamFailed,
+    /// The proxy reset the request stream instead of answering (a malformed HTTP/3 head).
+    Reset,
+}
+
+impl Outcome {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::Cancelled => "cancelled",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Reset => "reset",
+        }
+    }
+}
+
+/// Where records go: the pipeline's, set when it is built.
+pub trait RecordSink: Send + Sync + 'static {
+    fn emit(&self, record: &Record);
+}
+
+/// What happened to one exchange.
+pub struct Record {
+    pub id: u64,
+    pub protocol: ClientProtocol,
+    pub started: Instant,
+    /// Each stage the exchange left, and when (since `started`).
+    pub marks: SmallVec<[(&'static str, Duration); 8]>,
+    /// The response status, once a response was handed to the client.
+    pub status: Option<StatusCode>,
+    /// Why the proxy refused or abandoned it.
+    pub reason: Option<Reason>,
+    pub route: Option<Arc<Route>>,
+    pub upstream: Option<Arc<Upstream>>,
+    /// The backend of the last attempt (an index into `upstream`'s backends).
+    pub backend: Option<usize>,
+    /// Attempts sent to backends.
+    pub attempts: u32,
+    pub bytes_in: BytesIn,
+    /// Response-body bytes handed to the client.
+    pub bytes_out: u64,
+    pub outcome: Option<Outcome>,
+    sink: Option<Arc<dyn RecordSink>>,
+}
+
+impl Record {
+    pub fn new(id: u64, protocol: ClientProtocol, started: Instant) -> Record {
+        Record {
+            id,
+            protocol,
+            started,
+            marks: SmallVec::new(),
+            status: None,
+            reason: None,
+            route: None,
+            upstream: None,
+            backend: None,
+            attempts: 0,
+            bytes_in: BytesIn::default(),
+            bytes_out: 0,
+            outcome: None,
+            sink: None,
+        }
+    }
+
+    /// Where the record is emitted (the pipeline running the exchange).
+    pub fn emit_to(&mut self, sink: Arc<dyn RecordSink>) {
+        self.sink = Some(sink);
+    }
+
+    /// A stage finished with the exchange.
+    pub fn mark(&mut self, stage: &'static str) {
+        self.marks.push((stage, self.started.elapsed()));
+    }
+
+    /// Says how the exchange ended; the first word counts.
+    pub fn ended(&mut self, outcome: Outcome) {
+        self.outcome.get_or_insert(outcome);
+    }
+
+    /// The backend's name, when one was chosen.
+    pub fn backend_name(&self) -> Option<&str> {
+        let (u, b) = (self.upstream.as_ref()?, self.backend?);
+        u.backends.get(b).map(|b| b.name.as_str())
+    }
+
+    /// How long the exchange took.
+    pub fn duration(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.outcome.get_or_insert(Outcome::Cancelled);
+        if let Some(sink) = self.sink.take() {
+            sink.emit(self);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<(u64, Outcome)>>);
+
+    impl RecordSink for Seen {
+        fn emit(&self, r: &Record) {
+            if let (Ok(mut seen), Some(o)) = (self.0.lock(), r.outcome) {
+                seen.push((r.id, o));
+            }
+        }
+    }
+
+    #[test]
+    fn emitted_once_with_the_first_outcome_or_cancelled() {
+        let seen = Arc::new(Seen::default());
+        let mut a = Record::new(1, ClientProtocol::H3, Instant::now());
+        a.emit_to(seen.clone());
+        a.ended(Outcome::Complete);
+        a.ended(Outcome::Cancelled);
+        drop(a);
+        let mut b = Record::new(2, ClientProtocol::H2, Instant::now());
+        b.emit_to(seen.clone());
+        drop(b);
+        let seen = seen.0.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen, vec![(1, Outcome::Complete), (2, Outcome::Cancelled)]);
+    }
+}
