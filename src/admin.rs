@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
-use spooky_stages::Pipeline;
+use spooky_stages::Pipelines;
 use tokio::net::TcpListener;
 
 use crate::reload::CertReloader;
@@ -22,7 +22,7 @@ use crate::reload::CertReloader;
 /// What the admin endpoints read.
 pub struct AdminState {
     pub prometheus: PrometheusHandle,
-    pub pipeline: Arc<Pipeline>,
+    pub pipelines: Pipelines,
     pub ready: AtomicBool,
     /// The control token; `None` disables control endpoints.
     pub token: Option<String>,
@@ -73,7 +73,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            state.pipeline.sample_gauges();
+            state.pipelines.current().sample_gauges();
             state.prometheus.run_upkeep();
             let mut r = text(StatusCode::OK, state.prometheus.render());
             r.headers_mut().insert(

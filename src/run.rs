@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use spooky_stages::Pipeline;
+use spooky_stages::Pipelines;
 use spooky_stages::adapters::h3::server::H3Listener;
 use spooky_stages::adapters::tcp::server::TcpListenerRt;
 use spooky_stages::config::{self, Config, ListenerConfig, Protocol};
@@ -53,7 +53,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;
-    let pipeline = Pipeline::start(&config).map_err(|e| e.to_string())?;
+    let pipelines = Pipelines::start(&config).map_err(|e| e.to_string())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut reloader = CertReloader::default();
@@ -72,14 +72,14 @@ async fn serve(config: Config) -> Result<(), String> {
             println!("listening listener={} protocol=h3 addr={addr}", l.name);
             endpoints.push(listener.endpoint().clone());
             tasks.push(tokio::spawn(
-                listener.serve(pipeline.clone(), shutdown_rx.clone()),
+                listener.serve(pipelines.clone(), shutdown_rx.clone()),
             ));
         }
         if let Some(listener) = tcp {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!("listening listener={} protocol=tcp addr={addr}", l.name);
             tcp_tasks.push(tokio::spawn(
-                listener.serve(pipeline.clone(), shutdown_rx.clone()),
+                listener.serve(pipelines.clone(), shutdown_rx.clone()),
             ));
         }
     }
@@ -96,7 +96,7 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     let state = Arc::new(AdminState {
         prometheus,
-        pipeline: pipeline.clone(),
+        pipelines: pipelines.clone(),
         ready: AtomicBool::new(false),
         token,
         certs: reloader.clone(),
@@ -116,20 +116,20 @@ async fn serve(config: Config) -> Result<(), String> {
     wait_for_shutdown(&reloader).await?;
     let deadline = config.pipeline.drain_timeout.0;
     tracing::info!(
-        live = pipeline.drain().live(),
+        live = pipelines.drain().live(),
         ?deadline,
         "shutting down: draining"
     );
     // Listeners learn first, so that once /ready answers 503 no new connection is taken.
     let _ = shutdown_tx.send(true);
     state.ready.store(false, Ordering::Release);
-    pipeline.drain().close();
-    if tokio::time::timeout(deadline, pipeline.drain().wait())
+    pipelines.drain().close();
+    if tokio::time::timeout(deadline, pipelines.drain().wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            cancelled = pipeline.drain().live(),
+            cancelled = pipelines.drain().live(),
             "drain deadline passed: cancelling the rest"
         );
     } else {

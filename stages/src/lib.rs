@@ -35,3 +35,4 @@ pub mod units;
 pub mod upstreams;
 
 pub use engine::Pipeline;
+pub use engine::generation::Pipelines;

@@ -52,6 +52,8 @@ pub struct StageMetrics {
     pub emitted: Counter,
     pub queue_depth: Gauge,
     pub queue_wait: Histogram,
+    /// Exchanges in the stage (sampled at scrape time).
+    pub inflight: Gauge,
     pub processing: Histogram,
 }
 
@@ -62,6 +64,7 @@ impl StageMetrics {
             received: counter!(STAGE_RECEIVED, "pipeline" => p.clone(), "stage" => stage),
             emitted: counter!(STAGE_EMITTED, "pipeline" => p.clone(), "stage" => stage),
             queue_depth: gauge!(STAGE_QUEUE_DEPTH, "pipeline" => p.clone(), "stage" => stage),
+            inflight: gauge!(STAGE_INFLIGHT, "pipeline" => p.clone(), "stage" => stage),
             queue_wait: histogram!(STAGE_QUEUE_WAIT, "pipeline" => p.clone(), "stage" => stage),
             processing: histogram!(STAGE_PROCESSING, "pipeline" => p.clone(), "stage" => stage),
             pipeline: p,

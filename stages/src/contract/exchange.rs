@@ -171,6 +171,17 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// What happened, for the logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptError::Connect => "upstream connect failed",
+            AttemptError::Reset => "upstream request failed",
+            AttemptError::Timeout => "upstream response timed out",
+            AttemptError::Status(_) => "upstream answered a status Spooky does not pass on",
+            AttemptError::Protocol => "upstream broke HTTP",
+        }
+    }
+
     /// Whether another backend may be tried: nothing reached the backend.
     pub fn nothing_sent(self) -> bool {
         self == AttemptError::Connect
@@ -185,6 +196,15 @@ impl AttemptError {
             AttemptError::Status(_) => Reason::UpstreamUpgrade,
         }
     }
+}
+
+/// A failed attempt, classified, with the error that caused it (for the logs).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", kind.label())]
+pub struct AttemptFailure {
+    pub kind: AttemptError,
+    #[source]
+    pub source: crate::body::BoxError,
 }
 
 /// One failed attempt to a backend.
@@ -365,6 +385,14 @@ impl Exchange {
             permits: std::mem::take(&mut st.permits),
             record: Some(record),
         }
+    }
+
+    /// The name of the backend chosen for the current attempt.
+    pub fn backend_name(&self) -> Option<&str> {
+        let u = self.decided.upstream.as_ref()?;
+        u.backends
+            .get(self.decided.backend?)
+            .map(|b| b.name.as_str())
     }
 
     /// Safe to send again to another backend after a connect failure: an idempotent method

@@ -14,9 +14,6 @@ pub enum Flow {
     Respond(Exchange, Reply),
     /// Refuse the exchange: the reason decides the status and how it is rendered.
     Reject(Exchange, Reason),
-    /// The attempt failed in a way that is safe to repeat: go back to select for another
-    /// backend (the hedge-retry stage decides whether attempts remain).
-    Retry(Exchange),
     /// The client is gone (stream reset, connection closed): drop everything, answer nothing.
     Abandon(Exchange, Reason),
     /// The exchange is finished (egress sent the whole response).

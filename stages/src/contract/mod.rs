@@ -5,6 +5,7 @@
 
 pub mod exchange;
 pub mod flow;
+pub mod inlet;
 pub mod reason;
 pub mod record;
 pub mod responder;

@@ -75,7 +75,7 @@ impl Responder {
         }
     }
 
-    /// A responder that sends nowhere.
+    /// A responder with no client: it reads each response to its end and drops it.
     pub fn detached() -> Self {
         Responder {
             sink: None,
@@ -107,7 +107,16 @@ impl Responder {
         self.sent = true;
         match self.sink.as_mut() {
             Some(s) => s.send(resp).await,
-            None => Ok(()),
+            None => {
+                // Detached: read the body to its end, as a client would.
+                let mut body = resp.into_body();
+                while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                    if let Err(e) = frame {
+                        return Err(SendError::UpstreamBody(e));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 

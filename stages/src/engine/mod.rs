@@ -1,77 +1,111 @@
 //! The engine: builds the declared chain from config and runs exchanges through it.
 //!
-//! Each stage gets a bounded concurrency (a [`Cap`]) and, when `queue > 0`, a bounded inlet
-//! (a tokio mpsc channel of that capacity) drained by one worker that spawns a task per
-//! exchange while it holds a concurrency permit. A stage with `queue = 0` is fused: the task
-//! that ran the previous stage runs it too, after taking its concurrency permit. When the next
-//! stage is full, `when_full = "wait"` holds the current stage (and so, transitively, ingress,
-//! which then stops accepting request streams); `"shed"` answers 503 at once.
+//! Each stage of the chain is a *slot*: the stage and its [`Inlet`] (bounded concurrency, an
+//! optional bounded waiting room of `queue` places, and `when_full`). An exchange's own task
+//! carries it from slot to slot: it runs a stage while holding that stage's permit and enters
+//! the next stage's inlet before letting the permit go, so a full stage holds the one before
+//! it — and, transitively, ingress, which then stops accepting request streams. There are no
+//! channels and no worker tasks; a queue is a fair waiting room, not a buffer someone drains.
 //!
-//! Stages never create channels or know their neighbours; only this module does.
+//! Select, hedge-retry and dispatch are one slot: the attempt loop, which hedge-retry owns
+//! (see [`crate::stages::hedge_retry`]); select and dispatch keep their own inlets inside it.
+//!
+//! A pipeline is one *generation* of the config ([`generation`]): adapters take the current
+//! one per exchange from a swappable handle, and a generation that was swapped out is dropped
+//! once its last exchange ends.
+
+pub mod generation;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use spooky_sync::{Cap, Drain, Permit, TryAcquireError};
-use tokio::sync::mpsc;
+use spooky_sync::{Cap, Drain, Permit};
 
-use crate::config::{Config, StageKind, StageSettings, WhenFull};
+use crate::config::{Config, StageKind, StageSettings};
 use crate::contract::exchange::Exchange;
 use crate::contract::flow::{Flow, Reply};
+use crate::contract::inlet::{Entered, Inlet};
 use crate::contract::reason::Reason;
 use crate::contract::record::{Outcome, Record, RecordSink};
 use crate::metrics::{RequestMetrics, StageMetrics};
+use crate::stages::hedge_retry::{self, HedgeRetry, Sub};
 use crate::stages::{
-    admission::Admission, dispatch::Dispatch, egress::Egress, hedge_retry::HedgeRetry,
-    ingress::Ingress, queue::Queue, route::RouteIndex, route::RouteStage, select::Select,
+    admission::Admission, dispatch::Dispatch, egress::Egress, ingress::Ingress, queue::Queue,
+    route::RouteIndex, route::RouteStage, select::Select,
 };
 use crate::upstreams::Upstream;
+use crate::upstreams::registry::{PoolKey, Registry};
 
-/// Any of the eight stages (static dispatch: no boxed futures on the hot path).
+/// The stages a slot can run (static dispatch: no boxed futures on the hot path).
 pub enum AnyStage {
     Ingress(Ingress),
     Admission(Admission),
     Route(RouteStage),
     Queue(Queue),
-    Select(Select),
-    HedgeRetry(HedgeRetry),
-    Dispatch(Dispatch),
+    /// Select, hedge-retry and dispatch: the attempt loop (boxed: it holds two inlets).
+    Attempts(Box<HedgeRetry>),
     Egress(Egress),
 }
 
 impl AnyStage {
-    async fn process(&self, ex: Exchange) -> Flow {
+    /// Runs the stage; `carried` is the previous stage's permit when the slot has a
+    /// pass-through inlet (only the attempt loop has one).
+    async fn process(&self, ex: Exchange, carried: Option<Permit>) -> Flow {
         match self {
             AnyStage::Ingress(s) => s.process(ex).await,
             AnyStage::Admission(s) => s.process(ex).await,
             AnyStage::Route(s) => s.process(ex).await,
             AnyStage::Queue(s) => s.process(ex).await,
-            AnyStage::Select(s) => s.process(ex).await,
-            AnyStage::HedgeRetry(s) => s.process(ex).await,
-            // The two I/O stages hold large futures (hyper's client, body streaming): boxed,
-            // so the future of every stage hop (spawned and moved) stays small.
-            AnyStage::Dispatch(s) => Box::pin(s.process(ex)).await,
+            // The I/O stages hold large futures (hyper's client, body streaming): boxed, so
+            // the future of an exchange's task stays small.
+            AnyStage::Attempts(s) => Box::pin(s.process(ex, carried)).await,
             AnyStage::Egress(s) => Box::pin(s.process(ex)).await,
         }
     }
-}
 
-/// An exchange waiting in a stage's inlet.
-struct Queued {
-    ex: Exchange,
-    at: Instant,
+    /// Sets the stage's own gauges (scrape time).
+    fn sample_gauges(&self, pipeline: &str) {
+        match self {
+            AnyStage::Admission(a) => a.sample_gauges(pipeline),
+            AnyStage::Route(r) => r.sample_gauges(pipeline),
+            AnyStage::Attempts(h) => {
+                for inlet in h.inlets() {
+                    inlet.sample_gauges();
+                }
+            }
+            AnyStage::Ingress(_) | AnyStage::Queue(_) | AnyStage::Egress(_) => {}
+        }
+    }
+
+    /// Closes what the stage waits on (a stopped generation).
+    fn close(&self) {
+        match self {
+            AnyStage::Admission(a) => a.cap().close(),
+            AnyStage::Attempts(h) => {
+                for inlet in h.inlets() {
+                    inlet.close();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the stage counts its own rejections (the attempt loop counts each under the
+    /// sub-stage that decided it).
+    fn counts_rejections(&self) -> bool {
+        matches!(self, AnyStage::Attempts(_))
+    }
 }
 
 /// One stage of the running chain.
 struct Slot {
     kind: StageKind,
     stage: AnyStage,
-    settings: StageSettings,
-    concurrency: Cap,
-    inlet: Option<mpsc::Sender<Queued>>,
-    metrics: StageMetrics,
+    /// A pass-through inlet for the attempt loop of a chain without hedge-retry (its
+    /// sub-stages have inlets of their own).
+    inlet: Inlet,
 }
 
 /// Problems building a pipeline from a validated config.
@@ -81,6 +115,8 @@ pub enum BuildError {
     Upstream(String, String),
     #[error("routes: {0}")]
     Routes(String),
+    #[error("pipeline.chain: {0}")]
+    Chain(&'static str),
 }
 
 /// Turns end-of-exchange records into the request metrics.
@@ -89,20 +125,20 @@ struct Recorder {
     ended: [metrics::Counter; 4],
 }
 
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Complete,
+    Outcome::Cancelled,
+    Outcome::UpstreamFailed,
+    Outcome::Reset,
+];
+
 impl Recorder {
     fn new(pipeline: &str) -> Recorder {
-        let ended = [
-            Outcome::Complete,
-            Outcome::Cancelled,
-            Outcome::UpstreamFailed,
-            Outcome::Reset,
-        ]
-        .map(|o| {
-            metrics::counter!(crate::metrics::EXCHANGES_ENDED, "pipeline" => pipeline.to_string(), "outcome" => o.label())
-        });
         Recorder {
             requests: RequestMetrics::new(pipeline),
-            ended,
+            ended: OUTCOMES.map(|o| {
+                metrics::counter!(crate::metrics::EXCHANGES_ENDED, "pipeline" => pipeline.to_string(), "outcome" => o.label())
+            }),
         }
     }
 }
@@ -112,19 +148,16 @@ impl RecordSink for Recorder {
         if let Some(status) = r.status {
             self.requests.record(status, r.started);
         }
-        let i = match r.outcome {
-            Some(Outcome::Complete) => 0,
-            Some(Outcome::Cancelled) | None => 1,
-            Some(Outcome::UpstreamFailed) => 2,
-            Some(Outcome::Reset) => 3,
-        };
-        self.ended[i].increment(1);
+        let outcome = r.outcome.unwrap_or(Outcome::Cancelled);
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.ended[i].increment(1);
+        }
         tracing::trace!(
             exchange = r.id,
             protocol = r.protocol.label(),
             status = r.status.map(|s| s.as_u16()),
             reason = r.reason.map(|r| r.label()),
-            outcome = r.outcome.map(Outcome::label),
+            outcome = outcome.label(),
             bytes_in = r.bytes_in.get(),
             bytes_out = r.bytes_out,
             attempts = r.attempts,
@@ -139,91 +172,138 @@ impl RecordSink for Recorder {
 pub struct Pipeline {
     name: String,
     slots: Vec<Slot>,
-    /// Where `Flow::Retry` goes back to, if the chain has hedge-retry.
-    retry_to: Option<usize>,
+    /// Live exchanges, shared by every generation (graceful shutdown waits for all of them).
     drain: Drain,
     upstreams: Vec<Arc<Upstream>>,
     recorder: Arc<Recorder>,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
+}
+
+/// What generations share: the pools, the live-exchange count, the exchange ids.
+#[derive(Clone)]
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub drain: Drain,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            registry: Registry::new(),
+            drain: Drain::new(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
 }
 
 impl Pipeline {
-    /// Builds the chain and starts a worker for each stage with an inlet. Must run inside a
-    /// tokio runtime.
+    /// Builds a standalone pipeline (its own pools and drain). Must run inside tokio.
     pub fn start(config: &Config) -> Result<Arc<Pipeline>, BuildError> {
+        Pipeline::build(config, &Shared::default())
+    }
+
+    /// Builds one generation of the chain, its pools taken from `shared.registry`.
+    pub fn build(config: &Config, shared: &Shared) -> Result<Arc<Pipeline>, BuildError> {
         let name = config.pipeline.name.clone();
+        let st = &config.stages;
         let mut upstreams = HashMap::new();
+        let settings = st.dispatch.client_settings();
         for (n, u) in &config.upstreams {
-            let built = Upstream::build(n, u, &config.stages.dispatch.client_settings())
+            let built = Upstream::build(n, u, &settings, &shared.registry)
                 .map_err(|e| BuildError::Upstream(n.clone(), e))?;
             upstreams.insert(n.clone(), built);
         }
-        let index = RouteIndex::build(
-            &config.routes,
-            &upstreams,
-            config.stages.queue.capacity.get(),
-        )
-        .map_err(BuildError::Routes)?;
-        let st = &config.stages;
-        let mut route_stage = Some(RouteStage::build(index));
-        let mut receivers = Vec::new();
+        let index = RouteIndex::build(&config.routes, &upstreams, st.queue.capacity.get())
+            .map_err(BuildError::Routes)?;
+        let mut route = Some(RouteStage::build(index));
+        let inlet = |kind: StageKind| {
+            let s: StageSettings = st.settings(kind);
+            Inlet::new(
+                s.queue,
+                s.concurrency.get(),
+                s.when_full,
+                StageMetrics::new(&name, kind.name()),
+            )
+        };
+        let mut select = None;
         let mut slots = Vec::new();
         for (i, kind) in config.chain.iter().copied().enumerate() {
-            let settings = st.settings(kind);
             let stage = match kind {
                 StageKind::Ingress => AnyStage::Ingress(Ingress::build(&st.ingress)),
-                StageKind::Admission => {
-                    AnyStage::Admission(Admission::build(&st.admission, settings.when_full))
-                }
-                StageKind::Route => match route_stage.take() {
-                    Some(r) => AnyStage::Route(r),
-                    None => {
-                        return Err(BuildError::Routes(
-                            "route appears twice in the chain".into(),
-                        ));
-                    }
-                },
+                StageKind::Admission => AnyStage::Admission(Admission::build(
+                    &st.admission,
+                    st.settings(kind).when_full,
+                )),
+                StageKind::Route => AnyStage::Route(
+                    route
+                        .take()
+                        .ok_or(BuildError::Chain("route appears twice"))?,
+                ),
                 StageKind::Queue => AnyStage::Queue(Queue::build(&st.queue)),
-                StageKind::Select => AnyStage::Select(Select::build(&st.select)),
-                StageKind::HedgeRetry => AnyStage::HedgeRetry(HedgeRetry::build(&st.hedge_retry)),
-                StageKind::Dispatch => AnyStage::Dispatch(Dispatch::build(&st.dispatch)),
+                // Select and hedge-retry join the attempt loop that dispatch closes.
+                StageKind::Select => {
+                    select = Some(Sub {
+                        stage: Select::build(&st.select),
+                        inlet: inlet(kind),
+                    });
+                    continue;
+                }
+                StageKind::HedgeRetry => continue,
+                StageKind::Dispatch => {
+                    let select = select
+                        .take()
+                        .ok_or(BuildError::Chain("dispatch needs select before it"))?;
+                    let dispatch = Sub {
+                        stage: Dispatch::build(&st.dispatch),
+                        inlet: inlet(kind),
+                    };
+                    let hedge = config.chain.contains(&StageKind::HedgeRetry);
+                    let policy: Option<&hedge_retry::Config> = hedge.then_some(&st.hedge_retry);
+                    let own = hedge.then(|| StageMetrics::new(&name, StageKind::HedgeRetry.name()));
+                    let loop_ = HedgeRetry::build(policy, own, select, dispatch);
+                    slots.push(Slot {
+                        kind: StageKind::HedgeRetry,
+                        stage: AnyStage::Attempts(Box::new(loop_)),
+                        inlet: if hedge {
+                            inlet(StageKind::HedgeRetry)
+                        } else {
+                            Inlet::pass()
+                        },
+                    });
+                    continue;
+                }
                 StageKind::Egress => AnyStage::Egress(Egress::build(&st.egress, &name)),
             };
-            let inlet = if settings.queue > 0 && i > 0 {
-                let (tx, rx) = mpsc::channel(settings.queue);
-                receivers.push((i, rx));
-                Some(tx)
-            } else {
-                None
-            };
+            // The first stage's inlet is where adapters take their permit; it has no room
+            // (a request waits in its protocol: unaccepted streams, unread sockets).
+            let mut inl = inlet(kind);
+            if i == 0 {
+                let s = st.settings(kind);
+                inl = Inlet::new(
+                    0,
+                    s.concurrency.get(),
+                    s.when_full,
+                    StageMetrics::new(&name, kind.name()),
+                );
+            }
             slots.push(Slot {
                 kind,
                 stage,
-                settings,
-                concurrency: Cap::new(settings.concurrency.get()),
-                inlet,
-                metrics: StageMetrics::new(&name, kind.name()),
+                inlet: inl,
             });
         }
-        let has_hedge = config.chain.contains(&StageKind::HedgeRetry);
-        let retry_to = config
-            .chain
-            .iter()
-            .position(|k| *k == StageKind::Select)
-            .filter(|_| has_hedge);
-        let pipeline = Arc::new(Pipeline {
+        if slots.first().is_none_or(|s| s.inlet.is_pass()) {
+            return Err(BuildError::Chain("the chain must start with ingress"));
+        }
+        Ok(Arc::new(Pipeline {
             recorder: Arc::new(Recorder::new(&name)),
             name,
             slots,
-            retry_to,
-            drain: Drain::new(),
+            drain: shared.drain.clone(),
             upstreams: upstreams.into_values().collect(),
-            next_id: AtomicU64::new(1),
-        });
-        for (i, rx) in receivers {
-            tokio::spawn(pipeline.clone().worker(i, rx));
-        }
-        Ok(pipeline)
+            next_id: shared.next_id.clone(),
+        }))
     }
 
     /// The pipeline's name (a label on every metric).
@@ -244,185 +324,134 @@ impl Pipeline {
     /// The concurrency cap of the first stage (ingress): the protocol adapter takes a permit
     /// before accepting each request stream.
     pub fn ingress_cap(&self) -> &Cap {
-        &self.slots[0].concurrency
+        // `build` made sure there is a first slot.
+        self.slots[0].inlet.concurrency()
     }
 
-    /// Runs a new exchange from the first stage; `permit` is from [`Pipeline::ingress_cap`].
-    pub async fn run(self: Arc<Self>, mut ex: Exchange, permit: Permit) {
-        ex.record.emit_to(self.recorder.clone());
-        self.run_from(0, ex, permit).await
-    }
-
-    /// Drains one stage's inlet: a concurrency permit first (so a busy stage stops taking
-    /// exchanges and its inlet fills), then the next exchange, each on its own task.
-    async fn worker(self: Arc<Self>, idx: usize, mut rx: mpsc::Receiver<Queued>) {
-        let slot = &self.slots[idx];
-        loop {
-            let Ok(permit) = slot.concurrency.acquire().await else {
-                break;
-            };
-            let Some(q) = rx.recv().await else { break };
-            slot.metrics.queue_depth.decrement(1.0);
-            slot.metrics.queue_wait.record(q.at.elapsed().as_secs_f64());
-            if q.ex.is_cancelled() {
-                slot.metrics
-                    .rejected(Reason::Cancelled.label())
-                    .increment(1);
-                continue;
-            }
-            tokio::spawn(self.clone().run_from(idx, q.ex, permit));
+    /// Stops the generation: no new exchange can enter it (its ingress is closed), what waits
+    /// for admission or a backend attempt is refused; exchanges already past those finish on
+    /// it, and it is dropped when the last one ends.
+    pub fn stop(&self) {
+        if let Some(first) = self.slots.first() {
+            first.inlet.close();
+        }
+        for s in &self.slots {
+            s.stage.close();
         }
     }
 
-    /// Runs an exchange from stage `idx` through the fused stages after it, until it is handed
-    /// to an inlet or ends. `held` is the concurrency permit of the stage being run.
-    async fn run_from(self: Arc<Self>, mut idx: usize, mut ex: Exchange, mut held: Permit) {
+    /// Everything this generation's exchanges hold right now: stage permits, waiting places,
+    /// admission, upstream and backend permits. Zero once its last exchange ended.
+    pub fn held(&self) -> usize {
+        let mut n = 0;
+        for s in &self.slots {
+            if !s.inlet.is_pass() {
+                n += s.inlet.concurrency().in_use() + s.inlet.waiting();
+            }
+            match &s.stage {
+                AnyStage::Admission(a) => n += a.cap().in_use(),
+                AnyStage::Attempts(h) => {
+                    for i in h.inlets() {
+                        n += i.concurrency().in_use() + i.waiting();
+                    }
+                }
+                _ => {}
+            }
+        }
+        for u in &self.upstreams {
+            n += u.cap.in_use() + u.backends.iter().map(|b| b.cap.in_use()).sum::<usize>();
+        }
+        n
+    }
+
+    /// The pools this generation uses (the registry keeps these at a swap).
+    pub fn pools(&self) -> Vec<PoolKey> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.backends.iter().map(|b| b.pool.clone()))
+            .collect()
+    }
+
+    /// Runs a new exchange through the chain; `permit` is from [`Pipeline::ingress_cap`].
+    pub async fn run(self: Arc<Self>, mut ex: Exchange, permit: Permit) {
+        ex.record.emit_to(self.recorder.clone());
+        self.run_chain(ex, permit).await
+    }
+
+    /// Carries an exchange from slot to slot until it ends. `permit` is the first slot's.
+    async fn run_chain(&self, mut ex: Exchange, permit: Permit) {
+        let mut held = Some(permit);
+        let mut idx = 0;
         loop {
             let slot = &self.slots[idx];
-            slot.metrics.received.increment(1);
+            let metrics = slot.inlet.metrics();
+            if let Some(m) = metrics {
+                m.received.increment(1);
+            }
+            // A pass-through slot (the attempt loop without hedge-retry) carries the permit
+            // in: its first sub-stage lets it go once it admits the exchange.
+            let carried = if slot.inlet.is_pass() {
+                held.take()
+            } else {
+                None
+            };
             let t0 = Instant::now();
-            let flow = slot.stage.process(ex).await;
-            slot.metrics.processing.record(t0.elapsed().as_secs_f64());
-            let next;
-            (next, ex) = match flow {
+            let flow = slot.stage.process(ex, carried).await;
+            if let Some(m) = metrics {
+                m.processing.record(t0.elapsed().as_secs_f64());
+            }
+            let name = slot.kind.name();
+            ex = match flow {
                 Flow::Continue(mut ex) => {
-                    slot.metrics.emitted.increment(1);
-                    ex.record.mark(slot.kind.name());
-                    (idx + 1, ex)
+                    emitted(metrics);
+                    ex.record.mark(name);
+                    ex
                 }
-                Flow::Retry(ex) => match self.retry_to {
-                    Some(to) => {
-                        slot.metrics.emitted.increment(1);
-                        (to, ex)
-                    }
-                    None => {
-                        let r = Reason::UpstreamConnect;
-                        slot.metrics.rejected(r.label()).increment(1);
-                        drop(held);
-                        return self.reject(ex, r).await;
-                    }
-                },
                 Flow::Respond(mut ex, reply) => {
-                    slot.metrics.emitted.increment(1);
-                    ex.record.mark(slot.kind.name());
+                    emitted(metrics);
+                    ex.record.mark(name);
                     drop(held);
                     return self.reply(ex, reply).await;
                 }
                 Flow::Reject(mut ex, r) => {
-                    slot.metrics.rejected(r.label()).increment(1);
-                    ex.record.mark(slot.kind.name());
+                    if !slot.stage.counts_rejections() {
+                        rejected(metrics, r);
+                    }
+                    ex.record.mark(name);
                     drop(held);
                     return self.reject(ex, r).await;
                 }
                 Flow::Abandon(mut ex, reason) => {
-                    slot.metrics.rejected(reason.label()).increment(1);
-                    ex.record.mark(slot.kind.name());
+                    if !slot.stage.counts_rejections() {
+                        rejected(metrics, reason);
+                    }
+                    ex.record.mark(name);
                     ex.record.reason = Some(reason);
                     tracing::debug!(
                         exchange = ex.id,
-                        stage = slot.kind.name(),
+                        stage = name,
                         reason = reason.label(),
                         "exchange abandoned"
                     );
                     return;
                 }
                 Flow::Done => {
-                    slot.metrics.emitted.increment(1);
+                    emitted(metrics);
                     return;
                 }
             };
-            let Some(nslot) = self.slots.get(next) else {
+            idx += 1;
+            let Some(next) = self.slots.get(idx) else {
                 tracing::error!(exchange = ex.id, "chain ended without egress");
                 return;
             };
-            match &nslot.inlet {
-                // Fused: this task runs the next stage once it has that stage's permit.
-                None => {
-                    let permit = match nslot.concurrency.try_acquire() {
-                        Ok(p) => p,
-                        Err(TryAcquireError::Full)
-                            if nslot.settings.when_full == WhenFull::Wait =>
-                        {
-                            let got = {
-                                let acquire = nslot.concurrency.acquire();
-                                tokio::select! {
-                                    r = acquire => r.ok(),
-                                    () = ex.cancelled() => None,
-                                }
-                            };
-                            match got {
-                                Some(p) => p,
-                                None => {
-                                    nslot
-                                        .metrics
-                                        .rejected(Reason::Cancelled.label())
-                                        .increment(1);
-                                    return;
-                                }
-                            }
-                        }
-                        Err(_) => {
-                            let r = Reason::ConcurrencyFull;
-                            nslot.metrics.rejected(r.label()).increment(1);
-                            drop(held);
-                            return self.reject(ex, r).await;
-                        }
-                    };
-                    held = permit;
-                    idx = next;
-                }
-                // Hand-off through the next stage's bounded inlet.
-                Some(tx) => {
-                    let q = Queued {
-                        ex,
-                        at: Instant::now(),
-                    };
-                    match nslot.settings.when_full {
-                        WhenFull::Shed => match tx.try_send(q) {
-                            Ok(()) => nslot.metrics.queue_depth.increment(1.0),
-                            Err(e) => {
-                                let q = match e {
-                                    mpsc::error::TrySendError::Full(q)
-                                    | mpsc::error::TrySendError::Closed(q) => q,
-                                };
-                                let r = Reason::QueueFull;
-                                nslot.metrics.rejected(r.label()).increment(1);
-                                drop(held);
-                                return self.reject(q.ex, r).await;
-                            }
-                        },
-                        WhenFull::Wait => {
-                            let mut q = q;
-                            let reserved = {
-                                let reserve = tx.reserve();
-                                tokio::select! {
-                                    r = reserve => Some(r),
-                                    () = q.ex.cancelled() => None,
-                                }
-                            };
-                            match reserved {
-                                Some(Ok(slot_permit)) => {
-                                    nslot.metrics.queue_depth.increment(1.0);
-                                    q.at = Instant::now();
-                                    slot_permit.send(q);
-                                }
-                                Some(Err(_closed)) => {
-                                    drop(held);
-                                    return self.reject(q.ex, Reason::ShuttingDown).await;
-                                }
-                                None => {
-                                    nslot
-                                        .metrics
-                                        .rejected(Reason::Cancelled.label())
-                                        .increment(1);
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    return;
-                }
-            }
+            // The next stage's permit before this one's is let go: a full stage holds the
+            // one before it.
+            held = match next.inlet.enter(&mut ex, held.take()).await {
+                Entered::Run(p) => Some(p),
+                Entered::Refused(r) => return self.reject(ex, r).await,
+                Entered::Cancelled => return,
+            };
         }
     }
 
@@ -462,32 +491,26 @@ impl Pipeline {
 
     /// Caps' current use, for the admin `/metrics` gauges.
     pub fn sample_gauges(&self) {
-        use crate::metrics::*;
         for s in &self.slots {
-            metrics::gauge!(STAGE_INFLIGHT, "pipeline" => self.name.clone(), "stage" => s.kind.name())
-                .set(s.concurrency.in_use() as f64);
-            if let AnyStage::Admission(a) = &s.stage {
-                metrics::gauge!(ADMISSION_INFLIGHT, "pipeline" => self.name.clone())
-                    .set(a.cap().in_use() as f64);
-                metrics::gauge!(ADMISSION_WAITING, "pipeline" => self.name.clone())
-                    .set(a.cap().waiting() as f64);
-            }
-            if let AnyStage::Route(r) = &s.stage {
-                for route in r.index().routes() {
-                    metrics::gauge!(ROUTE_QUEUE_WAITING, "pipeline" => self.name.clone(), "route" => route.name.clone())
-                        .set(route.waiting.in_use() as f64);
-                }
-            }
+            s.inlet.sample_gauges();
+            s.stage.sample_gauges(&self.name);
         }
         for u in &self.upstreams {
-            metrics::gauge!(UPSTREAM_INFLIGHT, "upstream" => u.name.clone())
-                .set(u.cap.in_use() as f64);
-            for b in &u.backends {
-                metrics::gauge!(BACKEND_INFLIGHT, "upstream" => u.name.clone(), "backend" => b.name.clone())
-                    .set(b.cap.in_use() as f64);
-            }
+            u.sample_gauges();
         }
-        metrics::gauge!(EXCHANGES_LIVE, "pipeline" => self.name.clone())
+        metrics::gauge!(crate::metrics::EXCHANGES_LIVE, "pipeline" => self.name.clone())
             .set(self.drain.live() as f64);
+    }
+}
+
+fn emitted(m: Option<&StageMetrics>) {
+    if let Some(m) = m {
+        m.emitted.increment(1);
+    }
+}
+
+fn rejected(m: Option<&StageMetrics>, r: Reason) {
+    if let Some(m) = m {
+        m.rejected(r.label()).increment(1);
     }
 }

@@ -51,6 +51,15 @@ impl Admission {
         &self.cap
     }
 
+    /// Sets the admission gauges (scrape time).
+    pub fn sample_gauges(&self, pipeline: &str) {
+        use crate::metrics::{ADMISSION_INFLIGHT, ADMISSION_WAITING};
+        metrics::gauge!(ADMISSION_INFLIGHT, "pipeline" => pipeline.to_string())
+            .set(self.cap.in_use() as f64);
+        metrics::gauge!(ADMISSION_WAITING, "pipeline" => pipeline.to_string())
+            .set(self.cap.waiting() as f64);
+    }
+
     pub async fn process(&self, mut ex: Exchange) -> Flow {
         let permit = match self.cap.try_acquire() {
             Ok(p) => p,

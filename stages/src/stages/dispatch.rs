@@ -11,9 +11,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, StatusCode, Uri};
 use serde::Deserialize;
 
-use crate::body::{ClientBodyError, RequestBody};
-use crate::contract::exchange::{Attempt, AttemptError, Exchange};
-use crate::contract::flow::Flow;
+use crate::body::{BoxError, ClientBodyError, RequestBody};
+use crate::contract::exchange::{AttemptError, AttemptFailure, Exchange};
 use crate::contract::reason::Reason;
 use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::units::Dur;
@@ -104,23 +103,24 @@ impl Dispatch {
         }
     }
 
-    pub async fn process(&self, mut ex: Exchange) -> Flow {
+    /// Sends one attempt to the backend select chose and waits for the response head
+    /// (left in `ex.response`). A failed attempt says why, classified, with its source.
+    pub async fn attempt(&self, ex: &mut Exchange) -> Result<(), Failed> {
         let (Some(upstream), Some(idx)) = (ex.decided.upstream.clone(), ex.decided.backend) else {
-            return Flow::Reject(ex, Reason::ChainIncomplete);
+            return Err(Failed::Refused(Reason::ChainIncomplete));
         };
         let backend = &upstream.backends[idx];
-        let req = match self.upstream_request(&mut ex, &backend.addr, backend.http1) {
-            Ok(r) => r,
-            Err(reason) => return Flow::Reject(ex, reason),
-        };
+        let req = self
+            .upstream_request(ex, &backend.addr, backend.http1)
+            .map_err(Failed::Refused)?;
         let started = Instant::now();
         ex.record.attempts += 1;
         // A gRPC client's deadline bounds the wait too; what is left of it was forwarded.
-        let (wait, timeout_reason) = match ex.deadline {
+        let (wait, by_deadline) = match ex.deadline {
             Some(d) if d.saturating_duration_since(started) < self.response_timeout => {
-                (d.saturating_duration_since(started), Reason::GrpcDeadline)
+                (d.saturating_duration_since(started), true)
             }
-            _ => (self.response_timeout, Reason::UpstreamTimeout),
+            _ => (self.response_timeout, false),
         };
         let sent = {
             let send = tokio::time::timeout(wait, backend.client.request(req));
@@ -129,53 +129,60 @@ impl Dispatch {
                 () = ex.cancelled() => None,
             }
         };
+        let failed = |kind, source: BoxError| Failed::Attempt(AttemptFailure { kind, source });
         match sent {
-            None => Flow::Abandon(ex, Reason::Cancelled),
+            None => Err(Failed::Cancelled),
             Some(Ok(Ok(resp))) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // Spooky forwards no Upgrade, so a 101 is a backend's error; it would reach the
                 // client without its Upgrade header and kill the connection.
-                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, "backend answered 101 to a request without Upgrade");
                 backend.metrics.response(resp.status(), started.elapsed());
-                Flow::Reject(ex, Reason::UpstreamUpgrade)
+                Err(failed(
+                    AttemptError::Status(resp.status()),
+                    "backend answered 101 to a request without Upgrade".into(),
+                ))
             }
             Some(Ok(Ok(resp))) => {
                 backend.metrics.response(resp.status(), started.elapsed());
                 ex.response = Some(resp);
-                Flow::Continue(ex)
+                Ok(())
             }
             Some(Ok(Err(e))) if ClientBodyError::find(&e).is_some() => {
                 // The client's body failed: the client's error, not the backend's.
                 let malformed = ClientBodyError::find(&e).is_some_and(|c| c.malformed);
                 tracing::debug!(exchange = ex.id, error = %error_chain(&e), "client request body failed; upstream request aborted");
                 if malformed {
-                    Flow::Reject(ex, Reason::BadRequestBody)
+                    Err(Failed::Refused(Reason::BadRequestBody))
                 } else {
-                    Flow::Abandon(ex, Reason::Cancelled)
+                    Err(Failed::Cancelled)
                 }
             }
             Some(Ok(Err(e))) if e.is_connect() => {
-                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream connect failed");
                 backend.metrics.connect_error.increment(1);
-                ex.decided.attempts.push(Attempt {
-                    backend: idx,
-                    error: AttemptError::Connect,
-                });
-                ex.permits.backend = None;
-                if ex.retry_safe() {
-                    Flow::Retry(ex)
-                } else {
-                    Flow::Reject(ex, Reason::UpstreamConnect)
-                }
+                Err(failed(AttemptError::Connect, Box::new(e)))
             }
             Some(Ok(Err(e))) => {
-                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, error = %error_chain(&e), "upstream request failed");
                 backend.metrics.reset.increment(1);
-                Flow::Reject(ex, Reason::UpstreamReset)
+                let kind = if is_parse_error(&e) {
+                    AttemptError::Protocol
+                } else {
+                    AttemptError::Reset
+                };
+                Err(failed(kind, Box::new(e)))
             }
             Some(Err(_elapsed)) => {
-                tracing::warn!(exchange = ex.id, upstream = %upstream.name, backend = %backend.name, reason = timeout_reason.label(), "upstream response timed out");
                 backend.metrics.timeout.increment(1);
-                Flow::Reject(ex, timeout_reason)
+                if by_deadline {
+                    tracing::info!(
+                        exchange = ex.id,
+                        "gRPC deadline passed waiting for the response head"
+                    );
+                    Err(Failed::Refused(Reason::GrpcDeadline))
+                } else {
+                    Err(failed(
+                        AttemptError::Timeout,
+                        format!("no response head within {:?}", self.response_timeout).into(),
+                    ))
+                }
             }
         }
     }
@@ -280,8 +287,34 @@ impl Dispatch {
     }
 }
 
+/// Why an attempt did not produce a response head.
+#[derive(Debug)]
+pub enum Failed {
+    /// The backend failed it (hedge-retry decides whether another attempt follows).
+    Attempt(AttemptFailure),
+    /// The exchange cannot be sent at all (the client's fault, or its deadline passed).
+    Refused(Reason),
+    /// The client went away while the attempt waited.
+    Cancelled,
+}
+
+/// Whether hyper found the backend's response unreadable.
+fn is_parse_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// `error: cause: cause` for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

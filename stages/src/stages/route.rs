@@ -283,6 +283,14 @@ impl RouteStage {
         &self.index
     }
 
+    /// Sets each route's queue gauge (scrape time).
+    pub fn sample_gauges(&self, pipeline: &str) {
+        for route in self.index.routes() {
+            metrics::gauge!(crate::metrics::ROUTE_QUEUE_WAITING, "pipeline" => pipeline.to_string(), "route" => route.name.clone())
+                .set(route.waiting.in_use() as f64);
+        }
+    }
+
     pub async fn process(&self, ex: Exchange) -> Flow {
         self.decide(ex)
     }

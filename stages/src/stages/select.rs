@@ -1,10 +1,9 @@
-//! Select: picks a backend of the exchange's upstream — weighted smooth round-robin, skipping
+//! Select: picks a backend of the exchange's upstream for each attempt (hedge-retry runs it) — weighted smooth round-robin, skipping
 //! backends already tried and backends at their inflight cap — and takes its permit.
 
 use serde::Deserialize;
 
 use crate::contract::exchange::Exchange;
-use crate::contract::flow::Flow;
 use crate::contract::reason::Reason;
 
 /// `[stages.select]`: nothing to set yet (the algorithm is per upstream: `balance`).
@@ -20,24 +19,21 @@ impl Select {
         Select
     }
 
-    pub async fn process(&self, ex: Exchange) -> Flow {
-        self.decide(ex)
-    }
-
-    pub fn decide(&self, mut ex: Exchange) -> Flow {
+    /// Picks the backend of the next attempt and takes its permit: the next in the
+    /// balancer's order that was not tried yet and has room.
+    pub fn pick(&self, ex: &mut Exchange) -> Result<(), Reason> {
         let Some(upstream) = ex.decided.upstream.clone() else {
-            return Flow::Continue(ex);
+            return Ok(());
         };
         // Without a queue stage in the chain, the upstream cap is taken here, without waiting.
         if ex.permits.upstream.is_none() {
             match upstream.cap.try_acquire() {
                 Ok(p) => ex.permits.upstream = Some(p),
-                Err(_) => return Flow::Reject(ex, Reason::UpstreamFull),
+                Err(_) => return Err(Reason::UpstreamFull),
             }
         }
         ex.permits.backend = None;
         ex.decided.backend = None;
-        let retrying = !ex.decided.attempts.is_empty();
         for i in upstream.balancer.order() {
             if ex.decided.attempts.iter().any(|a| a.backend == i) {
                 continue;
@@ -45,14 +41,13 @@ impl Select {
             if let Ok(p) = upstream.backends[i].cap.try_acquire() {
                 ex.permits.backend = Some(p);
                 ex.decided.backend = Some(i);
-                return Flow::Continue(ex);
+                return Ok(());
             }
         }
-        if retrying {
+        match ex.decided.attempts.last() {
             // Every other backend was tried or is busy: report the failure that sent us here.
-            Flow::Reject(ex, Reason::UpstreamConnect)
-        } else {
-            Flow::Reject(ex, Reason::NoBackend)
+            Some(last) => Err(last.error.reason()),
+            None => Err(Reason::NoBackend),
         }
     }
 }

@@ -6,7 +6,7 @@ use http::Uri;
 use http::uri::{Authority, Scheme};
 
 /// Where a backend listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendAddr {
     pub scheme: Scheme,
     pub authority: Authority,

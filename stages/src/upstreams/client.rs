@@ -14,7 +14,7 @@ use crate::upstreams::config::BackendProtocol;
 use crate::upstreams::tls::BackendConnector;
 
 /// How backend connections are made and pooled (from `[stages.dispatch]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,

@@ -31,7 +31,7 @@ pub struct UpstreamConfig {
 }
 
 /// Whether backend certificates are verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verify {
     #[default]
@@ -41,7 +41,7 @@ pub enum Verify {
 }
 
 /// `[upstreams.<name>.tls]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM file of private CA certificates; with `ca_dir`, replaces the bundled Mozilla roots.
@@ -58,7 +58,7 @@ pub struct UpstreamTls {
 }
 
 /// Which HTTP a backend speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendProtocol {
     /// `http://`: HTTP/1.1; `https://`: ALPN picks `h2` or `http/1.1`.

@@ -5,6 +5,7 @@ pub mod addr;
 pub mod balance;
 pub mod client;
 pub mod config;
+pub mod registry;
 pub mod tls;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use addr::BackendAddr;
 use balance::RoundRobin;
 use client::{BackendClient, ClientSettings};
 use config::{BackendProtocol, UpstreamConfig};
+use registry::{PoolKey, Registry};
 
 /// One backend of an upstream.
 pub struct Backend {
@@ -23,8 +25,10 @@ pub struct Backend {
     pub addr: BackendAddr,
     pub cap: Cap,
     pub metrics: BackendMetrics,
-    /// Its own connection pool.
+    /// Its connection pool (from the registry, shared across generations).
     pub client: BackendClient,
+    /// What identifies the pool.
+    pub pool: PoolKey,
     /// Known to speak HTTP/1.1 (`http1`, or `auto` on `http://`): hop-by-hop request fields
     /// are listed in `Connection` for it.
     pub http1: bool,
@@ -39,37 +43,24 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds an upstream and its backends' clients; `config` was validated, so URLs parse.
+    /// Builds an upstream and its backends, taking their pools from `registry`; `config` was
+    /// validated, so URLs parse.
     pub fn build(
         name: &str,
         config: &UpstreamConfig,
         settings: &ClientSettings,
+        registry: &Registry,
     ) -> Result<Arc<Self>, String> {
-        // One TLS config per ALPN offer, shared by the backends that use it.
-        let mut tls_by_protocol: Vec<(BackendProtocol, Arc<rustls::ClientConfig>)> = Vec::new();
         let mut backends = Vec::new();
         for b in &config.backends {
             let addr = BackendAddr::parse(&b.url)?;
-            let tls = if addr.is_tls() {
-                match tls_by_protocol.iter().find(|(p, _)| *p == b.protocol) {
-                    Some((_, c)) => Some(c.clone()),
-                    None => {
-                        let alpn = tls::alpn_for(b.protocol);
-                        let c = Arc::new(tls::client_config(&config.tls, alpn, name)?);
-                        tls_by_protocol.push((b.protocol, c.clone()));
-                        Some(c)
-                    }
-                }
-            } else {
-                None
+            let key = PoolKey {
+                tls: addr.is_tls().then(|| config.tls.clone()),
+                addr: addr.clone(),
+                protocol: b.protocol,
+                settings: *settings,
             };
-            let client = client::backend_client(
-                settings,
-                &addr,
-                b.protocol,
-                tls,
-                config.tls.server_name.as_deref(),
-            )?;
+            let client = registry.client(&key, name)?;
             let http1 = match b.protocol {
                 BackendProtocol::Http1 => true,
                 BackendProtocol::Auto => !addr.is_tls(),
@@ -82,6 +73,7 @@ impl Upstream {
                 addr,
                 cap: Cap::new(b.max_inflight.get()),
                 client,
+                pool: key,
             });
         }
         let weights: Vec<u32> = config.backends.iter().map(|b| b.weight.get()).collect();
@@ -91,6 +83,19 @@ impl Upstream {
             balancer: RoundRobin::new(&weights),
             backends,
         }))
+    }
+}
+
+impl Upstream {
+    /// Sets the upstream's and its backends' inflight gauges (scrape time).
+    pub fn sample_gauges(&self) {
+        use crate::metrics::{BACKEND_INFLIGHT, UPSTREAM_INFLIGHT};
+        metrics::gauge!(UPSTREAM_INFLIGHT, "upstream" => self.name.clone())
+            .set(self.cap.in_use() as f64);
+        for b in &self.backends {
+            metrics::gauge!(BACKEND_INFLIGHT, "upstream" => self.name.clone(), "backend" => b.name.clone())
+                .set(b.cap.in_use() as f64);
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use crate::contract::exchange::{
 use crate::contract::reason::Reason;
 use crate::contract::responder::Responder;
 use crate::engine::Pipeline;
+use crate::engine::generation::Pipelines;
 use crate::metrics::{
     HTTP3_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
 };
@@ -123,7 +124,7 @@ impl H3Listener {
     /// Accepts connections until the endpoint is closed. Once `shutdown` turns true, every new
     /// connection is refused at once (QUIC CONNECTION_REFUSED) while the connections already
     /// open are asked to finish (HTTP/3 GOAWAY) and drain.
-    pub async fn serve(self, pipeline: Arc<Pipeline>, shutdown: watch::Receiver<bool>) {
+    pub async fn serve(self, pipelines: Pipelines, shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut draining = shutdown.clone();
         let mut refusing = false;
@@ -157,7 +158,7 @@ impl H3Listener {
             tokio::spawn(this.clone().connection(
                 incoming,
                 (permit, slot),
-                pipeline.clone(),
+                pipelines.clone(),
                 shutdown.clone(),
             ));
         }
@@ -167,7 +168,7 @@ impl H3Listener {
         self: Arc<Self>,
         incoming: quinn::Incoming,
         _held: (Permit, Option<ClientSlot>),
-        pipeline: Arc<Pipeline>,
+        pipelines: Pipelines,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let remote = incoming.remote_address();
@@ -246,7 +247,9 @@ impl H3Listener {
                     break;
                 }
             };
-            // Backpressure: no next stream until ingress has room for this one.
+            // Backpressure: no next stream until ingress has room for this one. The
+            // generation is taken per exchange: a swap applies to the next request.
+            let pipeline = pipelines.current();
             let permit = tokio::select! {
                 p = pipeline.ingress_cap().acquire() => p,
                 _ = conn.closed() => break,
@@ -256,7 +259,6 @@ impl H3Listener {
                 reject_unprocessed(resolver);
                 break;
             };
-            let pipeline = pipeline.clone();
             let limits = (self.header_timeout, self.read_ahead);
             let who = (client.clone(), conn_gone.clone());
             tokio::spawn(async move {

@@ -42,7 +42,7 @@ use crate::contract::exchange::{Client, ClientProtocol, ContentLength, Exchange,
 use crate::contract::flow::status_text;
 use crate::contract::reason::Reason;
 use crate::contract::responder::Responder;
-use crate::engine::Pipeline;
+use crate::engine::generation::Pipelines;
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
     LISTENER_TIMEOUTS,
@@ -140,7 +140,7 @@ impl TcpListenerRt {
 
     /// Accepts connections until `shutdown` turns true; open connections then finish their
     /// requests (HTTP/2 GOAWAY, HTTP/1.1 `connection: close`).
-    pub async fn serve(self, pipeline: Arc<Pipeline>, shutdown: watch::Receiver<bool>) {
+    pub async fn serve(self, pipelines: Pipelines, shutdown: watch::Receiver<bool>) {
         let mut stop = shutdown.clone();
         loop {
             let accepted = tokio::select! {
@@ -164,7 +164,7 @@ impl TcpListenerRt {
             };
             let clock = ConnClock::new(self.shared.header_timeout, self.shared.idle_timeout);
             let _ = stream.set_nodelay(true);
-            let (shared, pipeline) = (self.shared.clone(), pipeline.clone());
+            let (shared, pipelines) = (self.shared.clone(), pipelines.clone());
             let held = Held {
                 _permit: permit,
                 _slot: slot,
@@ -175,7 +175,7 @@ impl TcpListenerRt {
                 remote,
                 held,
                 clock,
-                pipeline,
+                pipelines.clone(),
                 shutdown.clone(),
             ));
         }
@@ -194,7 +194,7 @@ async fn connection(
     remote: SocketAddr,
     _held: Held,
     clock: Arc<ConnClock>,
-    pipeline: Arc<Pipeline>,
+    pipelines: Pipelines,
     shutdown: watch::Receiver<bool>,
 ) {
     let name = shared.name.clone();
@@ -233,11 +233,11 @@ async fn connection(
                 forward_header: shared.forward_header.clone(),
             };
             if peer.h2 {
-                serve_http(shared, TokioIo::new(tls), peer, clock, pipeline, shutdown).await;
+                serve_http(shared, TokioIo::new(tls), peer, clock, pipelines, shutdown).await;
             } else {
                 let (peer, refusals) = peer.guarded();
                 let tls = H1Guard::new(tls, refusals).with_clock(clock.clone());
-                serve_http(shared, TokioIo::new(tls), peer, clock, pipeline, shutdown).await;
+                serve_http(shared, TokioIo::new(tls), peer, clock, pipelines, shutdown).await;
             }
         }
         None => {
@@ -256,7 +256,7 @@ async fn connection(
                 TokioIo::new(stream),
                 peer,
                 clock,
-                pipeline,
+                pipelines,
                 shutdown,
             )
             .await
@@ -307,7 +307,7 @@ async fn serve_http<I>(
     io: I,
     peer: Peer,
     clock: Arc<ConnClock>,
-    pipeline: Arc<Pipeline>,
+    pipelines: Pipelines,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -336,7 +336,7 @@ async fn serve_http<I>(
         let clock = clock.clone();
         service_fn(move |req| {
             let busy = clock.request_started();
-            let served = handle(shared.clone(), pipeline.clone(), req, peer.clone());
+            let served = handle(shared.clone(), pipelines.current(), req, peer.clone());
             async move { served.await.map(|resp| resp.map(|b| b.hold(busy))) }
         })
     };
@@ -384,10 +384,10 @@ async fn serve_http<I>(
     open.decrement(1.0);
 }
 
-/// One HTTP/1.1 or HTTP/2 request through the pipeline.
+/// One HTTP/1.1 or HTTP/2 request through the pipeline (the generation current when it came).
 async fn handle(
     shared: Arc<Shared>,
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<crate::engine::Pipeline>,
     req: Request<Incoming>,
     peer: Peer,
 ) -> Result<Response<ProxyBody>, Infallible> {

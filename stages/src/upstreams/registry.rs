@@ -1,0 +1,75 @@
+//! The registry of backend connection pools, shared by every pipeline generation: a pool is
+//! keyed by what identifies its connections — the backend's address, the protocol, the
+//! upstream's TLS settings and the pool settings — so a new generation that names the same
+//! backend the same way gets the same pool (no cold start after a reload), while exchanges of
+//! the old generation keep using theirs. A pool no generation names any more is forgotten at
+//! the next swap and closes once its last in-flight exchange lets go of it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::upstreams::addr::BackendAddr;
+use crate::upstreams::client::{self, BackendClient, ClientSettings};
+use crate::upstreams::config::{BackendProtocol, UpstreamTls};
+use crate::upstreams::tls;
+
+/// What identifies a backend's connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: BackendAddr,
+    pub protocol: BackendProtocol,
+    /// The upstream's TLS settings (`None` for `http://` backends).
+    pub tls: Option<UpstreamTls>,
+    pub settings: ClientSettings,
+}
+
+/// Pools by key; cheap to clone a client out of (hyper-util's client shares its pool).
+#[derive(Default)]
+pub struct Registry {
+    pools: Mutex<HashMap<PoolKey, BackendClient>>,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// The pool for `key`, built on first use. `upstream` names the upstream in errors.
+    pub fn client(&self, key: &PoolKey, upstream: &str) -> Result<BackendClient, String> {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = pools.get(key) {
+            return Ok(c.clone());
+        }
+        let tls = match &key.tls {
+            Some(t) if key.addr.is_tls() => Some(Arc::new(tls::client_config(
+                t,
+                tls::alpn_for(key.protocol),
+                upstream,
+            )?)),
+            _ => None,
+        };
+        let server_name = key.tls.as_ref().and_then(|t| t.server_name.as_deref());
+        let built =
+            client::backend_client(&key.settings, &key.addr, key.protocol, tls, server_name)?;
+        pools.insert(key.clone(), built.clone());
+        Ok(built)
+    }
+
+    /// Forgets the pools no key in `keep` names (after a generation swap).
+    pub fn retain(&self, keep: &[PoolKey]) {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.retain(|k, _| keep.contains(k));
+    }
+
+    /// Pools known.
+    pub fn len(&self) -> usize {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
