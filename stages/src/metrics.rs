@@ -34,6 +34,8 @@ pub const HTTP3_REFUSED: &str = "spooky_h3_refused_total";
 pub const CONTROL_RELOADS: &str = "spooky_control_reloads_total";
 /// gRPC responses cut short by the client's deadline after their head was sent.
 pub const GRPC_DEADLINE_CUT: &str = "spooky_grpc_deadline_cut_total";
+/// Request bodies too large to keep for another attempt (`replay_body_limit`).
+pub const BODY_REPLAY_OVERFLOW: &str = "spooky_request_body_replay_overflow_total";
 /// Exchanges ended, by how (`complete`, `cancelled`, `upstream_failed`, `reset`): one count
 /// per end-of-exchange record, so it equals the exchanges started.
 pub const EXCHANGES_ENDED: &str = "spooky_exchanges_ended_total";

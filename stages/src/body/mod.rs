@@ -1,5 +1,7 @@
 //! Request bodies: the client's stream read chunk by chunk as the upstream request is written,
-//! never buffered whole.
+//! never buffered whole (a body kept for replay is bounded: see [`replay`]).
+
+pub mod replay;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -130,6 +132,10 @@ pub struct RequestBody {
     empty_upstream: bool,
     /// Where forwarded bytes are counted (the exchange's record).
     forwarded: Option<BytesIn>,
+    /// The client's body went to an attempt: nothing is left here to send again.
+    taken: bool,
+    /// The client's body, kept for replay by the attempts.
+    replay: Option<replay::Replay>,
 }
 
 impl RequestBody {
@@ -146,6 +152,8 @@ impl RequestBody {
             failure: None,
             empty_upstream: true,
             forwarded: None,
+            taken: false,
+            replay: None,
         }
     }
 
@@ -176,6 +184,8 @@ impl RequestBody {
             failure: None,
             empty_upstream,
             forwarded: None,
+            taken: false,
+            replay: None,
         }
     }
 
@@ -189,7 +199,52 @@ impl RequestBody {
     pub fn take(&mut self, counter: &BytesIn) -> RequestBody {
         let mut body = std::mem::replace(self, RequestBody::empty());
         body.forwarded = Some(counter.clone());
+        self.taken = true;
         body
+    }
+
+    /// The body of the next attempt to a backend, or `None` when it cannot be sent again
+    /// (it went to an earlier attempt and was not kept, or outgrew `limit`). With
+    /// `limit > 0` the client's body is kept for replay, up to `limit` bytes; a body that
+    /// outgrows it counts in `overflow`.
+    pub fn for_attempt(
+        &mut self,
+        counter: &BytesIn,
+        limit: usize,
+        overflow: Option<&metrics::Counter>,
+    ) -> Option<RequestBody> {
+        if let Some(r) = &self.replay {
+            return r
+                .replayable()
+                .then(|| RequestBody::streaming(r.attempt(), None, false, 0));
+        }
+        if self.taken {
+            return None;
+        }
+        if self.empty_upstream {
+            // Forwarded without a body; the exchange keeps its own (it still watches it for
+            // resets), and hyper sends no body at all (never chunked).
+            return Some(RequestBody::empty());
+        }
+        if limit == 0 {
+            return Some(self.take(counter));
+        }
+        let declared = self.declared;
+        let source = std::mem::replace(self, RequestBody::empty());
+        let r = replay::Replay::new(source, limit, overflow.cloned(), counter.clone());
+        let body = RequestBody::streaming(r.attempt(), declared, false, 0);
+        self.replay = Some(r);
+        self.taken = true;
+        Some(body)
+    }
+
+    /// Whether the request can be sent again as it was: it has no body, or its body was kept
+    /// for replay and fit the bound.
+    pub fn can_repeat(&self) -> bool {
+        match &self.replay {
+            Some(r) => r.replayable(),
+            None => self.empty_upstream && !self.taken,
+        }
     }
 
     /// Completes if the client resets its request stream while the body is still open. To

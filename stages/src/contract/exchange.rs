@@ -395,9 +395,14 @@ impl Exchange {
             .map(|b| b.name.as_str())
     }
 
-    /// Safe to send again to another backend after a connect failure: an idempotent method
-    /// and no request body.
+    /// Safe to send again to another backend after a connect failure: an idempotent method,
+    /// and no request body or one kept for replay.
     pub fn retry_safe(&self) -> bool {
+        self.idempotent() && self.body.can_repeat()
+    }
+
+    /// An idempotent method (RFC 9110 §9.2.2): sending it twice means what sending it once does.
+    pub fn idempotent(&self) -> bool {
         use http::Method;
         matches!(
             self.head.method,
@@ -407,6 +412,6 @@ impl Exchange {
                 | Method::TRACE
                 | Method::PUT
                 | Method::DELETE
-        ) && self.body.is_empty_request()
+        )
     }
 }

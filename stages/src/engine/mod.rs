@@ -254,11 +254,16 @@ impl Pipeline {
                     let select = select
                         .take()
                         .ok_or(BuildError::Chain("dispatch needs select before it"))?;
+                    let hedge = config.chain.contains(&StageKind::HedgeRetry);
+                    let replay = if hedge {
+                        usize::try_from(st.hedge_retry.replay_body_limit.0).unwrap_or(usize::MAX)
+                    } else {
+                        0
+                    };
                     let dispatch = Sub {
-                        stage: Dispatch::build(&st.dispatch),
+                        stage: Dispatch::build(&st.dispatch, replay, &name),
                         inlet: inlet(kind),
                     };
-                    let hedge = config.chain.contains(&StageKind::HedgeRetry);
                     let policy: Option<&hedge_retry::Config> = hedge.then_some(&st.hedge_retry);
                     let own = hedge.then(|| StageMetrics::new(&name, StageKind::HedgeRetry.name()));
                     let loop_ = HedgeRetry::build(policy, own, select, dispatch);

@@ -93,13 +93,24 @@ impl Default for Config {
 pub struct Dispatch {
     response_timeout: Duration,
     forwarded: Forwarded,
+    /// Request bodies are kept for another attempt up to this many bytes (hedge-retry's
+    /// `replay_body_limit`; 0 without hedge-retry).
+    replay_limit: usize,
+    /// Counts bodies that outgrew `replay_limit`.
+    replay_overflow: metrics::Counter,
 }
 
 impl Dispatch {
-    pub fn build(config: &Config) -> Self {
+    /// `replay_limit`: how much of a request body is kept for another attempt.
+    pub fn build(config: &Config, replay_limit: usize, pipeline: &str) -> Self {
         Dispatch {
             response_timeout: config.response_timeout.0,
             forwarded: config.forwarded,
+            replay_limit,
+            replay_overflow: metrics::counter!(
+                crate::metrics::BODY_REPLAY_OVERFLOW,
+                "pipeline" => pipeline.to_string()
+            ),
         }
     }
 
@@ -216,7 +227,8 @@ impl Dispatch {
             .build()
             .map_err(|_| Reason::Unforwardable)?;
         // A request that may be sent again keeps its head; others give it up (moved, not copied).
-        let mut headers = if ex.retry_safe() {
+        let may_repeat = ex.retry_safe() || (self.replay_limit > 0 && ex.idempotent());
+        let mut headers = if may_repeat {
             ex.head.headers.clone()
         } else {
             std::mem::take(&mut ex.head.headers)
@@ -270,15 +282,12 @@ impl Dispatch {
             }
             Forwarded::Off => {}
         }
-        // A request forwarded without a body keeps its own (the exchange may be repeated and
-        // still watches it for resets); an empty one goes upstream, which hyper sends with no
-        // body at all (never chunked).
-        let body = if ex.body.is_empty_request() {
-            RequestBody::empty()
-        } else {
-            let counter = ex.record.bytes_in.clone();
-            ex.body.take(&counter)
-        };
+        let counter = ex.record.bytes_in.clone();
+        let body = ex
+            .body
+            .for_attempt(&counter, self.replay_limit, Some(&self.replay_overflow))
+            // Hedge-retry asks for another attempt only when the body can be sent again.
+            .ok_or(Reason::ChainIncomplete)?;
         let mut req = Request::new(body);
         *req.method_mut() = ex.head.method.clone();
         *req.uri_mut() = uri;

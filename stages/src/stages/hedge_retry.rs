@@ -22,6 +22,7 @@ use crate::contract::reason::Reason;
 use crate::metrics::StageMetrics;
 use crate::stages::dispatch::{Dispatch, Failed};
 use crate::stages::select::Select;
+use crate::units::Size;
 
 /// `[stages.hedge-retry]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -30,16 +31,26 @@ pub struct Config {
     /// Retries after the first attempt (connect failures only, requests safe to repeat).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// A request body is kept for another attempt up to this size (`0`: bodies are never
+    /// sent twice); a larger body is not retried, and counted in
+    /// `spooky_request_body_replay_overflow_total`.
+    #[serde(default = "default_replay_body_limit")]
+    pub replay_body_limit: Size,
 }
 
 fn default_retries() -> u32 {
     1
 }
 
+fn default_replay_body_limit() -> Size {
+    Size(64 * 1024)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             retries: default_retries(),
+            replay_body_limit: default_replay_body_limit(),
         }
     }
 }
