@@ -216,7 +216,7 @@ impl RequestBody {
         if let Some(r) = &self.replay {
             return r
                 .replayable()
-                .then(|| RequestBody::streaming(r.attempt(), None, false, 0));
+                .then(|| RequestBody::streaming(r.attempt(), r.declared(), false, 0));
         }
         if self.taken {
             return None;
@@ -232,6 +232,8 @@ impl RequestBody {
         let declared = self.declared;
         let source = std::mem::replace(self, RequestBody::empty());
         let r = replay::Replay::new(source, limit, overflow.cloned(), counter.clone());
+        // Each attempt checks its length against content-length again: the replayed bytes
+        // are the same bytes, and hyper frames the request by its size.
         let body = RequestBody::streaming(r.attempt(), declared, false, 0);
         self.replay = Some(r);
         self.taken = true;

@@ -55,6 +55,11 @@ impl Replay {
         })))
     }
 
+    /// The request's `content-length`, if it had one.
+    pub fn declared(&self) -> Option<u64> {
+        self.lock().source.declared
+    }
+
     /// Whether another attempt can have the whole body.
     pub fn replayable(&self) -> bool {
         !self.lock().overflowed

@@ -79,19 +79,6 @@ impl AnyStage {
         }
     }
 
-    /// Closes what the stage waits on (a stopped generation).
-    fn close(&self) {
-        match self {
-            AnyStage::Admission(a) => a.cap().close(),
-            AnyStage::Attempts(h) => {
-                for inlet in h.inlets() {
-                    inlet.close();
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// Whether the stage counts its own rejections (the attempt loop counts each under the
     /// sub-stage that decided it).
     fn counts_rejections(&self) -> bool {
@@ -333,15 +320,13 @@ impl Pipeline {
         self.slots[0].inlet.concurrency()
     }
 
-    /// Stops the generation: no new exchange can enter it (its ingress is closed), what waits
-    /// for admission or a backend attempt is refused; exchanges already past those finish on
-    /// it, and it is dropped when the last one ends.
+    /// Stops the generation: no new exchange can enter it (its ingress inlet is closed, so
+    /// even a stale handle cannot start one). Exchanges already inside finish on it — a
+    /// reload fails no request it had accepted, retries included — and the generation is
+    /// dropped when the last one ends (no worker task holds it).
     pub fn stop(&self) {
         if let Some(first) = self.slots.first() {
             first.inlet.close();
-        }
-        for s in &self.slots {
-            s.stage.close();
         }
     }
 
