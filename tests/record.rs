@@ -8,41 +8,15 @@
 
 mod support;
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use support::backend::Backend;
-use support::proxy::{Proxy, pipeline_with};
-use support::tcp::Sender;
+use support::proxy::{Proxy, hello_and_app, pipeline_with};
+use support::tcp::{Sender, get};
 use support::{TempDir, TestCert, connect, url};
 
 const ENDED: &str = "spooky_exchanges_ended_total";
-
-fn routes(backend: &Backend) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "direct"
-match = {{ path_prefix = "/direct" }}
-respond = {{ status = 200, body = "direct\n" }}
-
-[[routes]]
-name = "app"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-backends = [ {{ url = "{}" }} ]
-"#,
-        backend.url()
-    )
-}
-
-fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("https://localhost{path}"))
-        .body(Full::new(Bytes::new()))
-        .expect("req")
-}
 
 struct Setup {
     proxy: Proxy,
@@ -86,7 +60,7 @@ async fn setup() -> Setup {
     let proxy = Proxy::start(&pipeline_with(
         r#"["h3", "h2", "http1"]"#,
         &cert.toml(),
-        &routes(&backend),
+        &hello_and_app(&backend.url()),
     ));
     Setup {
         proxy,
@@ -108,7 +82,7 @@ async fn every_ending_is_recorded_exactly_once_over_h2_and_http1() {
         // Proxied, direct, refused (a NUL in the path): each a whole response.
         for (path, status) in [
             ("/ok", StatusCode::OK),
-            ("/direct", StatusCode::OK),
+            ("/hello", StatusCode::OK),
             ("/bad%00", StatusCode::BAD_REQUEST),
         ] {
             let mut c = Sender::connect(tcp, &roots, alpn).await;
@@ -163,7 +137,7 @@ async fn every_ending_is_recorded_exactly_once_over_h3() {
     let conn = connect(&client, &s.proxy).await;
     for (path, status) in [
         ("/ok", StatusCode::OK),
-        ("/direct", StatusCode::OK),
+        ("/hello", StatusCode::OK),
         ("/bad%00", StatusCode::BAD_REQUEST),
     ] {
         let resp = conn.get(&url(path)).await.expect(path);

@@ -8,35 +8,9 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use support::backend::Backend;
-use support::proxy::{Proxy, pipeline_with};
-use support::tcp::{Sender, body};
+use support::proxy::{Proxy, hello_and_app, pipeline_with};
+use support::tcp::{Sender, body, get};
 use support::{TempDir, TestCert, connect, url};
-
-fn routes(backend: &Backend) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "hello"
-match = {{ path_prefix = "/hello" }}
-respond = {{ status = 200, body = "hello from spooky\n" }}
-
-[[routes]]
-name = "app"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-backends = [ {{ url = "{}" }} ]
-"#,
-        backend.url()
-    )
-}
-
-fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("https://localhost{path}"))
-        .body(Full::new(Bytes::new()))
-        .expect("req")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_and_http1_over_tls_through_the_pipeline_with_alt_svc() {
@@ -46,7 +20,7 @@ async fn h2_and_http1_over_tls_through_the_pipeline_with_alt_svc() {
     let proxy = Proxy::start(&pipeline_with(
         r#"["h3", "h2", "http1"]"#,
         &cert.toml(),
-        &routes(&backend),
+        &hello_and_app(&backend.url()),
     ));
     let tcp = proxy.tcp_addr.expect("tcp listener");
     assert_eq!(
@@ -130,7 +104,7 @@ async fn request_and_response_bodies_stream_over_h2_and_http1() {
     let proxy = Proxy::start(&pipeline_with(
         r#"["h2", "http1"]"#,
         &cert.toml(),
-        &routes(&backend),
+        &hello_and_app(&backend.url()),
     ));
     let tcp = proxy.tcp_addr.expect("tcp listener");
     let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
@@ -160,7 +134,7 @@ async fn request_and_response_bodies_stream_over_h2_and_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_listener_serves_and_redirect_mode_redirects() {
     let backend = Backend::start().await;
-    let rest = routes(&backend);
+    let rest = hello_and_app(&backend.url());
     let proxy = Proxy::start(&pipeline_with(
         r#"["http1"]"#,
         "tls = \"off\"\nalt_svc = \"h3=\\\":443\\\"\"",

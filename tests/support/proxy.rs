@@ -31,6 +31,15 @@ pub fn app_upstream(url: &str) -> String {
     )
 }
 
+/// A direct-response route `/hello` ("hello from spooky") and everything else to an upstream
+/// `app` with one backend at `url`.
+pub fn hello_and_app(url: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"hello\"\nmatch = {{ path_prefix = \"/hello\" }}\nrespond = {{ status = 200, body = \"hello from spooky\\n\" }}\n\n{}",
+        app_upstream(url)
+    )
+}
+
 /// An access-control route (`/admin` answered 403 by the proxy) and everything else to an
 /// upstream `app` with one backend at `url`: a path that walks around the first shows up at
 /// the backend.

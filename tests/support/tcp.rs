@@ -147,3 +147,10 @@ pub async fn body(resp: Response<Incoming>) -> (Bytes, Option<http::HeaderMap>) 
     let trailers = collected.trailers().cloned();
     (collected.to_bytes(), trailers)
 }
+
+/// `GET https://localhost<path>` with an empty body.
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("https://localhost{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("req")
+}

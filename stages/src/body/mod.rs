@@ -209,7 +209,7 @@ impl RequestBody {
     /// outgrows it counts in `overflow`.
     pub fn for_attempt(
         &mut self,
-        counter: &BytesIn,
+        counter: impl FnOnce() -> BytesIn,
         limit: usize,
         overflow: Option<&metrics::Counter>,
     ) -> Option<RequestBody> {
@@ -226,12 +226,13 @@ impl RequestBody {
             // resets), and hyper sends no body at all (never chunked).
             return Some(RequestBody::empty());
         }
+        let counter = counter();
         if limit == 0 {
-            return Some(self.take(counter));
+            return Some(self.take(&counter));
         }
         let declared = self.declared;
         let source = std::mem::replace(self, RequestBody::empty());
-        let r = replay::Replay::new(source, limit, overflow.cloned(), counter.clone());
+        let r = replay::Replay::new(source, limit, overflow.cloned(), counter);
         // Each attempt checks its length against content-length again: the replayed bytes
         // are the same bytes, and hyper frames the request by its size.
         let body = RequestBody::streaming(r.attempt(), declared, false, 0);

@@ -144,6 +144,7 @@ impl Reason {
             }
             Reason::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
             Reason::NoRoute => StatusCode::NOT_FOUND,
+            // Overload (every 503 but draining: see `is_overload`).
             Reason::AdmissionFull
             | Reason::ConcurrencyFull
             | Reason::QueueFull
@@ -162,17 +163,10 @@ impl Reason {
         }
     }
 
-    /// Whether the proxy is overloaded (503 with `Retry-After`, gRPC RESOURCE_EXHAUSTED).
+    /// Whether the proxy is overloaded (503 with `Retry-After`, gRPC RESOURCE_EXHAUSTED):
+    /// every 503 but draining.
     pub fn is_overload(self) -> bool {
-        matches!(
-            self,
-            Reason::AdmissionFull
-                | Reason::ConcurrencyFull
-                | Reason::QueueFull
-                | Reason::QueueDeadline
-                | Reason::UpstreamFull
-                | Reason::NoBackend
-        )
+        self.status() == StatusCode::SERVICE_UNAVAILABLE && self != Reason::ShuttingDown
     }
 
     /// Seconds for `Retry-After`.

@@ -69,7 +69,9 @@ pub struct Record {
     pub backend: Option<usize>,
     /// Attempts sent to backends.
     pub attempts: u32,
-    pub bytes_in: BytesIn,
+    /// Request-body bytes read from the client (made when a body is forwarded: a bodyless
+    /// request allocates nothing for it).
+    pub bytes_in: Option<BytesIn>,
     /// Response-body bytes handed to the client.
     pub bytes_out: u64,
     pub outcome: Option<Outcome>,
@@ -89,11 +91,21 @@ impl Record {
             upstream: None,
             backend: None,
             attempts: 0,
-            bytes_in: BytesIn::default(),
+            bytes_in: None,
             bytes_out: 0,
             outcome: None,
             sink: None,
         }
+    }
+
+    /// The counter a forwarded request body adds its bytes to.
+    pub fn bytes_in_counter(&mut self) -> BytesIn {
+        self.bytes_in.get_or_insert_with(BytesIn::default).clone()
+    }
+
+    /// Request-body bytes read so far.
+    pub fn bytes_in_total(&self) -> u64 {
+        self.bytes_in.as_ref().map_or(0, BytesIn::get)
     }
 
     /// Where the record is emitted (the pipeline running the exchange).
@@ -103,7 +115,13 @@ impl Record {
 
     /// A stage finished with the exchange.
     pub fn mark(&mut self, stage: &'static str) {
-        self.marks.push((stage, self.started.elapsed()));
+        self.mark_at(stage, Instant::now());
+    }
+
+    /// A stage finished with the exchange at `at` (a clock read the caller already made).
+    pub fn mark_at(&mut self, stage: &'static str, at: Instant) {
+        self.marks
+            .push((stage, at.saturating_duration_since(self.started)));
     }
 
     /// Says how the exchange ended; the first word counts.

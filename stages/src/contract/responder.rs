@@ -28,8 +28,12 @@ pub enum SendError {
     UpstreamBody(BoxError),
 }
 
-/// A boxed send future.
-pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+/// What a sink did with a response: handed it over at once (hyper takes the whole response),
+/// or is writing it (HTTP/3 streams it frame by frame).
+pub enum Sending<'a> {
+    Done(Result<(), SendError>),
+    Writing(Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>),
+}
 
 /// The protocol side of a responder, implemented by each adapter.
 pub trait ClientSink: Send + 'static {
@@ -106,7 +110,10 @@ impl Responder {
     pub async fn send(&mut self, resp: Response<ResponseBody>) -> Result<(), SendError> {
         self.sent = true;
         match self.sink.as_mut() {
-            Some(s) => s.send(resp).await,
+            Some(s) => match s.send(resp) {
+                Sending::Done(r) => r,
+                Sending::Writing(f) => f.await,
+            },
             None => {
                 // Detached: read the body to its end, as a client would.
                 let mut body = resp.into_body();

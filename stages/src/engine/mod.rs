@@ -145,7 +145,7 @@ impl RecordSink for Recorder {
             status = r.status.map(|s| s.as_u16()),
             reason = r.reason.map(|r| r.label()),
             outcome = outcome.label(),
-            bytes_in = r.bytes_in.get(),
+            bytes_in = r.bytes_in_total(),
             bytes_out = r.bytes_out,
             attempts = r.attempts,
             backend = r.backend_name(),
@@ -387,19 +387,20 @@ impl Pipeline {
             };
             let t0 = Instant::now();
             let flow = slot.stage.process(ex, carried).await;
+            let t1 = Instant::now();
             if let Some(m) = metrics {
-                m.processing.record(t0.elapsed().as_secs_f64());
+                m.processing.record((t1 - t0).as_secs_f64());
             }
             let name = slot.kind.name();
             ex = match flow {
                 Flow::Continue(mut ex) => {
                     emitted(metrics);
-                    ex.record.mark(name);
+                    ex.record.mark_at(name, t1);
                     ex
                 }
                 Flow::Respond(mut ex, reply) => {
                     emitted(metrics);
-                    ex.record.mark(name);
+                    ex.record.mark_at(name, t1);
                     drop(held);
                     return self.reply(ex, reply).await;
                 }
@@ -407,7 +408,7 @@ impl Pipeline {
                     if !slot.stage.counts_rejections() {
                         rejected(metrics, r);
                     }
-                    ex.record.mark(name);
+                    ex.record.mark_at(name, t1);
                     drop(held);
                     return self.reject(ex, r).await;
                 }
@@ -415,7 +416,7 @@ impl Pipeline {
                     if !slot.stage.counts_rejections() {
                         rejected(metrics, reason);
                     }
-                    ex.record.mark(name);
+                    ex.record.mark_at(name, t1);
                     ex.record.reason = Some(reason);
                     tracing::debug!(
                         exchange = ex.id,

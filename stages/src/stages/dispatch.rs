@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, StatusCode, Uri};
 use serde::Deserialize;
 
 use crate::body::{BoxError, ClientBodyError, RequestBody};
-use crate::contract::exchange::{AttemptError, AttemptFailure, Exchange};
+use crate::contract::exchange::{AttemptError, AttemptFailure, Exchange, ExchangeState};
 use crate::contract::reason::Reason;
 use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::units::Dur;
@@ -282,10 +282,14 @@ impl Dispatch {
             }
             Forwarded::Off => {}
         }
-        let counter = ex.record.bytes_in.clone();
-        let body = ex
+        let st: &mut ExchangeState = ex;
+        let body = st
             .body
-            .for_attempt(&counter, self.replay_limit, Some(&self.replay_overflow))
+            .for_attempt(
+                || st.record.bytes_in_counter(),
+                self.replay_limit,
+                Some(&self.replay_overflow),
+            )
             // Hedge-retry asks for another attempt only when the body can be sent again.
             .ok_or(Reason::ChainIncomplete)?;
         let mut req = Request::new(body);

@@ -87,7 +87,7 @@ impl HedgeRetry {
         }
     }
 
-    /// The sub-stages' inlets (for the admin gauges and for stopping a generation).
+    /// The sub-stages' inlets (for the admin gauges and for what a generation holds).
     pub fn inlets(&self) -> [&Inlet; 2] {
         [&self.select.inlet, &self.dispatch.inlet]
     }
@@ -108,8 +108,9 @@ impl HedgeRetry {
             count(m, |m| m.received.increment(1));
             let t0 = Instant::now();
             let picked = self.select.stage.pick(&mut ex);
-            count(m, |m| m.processing.record(t0.elapsed().as_secs_f64()));
-            ex.record.mark("select");
+            let t1 = Instant::now();
+            count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
+            ex.record.mark_at("select", t1);
             if let Err(r) = picked {
                 count(m, |m| m.rejected(r.label()).increment(1));
                 return Flow::Reject(ex, r);
@@ -125,9 +126,11 @@ impl HedgeRetry {
             let m = dispatch.metrics();
             count(m, |m| m.received.increment(1));
             let t0 = Instant::now();
-            let sent = Box::pin(self.dispatch.stage.attempt(&mut ex)).await;
-            count(m, |m| m.processing.record(t0.elapsed().as_secs_f64()));
-            ex.record.mark("dispatch");
+            // The whole loop is boxed by the engine: no second box for the attempt.
+            let sent = self.dispatch.stage.attempt(&mut ex).await;
+            let t1 = Instant::now();
+            count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
+            ex.record.mark_at("dispatch", t1);
             let failure = match sent {
                 Ok(()) => {
                     count(m, |m| m.emitted.increment(1));

@@ -99,7 +99,7 @@ impl H3Sink {
 
 impl ClientSink for H3Sink {
     fn send(&mut self, resp: Response<ResponseBody>) -> Sending<'_> {
-        Box::pin(self.write(resp))
+        Sending::Writing(Box::pin(self.write(resp)))
     }
 
     fn reset_malformed(&mut self) -> bool {

@@ -39,7 +39,7 @@ impl ClientSink for HyperSink {
                 .map_err(|_| SendError::ClientGone("client gone".into())),
             None => Err(SendError::ClientGone("response already sent".into())),
         };
-        Box::pin(std::future::ready(sent))
+        Sending::Done(sent)
     }
 
     fn closes_by_header(&self) -> bool {
