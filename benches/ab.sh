@@ -26,16 +26,11 @@ if [ "$PIN" = 1 ]; then proxy_cpu=(taskset -c 0); load_cpu=(taskset -c 1); else 
 source benches/lib.sh
 if [ "$PROTO" = h2 ]; then need h2load:nghttp2-client; fi
 
-base_rev=$(git rev-parse --short "$BASE")
 bench_init
-on_exit() { git worktree remove --force "$work/base" 2>/dev/null || true; }
 
 cargo build --release --bins >&2
-git worktree add --detach "$work/base" "$base_rev" >&2
-# The base builds into its own target directory (kept between runs).
-CARGO_TARGET_DIR="$PWD/target/ab-base" cargo build --release --bin spooky \
-  --manifest-path "$work/base/Cargo.toml" >&2
-A="$PWD/target/ab-base/release/spooky"
+build_base "$BASE"
+A="$base_bin"
 B="$PWD/target/release/spooky"
 BENCH="$PWD/target/release/spooky-bench"
 
@@ -109,3 +104,8 @@ done
 awk -v base="$base_rev" '{ ar += $1; br += $2; ac += $3; bc += $4 }
   END { printf "sums over %d rounds: head/base req/s %.3f, head/base CPU per request %.3f (base %s)\n",
         NR, br / ar, bc / ac, base }' "$work/rows"
+# Each round measures both back to back, so its ratio cancels most of the machine's drift;
+# the median of those ratios is the steadiest figure on a shared machine.
+awk '{ print $4 / $3 }' "$work/rows" | sort -n | awk '{ r[NR] = $1 }
+  END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2;
+        printf "median of per-round head/base CPU per request: %.3f (min %.3f, max %.3f)\n", m, r[1], r[NR] }'

@@ -13,6 +13,7 @@ bench_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.2
   if declare -F on_exit >/dev/null; then on_exit; fi
+  if [ -d "$work/base" ]; then git worktree remove --force "$work/base" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 
@@ -26,6 +27,16 @@ need() {
     sudo=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     $sudo apt-get update -q >&2 && $sudo apt-get install -y -q "${missing[@]}" >&2
   fi
+}
+
+# Builds Spooky at git revision $1 in a worktree under $work, into target/ab-base (kept between
+# runs): sets $base_rev and $base_bin. The worktree goes at exit (see bench_cleanup).
+build_base() {
+  base_rev=$(git rev-parse --short "$1")
+  git worktree add --detach "$work/base" "$base_rev" >&2
+  CARGO_TARGET_DIR="$PWD/target/ab-base" cargo build --release --bin spooky \
+    --manifest-path "$work/base/Cargo.toml" >&2
+  base_bin="$PWD/target/ab-base/release/spooky"
 }
 
 free_port() {

@@ -5,8 +5,10 @@
 #
 #   benches/peers.sh                       # 20 000 requests per proxy
 #   REQUESTS=5000 benches/peers.sh
+#   BASE=aa57fe8 benches/peers.sh          # also Spooky at that revision, in the same run
 #
-# Knobs: REQUESTS, CLIENTS (connections), STREAMS (per connection), SIZE (response bytes).
+# Knobs: REQUESTS, CLIENTS (connections), STREAMS (per connection), SIZE (response bytes),
+# BASE (a git revision of Spooky to run beside the working tree: before/after in one run).
 # Installs nghttp2-client, haproxy and nginx-light with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ REQUESTS=${REQUESTS:-20000}
 CLIENTS=${CLIENTS:-8}
 STREAMS=${STREAMS:-16}
 SIZE=${SIZE:-1024}
+BASE=${BASE:-}
 
 source benches/lib.sh
 need h2load:nghttp2-client haproxy:haproxy nginx:nginx-light
@@ -22,6 +25,7 @@ need h2load:nghttp2-client haproxy:haproxy nginx:nginx-light
 cargo build --release --bins >&2
 BIN=target/release
 bench_init
+if [ -n "$BASE" ]; then build_base "$BASE"; fi
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
@@ -51,6 +55,17 @@ TOML
 SPOOKY_LOG=warn "$BIN/spooky" run "$work/spooky.toml" > "$work/spooky.out" 2>&1 &
 spooky_pid=$!
 pids+=($spooky_pid)
+proxies=(spooky)
+if [ -n "$BASE" ]; then
+  # The same pipeline on its own port, run by the base revision.
+  bp=$(free_port)
+  sed "s/127.0.0.1:$sp/127.0.0.1:$bp/" "$work/spooky.toml" > "$work/base.toml"
+  SPOOKY_LOG=warn "$base_bin" run "$work/base.toml" > "$work/base.out" 2>&1 &
+  base_pid=$!
+  pids+=($base_pid)
+  proxies+=("spooky@$base_rev")
+fi
+proxies+=(haproxy nginx)
 
 # HAProxy: two threads, keep-alive to the backend.
 hp=$(free_port)
@@ -100,8 +115,9 @@ nginx_pid=$!
 pids+=($nginx_pid)
 
 wait_for "$work/spooky.out" '^ready' || true
+if [ -n "$BASE" ]; then wait_for "$work/base.out" '^ready' || true; fi
 sleep 0.5
-for p in $spooky_pid $haproxy_pid $nginx_pid; do
+for p in $spooky_pid ${base_pid:-} $haproxy_pid $nginx_pid; do
   kill -0 "$p" 2>/dev/null || { echo "a proxy did not start:" >&2; cat "$work"/*.out "$work/nginx/logs/error.log" >&2; exit 1; }
 done
 
@@ -121,12 +137,13 @@ run() { # name port pid
   [ "${ok:-0}" = "$REQUESTS" ] || echo "$1: only ${ok:-0} of $REQUESTS requests succeeded" >&2
 }
 run spooky "$sp" "$spooky_pid"
+if [ -n "$BASE" ]; then run "spooky@$base_rev" "$bp" "$base_pid"; fi
 run haproxy "$hp" "$haproxy_pid"
 run nginx "$np" "$nginx_pid"
 
-printf '%-10s %12s %16s %14s %18s\n' "proxy" "req/s" "CPU us/request" "mean latency" "CPU vs spooky"
-for p in spooky haproxy nginx; do
+printf '%-16s %12s %16s %14s %18s\n' "proxy" "req/s" "CPU us/request" "mean latency" "CPU vs spooky"
+for p in "${proxies[@]}"; do
   ratio=$(awk -v a="${cpu[$p]}" -v b="${cpu[spooky]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }')
-  printf '%-10s %12s %16s %14s %18s\n' "$p" "${rps[$p]}" "${cpu[$p]}" "${p50[$p]}" "$ratio"
+  printf '%-16s %12s %16s %14s %18s\n' "$p" "${rps[$p]}" "${cpu[$p]}" "${p50[$p]}" "$ratio"
 done
 echo "(h2load -n $REQUESTS -c $CLIENTS -m $STREAMS, HTTP/2 over TLS, $SIZE-byte responses from one HTTP/1.1 backend)"

@@ -121,6 +121,20 @@ impl Inlet {
         }
     }
 
+    /// The stage's permit when it has room right now (the common case, without building the
+    /// waiting future); `None`: call [`Inlet::enter`].
+    pub fn try_enter(&self) -> Option<Permit> {
+        if self.pass {
+            return None;
+        }
+        let p = self.concurrency.try_acquire().ok()?;
+        if let (Some(_), Some(m)) = (&self.room, &self.metrics) {
+            // A queued stage reports every exchange's wait, also a zero one.
+            m.queue_wait.record(0.0);
+        }
+        Some(p)
+    }
+
     /// Hands `ex` to the stage; `held` is the permit of the stage it leaves (dropped once the
     /// exchange is inside). Counts refusals and cancellations under this stage.
     pub async fn enter(&self, ex: &mut Exchange, held: Option<Permit>) -> Entered {

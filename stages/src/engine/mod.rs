@@ -438,6 +438,10 @@ impl Pipeline {
             };
             // The next stage's permit before this one's is let go: a full stage holds the
             // one before it.
+            if let Some(p) = next.inlet.try_enter() {
+                held = Some(p);
+                continue;
+            }
             held = match next.inlet.enter(&mut ex, held.take()).await {
                 Entered::Run(p) => Some(p),
                 Entered::Refused(r) => return self.reject(ex, r).await,

@@ -99,7 +99,12 @@ impl HedgeRetry {
         loop {
             // Select: a backend for this attempt.
             let select = &self.select.inlet;
-            let held = match select.enter(&mut ex, carried.take()).await {
+            let entered = match select.try_enter() {
+                Some(p) => Entered::Run(p),
+                None => select.enter(&mut ex, carried.take()).await,
+            };
+            drop(carried.take());
+            let held = match entered {
                 Entered::Run(p) => p,
                 Entered::Refused(r) => return Flow::Reject(ex, r),
                 Entered::Cancelled => return Flow::Abandon(ex, Reason::Cancelled),
@@ -118,7 +123,14 @@ impl HedgeRetry {
             count(m, |m| m.emitted.increment(1));
             // Dispatch: the attempt (select's permit is held until dispatch has room).
             let dispatch = &self.dispatch.inlet;
-            let _running = match dispatch.enter(&mut ex, Some(held)).await {
+            let entered = match dispatch.try_enter() {
+                Some(p) => {
+                    drop(held);
+                    Entered::Run(p)
+                }
+                None => dispatch.enter(&mut ex, Some(held)).await,
+            };
+            let _running = match entered {
                 Entered::Run(p) => p,
                 Entered::Refused(r) => return Flow::Reject(ex, r),
                 Entered::Cancelled => return Flow::Abandon(ex, Reason::Cancelled),
