@@ -70,8 +70,8 @@ fn route_lookup(c: &mut Criterion) {
     g.finish();
 }
 
-/// A pipeline answering from a direct-response route; `route_queue` > 0 puts a channel hop
-/// in front of the route stage, 0 fuses it.
+/// A pipeline answering from a direct-response route; `route_queue` > 0 gives the route stage a
+/// waiting room (its inlet's queue), 0 fuses it.
 fn pipeline_toml(route_queue: usize) -> String {
     format!(
         r#"
@@ -100,7 +100,7 @@ fn stage_hop(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let mut g = c.benchmark_group("stage_hop");
-    for (label, queue) in [("fused", 0usize), ("channel", 1024)] {
+    for (label, queue) in [("fused", 0usize), ("queued", 1024)] {
         g.bench_function(label, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {

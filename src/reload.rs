@@ -47,9 +47,12 @@ impl CertReloader {
         {
             match reload_one(e) {
                 Ok(()) => lines.push(format!("listener {}: reloaded", e.listener)),
-                Err(msg) => {
+                Err(err) => {
                     ok = false;
-                    lines.push(format!("listener {}: {msg}", e.listener));
+                    lines.push(format!(
+                        "listener {}: refused ({err}); still serving the previous certificates",
+                        e.listener
+                    ));
                 }
             }
         }
@@ -93,7 +96,7 @@ impl CertReloader {
     }
 }
 
-fn reload_one(e: &Entry) -> Result<(), String> {
+fn reload_one(e: &Entry) -> Result<(), tls::TlsError> {
     // Certificates and the client CA (mTLS) are reloaded together, or not at all.
     let loaded = Certs::load(&e.setting, &e.listener).and_then(|certs| {
         let verifier = tls::client_verifier(&e.setting)?;
@@ -108,12 +111,10 @@ fn reload_one(e: &Entry) -> Result<(), String> {
             Ok(())
         }
         Ok(None) => Ok(()),
-        Err(msg) => {
+        Err(err) => {
             counter!(CONTROL_RELOADS, "kind" => "certs", "result" => "error").increment(1);
-            tracing::error!(listener = %e.listener, error = %msg, "certificate reload refused: still serving the previous certificates");
-            Err(format!(
-                "refused ({msg}); still serving the previous certificates"
-            ))
+            tracing::error!(listener = %e.listener, error = %err, "certificate reload refused: still serving the previous certificates");
+            Err(err)
         }
     }
 }

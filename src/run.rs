@@ -16,6 +16,9 @@ use spooky_stages::metrics::SECONDS_BUCKETS;
 use spooky_stages::tls::{self, CertStore, Certs};
 use tokio::sync::watch;
 
+use spooky_stages::adapters::BindError;
+use spooky_stages::engine::BuildError;
+
 use crate::admin::{self, AdminState};
 use crate::reload::CertReloader;
 use crate::{EXIT_BAD_CONFIG, EXIT_FAILED};
@@ -47,13 +50,44 @@ pub fn run(file: &Path) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+/// Why the daemon could not start (or keep) serving.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("metrics: {0}")]
+    Metrics(#[source] metrics_exporter_prometheus::BuildError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("listener \"{0}\": h3 needs TLS")]
+    H3NeedsTls(String),
+    #[error("the bound address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("admin.token_file {}: {source}", path.display())]
+    Token {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin: cannot bind TCP {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signals: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+async fn serve(config: Config) -> Result<(), RunError> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
-        .map_err(|e| e.to_string())?
+        .map_err(RunError::Metrics)?
         .install_recorder()
-        .map_err(|e| format!("metrics: {e}"))?;
-    let pipelines = Pipelines::start(&config).map_err(|e| e.to_string())?;
+        .map_err(RunError::Metrics)?;
+    let pipelines = Pipelines::start(&config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut reloader = CertReloader::default();
@@ -68,7 +102,7 @@ async fn serve(config: Config) -> Result<(), String> {
         }
         let (h3, tcp) = bind_listener(l, &config, certs).await?;
         if let Some(listener) = h3 {
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let addr = listener.local_addr().map_err(RunError::LocalAddr)?;
             println!("listening listener={} protocol=h3 addr={addr}", l.name);
             endpoints.push(listener.endpoint().clone());
             tasks.push(tokio::spawn(
@@ -76,7 +110,7 @@ async fn serve(config: Config) -> Result<(), String> {
             ));
         }
         if let Some(listener) = tcp {
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let addr = listener.local_addr().map_err(RunError::LocalAddr)?;
             println!("listening listener={} protocol=tcp addr={addr}", l.name);
             tcp_tasks.push(tokio::spawn(
                 listener.serve(pipelines.clone(), shutdown_rx.clone()),
@@ -88,7 +122,10 @@ async fn serve(config: Config) -> Result<(), String> {
     let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
         Some(f) => Some(
             std::fs::read_to_string(f)
-                .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?
+                .map_err(|source| RunError::Token {
+                    path: f.clone(),
+                    source,
+                })?
                 .trim()
                 .to_string(),
         ),
@@ -104,8 +141,11 @@ async fn serve(config: Config) -> Result<(), String> {
     if let Some(a) = &config.admin {
         let tcp = tokio::net::TcpListener::bind(a.bind)
             .await
-            .map_err(|e| format!("admin: cannot bind TCP {}: {e}", a.bind))?;
-        let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|source| RunError::Admin {
+                addr: a.bind,
+                source,
+            })?;
+        let addr = tcp.local_addr().map_err(RunError::LocalAddr)?;
         println!("listening listener=admin protocol=http1 addr={addr}");
         tokio::spawn(admin::serve(tcp, state.clone()));
     }
@@ -159,7 +199,7 @@ async fn bind_listener(
     l: &ListenerConfig,
     config: &Config,
     certs: Option<Arc<CertStore>>,
-) -> Result<(Option<H3Listener>, Option<TcpListenerRt>), String> {
+) -> Result<(Option<H3Listener>, Option<TcpListenerRt>), RunError> {
     let wants_h3 = l.protocols.contains(&Protocol::H3);
     let wants_tcp = l.protocols.iter().any(|p| *p != Protocol::H3);
     let attempts = if l.bind.port() == 0 && wants_h3 && wants_tcp {
@@ -167,15 +207,17 @@ async fn bind_listener(
     } else {
         1
     };
-    let mut last = String::new();
+    let mut last = None;
     for _ in 0..attempts {
         let mut bind = l.clone();
         let mut h3 = None;
         if wants_h3 {
-            let store = certs.clone().ok_or("h3 needs TLS")?;
+            let store = certs
+                .clone()
+                .ok_or_else(|| RunError::H3NeedsTls(l.name.clone()))?;
             let listener = H3Listener::bind(l, &config.stages, store)?;
             // TCP takes the same port number.
-            bind.bind = listener.local_addr().map_err(|e| e.to_string())?;
+            bind.bind = listener.local_addr().map_err(RunError::LocalAddr)?;
             h3 = Some(listener);
         }
         if !wants_tcp {
@@ -184,18 +226,21 @@ async fn bind_listener(
         let h3_port = h3.as_ref().map(|_| bind.bind.port());
         match TcpListenerRt::bind(&bind, &config.stages, certs.clone(), h3_port).await {
             Ok(tcp) => return Ok((h3, Some(tcp))),
-            Err(e) => last = e,
+            Err(e) => last = Some(e),
         }
     }
-    Err(last)
+    match last {
+        Some(e) => Err(e.into()),
+        None => Ok((None, None)),
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; reloads certificates on every SIGHUP meanwhile.
-async fn wait_for_shutdown(reloader: &CertReloader) -> Result<(), String> {
+async fn wait_for_shutdown(reloader: &CertReloader) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     loop {
         tokio::select! {
             _ = term.recv() => {

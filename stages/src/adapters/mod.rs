@@ -5,3 +5,22 @@
 pub mod client_limit;
 pub mod h3;
 pub mod tcp;
+
+/// What can go wrong binding a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("listener \"{listener}\": cannot bind {transport} {addr}: {source}")]
+    Bind {
+        listener: String,
+        transport: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("idle_timeout: {0}")]
+    IdleTimeout(#[source] quinn::VarIntBoundsExceeded),
+    #[error("alt_svc: {0}")]
+    AltSvc(#[source] http::header::InvalidHeaderValue),
+}

@@ -184,7 +184,11 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                         .and_then(|_| crate::tls::client_verifier(&l.tls))
                         .and_then(|_| crate::tls::forward_header(&l.tls));
                     if let Err(e) = loaded {
-                        cx.push(Some(at(&["tls"])), &format!("listeners[{i}].tls"), e);
+                        cx.push(
+                            Some(at(&["tls"])),
+                            &format!("listeners[{i}].tls"),
+                            e.to_string(),
+                        );
                     }
                 }
             }
@@ -381,7 +385,7 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 Err(e) => cx.push(
                     Some(at("url")),
                     &format!("upstreams.{name}.backends[{i}].url"),
-                    e,
+                    e.to_string(),
                 ),
                 Ok(addr) => {
                     let bad = match (addr.is_tls(), b.protocol) {

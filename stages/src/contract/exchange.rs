@@ -1,8 +1,9 @@
 //! The exchange: one request and its response, carried through every stage.
 //!
-//! Everything an exchange holds — caps' permits, the drain guard, the client's streams — is
-//! released by `Drop`, wherever the exchange is when it ends (in a stage, in a channel, in a
-//! queue). That is the teardown invariant: no exchange leaks a permit, ever.
+//! Everything an exchange holds — caps' permits, the drain guard, the client's streams, its
+//! record — is released by `Drop`, wherever the exchange is when it ends (in a stage, waiting
+//! in an inlet, in a queue, in its response body). That is the teardown invariant: no exchange
+//! leaks a permit, ever.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -99,9 +99,9 @@ struct Slot {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("upstream \"{0}\": {1}")]
-    Upstream(String, String),
+    Upstream(String, #[source] crate::upstreams::error::UpstreamError),
     #[error("routes: {0}")]
-    Routes(String),
+    Routes(#[source] crate::stages::route::RouteError),
     #[error("pipeline.chain: {0}")]
     Chain(&'static str),
 }

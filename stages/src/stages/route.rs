@@ -159,23 +159,31 @@ impl RouteIndex {
         routes: &[RouteConfig],
         upstreams: &HashMap<String, Arc<Upstream>>,
         queue_capacity: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RouteError> {
         let mut index = RouteIndex::default();
         for rc in routes {
             let action = match (&rc.respond, &rc.upstream) {
                 (Some(r), _) => Action::Respond(reply_from(r)?),
                 (None, Some(u)) => {
                     Action::Upstream(upstreams.get(u).cloned().ok_or_else(|| {
-                        format!("route \"{}\": upstream \"{u}\" is not defined", rc.name)
+                        RouteError::UnknownUpstream {
+                            route: rc.name.clone(),
+                            upstream: u.clone(),
+                        }
                     })?)
                 }
-                (None, None) => return Err(format!("route \"{}\" has no action", rc.name)),
+                (None, None) => return Err(RouteError::NoAction(rc.name.clone())),
             };
             let methods = rc
                 .matches
                 .methods
                 .iter()
-                .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string()))
+                .map(|m| {
+                    Method::from_bytes(m.as_bytes()).map_err(|source| RouteError::Method {
+                        route: rc.name.clone(),
+                        source,
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let route = Arc::new(Route {
                 name: rc.name.clone(),
@@ -188,8 +196,11 @@ impl RouteIndex {
                 .host
                 .as_deref()
                 .map(HostPattern::parse)
-                .transpose()?
-            {
+                .transpose()
+                .map_err(|message| RouteError::Host {
+                    route: rc.name.clone(),
+                    message,
+                })? {
                 None => &mut index.any,
                 Some(HostPattern::Exact(h)) => index.exact.entry(h).or_default(),
                 Some(HostPattern::Wildcard(s)) => index.wildcard.entry(s).or_default(),
@@ -249,17 +260,41 @@ impl RouteIndex {
     }
 }
 
-fn reply_from(r: &RespondConfig) -> Result<Reply, String> {
-    let status = StatusCode::from_u16(r.status).map_err(|e| e.to_string())?;
+/// Why routes could not be compiled (validation reports these to the operator first, with
+/// file and line; here they only guard a config that skipped it).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("route \"{route}\": upstream \"{upstream}\" is not defined")]
+    UnknownUpstream { route: String, upstream: String },
+    #[error("route \"{0}\" has no action")]
+    NoAction(String),
+    #[error("route \"{route}\": {source}")]
+    Method {
+        route: String,
+        #[source]
+        source: http::method::InvalidMethod,
+    },
+    #[error("route \"{route}\": {message}")]
+    Host { route: String, message: String },
+    #[error("respond status: {0}")]
+    Status(#[source] http::status::InvalidStatusCode),
+    #[error("respond header name: {0}")]
+    HeaderName(#[source] http::header::InvalidHeaderName),
+    #[error("respond header value: {0}")]
+    HeaderValue(#[source] http::header::InvalidHeaderValue),
+}
+
+fn reply_from(r: &RespondConfig) -> Result<Reply, RouteError> {
+    let status = StatusCode::from_u16(r.status).map_err(RouteError::Status)?;
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_str(&r.content_type).map_err(|e| e.to_string())?,
+        HeaderValue::from_str(&r.content_type).map_err(RouteError::HeaderValue)?,
     );
     for (k, v) in &r.headers {
         headers.insert(
-            HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?,
-            HeaderValue::from_str(v).map_err(|e| e.to_string())?,
+            HeaderName::from_bytes(k.as_bytes()).map_err(RouteError::HeaderName)?,
+            HeaderValue::from_str(v).map_err(RouteError::HeaderValue)?,
         );
     }
     Ok(Reply {

@@ -9,7 +9,7 @@ pub mod config;
 pub mod identity;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::server::danger::ClientCertVerifier;
@@ -27,31 +27,101 @@ pub struct CertKey {
     pub key: PrivateKeyDer<'static>,
 }
 
+/// What can go wrong loading a listener's certificates or building its TLS config.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: not a PEM certificate chain: {source}", path.display())]
+    Chain {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in the file", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: not a PEM private key: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(#[source] rcgen::Error),
+    #[error("generated key: {0}")]
+    GeneratedKey(&'static str),
+    #[error("{what}: unusable private key: {source}")]
+    UnusableKey {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{what}: the key does not match the certificate: {source}")]
+    Mismatch {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{0}")]
+    Name(String),
+    #[error("{what}: the certificate's subject alternative names do not cover \"{name}\"")]
+    NotCovered { what: String, name: String },
+    #[error(
+        "[listeners.tls] has no certificate: set cert and key, or [[listeners.tls.certificates]]"
+    )]
+    NoDefault,
+    #[error("client_auth needs client_ca (the CAs client certificates chain to)")]
+    NoClientCa,
+    #[error("{}: not PEM certificates: {source}", path.display())]
+    ClientCaPem {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    ClientCaCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("client_ca: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("TLS versions: {0}")]
+    Versions(#[source] rustls::Error),
+    #[error("QUIC: {0}")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("client_identity_header: \"{0}\" is not a header name")]
+    ForwardHeader(String),
+}
+
 /// Reads a PEM certificate chain and private key.
-pub fn load_pem(cert: &Path, key: &Path) -> Result<CertKey, String> {
+pub fn load_pem(cert: &Path, key: &Path) -> Result<CertKey, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+        .map_err(|source| TlsError::Chain {
+            path: cert.to_path_buf(),
+            source,
+        })?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate in the file", cert.display()));
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_path_buf(),
+        source,
+    })?;
     Ok(CertKey { chain, key })
 }
 
 /// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
-pub fn self_signed() -> Result<CertKey, String> {
+pub fn self_signed() -> Result<CertKey, TlsError> {
     let names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+    let ck = rcgen::generate_simple_self_signed(names).map_err(TlsError::Generate)?;
     Ok(CertKey {
         chain: vec![ck.cert.der().clone()],
         key: PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-            .map_err(|e| format!("generated key: {e}"))?,
+            .map_err(TlsError::GeneratedKey)?,
     })
 }
 
@@ -61,15 +131,21 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Turns a chain and key into a signing certificate, checking that they belong together.
-fn certified(ck: CertKey, what: &str) -> Result<Arc<CertifiedKey>, String> {
+fn certified(ck: CertKey, what: &str) -> Result<Arc<CertifiedKey>, TlsError> {
     let key = provider()
         .key_provider
         .load_private_key(ck.key)
-        .map_err(|e| format!("{what}: unusable private key: {e}"))?;
+        .map_err(|source| TlsError::UnusableKey {
+            what: what.to_string(),
+            source,
+        })?;
     let certified = CertifiedKey::new(ck.chain, key);
     certified
         .keys_match()
-        .map_err(|e| format!("{what}: the key does not match the certificate: {e}"))?;
+        .map_err(|source| TlsError::Mismatch {
+            what: what.to_string(),
+            source,
+        })?;
     Ok(Arc::new(certified))
 }
 
@@ -99,7 +175,7 @@ pub struct Certs {
 
 impl Certs {
     /// Loads a listener's certificates; `None` for a plaintext listener.
-    pub fn load(setting: &TlsSetting, listener: &str) -> Result<Option<Certs>, String> {
+    pub fn load(setting: &TlsSetting, listener: &str) -> Result<Option<Certs>, TlsError> {
         match setting {
             TlsSetting::Off => Ok(None),
             TlsSetting::SelfSigned => {
@@ -118,7 +194,7 @@ impl Certs {
         }
     }
 
-    fn from_files(cfg: &TlsConfig) -> Result<Certs, String> {
+    fn from_files(cfg: &TlsConfig) -> Result<Certs, TlsError> {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut first = None;
@@ -131,11 +207,12 @@ impl Certs {
             let what = entry.cert.display().to_string();
             let ck = certified(load_pem(&entry.cert, &entry.key)?, &what)?;
             for name in &entry.names {
-                let pattern = HostPattern::parse(name)?;
+                let pattern = HostPattern::parse(name).map_err(TlsError::Name)?;
                 if !covers(&ck.cert[0], &pattern) {
-                    return Err(format!(
-                        "{what}: the certificate's subject alternative names do not cover \"{name}\""
-                    ));
+                    return Err(TlsError::NotCovered {
+                        what,
+                        name: name.clone(),
+                    });
                 }
                 match pattern {
                     HostPattern::Exact(h) => exact.insert(h, ck.clone()),
@@ -147,9 +224,7 @@ impl Certs {
             }
             first.get_or_insert(ck);
         }
-        let default = default
-            .or(first)
-            .ok_or("[listeners.tls] has no certificate: set cert and key, or [[listeners.tls.certificates]]")?;
+        let default = default.or(first).ok_or(TlsError::NoDefault)?;
         Ok(Certs {
             exact,
             wildcard,
@@ -228,7 +303,7 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-type Build<T> = dyn Fn(Option<Arc<dyn ClientCertVerifier>>) -> Result<T, String> + Send + Sync;
+type Build<T> = dyn Fn(Option<Arc<dyn ClientCertVerifier>>) -> Result<T, TlsError> + Send + Sync;
 
 /// A server config built over a [`CertStore`]. Certificates are resolved per handshake and
 /// need no rebuild; the client-certificate verifier is fixed inside a rustls config, so when
@@ -243,8 +318,11 @@ pub struct ServerConfigCell<T> {
 impl<T: Clone> ServerConfigCell<T> {
     pub fn new(
         store: Arc<CertStore>,
-        build: impl Fn(Option<Arc<dyn ClientCertVerifier>>) -> Result<T, String> + Send + Sync + 'static,
-    ) -> Result<Self, String> {
+        build: impl Fn(Option<Arc<dyn ClientCertVerifier>>) -> Result<T, TlsError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<Self, TlsError> {
         let (generation, verifier) = store.client_verifier();
         let first = build(verifier)?;
         Ok(ServerConfigCell {
@@ -274,7 +352,7 @@ impl<T: Clone> ServerConfigCell<T> {
 /// The client-certificate verifier of a listener (mTLS), if `client_auth` asks for one.
 pub fn client_verifier(
     setting: &TlsSetting,
-) -> Result<Option<Arc<dyn ClientCertVerifier>>, String> {
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
     let TlsSetting::Files(cfg) = setting else {
         return Ok(None);
     };
@@ -282,24 +360,27 @@ pub fn client_verifier(
         return Ok(None);
     }
     let Some(ca) = &cfg.client_ca else {
-        return Err("client_auth needs client_ca (the CAs client certificates chain to)".into());
+        return Err(TlsError::NoClientCa);
     };
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: not PEM certificates: {e}", ca.display()))?;
+        .map_err(|source| TlsError::ClientCaPem {
+            path: ca.clone(),
+            source,
+        })?;
     for c in certs {
-        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add(c).map_err(|source| TlsError::ClientCaCert {
+            path: ca.clone(),
+            source,
+        })?;
     }
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     let builder = match cfg.client_auth {
         ClientAuth::Optional => builder.allow_unauthenticated(),
         _ => builder,
     };
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| format!("client_ca: {e}"))
+    builder.build().map(Some).map_err(TlsError::Verifier)
 }
 
 fn server_crypto(
@@ -307,10 +388,10 @@ fn server_crypto(
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: Vec<Vec<u8>>,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?;
+        .map_err(TlsError::Versions)?;
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -324,7 +405,7 @@ fn server_crypto(
 pub fn h3_server_crypto(
     store: Arc<CertStore>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsError> {
     server_crypto(
         store,
         verifier,
@@ -338,20 +419,20 @@ pub fn tcp_server_crypto(
     store: Arc<CertStore>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     alpn: Vec<Vec<u8>>,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsError> {
     let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
     server_crypto(store, verifier, &versions, alpn)
 }
 
 /// The header that forwards the client identity to backends (`client_identity_header`).
-pub fn forward_header(setting: &TlsSetting) -> Result<Option<http::HeaderName>, String> {
+pub fn forward_header(setting: &TlsSetting) -> Result<Option<http::HeaderName>, TlsError> {
     match setting {
         TlsSetting::Files(TlsConfig {
             client_identity_header: Some(h),
             ..
         }) => http::HeaderName::from_bytes(h.as_bytes())
             .map(Some)
-            .map_err(|_| format!("client_identity_header: \"{h}\" is not a header name")),
+            .map_err(|_| TlsError::ForwardHeader(h.clone())),
         _ => Ok(None),
     }
 }

@@ -5,6 +5,8 @@ use std::str::FromStr;
 use http::Uri;
 use http::uri::{Authority, Scheme};
 
+use crate::upstreams::error::UpstreamError;
+
 /// Where a backend listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendAddr {
@@ -15,19 +17,22 @@ pub struct BackendAddr {
 impl BackendAddr {
     /// Parses a backend URL: `http://host:port` or `https://host:port` (a path other than `/`
     /// is refused).
-    pub fn parse(url: &str) -> Result<BackendAddr, String> {
-        let uri = Uri::from_str(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    pub fn parse(url: &str) -> Result<BackendAddr, UpstreamError> {
+        let uri = Uri::from_str(url).map_err(|source| UpstreamError::NotUrl {
+            url: url.to_string(),
+            source,
+        })?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
             Some("https") => Scheme::HTTPS,
-            _ => return Err(format!("\"{url}\": expected an http:// or https:// URL")),
+            _ => return Err(UpstreamError::Scheme(url.to_string())),
         };
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| format!("\"{url}\": expected a host, as in http://127.0.0.1:8080"))?;
+            .ok_or_else(|| UpstreamError::NoHost(url.to_string()))?;
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-            return Err(format!("\"{url}\": a backend URL takes no path or query"));
+            return Err(UpstreamError::Path(url.to_string()));
         }
         Ok(BackendAddr { scheme, authority })
     }

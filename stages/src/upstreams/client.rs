@@ -11,6 +11,7 @@ use rustls_pki_types::ServerName;
 use crate::body::RequestBody;
 use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::config::BackendProtocol;
+use crate::upstreams::error::UpstreamError;
 use crate::upstreams::tls::BackendConnector;
 
 /// How backend connections are made and pooled (from `[stages.dispatch]`).
@@ -31,14 +32,18 @@ pub fn backend_client(
     protocol: BackendProtocol,
     tls: Option<Arc<rustls::ClientConfig>>,
     server_name: Option<&str>,
-) -> Result<BackendClient, String> {
+) -> Result<BackendClient, UpstreamError> {
     let tls = match (addr.is_tls(), tls) {
         (true, Some(cfg)) => {
             let name = server_name
                 .unwrap_or(addr.authority.host())
                 .trim_matches(['[', ']']);
-            let name = ServerName::try_from(name.to_string())
-                .map_err(|e| format!("server_name \"{name}\": {e}"))?;
+            let name = ServerName::try_from(name.to_string()).map_err(|source| {
+                UpstreamError::ServerName {
+                    name: name.to_string(),
+                    source,
+                }
+            })?;
             Some((cfg, name))
         }
         _ => None,

@@ -5,6 +5,7 @@ pub mod addr;
 pub mod balance;
 pub mod client;
 pub mod config;
+pub mod error;
 pub mod registry;
 pub mod tls;
 
@@ -17,6 +18,7 @@ use addr::BackendAddr;
 use balance::RoundRobin;
 use client::{BackendClient, ClientSettings};
 use config::{BackendProtocol, UpstreamConfig};
+use error::UpstreamError;
 use registry::{PoolKey, Registry};
 
 /// One backend of an upstream.
@@ -50,7 +52,7 @@ impl Upstream {
         config: &UpstreamConfig,
         settings: &ClientSettings,
         registry: &Registry,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, UpstreamError> {
         let mut backends = Vec::new();
         for b in &config.backends {
             let addr = BackendAddr::parse(&b.url)?;

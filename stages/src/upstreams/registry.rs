@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::client::{self, BackendClient, ClientSettings};
 use crate::upstreams::config::{BackendProtocol, UpstreamTls};
+use crate::upstreams::error::UpstreamError;
 use crate::upstreams::tls;
 
 /// What identifies a backend's connections.
@@ -35,7 +36,7 @@ impl Registry {
     }
 
     /// The pool for `key`, built on first use. `upstream` names the upstream in errors.
-    pub fn client(&self, key: &PoolKey, upstream: &str) -> Result<BackendClient, String> {
+    pub fn client(&self, key: &PoolKey, upstream: &str) -> Result<BackendClient, UpstreamError> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = pools.get(key) {
             return Ok(c.clone());

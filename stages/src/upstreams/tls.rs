@@ -28,12 +28,16 @@ use tokio_rustls::client::TlsStream;
 use crate::body::BoxError;
 use crate::tls::provider;
 use crate::upstreams::config::{BackendProtocol, UpstreamTls, Verify};
+use crate::upstreams::error::{ConnectError, UpstreamError};
 
 /// Reads every PEM certificate of a file.
-fn certs_in(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn certs_in(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamError> {
     CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))
+        .map_err(|source| UpstreamError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The TLS client config for one upstream.
@@ -41,10 +45,10 @@ pub fn client_config(
     tls: &UpstreamTls,
     alpn: Vec<Vec<u8>>,
     upstream: &str,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, UpstreamError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(UpstreamError::Versions)?;
     let builder = if tls.verify == Verify::Off {
         tracing::warn!(
             upstream,
@@ -60,7 +64,10 @@ pub fn client_config(
             private.extend(certs_in(f)?);
         }
         if let Some(d) = &tls.ca_dir {
-            let entries = std::fs::read_dir(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            let entries = std::fs::read_dir(d).map_err(|source| UpstreamError::CaDir {
+                path: d.clone(),
+                source,
+            })?;
             let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
             files.sort();
             for f in files
@@ -71,24 +78,26 @@ pub fn client_config(
             }
         }
         if private.is_empty() && (tls.ca_file.is_some() || tls.ca_dir.is_some()) {
-            return Err("ca_file/ca_dir hold no certificate".into());
+            return Err(UpstreamError::NoCa);
         }
         if private.is_empty() {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
         for c in private {
-            roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+            roots.add(c).map_err(UpstreamError::Ca)?;
         }
         builder.with_root_certificates(roots)
     };
     let mut cfg = match (&tls.client_cert, &tls.client_key) {
         (Some(c), Some(k)) => {
             let chain = certs_in(c)?;
-            let key =
-                PrivateKeyDer::from_pem_file(k).map_err(|e| format!("{}: {e}", k.display()))?;
+            let key = PrivateKeyDer::from_pem_file(k).map_err(|source| UpstreamError::Pem {
+                path: k.clone(),
+                source,
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate: {e}"))?
+                .map_err(UpstreamError::ClientCert)?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -143,8 +152,11 @@ impl tower_service::Service<Uri> for BackendConnector {
         Box::pin(async move {
             let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(&*this.addr))
                 .await
-                .map_err(|_| format!("tcp connect to {} timed out", this.addr))?
-                .map_err(|e| format!("tcp connect to {}: {e}", this.addr))?;
+                .map_err(|_| ConnectError::TcpTimeout(this.addr.to_string()))?
+                .map_err(|source| ConnectError::Tcp {
+                    addr: this.addr.to_string(),
+                    source,
+                })?;
             let _ = tcp.set_nodelay(true);
             let stream = match this.tls {
                 None => BackendStream::Plain(tcp),
@@ -152,8 +164,11 @@ impl tower_service::Service<Uri> for BackendConnector {
                     let tls =
                         tokio::time::timeout(this.connect_timeout, connector.connect(name, tcp))
                             .await
-                            .map_err(|_| format!("TLS handshake with {} timed out", this.addr))?
-                            .map_err(|e| format!("TLS handshake with {}: {e}", this.addr))?;
+                            .map_err(|_| ConnectError::TlsTimeout(this.addr.to_string()))?
+                            .map_err(|source| ConnectError::Tls {
+                                addr: this.addr.to_string(),
+                                source,
+                            })?;
                     BackendStream::Tls(Box::new(tls))
                 }
             };

@@ -16,6 +16,7 @@ use metrics::{counter, gauge};
 use spooky_sync::{Cap, Permit};
 use tokio::sync::watch;
 
+use crate::adapters::BindError;
 use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::body::H3Body;
 use crate::adapters::h3::guard::{self, GuardedConn};
@@ -60,30 +61,32 @@ impl H3Listener {
         listener: &ListenerConfig,
         stages: &StagesConfig,
         certs: Arc<CertStore>,
-    ) -> Result<H3Listener, String> {
+    ) -> Result<H3Listener, BindError> {
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(quinn::VarInt::from(
             listener.max_streams_per_connection.get(),
         ));
         let idle = quinn::IdleTimeout::try_from(listener.idle_timeout.0)
-            .map_err(|e| format!("idle_timeout: {e}"))?;
+            .map_err(BindError::IdleTimeout)?;
         transport.max_idle_timeout(Some(idle));
         let transport = Arc::new(transport);
         let resolver = certs.clone();
         let server = tls::ServerConfigCell::new(certs, move |verifier| {
             let crypto = tls::h3_server_crypto(resolver.clone(), verifier)?;
             let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
-                .map_err(|e| e.to_string())?;
+                .map_err(tls::TlsError::Quic)?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
             server.transport_config(transport.clone());
             Ok(Arc::new(server))
         })?;
         let endpoint =
-            quinn::Endpoint::server((*server.get()).clone(), listener.bind).map_err(|e| {
-                format!(
-                    "listener \"{}\": cannot bind UDP {}: {e}",
-                    listener.name, listener.bind
-                )
+            quinn::Endpoint::server((*server.get()).clone(), listener.bind).map_err(|source| {
+                BindError::Bind {
+                    listener: listener.name.clone(),
+                    transport: "UDP",
+                    addr: listener.bind,
+                    source,
+                }
             })?;
         Ok(H3Listener {
             name: listener.name.clone(),

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::adapters::BindError;
 use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::server::until_true;
 use crate::adapters::tcp::body::HyperBody;
@@ -78,7 +79,7 @@ impl TcpListenerRt {
         stages: &StagesConfig,
         certs: Option<Arc<CertStore>>,
         h3_port: Option<u16>,
-    ) -> Result<TcpListenerRt, String> {
+    ) -> Result<TcpListenerRt, BindError> {
         let tls = match certs {
             Some(store) => {
                 let mut alpn = Vec::new();
@@ -100,18 +101,18 @@ impl TcpListenerRt {
             (AltSvc::Off, _) | (AltSvc::Auto, None) => None,
             (AltSvc::Auto, Some(port)) => Some(
                 HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
-                    .map_err(|e| e.to_string())?,
+                    .map_err(BindError::AltSvc)?,
             ),
-            (AltSvc::Value(v), _) => {
-                Some(HeaderValue::from_str(v).map_err(|e| format!("alt_svc: {e}"))?)
-            }
+            (AltSvc::Value(v), _) => Some(HeaderValue::from_str(v).map_err(BindError::AltSvc)?),
         };
-        let tcp = TcpListener::bind(listener.bind).await.map_err(|e| {
-            format!(
-                "listener \"{}\": cannot bind TCP {}: {e}",
-                listener.name, listener.bind
-            )
-        })?;
+        let tcp = TcpListener::bind(listener.bind)
+            .await
+            .map_err(|source| BindError::Bind {
+                listener: listener.name.clone(),
+                transport: "TCP",
+                addr: listener.bind,
+                source,
+            })?;
         Ok(TcpListenerRt {
             listener: tcp,
             shared: Arc::new(Shared {
