@@ -184,8 +184,19 @@ async fn serve(config: Config) -> Result<(), RunError> {
     for e in &endpoints {
         e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
     }
-    for t in tasks.into_iter().chain(tcp_tasks) {
+    for t in tasks {
         let _ = t.await;
+    }
+    // TCP connections that just finished a response are still writing its last bytes (an
+    // exchange ends when hyper takes its last frame): each listener returns once its
+    // connections are closed, which graceful shutdown makes quick; bounded all the same.
+    for t in tcp_tasks {
+        if tokio::time::timeout(linger, t).await.is_err() {
+            tracing::warn!(
+                ?linger,
+                "TCP connections still open after drain_linger: closing them"
+            );
+        }
     }
     for e in &endpoints {
         let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;

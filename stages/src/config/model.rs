@@ -126,8 +126,8 @@ pub struct PipelineConfig {
     /// On SIGTERM/SIGINT, how long in-flight exchanges may take to finish.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
-    /// After the last exchange ends, how long QUIC connections get to deliver what was just
-    /// sent (or to close themselves) before the endpoint closes them.
+    /// After the last exchange ends, how long QUIC and TCP connections get to deliver what was
+    /// just sent (or to close themselves) before they are closed.
     #[serde(default = "default_drain_linger")]
     pub drain_linger: Dur,
 }

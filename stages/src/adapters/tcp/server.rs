@@ -141,8 +141,13 @@ impl TcpListenerRt {
 
     /// Accepts connections until `shutdown` turns true; open connections then finish their
     /// requests (HTTP/2 GOAWAY, HTTP/1.1 `connection: close`).
+    ///
+    /// Returns once every connection has ended: after the pipeline drained, a connection may
+    /// still be writing the last response (its exchange ended when hyper took the last frame,
+    /// not when the bytes left), so the daemon awaits this, bounded by `drain_linger`.
     pub async fn serve(self, pipelines: Pipelines, shutdown: watch::Receiver<bool>) {
         let mut stop = shutdown.clone();
+        let open = spooky_sync::Drain::new();
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -166,9 +171,11 @@ impl TcpListenerRt {
             let clock = ConnClock::new(self.shared.header_timeout, self.shared.idle_timeout);
             let _ = stream.set_nodelay(true);
             let (shared, pipelines) = (self.shared.clone(), pipelines.clone());
+            let Ok(live) = open.enter() else { break };
             let held = Held {
                 _permit: permit,
                 _slot: slot,
+                _live: live,
             };
             tokio::spawn(connection(
                 shared,
@@ -180,6 +187,8 @@ impl TcpListenerRt {
                 shutdown.clone(),
             ));
         }
+        open.close();
+        open.wait().await;
     }
 }
 
@@ -187,6 +196,8 @@ impl TcpListenerRt {
 struct Held {
     _permit: Permit,
     _slot: Option<ClientSlot>,
+    /// Counts the connection until it ends (see [`TcpListenerRt::serve`]).
+    _live: spooky_sync::DrainGuard,
 }
 
 async fn connection(
