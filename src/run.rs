@@ -218,8 +218,8 @@ async fn bind_listener(
     } else {
         1
     };
-    let mut last = None;
-    for _ in 0..attempts {
+    let mut attempt = 1;
+    loop {
         let mut bind = l.clone();
         let mut h3 = None;
         if wants_h3 {
@@ -237,12 +237,10 @@ async fn bind_listener(
         let h3_port = h3.as_ref().map(|_| bind.bind.port());
         match TcpListenerRt::bind(&bind, &config.stages, certs.clone(), h3_port).await {
             Ok(tcp) => return Ok((h3, Some(tcp))),
-            Err(e) => last = Some(e),
+            // The TCP port was taken: try another pair, or give up with its error.
+            Err(e) if attempt >= attempts => return Err(e.into()),
+            Err(_) => attempt += 1,
         }
-    }
-    match last {
-        Some(e) => Err(e.into()),
-        None => Ok((None, None)),
     }
 }
 

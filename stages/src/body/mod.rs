@@ -189,14 +189,9 @@ impl RequestBody {
         }
     }
 
-    /// Whether the request is forwarded without a body (so repeating it is safe).
-    pub fn is_empty_request(&self) -> bool {
-        self.empty_upstream
-    }
-
     /// Takes the body out for forwarding, leaving an empty one behind; what it forwards is
     /// counted in `counter`.
-    pub fn take(&mut self, counter: &BytesIn) -> RequestBody {
+    fn take(&mut self, counter: &BytesIn) -> RequestBody {
         let mut body = std::mem::replace(self, RequestBody::empty());
         body.forwarded = Some(counter.clone());
         self.taken = true;

@@ -91,11 +91,6 @@ impl ConnGone {
         (RaiseConnGone(tx), ConnGone(rx))
     }
 
-    /// Whether the connection is gone.
-    pub fn is_gone(&self) -> bool {
-        *self.0.borrow()
-    }
-
     /// Completes once the connection is gone (or its watcher ended).
     pub async fn gone(&mut self) {
         let _ = self.0.wait_for(|g| *g).await;
@@ -358,12 +353,6 @@ impl Exchange {
         }
     }
 
-    /// Whether the client is already gone (checked when an exchange leaves a channel, where
-    /// nobody could watch it).
-    pub fn is_cancelled(&self) -> bool {
-        self.conn_gone.as_ref().is_some_and(ConnGone::is_gone) || self.responder.is_closed()
-    }
-
     /// Copies the decisions into the record (cheap: reference counts).
     fn fill_record(&mut self) {
         let st = &mut *self.0;
@@ -390,10 +379,10 @@ impl Exchange {
 
     /// The name of the backend chosen for the current attempt.
     pub fn backend_name(&self) -> Option<&str> {
-        let u = self.decided.upstream.as_ref()?;
-        u.backends
-            .get(self.decided.backend?)
-            .map(|b| b.name.as_str())
+        self.decided
+            .upstream
+            .as_ref()?
+            .backend_name(self.decided.backend?)
     }
 
     /// Safe to send again to another backend after a connect failure: an idempotent method,

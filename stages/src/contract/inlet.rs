@@ -77,7 +77,7 @@ impl Inlet {
     /// An inlet that bounds nothing and hands the exchange's permit through.
     pub fn pass() -> Self {
         Inlet {
-            concurrency: Cap::new(1),
+            concurrency: Cap::new(usize::MAX),
             room: None,
             when_full: WhenFull::Wait,
             metrics: None,
@@ -108,9 +108,13 @@ impl Inlet {
         &self.concurrency
     }
 
-    /// Exchanges waiting in the room.
-    pub fn waiting(&self) -> usize {
-        self.room.as_ref().map_or(0, Cap::in_use)
+    /// Exchanges in the stage or waiting in its room (none for a pass-through inlet, whose
+    /// permits are other stages').
+    pub fn held(&self) -> usize {
+        if self.pass {
+            return 0;
+        }
+        self.concurrency.in_use() + self.room.as_ref().map_or(0, Cap::in_use)
     }
 
     /// Refuses everyone waiting and everyone after (the generation stops).
@@ -127,12 +131,17 @@ impl Inlet {
         if self.pass {
             return None;
         }
-        let p = self.concurrency.try_acquire().ok()?;
+        self.take_now().ok()
+    }
+
+    /// The stage's permit if it has room now (a queued stage reports the zero wait).
+    fn take_now(&self) -> Result<Permit, TryAcquireError> {
+        let p = self.concurrency.try_acquire()?;
         if let (Some(_), Some(m)) = (&self.room, &self.metrics) {
             // A queued stage reports every exchange's wait, also a zero one.
             m.queue_wait.record(0.0);
         }
-        Some(p)
+        Ok(p)
     }
 
     /// Hands `ex` to the stage; `held` is the permit of the stage it leaves (dropped once the
@@ -156,14 +165,8 @@ impl Inlet {
                 None => self.wait_to_run(ex).await,
             };
         }
-        match self.concurrency.try_acquire() {
-            Ok(p) => {
-                if let (Some(_), Some(m)) = (&self.room, &self.metrics) {
-                    // A queued stage reports every exchange's wait, also a zero one.
-                    m.queue_wait.record(0.0);
-                }
-                return Entered::Run(p);
-            }
+        match self.take_now() {
+            Ok(p) => return Entered::Run(p),
             Err(TryAcquireError::Closed) => return Entered::Refused(Reason::ShuttingDown),
             Err(TryAcquireError::Full) => {}
         }

@@ -131,8 +131,7 @@ impl Record {
 
     /// The backend's name, when one was chosen.
     pub fn backend_name(&self) -> Option<&str> {
-        let (u, b) = (self.upstream.as_ref()?, self.backend?);
-        u.backends.get(b).map(|b| b.name.as_str())
+        self.upstream.as_ref()?.backend_name(self.backend?)
     }
 
     /// How long the exchange took.

@@ -57,11 +57,6 @@ pub trait ClientSink: Send + 'static {
     fn poll_closed(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
         Poll::Pending
     }
-
-    /// Whether [`ClientSink::poll_closed`] has happened.
-    fn is_closed(&self) -> bool {
-        false
-    }
 }
 
 /// The client side of an exchange's response.
@@ -99,11 +94,6 @@ impl Responder {
             Some(s) => std::future::poll_fn(|cx| s.poll_closed(cx)).await,
             None => std::future::pending().await,
         }
-    }
-
-    /// Whether [`Responder::closed`] has happened.
-    pub fn is_closed(&self) -> bool {
-        self.sink.as_ref().is_some_and(|s| s.is_closed())
     }
 
     /// Sends a response.

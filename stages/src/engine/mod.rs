@@ -204,10 +204,14 @@ impl Pipeline {
         let index = RouteIndex::build(&config.routes, &upstreams, st.queue.capacity.get())
             .map_err(BuildError::Routes)?;
         let mut route = Some(RouteStage::build(index));
+        // The first stage's inlet is where adapters take their permit; it has no room (a
+        // request waits in its protocol: unaccepted streams, unread sockets).
+        let first = config.chain.first().copied();
         let inlet = |kind: StageKind| {
             let s: StageSettings = st.settings(kind);
+            let queue = if Some(kind) == first { 0 } else { s.queue };
             Inlet::new(
-                s.queue,
+                queue,
                 s.concurrency.get(),
                 s.when_full,
                 StageMetrics::new(&name, kind.name()),
@@ -215,7 +219,7 @@ impl Pipeline {
         };
         let mut select = None;
         let mut slots = Vec::new();
-        for (i, kind) in config.chain.iter().copied().enumerate() {
+        for kind in config.chain.iter().copied() {
             let stage = match kind {
                 StageKind::Ingress => AnyStage::Ingress(Ingress::build(&st.ingress)),
                 StageKind::Admission => AnyStage::Admission(Admission::build(
@@ -252,37 +256,27 @@ impl Pipeline {
                         inlet: inlet(kind),
                     };
                     let policy: Option<&hedge_retry::Config> = hedge.then_some(&st.hedge_retry);
-                    let own = hedge.then(|| StageMetrics::new(&name, StageKind::HedgeRetry.name()));
+                    let slot_inlet = if hedge {
+                        inlet(StageKind::HedgeRetry)
+                    } else {
+                        Inlet::pass()
+                    };
+                    // Hedge-retry's own decisions count under its slot's metrics.
+                    let own = slot_inlet.metrics().cloned();
                     let loop_ = HedgeRetry::build(policy, own, select, dispatch);
                     slots.push(Slot {
                         kind: StageKind::HedgeRetry,
                         stage: AnyStage::Attempts(Box::new(loop_)),
-                        inlet: if hedge {
-                            inlet(StageKind::HedgeRetry)
-                        } else {
-                            Inlet::pass()
-                        },
+                        inlet: slot_inlet,
                     });
                     continue;
                 }
                 StageKind::Egress => AnyStage::Egress(Egress::build(&st.egress, &name)),
             };
-            // The first stage's inlet is where adapters take their permit; it has no room
-            // (a request waits in its protocol: unaccepted streams, unread sockets).
-            let mut inl = inlet(kind);
-            if i == 0 {
-                let s = st.settings(kind);
-                inl = Inlet::new(
-                    0,
-                    s.concurrency.get(),
-                    s.when_full,
-                    StageMetrics::new(&name, kind.name()),
-                );
-            }
             slots.push(Slot {
                 kind,
                 stage,
-                inlet: inl,
+                inlet: inlet(kind),
             });
         }
         if slots.first().is_none_or(|s| s.inlet.is_pass()) {
@@ -335,16 +329,10 @@ impl Pipeline {
     pub fn held(&self) -> usize {
         let mut n = 0;
         for s in &self.slots {
-            if !s.inlet.is_pass() {
-                n += s.inlet.concurrency().in_use() + s.inlet.waiting();
-            }
+            n += s.inlet.held();
             match &s.stage {
                 AnyStage::Admission(a) => n += a.cap().in_use(),
-                AnyStage::Attempts(h) => {
-                    for i in h.inlets() {
-                        n += i.concurrency().in_use() + i.waiting();
-                    }
-                }
+                AnyStage::Attempts(h) => n += h.inlets().iter().map(|i| i.held()).sum::<usize>(),
                 _ => {}
             }
         }

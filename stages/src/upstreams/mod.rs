@@ -89,6 +89,11 @@ impl Upstream {
 }
 
 impl Upstream {
+    /// The name (URL) of backend `idx`.
+    pub fn backend_name(&self, idx: usize) -> Option<&str> {
+        self.backends.get(idx).map(|b| b.name.as_str())
+    }
+
     /// Sets the upstream's and its backends' inflight gauges (scrape time).
     pub fn sample_gauges(&self) {
         use crate::metrics::{BACKEND_INFLIGHT, UPSTREAM_INFLIGHT};

@@ -66,11 +66,10 @@ impl H3Sink {
             .send_response(Response::from_parts(parts, ()))
             .await
             .map_err(gone)?;
-        let mut conn = self.conn_gone.clone();
         loop {
             let frame = tokio::select! {
                 f = body.frame() => f,
-                () = conn.gone() => {
+                () = self.conn_gone.gone() => {
                     return Err(SendError::ClientGone("connection closed".into()));
                 }
             };

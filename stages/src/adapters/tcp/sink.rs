@@ -53,10 +53,6 @@ impl ClientSink for HyperSink {
             None => Poll::Pending,
         }
     }
-
-    fn is_closed(&self) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.is_closed())
-    }
 }
 
 /// A response body for hyper: the exchange's, and the connection's `Busy` mark (its idle
