@@ -1,6 +1,8 @@
 //! `spooky run FILE`: load, build the pipeline, bind listeners, serve until SIGTERM/SIGINT,
 //! then drain: stop accepting, let in-flight exchanges finish up to `drain_timeout`, exit 0.
 
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use spooky_stages::metrics::SECONDS_BUCKETS;
 use spooky_stages::tls::{self, CertStore, Certs};
 use tokio::sync::watch;
 
-use spooky_stages::adapters::BindError;
+use spooky_stages::adapters::{BindError, sockets};
 use spooky_stages::engine::BuildError;
 
 use crate::admin::{self, AdminState};
@@ -31,7 +33,10 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let workers = config.pipeline.workers.resolve();
+    // The control runtime (signals, admin, certificate reload, drain); the listeners are
+    // served by the workers' own runtimes.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -41,7 +46,7 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, workers)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -79,9 +84,13 @@ enum RunError {
     },
     #[error("signals: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("cannot start a worker: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("a worker stopped while starting")]
+    WorkerGone,
 }
 
-async fn serve(config: Config) -> Result<(), RunError> {
+async fn serve(config: Config, workers: NonZeroUsize) -> Result<(), RunError> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
         .map_err(RunError::Metrics)?
@@ -89,34 +98,83 @@ async fn serve(config: Config) -> Result<(), RunError> {
         .map_err(RunError::Metrics)?;
     let pipelines = Pipelines::start(&config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (drained_tx, drained_rx) = watch::channel(false);
 
     let mut reloader = CertReloader::default();
-    let mut endpoints = Vec::new();
-    let mut tasks = Vec::new();
-    let mut tcp_tasks = Vec::new();
+    let mut plans: Vec<WorkerPlan> = (0..workers.get()).map(|_| WorkerPlan::default()).collect();
     for l in &config.listeners {
         let certs = Certs::load(&l.tls, &l.name)?.map(CertStore::new);
         if let Some(store) = &certs {
             store.set_client_verifier(tls::client_verifier(&l.tls)?);
             reloader.add(l, store.clone());
         }
-        let (h3, tcp) = bind_listener(l, &config, certs).await?;
-        if let Some(listener) = h3 {
-            let addr = listener.local_addr().map_err(RunError::LocalAddr)?;
-            println!("listening listener={} protocol=h3 addr={addr}", l.name);
-            endpoints.push(listener.endpoint().clone());
-            tasks.push(tokio::spawn(
-                listener.serve(pipelines.clone(), shutdown_rx.clone()),
-            ));
+        let sockets = bind_listener(l, workers)?;
+        if !sockets.udp.is_empty() {
+            let store = certs
+                .clone()
+                .ok_or_else(|| RunError::H3NeedsTls(l.name.clone()))?;
+            let h3 = Arc::new(H3Listener::new(l, &config.stages, store)?);
+            println!(
+                "listening listener={} protocol=h3 addr={}",
+                l.name, sockets.addr
+            );
+            for (plan, socket) in plans.iter_mut().zip(sockets.udp) {
+                plan.h3.push((h3.clone(), socket));
+            }
         }
-        if let Some(listener) = tcp {
-            let addr = listener.local_addr().map_err(RunError::LocalAddr)?;
-            println!("listening listener={} protocol=tcp addr={addr}", l.name);
-            tcp_tasks.push(tokio::spawn(
-                listener.serve(pipelines.clone(), shutdown_rx.clone()),
-            ));
+        if !sockets.tcp.is_empty() {
+            let h3_port = l
+                .protocols
+                .contains(&Protocol::H3)
+                .then_some(sockets.addr.port());
+            let tcp = TcpListenerRt::new(l, &config.stages, certs.clone(), h3_port)?;
+            println!(
+                "listening listener={} protocol=tcp addr={}",
+                l.name, sockets.addr
+            );
+            for (plan, socket) in plans.iter_mut().zip(sockets.tcp) {
+                plan.tcp.push((tcp.clone(), socket));
+            }
         }
     }
+
+    // The workers: one thread and one single-threaded runtime each, serving their own sockets.
+    let linger = config.pipeline.drain_linger.0;
+    let mut threads = Vec::new();
+    let mut started = Vec::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+        let signals = WorkerSignals {
+            shutdown: shutdown_rx.clone(),
+            drained: drained_rx.clone(),
+            linger,
+        };
+        let pipelines = pipelines.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("spooky-worker-{index}"))
+            .spawn(move || worker(index, plan, pipelines, signals, up_tx))
+            .map_err(RunError::Runtime)?;
+        threads.push(thread);
+        started.push(up_rx);
+    }
+    let stop_workers = || {
+        let _ = shutdown_tx.send(true);
+        let _ = drained_tx.send(true);
+    };
+    for up in started {
+        match up.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop_workers();
+                return Err(e);
+            }
+            Err(_) => {
+                stop_workers();
+                return Err(RunError::WorkerGone);
+            }
+        }
+    }
+
     let reloader = Arc::new(reloader);
     reloader.watch();
     let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
@@ -150,8 +208,8 @@ async fn serve(config: Config) -> Result<(), RunError> {
         tokio::spawn(admin::serve(tcp, state.clone()));
     }
     state.ready.store(true, Ordering::Release);
-    tracing::info!(pipeline = %config.pipeline.name, file = %config.file, "ready");
-    println!("ready pipeline={}", config.pipeline.name);
+    tracing::info!(pipeline = %config.pipeline.name, file = %config.file, workers, "ready");
+    println!("ready pipeline={} workers={workers}", config.pipeline.name);
 
     wait_for_shutdown(&reloader).await?;
     let deadline = config.pipeline.drain_timeout.0;
@@ -175,73 +233,184 @@ async fn serve(config: Config) -> Result<(), RunError> {
     } else {
         tracing::info!("drained");
     }
-    // QUIC drops unsent stream data on close: give responses just finished time to reach
-    // their clients (or the clients time to close) before closing what is left.
-    let linger = config.pipeline.drain_linger.0;
-    for e in &endpoints {
-        let _ = tokio::time::timeout(linger, e.wait_idle()).await;
-    }
-    for e in &endpoints {
-        e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    // TCP connections that just finished a response are still writing its last bytes (an
-    // exchange ends when hyper takes its last frame): each listener returns once its
-    // connections are closed, which graceful shutdown makes quick; bounded all the same.
-    for t in tcp_tasks {
-        if tokio::time::timeout(linger, t).await.is_err() {
-            tracing::warn!(
-                ?linger,
-                "TCP connections still open after drain_linger: closing them"
-            );
+    // Each worker now lets its connections deliver their last bytes, then closes them.
+    let _ = drained_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
         }
-    }
-    for e in &endpoints {
-        let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
-    }
+    })
+    .await;
     Ok(())
 }
 
-/// Binds a listener's UDP (h3) and TCP (h2, http1) sides on the same port number. With port
-/// 0, the TCP side takes the port the UDP side got; if that TCP port is taken, both try again.
-async fn bind_listener(
-    l: &ListenerConfig,
-    config: &Config,
-    certs: Option<Arc<CertStore>>,
-) -> Result<(Option<H3Listener>, Option<TcpListenerRt>), RunError> {
+/// One worker's sockets: its UDP socket of each HTTP/3 listener and TCP socket of each TCP
+/// listener, with the listener each serves.
+#[derive(Default)]
+struct WorkerPlan {
+    h3: Vec<(Arc<H3Listener>, std::net::UdpSocket)>,
+    tcp: Vec<(TcpListenerRt, std::net::TcpListener)>,
+}
+
+/// What the daemon tells its workers: stop accepting (`shutdown`), then, once the pipeline
+/// drained or the drain deadline passed, close connections after `linger` (`drained`).
+struct WorkerSignals {
+    shutdown: watch::Receiver<bool>,
+    drained: watch::Receiver<bool>,
+    linger: Duration,
+}
+
+/// A worker thread: its own single-threaded runtime serving its own sockets. Reports on `up`
+/// once it serves (or why it cannot), and returns once its connections are closed.
+fn worker(
+    index: usize,
+    plan: WorkerPlan,
+    pipelines: Pipelines,
+    mut signals: WorkerSignals,
+    up: tokio::sync::oneshot::Sender<Result<(), RunError>>,
+) {
+    spooky_stages::workers::enter(index);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = up.send(Err(RunError::Runtime(e)));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut endpoints = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        for (listener, socket) in plan.h3 {
+            match listener.endpoint(socket) {
+                Ok(e) => endpoints.push((listener, e)),
+                Err(e) => {
+                    let _ = up.send(Err(e.into()));
+                    return;
+                }
+            }
+        }
+        for (listener, socket) in plan.tcp {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(t) => tcp_listeners.push((listener, t)),
+                Err(e) => {
+                    let _ = up.send(Err(RunError::Runtime(e)));
+                    return;
+                }
+            }
+        }
+        let mut h3_tasks = Vec::new();
+        for (listener, endpoint) in &endpoints {
+            h3_tasks.push(tokio::spawn(listener.clone().serve(
+                endpoint.clone(),
+                pipelines.clone(),
+                signals.shutdown.clone(),
+            )));
+        }
+        let mut tcp_tasks = Vec::new();
+        for (listener, socket) in tcp_listeners {
+            tcp_tasks.push(tokio::spawn(listener.serve(
+                socket,
+                pipelines.clone(),
+                signals.shutdown.clone(),
+            )));
+        }
+        if up.send(Ok(())).is_err() {
+            return;
+        }
+        let _ = signals.drained.wait_for(|d| *d).await;
+        let linger = signals.linger;
+        // QUIC drops unsent stream data on close: give responses just finished time to reach
+        // their clients (or the clients time to close) before closing what is left.
+        for (_, e) in &endpoints {
+            let _ = tokio::time::timeout(linger, e.wait_idle()).await;
+        }
+        for (_, e) in &endpoints {
+            e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
+        }
+        for t in h3_tasks {
+            let _ = t.await;
+        }
+        // TCP connections that just finished a response are still writing its last bytes (an
+        // exchange ends when hyper takes its last frame): each listener returns once its
+        // connections are closed, which graceful shutdown makes quick; bounded all the same.
+        for t in tcp_tasks {
+            if tokio::time::timeout(linger, t).await.is_err() {
+                tracing::warn!(
+                    ?linger,
+                    "TCP connections still open after drain_linger: closing them"
+                );
+            }
+        }
+        for (_, e) in &endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
+        }
+    });
+}
+
+/// A listener's sockets, one of each kind it serves per worker, all on `addr`.
+struct ListenerSockets {
+    addr: SocketAddr,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+}
+
+/// Binds a listener's UDP (h3) and TCP (h2, http1) sockets, one each per worker, on the same
+/// port number. With port 0, the TCP side takes the port the UDP side got; if that TCP port is
+/// taken, both try again.
+fn bind_listener(l: &ListenerConfig, workers: NonZeroUsize) -> Result<ListenerSockets, RunError> {
     let wants_h3 = l.protocols.contains(&Protocol::H3);
     let wants_tcp = l.protocols.iter().any(|p| *p != Protocol::H3);
+    let reuse = workers.get() > 1;
+    let err = |transport: &'static str, addr: SocketAddr| {
+        let name = l.name.clone();
+        move |source| BindError::Bind {
+            listener: name,
+            transport,
+            addr,
+            source,
+        }
+    };
     let attempts = if l.bind.port() == 0 && wants_h3 && wants_tcp {
         16
     } else {
         1
     };
     let mut attempt = 1;
+    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+    let mut addr = l.bind;
+    // The first socket of each kind settles the port.
     loop {
-        let mut bind = l.clone();
-        let mut h3 = None;
         if wants_h3 {
-            let store = certs
-                .clone()
-                .ok_or_else(|| RunError::H3NeedsTls(l.name.clone()))?;
-            let listener = H3Listener::bind(l, &config.stages, store)?;
-            // TCP takes the same port number.
-            bind.bind = listener.local_addr().map_err(RunError::LocalAddr)?;
-            h3 = Some(listener);
+            let first = sockets::udp(l.bind, reuse).map_err(err("UDP", l.bind))?;
+            addr = first.local_addr().map_err(RunError::LocalAddr)?;
+            udp = vec![first];
         }
         if !wants_tcp {
-            return Ok((h3, None));
+            break;
         }
-        let h3_port = h3.as_ref().map(|_| bind.bind.port());
-        match TcpListenerRt::bind(&bind, &config.stages, certs.clone(), h3_port).await {
-            Ok(tcp) => return Ok((h3, Some(tcp))),
+        match sockets::tcp(addr, reuse) {
+            Ok(first) => {
+                addr = first.local_addr().map_err(RunError::LocalAddr)?;
+                tcp = vec![first];
+                break;
+            }
             // The TCP port was taken: try another pair, or give up with its error.
-            Err(e) if attempt >= attempts => return Err(e.into()),
+            Err(e) if attempt >= attempts => return Err(err("TCP", addr)(e).into()),
             Err(_) => attempt += 1,
         }
     }
+    for _ in 1..workers.get() {
+        if wants_h3 {
+            udp.push(sockets::udp(addr, reuse).map_err(err("UDP", addr))?);
+        }
+        if wants_tcp {
+            tcp.push(sockets::tcp(addr, reuse).map_err(err("TCP", addr))?);
+        }
+    }
+    Ok(ListenerSockets { addr, udp, tcp })
 }
 
 /// Waits for SIGTERM or SIGINT; reloads certificates on every SIGHUP meanwhile.

@@ -20,7 +20,7 @@
 //! * [`upstreams`] — backends, their pooled clients, TLS towards them, balancing.
 //! * [`tls`] — listeners' certificates (SNI, reload, mTLS).
 //! * [`config`] — the pipeline TOML, parsed and validated with file:line:column errors.
-//! * [`body`], [`http`], [`units`], [`metrics`] — leaves every layer may use.
+//! * [`body`], [`http`], [`units`], [`metrics`], [`workers`] — leaves every layer may use.
 
 pub mod adapters;
 pub mod body;
@@ -33,6 +33,7 @@ pub mod stages;
 pub mod tls;
 pub mod units;
 pub mod upstreams;
+pub mod workers;
 
 pub use engine::Pipeline;
 pub use engine::generation::Pipelines;

@@ -25,6 +25,8 @@ pub const EXCHANGES_LIVE: &str = "spooky_exchanges_live";
 pub const LISTENER_CONNECTIONS: &str = "spooky_listener_connections";
 pub const LISTENER_CONNECTIONS_TOTAL: &str = "spooky_listener_connections_total";
 pub const LISTENER_HANDSHAKES: &str = "spooky_listener_handshakes_total";
+/// Connections (QUIC and TCP) served by each worker: how evenly `SO_REUSEPORT` spreads them.
+pub const WORKER_CONNECTIONS: &str = "spooky_worker_connections_total";
 /// TCP connections closed by a timer (`kind`: `header` — a head awaited, `idle` — no request).
 pub const LISTENER_TIMEOUTS: &str = "spooky_listener_timeouts_total";
 /// HTTP/1.1 request heads refused for ambiguous framing, by listener and reason.

@@ -108,6 +108,66 @@ impl<'de> serde::Deserialize<'de> for Size {
     }
 }
 
+/// `[pipeline] workers`: how many single-threaded runtimes serve the listeners, each on its
+/// own thread with its own sockets. `"auto"` (the default) is one per core the process may
+/// run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    #[default]
+    Auto,
+    Count(std::num::NonZeroUsize),
+}
+
+/// More workers than this is surely a typo (each is a thread with its own sockets).
+pub const MAX_WORKERS: usize = 1024;
+
+impl Workers {
+    /// The number of workers: `Auto` is the cores this process may run on.
+    pub fn resolve(self) -> std::num::NonZeroUsize {
+        match self {
+            Workers::Auto => crate::workers::available(),
+            Workers::Count(n) => n,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "\"auto\" or a number of workers from 1 to {MAX_WORKERS}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
+                if v == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}` is not a number of workers: expected \"auto\" or 1 to {MAX_WORKERS}"
+                    )))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Workers, E> {
+                usize::try_from(v)
+                    .ok()
+                    .filter(|n| *n <= MAX_WORKERS)
+                    .and_then(std::num::NonZeroUsize::new)
+                    .map(Workers::Count)
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "{v} workers: expected \"auto\" or 1 to {MAX_WORKERS}"
+                        ))
+                    })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Workers, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)

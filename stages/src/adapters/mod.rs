@@ -4,6 +4,7 @@
 
 pub mod client_limit;
 pub mod h3;
+pub mod sockets;
 pub mod tcp;
 
 /// What can go wrong binding a listener.

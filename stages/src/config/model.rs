@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::stages::{admission, dispatch, egress, hedge_retry, ingress, queue, route, select};
-use crate::units::Dur;
+use crate::units::{Dur, Workers};
 
 pub use crate::stages::WhenFull;
 pub use crate::stages::route::RouteConfig;
@@ -130,6 +130,10 @@ pub struct PipelineConfig {
     /// just sent (or to close themselves) before they are closed.
     #[serde(default = "default_drain_linger")]
     pub drain_linger: Dur,
+    /// Single-threaded runtimes serving the listeners (one per core by default). Read at
+    /// start only.
+    #[serde(default)]
+    pub workers: Workers,
 }
 
 pub(crate) fn default_drain_linger() -> Dur {

@@ -318,6 +318,7 @@ fn reference_toml_documents_the_defaults() {
     assert_eq!(l.max_connections_per_client, None, "off unless set");
     assert_eq!(c.pipeline.drain_timeout, model::default_drain_timeout());
     assert_eq!(c.pipeline.drain_linger, model::default_drain_linger());
+    assert_eq!(c.pipeline.workers, crate::units::Workers::default());
     assert_eq!(l.alt_svc, AltSvc::default());
     assert_eq!(l.redirect, Redirect::default());
     assert_eq!(l.redirect_port, 443);
@@ -356,4 +357,18 @@ fn path_and_connection_keys_are_enums_with_clear_errors() {
             .any(|e| e.key.ends_with("max_connections_per_client")),
         "{errs:?}"
     );
+}
+
+#[test]
+fn workers_is_auto_or_a_count_with_clear_errors() {
+    let with = |v: &str| GOOD.replacen("[pipeline]\n", &format!("[pipeline]\nworkers = {v}\n"), 1);
+    let c = parse("p.toml", &with("3")).expect("a count");
+    assert_eq!(c.pipeline.workers.resolve().get(), 3);
+    let c = parse("p.toml", &with("\"auto\"")).expect("auto");
+    assert_eq!(c.pipeline.workers, crate::units::Workers::Auto);
+    assert_eq!(c.pipeline.workers.resolve(), crate::workers::available());
+    for bad in ["0", "-1", "100000", "\"many\"", "1.5"] {
+        let t = with(bad);
+        one(&t, 3, "pipeline.workers", "auto");
+    }
 }

@@ -20,7 +20,7 @@ pub struct Pipelines {
 impl Pipelines {
     /// Builds the first generation. Must run inside tokio.
     pub fn start(config: &Config) -> Result<Pipelines, BuildError> {
-        let shared = Shared::default();
+        let shared = Shared::new(config.pipeline.workers.resolve());
         let first = Pipeline::build(config, &shared)?;
         Ok(Pipelines {
             current: Arc::new(RwLock::new(first)),

@@ -174,10 +174,11 @@ pub struct Shared {
     next_id: Arc<AtomicU64>,
 }
 
-impl Default for Shared {
-    fn default() -> Self {
+impl Shared {
+    /// What the generations of a process serving with `workers` workers share.
+    pub fn new(workers: std::num::NonZeroUsize) -> Self {
         Shared {
-            registry: Registry::new(),
+            registry: Registry::new(workers),
             drain: Drain::new(),
             next_id: Arc::new(AtomicU64::new(1)),
         }
@@ -187,7 +188,7 @@ impl Default for Shared {
 impl Pipeline {
     /// Builds a standalone pipeline (its own pools and drain). Must run inside tokio.
     pub fn start(config: &Config) -> Result<Arc<Pipeline>, BuildError> {
-        Pipeline::build(config, &Shared::default())
+        Pipeline::build(config, &Shared::new(config.pipeline.workers.resolve()))
     }
 
     /// Builds one generation of the chain, its pools taken from `shared.registry`.

@@ -134,7 +134,7 @@ impl Dispatch {
             _ => (self.response_timeout, false),
         };
         let sent = {
-            let send = tokio::time::timeout(wait, backend.client.request(req));
+            let send = tokio::time::timeout(wait, backend.client.get().request(req));
             tokio::select! {
                 r = send => Some(r),
                 () = ex.cancelled() => None,

@@ -1,5 +1,6 @@
 //! A backend's pooled HTTP client (hyper-util's legacy client over our own connector): its own
-//! pool, TLS settings and protocol.
+//! pools, TLS settings and protocol. There is one pool per worker: a connection is made, driven
+//! and reused on the worker thread of the exchange that opened it, never handed across threads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,26 @@ pub struct ClientSettings {
     pub pool_max_idle: usize,
 }
 
-/// The pooled client of one backend: its own pool, TLS settings and protocol.
-pub type BackendClient = Client<BackendConnector, RequestBody>;
+/// One worker's pooled client of a backend.
+pub type WorkerClient = Client<BackendConnector, RequestBody>;
 
-/// Builds a backend's client.
+/// The pooled clients of one backend, one per worker; cheap to clone (hyper-util's client
+/// shares its pool).
+#[derive(Clone)]
+pub struct BackendClient {
+    per_worker: Arc<[WorkerClient]>,
+}
+
+impl BackendClient {
+    /// The calling worker's client.
+    pub fn get(&self) -> &WorkerClient {
+        &self.per_worker[crate::workers::current() % self.per_worker.len()]
+    }
+}
+
+/// Builds a backend's clients, one for each of `workers`.
 pub fn backend_client(
+    workers: std::num::NonZeroUsize,
     settings: &ClientSettings,
     addr: &BackendAddr,
     protocol: BackendProtocol,
@@ -49,6 +65,17 @@ pub fn backend_client(
         _ => None,
     };
     let connector = BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout);
+    let per_worker = (0..workers.get())
+        .map(|_| worker_client(settings, protocol, connector.clone()))
+        .collect();
+    Ok(BackendClient { per_worker })
+}
+
+fn worker_client(
+    settings: &ClientSettings,
+    protocol: BackendProtocol,
+    connector: BackendConnector,
+) -> WorkerClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -58,5 +85,5 @@ pub fn backend_client(
     if matches!(protocol, BackendProtocol::H2c | BackendProtocol::H2) {
         builder.http2_only(true);
     }
-    Ok(builder.build(connector))
+    builder.build(connector)
 }

@@ -6,6 +6,7 @@
 //! the next swap and closes once its last in-flight exchange lets go of it.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::upstreams::addr::BackendAddr;
@@ -25,14 +26,19 @@ pub struct PoolKey {
 }
 
 /// Pools by key; cheap to clone a client out of (hyper-util's client shares its pool).
-#[derive(Default)]
 pub struct Registry {
     pools: Mutex<HashMap<PoolKey, BackendClient>>,
+    /// Each backend gets a pool per worker.
+    workers: NonZeroUsize,
 }
 
 impl Registry {
-    pub fn new() -> Arc<Registry> {
-        Arc::new(Registry::default())
+    /// A registry whose backends get a pool for each of `workers`.
+    pub fn new(workers: NonZeroUsize) -> Arc<Registry> {
+        Arc::new(Registry {
+            pools: Mutex::default(),
+            workers,
+        })
     }
 
     /// The pool for `key`, built on first use. `upstream` names the upstream in errors.
@@ -50,8 +56,14 @@ impl Registry {
             _ => None,
         };
         let server_name = key.tls.as_ref().and_then(|t| t.server_name.as_deref());
-        let built =
-            client::backend_client(&key.settings, &key.addr, key.protocol, tls, server_name)?;
+        let built = client::backend_client(
+            self.workers,
+            &key.settings,
+            &key.addr,
+            key.protocol,
+            tls,
+            server_name,
+        )?;
         pools.insert(key.clone(), built.clone());
         Ok(built)
     }

@@ -32,15 +32,16 @@ use crate::engine::Pipeline;
 use crate::engine::generation::Pipelines;
 use crate::metrics::{
     HTTP3_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
+    WORKER_CONNECTIONS,
 };
 use crate::tls::{self, CertStore};
 
 type Resolver = RequestResolver<GuardedConn, Bytes>;
 
-/// A bound HTTP/3 listener.
+/// An HTTP/3 listener: what every worker's QUIC endpoint of it shares (certificates, caps,
+/// limits). Each worker serves it on its own UDP socket ([`H3Listener::endpoint`]).
 pub struct H3Listener {
     name: String,
-    endpoint: quinn::Endpoint,
     /// How much of a request stream the field-order guard waits for.
     guard_limit: usize,
     /// Counts heads the field-order guard refused.
@@ -56,8 +57,8 @@ pub struct H3Listener {
 }
 
 impl H3Listener {
-    /// Binds the UDP socket, serving the listener's certificates. Must run inside tokio.
-    pub fn bind(
+    /// The listener's shared half, serving its certificates.
+    pub fn new(
         listener: &ListenerConfig,
         stages: &StagesConfig,
         certs: Arc<CertStore>,
@@ -79,18 +80,8 @@ impl H3Listener {
             server.transport_config(transport.clone());
             Ok(Arc::new(server))
         })?;
-        let endpoint =
-            quinn::Endpoint::server((*server.get()).clone(), listener.bind).map_err(|source| {
-                BindError::Bind {
-                    listener: listener.name.clone(),
-                    transport: "UDP",
-                    addr: listener.bind,
-                    source,
-                }
-            })?;
         Ok(H3Listener {
             name: listener.name.clone(),
-            endpoint,
             server,
             connections: Cap::new(listener.max_connections.get()),
             per_client: listener
@@ -114,26 +105,40 @@ impl H3Listener {
         })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+    /// A QUIC endpoint of this listener on `socket` (a bound UDP socket, see
+    /// [`sockets::udp`](crate::adapters::sockets::udp)). It lives on the calling worker's
+    /// runtime, which must be running.
+    pub fn endpoint(&self, socket: std::net::UdpSocket) -> Result<quinn::Endpoint, BindError> {
+        let addr = socket.local_addr();
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some((*self.server.get()).clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| BindError::Bind {
+            listener: self.name.clone(),
+            transport: "UDP",
+            addr: addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
+        })
     }
 
-    /// The QUIC endpoint (closed by the daemon at the end of a drain).
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
-    }
-
-    /// Accepts connections until the endpoint is closed. Once `shutdown` turns true, every new
-    /// connection is refused at once (QUIC CONNECTION_REFUSED) while the connections already
-    /// open are asked to finish (HTTP/3 GOAWAY) and drain.
-    pub async fn serve(self, pipelines: Pipelines, shutdown: watch::Receiver<bool>) {
-        let this = Arc::new(self);
+    /// Accepts connections on `endpoint` until it is closed. Once `shutdown` turns true, every
+    /// new connection is refused at once (QUIC CONNECTION_REFUSED) while the connections
+    /// already open are asked to finish (HTTP/3 GOAWAY) and drain.
+    pub async fn serve(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        pipelines: Pipelines,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let this = self;
         let mut draining = shutdown.clone();
         let mut refusing = false;
         loop {
             let incoming = tokio::select! {
-                i = this.endpoint.accept() => i,
+                i = endpoint.accept() => i,
                 () = until_true(&mut draining), if !refusing => {
                     refusing = true;
                     continue;
@@ -191,6 +196,8 @@ impl H3Listener {
         counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "ok")
             .increment(1);
         counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => self.name.clone()).increment(1);
+        counter!(WORKER_CONNECTIONS, "worker" => crate::workers::current().to_string())
+            .increment(1);
         let peer = conn.peer_identity().and_then(|any| {
             any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
                 .ok()

@@ -46,7 +46,7 @@ use crate::contract::responder::Responder;
 use crate::engine::generation::Pipelines;
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
-    LISTENER_TIMEOUTS,
+    LISTENER_TIMEOUTS, WORKER_CONNECTIONS,
 };
 use crate::tls::{self, CertStore};
 
@@ -66,15 +66,17 @@ struct Shared {
     forward_header: Option<http::HeaderName>,
 }
 
-/// A bound TCP listener.
+/// A TCP listener: what every worker's accept loop of it shares (certificates, caps, limits).
+/// Each worker accepts on its own socket ([`TcpListenerRt::serve`]).
+#[derive(Clone)]
 pub struct TcpListenerRt {
-    listener: TcpListener,
     shared: Arc<Shared>,
 }
 
 impl TcpListenerRt {
-    /// Binds the TCP socket. `h3_port` is the UDP port HTTP/3 is served on (for `Alt-Svc`).
-    pub async fn bind(
+    /// The listener's shared half. `h3_port` is the UDP port HTTP/3 is served on (for
+    /// `Alt-Svc`).
+    pub fn new(
         listener: &ListenerConfig,
         stages: &StagesConfig,
         certs: Option<Arc<CertStore>>,
@@ -105,16 +107,7 @@ impl TcpListenerRt {
             ),
             (AltSvc::Value(v), _) => Some(HeaderValue::from_str(v).map_err(BindError::AltSvc)?),
         };
-        let tcp = TcpListener::bind(listener.bind)
-            .await
-            .map_err(|source| BindError::Bind {
-                listener: listener.name.clone(),
-                transport: "TCP",
-                addr: listener.bind,
-                source,
-            })?;
         Ok(TcpListenerRt {
-            listener: tcp,
             shared: Arc::new(Shared {
                 name: listener.name.clone(),
                 tls,
@@ -134,23 +127,24 @@ impl TcpListenerRt {
         })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Accepts connections until `shutdown` turns true; open connections then finish their
-    /// requests (HTTP/2 GOAWAY, HTTP/1.1 `connection: close`).
+    /// Accepts connections on `listener` (made from [`sockets::tcp`](crate::adapters::sockets::tcp)
+    /// on the calling worker's runtime) until `shutdown` turns true; open
+    /// connections then finish their requests (HTTP/2 GOAWAY, HTTP/1.1 `connection: close`).
     ///
     /// Returns once every connection has ended: after the pipeline drained, a connection may
     /// still be writing the last response (its exchange ended when hyper took the last frame,
     /// not when the bytes left), so the daemon awaits this, bounded by `drain_linger`.
-    pub async fn serve(self, pipelines: Pipelines, shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        pipelines: Pipelines,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let mut stop = shutdown.clone();
         let open = spooky_sync::Drain::new();
         loop {
             let accepted = tokio::select! {
-                a = self.listener.accept() => a,
+                a = listener.accept() => a,
                 () = until_true(&mut stop) => break,
             };
             if *stop.borrow() {
@@ -325,6 +319,7 @@ async fn serve_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => shared.name.clone()).increment(1);
+    counter!(WORKER_CONNECTIONS, "worker" => crate::workers::current().to_string()).increment(1);
     let open = gauge!(LISTENER_CONNECTIONS, "listener" => shared.name.clone());
     open.increment(1.0);
     let mut builder = auto::Builder::new(TokioExecutor::new());
