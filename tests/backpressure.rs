@@ -58,6 +58,11 @@ async fn admission_shed_answers_503_for_request_n_plus_one() {
         extra.headers.get("retry-after").map(|v| v.as_bytes()),
         Some(&b"1"[..])
     );
+    // RFC 9209: the refusal names its intermediary and the reason.
+    assert_eq!(
+        extra.headers.get("proxy-status").map(|v| v.as_bytes()),
+        Some(&br#"spooky; error=proxy_internal_response; details="admission_full""#[..])
+    );
     let shed = proxy
         .metric(
             "spooky_stage_rejected_total",

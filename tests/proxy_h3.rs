@@ -102,6 +102,14 @@ async fn direct_response_and_no_route() {
         .expect("req");
     let none = conn.request(req, None).await.expect("DELETE");
     assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        none.headers.get("proxy-status").map(|v| v.as_bytes()),
+        Some(&br#"spooky; error=destination_not_found; details="no_route""#[..])
+    );
+    assert!(
+        hello.headers.get("proxy-status").is_none(),
+        "a route's own response is not a refusal"
+    );
     assert_eq!(proxy.rejected("route", "no_route").await, 1.0);
     assert_eq!(
         backend.state.seen.load(std::sync::atomic::Ordering::SeqCst),

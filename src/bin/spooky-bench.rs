@@ -1,14 +1,20 @@
 //! `spooky-bench`: an HTTP/3 client for trying Spooky out and loading it.
 //!
-//! * `spooky-bench get https://127.0.0.1:8443/hello` — one request, prints status and body.
+//! * `spooky-bench get https://127.0.0.1:8443/hello` — one request, prints status and body;
+//!   `-X` method, `-H 'name: value'`, `-d` body, `--timeout`, `--cacert FILE` to verify the
+//!   server's certificate (off by default: the quickstart's certificate is self-signed).
 //! * `spooky-bench load --url https://127.0.0.1:8443/x --connections 8 --streams 16
 //!   --duration 10s` — closed-loop load: each connection keeps `streams` requests in flight;
-//!   prints req/s and p50/p90/p99/max latency. Bounded by `--duration` and `--max-requests`.
-//!   `--rate R` paces requests to R per second in all (for latency at a given load). An
-//!   `http://` URL loads an HTTP/1.1 server directly (the baseline without the proxy).
+//!   prints req/s, responses by status (Spooky's own refusals also by reason, from their
+//!   `Proxy-Status`) and p50/p90/p99/max latency. Bounded by `--duration` and
+//!   `--max-requests`. `--rate R` is open-loop: requests are due at R per second in all,
+//!   and latency counts from when each was due, not when it could be sent (no coordinated
+//!   omission). An `http://` URL loads an HTTP/1.1 server directly (the baseline without the
+//!   proxy).
 //! * `spooky-bench backend --addr 127.0.0.1:8080 --size 1024` — an HTTP/1.1 backend answering
 //!   every request with `size` bytes.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +30,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
 use spooky::h3client::{Error, H3Client, H3Conn, Trust};
 
 #[derive(Parser)]
@@ -35,12 +42,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One GET; prints the status line, headers (with -i) and body.
+    /// One HTTP/3 request; prints the status line, headers (with -i) and body.
     Get {
         url: String,
         /// Print response headers.
         #[arg(short = 'i', long)]
         include: bool,
+        /// The request method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// A request header, `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// A request body.
+        #[arg(short = 'd', long)]
+        data: Option<String>,
+        /// How long the whole request may take (connecting included), e.g. "10s".
+        #[arg(long, default_value = "10s")]
+        timeout: String,
+        /// Verify the server's certificate against this CA (PEM); without it, any certificate
+        /// is accepted.
+        #[arg(long)]
+        cacert: Option<std::path::PathBuf>,
     },
     /// Closed-loop HTTP/3 load.
     Load {
@@ -57,7 +80,8 @@ enum Command {
         /// Stop after this many requests in all.
         #[arg(long, default_value_t = 10_000_000)]
         max_requests: u64,
-        /// Requests per second in all (0 = as fast as responses come back).
+        /// Open loop: requests due per second in all, latency counted from when each was due
+        /// (0 = closed loop, as fast as responses come back).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
         /// Print one machine-readable line (`rps=… p50_us=… …`) instead of a table.
@@ -87,7 +111,25 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Get { url, include } => get(&url, include).await,
+            Command::Get {
+                url,
+                include,
+                method,
+                headers,
+                data,
+                timeout,
+                cacert,
+            } => {
+                let timeout =
+                    spooky_stages::config::parse_duration(&timeout).map_err(Error::from)?;
+                let req = OneRequest {
+                    method,
+                    headers,
+                    body: data.map(Bytes::from),
+                    cacert,
+                };
+                get(&url, include, req, timeout).await
+            }
             Command::Load {
                 url,
                 connections,
@@ -122,6 +164,13 @@ fn main() -> ExitCode {
 /// Address and TLS server name of an `https://host:port/...` URL.
 fn target(url: &str) -> Result<(SocketAddr, String), Error> {
     let uri: Uri = url.parse()?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some(other) => {
+            return Err(format!("`{url}`: HTTP/3 needs an https:// URL (got {other}://)").into());
+        }
+        None => return Err(format!("`{url}`: no scheme: expected https://host:port/path").into()),
+    }
     let host = uri
         .host()
         .ok_or("URL has no host")?
@@ -135,11 +184,51 @@ fn target(url: &str) -> Result<(SocketAddr, String), Error> {
     Ok((addr, host))
 }
 
-async fn get(url: &str, include: bool) -> Result<(), Error> {
+/// What `get` sends besides the URL.
+struct OneRequest {
+    method: String,
+    headers: Vec<String>,
+    body: Option<Bytes>,
+    cacert: Option<std::path::PathBuf>,
+}
+
+/// How the client checks certificates: against `cacert` (PEM), or not at all.
+fn trust(cacert: Option<&std::path::Path>) -> Result<Trust, Error> {
+    let Some(path) = cacert else {
+        return Ok(Trust::Insecure);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("--cacert {}: no certificate in it", path.display()).into());
+    }
+    Ok(Trust::Roots(certs))
+}
+
+async fn get(url: &str, include: bool, one: OneRequest, timeout: Duration) -> Result<(), Error> {
     let (addr, name) = target(url)?;
-    let client = H3Client::new(Trust::Insecure)?;
-    let conn = client.connect(addr, &name).await?;
-    let resp = conn.get(url).await?;
+    let method = http::Method::from_bytes(one.method.as_bytes())
+        .map_err(|_| format!("-X {}: not a method", one.method))?;
+    let mut req = http::Request::builder().method(method).uri(url);
+    for h in &one.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("-H `{h}`: expected `name: value`"))?;
+        req = req.header(k.trim(), v.trim());
+    }
+    let req = req.body(()).map_err(|e| format!("the request: {e}"))?;
+    let client = H3Client::new(trust(one.cacert.as_deref())?)?;
+    let exchange = async {
+        let conn = client.connect(addr, &name).await?;
+        let resp = conn.request(req, one.body).await;
+        conn.close();
+        resp
+    };
+    let resp = tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        format!("no HTTP/3 answer from {addr} within {timeout:?} (nothing listening on UDP, or not HTTP/3?)")
+    })??;
     println!("HTTP/3 {}", resp.status);
     if include {
         for (k, v) in &resp.headers {
@@ -148,7 +237,6 @@ async fn get(url: &str, include: bool) -> Result<(), Error> {
         println!();
     }
     print!("{}", String::from_utf8_lossy(&resp.body));
-    conn.close();
     Ok(())
 }
 
@@ -168,24 +256,72 @@ enum Conn {
     H1(Arc<Client<HttpConnector, Empty<Bytes>>>),
 }
 
+/// What came back: the status and, for Spooky's own refusals, their reason (the `details`
+/// of `Proxy-Status: spooky; …`).
+struct Outcome {
+    status: u16,
+    reason: Option<String>,
+}
+
+/// The reason Spooky gave in a `Proxy-Status` field, if Spooky made the response.
+fn spooky_reason(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get("proxy-status")?.to_str().ok()?;
+    let rest = v.strip_prefix("spooky")?;
+    let details = rest
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("details="))?;
+    Some(details.trim_matches('"').to_string())
+}
+
 impl Conn {
-    async fn get(&self, url: &str) -> Result<bool, Error> {
+    async fn get(&self, url: &str) -> Result<Outcome, Error> {
         match self {
-            Conn::H3(c) => Ok(c.get(url).await?.status.is_success()),
+            Conn::H3(c) => {
+                let r = c.get(url).await?;
+                Ok(Outcome {
+                    status: r.status.as_u16(),
+                    reason: spooky_reason(&r.headers),
+                })
+            }
             Conn::H1(c) => {
                 let resp = c.get(url.parse()?).await?;
-                let ok = resp.status().is_success();
+                let outcome = Outcome {
+                    status: resp.status().as_u16(),
+                    reason: spooky_reason(resp.headers()),
+                };
                 resp.into_body().collect().await?;
-                Ok(ok)
+                Ok(outcome)
             }
         }
+    }
+}
+
+/// What one load task saw.
+#[derive(Default)]
+struct Tally {
+    /// Latencies of 2xx responses.
+    ok: Vec<Duration>,
+    by_status: BTreeMap<u16, u64>,
+    by_reason: BTreeMap<String, u64>,
+    errors: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.ok.extend(other.ok);
+        for (k, v) in other.by_status {
+            *self.by_status.entry(k).or_default() += v;
+        }
+        for (k, v) in other.by_reason {
+            *self.by_reason.entry(k).or_default() += v;
+        }
+        self.errors += other.errors;
     }
 }
 
 async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
     let issued = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
     let mut conns = Vec::new();
     let mut h3 = Vec::new();
     if url.starts_with("http://") {
@@ -197,13 +333,17 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
         let (addr, name) = target(url)?;
         let client = H3Client::new(Trust::Insecure)?;
         for _ in 0..plan.connections {
-            let c = Arc::new(client.connect(addr, &name).await?);
+            let c = tokio::time::timeout(Duration::from_secs(5), client.connect(addr, &name))
+                .await
+                .map_err(|_| format!("no HTTP/3 handshake with {addr} within 5s (nothing listening on UDP, or not HTTP/3?)"))??;
+            let c = Arc::new(c);
             h3.push(c.clone());
             conns.push(Conn::H3(c));
         }
     }
     let workers = plan.connections * plan.streams;
-    // With a rate, each worker sends on its own schedule: one request every `interval`.
+    // Open loop: each task's requests are due every `interval`, staggered across tasks; a task
+    // that falls behind sends at once, and the wait counts in the latency.
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(workers as f64 / plan.rate));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -212,64 +352,106 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
         .flat_map(|c| std::iter::repeat_n(c, plan.streams))
         .enumerate()
     {
-        let (conn, issued, stop, errors) =
-            (conn.clone(), issued.clone(), stop.clone(), errors.clone());
+        let (conn, issued, stop) = (conn.clone(), issued.clone(), stop.clone());
         let url = url.to_string();
         let max = plan.max_requests;
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut next = tokio::time::Instant::now()
+            let mut tally = Tally::default();
+            let mut due = tokio::time::Instant::now()
                 + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / workers as f64));
             while !stop.load(Ordering::Relaxed) && issued.fetch_add(1, Ordering::Relaxed) < max {
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next).await;
-                    next += i;
-                }
-                let t = Instant::now();
-                match conn.get(&url).await {
-                    Ok(true) => lat.push(t.elapsed()),
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                let from = match interval {
+                    Some(i) => {
+                        tokio::time::sleep_until(due).await;
+                        let from = due;
+                        due += i;
+                        from
                     }
+                    None => tokio::time::Instant::now(),
+                };
+                match conn.get(&url).await {
+                    Ok(o) => {
+                        if (200..300).contains(&o.status) {
+                            tally.ok.push(from.elapsed());
+                        }
+                        *tally.by_status.entry(o.status).or_default() += 1;
+                        if let Some(r) = o.reason {
+                            *tally.by_reason.entry(r).or_default() += 1;
+                        }
+                    }
+                    Err(_) => tally.errors += 1,
                 }
             }
-            lat
+            tally
         }));
     }
-    tokio::time::sleep(plan.duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await?);
+    // Until the duration is up or `max_requests` were made, whichever comes first.
+    let mut joined = futures::future::join_all(tasks);
+    let results = tokio::select! {
+        r = &mut joined => r,
+        () = tokio::time::sleep(plan.duration) => {
+            stop.store(true, Ordering::Relaxed);
+            joined.await
+        }
+    };
+    let mut all = Tally::default();
+    for t in results {
+        all.add(t?);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    all.sort_unstable();
+    let mut lat = all.ok;
+    lat.sort_unstable();
     let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .map_or(0, |d| d.as_micros())
     };
-    let rps = all.len() as f64 / elapsed;
-    let errors = errors.load(Ordering::Relaxed);
-    let max_us = all.last().map_or(0, |d| d.as_micros());
+    let rps = lat.len() as f64 / elapsed;
+    let errors = all.errors;
+    let max_us = lat.last().map_or(0, |d| d.as_micros());
+    let statuses: Vec<String> = all
+        .by_status
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
+    let reasons: Vec<String> = all
+        .by_reason
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
     if machine {
         println!(
-            "rps={rps:.0} ok={} errors={errors} p50_us={} p90_us={} p99_us={} max_us={max_us}",
-            all.len(),
+            "rps={rps:.0} ok={} errors={errors} p50_us={} p90_us={} p99_us={} max_us={max_us} status={} reasons={}",
+            lat.len(),
             pct(0.5),
             pct(0.9),
-            pct(0.99)
+            pct(0.99),
+            statuses.join(","),
+            if reasons.is_empty() {
+                "-".to_string()
+            } else {
+                reasons.join(",")
+            },
         );
     } else {
         println!(
-            "requests: {} ok, {errors} errors in {elapsed:.2}s",
-            all.len()
+            "requests: {} ok (2xx), {errors} transport errors in {elapsed:.2}s",
+            lat.len()
         );
+        println!("status:   {}", statuses.join("  "));
+        if !reasons.is_empty() {
+            println!("refused by spooky: {}", reasons.join("  "));
+        }
         println!("req/s:    {rps:.0}");
         println!(
-            "latency:  p50 {}µs  p90 {}µs  p99 {}µs  max {max_us}µs",
+            "latency:  p50 {}µs  p90 {}µs  p99 {}µs  max {max_us}µs{}",
             pct(0.5),
             pct(0.9),
-            pct(0.99)
+            pct(0.99),
+            if interval.is_some() {
+                " (from when each request was due)"
+            } else {
+                ""
+            }
         );
     }
     for c in &h3 {

@@ -163,6 +163,42 @@ impl Reason {
         }
     }
 
+    /// The RFC 9209 `Proxy-Status` error type of a response Spooky made itself; the reason's
+    /// own label goes beside it as `details` (see [`Reason::proxy_status`]).
+    pub fn proxy_status_error(self) -> &'static str {
+        match self {
+            Reason::HeaderCount | Reason::HeaderBytes => "http_request_error",
+            Reason::NoRoute => "destination_not_found",
+            Reason::NoBackend | Reason::UpstreamConnect => "destination_unavailable",
+            Reason::UpstreamReset | Reason::UpstreamBody => "connection_terminated",
+            Reason::UpstreamTimeout => "connection_read_timeout",
+            Reason::UpstreamUpgrade => "http_upgrade_failed",
+            Reason::ChainIncomplete => "proxy_configuration_error",
+            // Answered here without trying the next hop: overload, draining, a deadline.
+            Reason::AdmissionFull
+            | Reason::ConcurrencyFull
+            | Reason::QueueFull
+            | Reason::QueueDeadline
+            | Reason::UpstreamFull
+            | Reason::ShuttingDown
+            | Reason::GrpcDeadline
+            | Reason::Cancelled
+            | Reason::ClientGone => "proxy_internal_response",
+            _ => "http_request_error",
+        }
+    }
+
+    /// The `Proxy-Status` field value (RFC 9209) on a response Spooky made itself, e.g.
+    /// `spooky; error=proxy_internal_response; details="queue_full"`: clients and load tools
+    /// tell Spooky's own refusals from a backend's answers, and why.
+    pub fn proxy_status(self) -> String {
+        format!(
+            "spooky; error={}; details=\"{}\"",
+            self.proxy_status_error(),
+            self.label()
+        )
+    }
+
     /// Whether the proxy is overloaded (503 with `Retry-After`, gRPC RESOURCE_EXHAUSTED):
     /// every 503 but draining.
     pub fn is_overload(self) -> bool {

@@ -17,6 +17,9 @@ use crate::contract::reason::Reason;
 use crate::contract::response::ResponseBody;
 use crate::http::grpc;
 
+/// RFC 9209: which intermediary answered, and why (on every refusal Spooky answers itself).
+const PROXY_STATUS: http::HeaderName = http::HeaderName::from_static("proxy-status");
+
 /// Why a response could not be delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -137,6 +140,9 @@ impl Responder {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Ok(v) = HeaderValue::try_from(reason.proxy_status()) {
+            headers.insert(PROXY_STATUS, v);
+        }
         if let Some(secs) = reason.retry_after() {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
