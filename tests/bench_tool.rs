@@ -1,14 +1,14 @@
 //! `spooky-bench`, the load tool the performance suite trusts: `get` sends a method, headers
 //! and a body, verifies the certificate when given a CA, and fails fast with a clear message
 //! on an `http://` URL or a port where nothing answers; `load` reports responses by status and
-//! Spooky's own refusals by reason.
+//! Spooky's own refusals by reason, over HTTP/3, HTTP/2 and HTTP/1.1.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::backend::Backend;
-use support::proxy::{Proxy, hello_and_app, pipeline};
+use support::proxy::{Proxy, hello_and_app, pipeline, pipeline_with};
 use support::{TempDir, TestCert};
 
 /// Runs `spooky-bench ARGS` to the end, off the test's runtime: (success, stdout, stderr).
@@ -120,14 +120,17 @@ async fn load_counts_responses_by_status_and_refusals_by_reason() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     // Only /hello is routed: anything else is Spooky's own 404 (no_route).
-    let proxy = Proxy::start(&pipeline(
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3", "h2", "http1"]"#,
         &cert.toml(),
         "[[routes]]\nname = \"hello\"\nmatch = { path_prefix = \"/hello\" }\nrespond = { status = 200, body = \"hi\\n\" }\n",
     ));
     let url = |p: &str| format!("https://127.0.0.1:{}{p}", proxy.h3_addr.port());
-    let run = |u: String| {
+    let run = |u: String, proto: &str| {
         bench(args(&[
             "load",
+            "--proto",
+            proto,
             "--url",
             &u,
             "--connections",
@@ -141,11 +144,13 @@ async fn load_counts_responses_by_status_and_refusals_by_reason() {
             "--machine",
         ]))
     };
-    let (ok, out, err) = run(url("/nowhere")).await;
-    assert!(ok, "{err}");
-    assert!(out.contains(" ok=0 "), "{out}");
-    assert!(out.contains("status=404:40"), "{out}");
-    assert!(out.contains("reasons=no_route:40"), "{out}");
+    for proto in ["h3", "h2", "h1"] {
+        let (ok, out, err) = run(url("/nowhere"), proto).await;
+        assert!(ok, "{proto}: {err}");
+        assert!(out.contains(" ok=0 "), "{proto}: {out}");
+        assert!(out.contains("status=404:40"), "{proto}: {out}");
+        assert!(out.contains("reasons=no_route:40"), "{proto}: {out}");
+    }
 
     // Open loop at a fixed rate: every request answered, none refused.
     let (ok, out, err) = bench(args(&[

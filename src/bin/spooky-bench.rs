@@ -1,4 +1,4 @@
-//! `spooky-bench`: an HTTP/3 client for trying Spooky out and loading it.
+//! `spooky-bench`: an HTTP/3 client for trying Spooky out, and the load tool of the benches.
 //!
 //! * `spooky-bench get https://127.0.0.1:8443/hello` — one request, prints status and body;
 //!   `-X` method, `-H 'name: value'`, `-d` body, `--timeout`, `--cacert FILE` to verify the
@@ -9,8 +9,8 @@
 //!   `Proxy-Status`) and p50/p90/p99/max latency. Bounded by `--duration` and
 //!   `--max-requests`. `--rate R` is open-loop: requests are due at R per second in all,
 //!   and latency counts from when each was due, not when it could be sent (no coordinated
-//!   omission). An `http://` URL loads an HTTP/1.1 server directly (the baseline without the
-//!   proxy).
+//!   omission). `--proto h2|h1` loads an https:// URL over TCP and TLS instead of QUIC. An
+//!   `http://` URL loads an HTTP/1.1 server directly (the baseline without the proxy).
 //! * `spooky-bench backend --addr 127.0.0.1:8080 --size 1024` — an HTTP/1.1 backend answering
 //!   every request with `size` bytes.
 
@@ -87,6 +87,10 @@ enum Command {
         /// Print one machine-readable line (`rps=… p50_us=… …`) instead of a table.
         #[arg(long)]
         machine: bool,
+        /// The protocol of an https:// URL: h3 (QUIC), h2 or h1 (over TLS; with h1, each
+        /// stream is a connection of its own). An http:// URL is HTTP/1.1 in the clear.
+        #[arg(long, value_enum, default_value_t = Proto::H3)]
+        proto: Proto,
     },
     /// An HTTP/1.1 backend answering every request with `size` bytes.
     Backend {
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
                 max_requests,
                 rate,
                 machine,
+                proto,
             } => {
                 let d = spooky_stages::config::parse_duration(&duration).map_err(Error::from)?;
                 let plan = Plan {
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
                     duration: d,
                     max_requests,
                     rate,
+                    proto,
                 };
                 load(&url, plan, machine).await
             }
@@ -247,6 +253,15 @@ struct Plan {
     duration: Duration,
     max_requests: u64,
     rate: f64,
+    proto: Proto,
+}
+
+/// The protocol `load` speaks to an https:// URL.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Proto {
+    H3,
+    H2,
+    H1,
 }
 
 /// One request on whichever protocol the URL names.
@@ -254,6 +269,69 @@ struct Plan {
 enum Conn {
     H3(Arc<H3Conn>),
     H1(Arc<Client<HttpConnector, Empty<Bytes>>>),
+    /// HTTP/2 over TLS: one connection, streams multiplexed.
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    /// HTTP/1.1 over TLS: this task's own connection.
+    H1Tls(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>),
+}
+
+/// A TLS connection (any certificate accepted) to `addr` offering `alpn`.
+async fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    alpn: &[u8],
+) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(spooky_stages::upstreams::tls::NoVerify(
+            provider,
+        )))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("no TCP answer from {addr} within 5s"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    tcp.set_nodelay(true)?;
+    let server = rustls_pki_types::ServerName::try_from(name.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(server, tcp)
+        .await?;
+    Ok(TokioIo::new(tls))
+}
+
+impl Conn {
+    /// A new connection of `proto` to an https:// target.
+    async fn open(
+        proto: Proto,
+        addr: SocketAddr,
+        name: &str,
+        h3: &H3Client,
+    ) -> Result<Conn, Error> {
+        match proto {
+            Proto::H3 => {
+                let c = tokio::time::timeout(Duration::from_secs(5), h3.connect(addr, name))
+                    .await
+                    .map_err(|_| format!("no HTTP/3 handshake with {addr} within 5s (nothing listening on UDP, or not HTTP/3?)"))??;
+                Ok(Conn::H3(Arc::new(c)))
+            }
+            Proto::H2 => {
+                let io = tls_connect(addr, name, b"h2").await?;
+                let (send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(conn);
+                Ok(Conn::H2(send))
+            }
+            Proto::H1 => {
+                let io = tls_connect(addr, name, b"http/1.1").await?;
+                let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(conn);
+                Ok(Conn::H1Tls(Arc::new(tokio::sync::Mutex::new(send))))
+            }
+        }
+    }
 }
 
 /// What came back: the status and, for Spooky's own refusals, their reason (the `details`
@@ -273,6 +351,16 @@ fn spooky_reason(headers: &http::HeaderMap) -> Option<String> {
     Some(details.trim_matches('"').to_string())
 }
 
+/// Reads a whole response: its outcome.
+async fn whole(resp: http::Response<Incoming>) -> Result<Outcome, Error> {
+    let outcome = Outcome {
+        status: resp.status().as_u16(),
+        reason: spooky_reason(resp.headers()),
+    };
+    resp.into_body().collect().await?;
+    Ok(outcome)
+}
+
 impl Conn {
     async fn get(&self, url: &str) -> Result<Outcome, Error> {
         match self {
@@ -283,14 +371,23 @@ impl Conn {
                     reason: spooky_reason(&r.headers),
                 })
             }
-            Conn::H1(c) => {
-                let resp = c.get(url.parse()?).await?;
-                let outcome = Outcome {
-                    status: resp.status().as_u16(),
-                    reason: spooky_reason(resp.headers()),
-                };
-                resp.into_body().collect().await?;
-                Ok(outcome)
+            Conn::H1(c) => whole(c.get(url.parse()?).await?).await,
+            Conn::H2(send) => {
+                let mut send = send.clone();
+                let req = http::Request::get(url).body(Empty::new())?;
+                whole(send.send_request(req).await?).await
+            }
+            Conn::H1Tls(send) => {
+                let uri: Uri = url.parse()?;
+                let req = http::Request::get(uri.path())
+                    .header(
+                        http::header::HOST,
+                        uri.authority().map_or("", |a| a.as_str()),
+                    )
+                    .body(Empty::new())?;
+                let mut send = send.lock().await;
+                send.ready().await?;
+                whole(send.send_request(req).await?).await
             }
         }
     }
@@ -332,26 +429,33 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
     } else {
         let (addr, name) = target(url)?;
         let client = H3Client::new(Trust::Insecure)?;
-        for _ in 0..plan.connections {
-            let c = tokio::time::timeout(Duration::from_secs(5), client.connect(addr, &name))
-                .await
-                .map_err(|_| format!("no HTTP/3 handshake with {addr} within 5s (nothing listening on UDP, or not HTTP/3?)"))??;
-            let c = Arc::new(c);
-            h3.push(c.clone());
-            conns.push(Conn::H3(c));
+        // HTTP/1.1 has no streams: each one is a connection.
+        let (opens, per_conn) = if plan.proto == Proto::H1 {
+            (plan.connections * plan.streams, 1)
+        } else {
+            (plan.connections, plan.streams)
+        };
+        for _ in 0..opens {
+            let c = Conn::open(plan.proto, addr, &name, &client).await?;
+            if let Conn::H3(h) = &c {
+                h3.push(h.clone());
+            }
+            conns.extend(std::iter::repeat_n(c, per_conn));
         }
     }
-    let workers = plan.connections * plan.streams;
+    if url.starts_with("http://") {
+        conns = conns
+            .into_iter()
+            .flat_map(|c| std::iter::repeat_n(c, plan.streams))
+            .collect();
+    }
+    let workers = conns.len();
     // Open loop: each task's requests are due every `interval`, staggered across tasks; a task
     // that falls behind sends at once, and the wait counts in the latency.
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(workers as f64 / plan.rate));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (w, conn) in conns
-        .iter()
-        .flat_map(|c| std::iter::repeat_n(c, plan.streams))
-        .enumerate()
-    {
+    for (w, conn) in conns.iter().enumerate() {
         let (conn, issued, stop) = (conn.clone(), issued.clone(), stop.clone());
         let url = url.to_string();
         let max = plan.max_requests;
