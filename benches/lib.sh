@@ -58,10 +58,17 @@ start_backend() {
   wait_for "$work/backend.out" listening
 }
 
-# CPU ticks (user + system) of a process and its children (nginx workers).
+# A process and all its descendants.
+tree_of() {
+  local c
+  echo "$1"
+  for c in $(pgrep -P "$1" || true); do tree_of "$c"; done
+}
+
+# CPU ticks (user + system) of a process and its descendants (nginx workers).
 cpu_ticks() {
   local total=0 p
-  for p in $1 $(pgrep -P "$1" || true); do
+  for p in $(tree_of "$1"); do
     [ -r "/proc/$p/stat" ] || continue
     total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
