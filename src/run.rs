@@ -55,6 +55,9 @@ pub fn run(file: &Path) -> ExitCode {
     }
 }
 
+/// How often the metrics recorder folds histogram samples into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
+
 /// Why the daemon could not start (or keep) serving.
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -96,6 +99,16 @@ async fn serve(config: Config, workers: NonZeroUsize) -> Result<(), RunError> {
         .map_err(RunError::Metrics)?
         .install_recorder()
         .map_err(RunError::Metrics)?;
+    // Histogram samples wait in the recorder until upkeep folds them into buckets: without it
+    // they would pile up between scrapes (a few hundred bytes per request, unbounded).
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let pipelines = Pipelines::start(&config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (drained_tx, drained_rx) = watch::channel(false);
