@@ -3,12 +3,13 @@
 # HTTP/1.1 over TLS), all in front of one nginx origin, measured one proxy at a time,
 # alternating, in one run. See benches/README.md for what each peer is set up with and why.
 #
-#   benches/compare.sh            # 3 rounds, about 12 minutes on 2 cores
+#   benches/compare.sh            # 3 rounds, about 20 minutes on 2 cores
 #   benches/compare.sh --smoke    # 1 short round: checks the suite works (CI), judges nothing
 #
 # Knobs: ROUNDS (3), SECS (seconds per saturation run, 8), CONNS (32), STREAMS (10 per
 # connection), PIN (1: each proxy on CPU 0 with one worker, origin and load on CPU 1; needs
-# two cores), PEERS (default "spooky caddy haproxy nginx").
+# two cores), PEERS (default "spooky caddy haproxy nginx"), IDLE_QUIC (10000) and IDLE_TLS
+# (5000): idle connections for the memory-per-connection figure.
 #
 # Prints a table of medians and Spooky/peer ratios, and writes every sample and median as JSON
 # to target/bench/compare.json. Installs what it needs from Debian's packages: nghttp2-client
@@ -84,6 +85,7 @@ name = "edge"
 bind = "127.0.0.1:$p"
 protocols = ["h3", "h2", "http1"]
 max_streams_per_connection = 256
+max_connections = 20000
 tls = { cert = "$work/cert.pem", key = "$work/key.pem" }
 [stages.dispatch]
 pool_max_idle_per_backend = 512
@@ -241,9 +243,38 @@ offered() { # round name proto rate url
 download() { # round name
   local out mbs
   out=$("${LOAD[@]}" h2load -D "$SECS" -c 4 -m 1 "https://127.0.0.1:${port[$2]}/1m" 2>&1)
-  mbs=$(sed -n 's/^finished in .*, \([0-9.]*\)MB\/s.*/\1/p' <<<"$out")
+  # h2load prints its rate in B/s, KB/s, MB/s or GB/s (powers of 1024).
+  mbs=$(sed -n 's/^finished in .*, \([0-9.]*\)\([KMG]*\)B\/s.*/\1 \2/p' <<<"$out" |
+    awk '{ m = ($2 == "G") ? 1024 : ($2 == "M") ? 1 : ($2 == "K") ? 1 / 1024 : 1 / 1048576; printf "%.0f", $1 * m }')
   [ -n "$mbs" ] || echo "$2: no 1 MiB download rate: $(grep -E '^(finished|requests|status)' <<<"$out")" >&2
   record "$1" "$2" h2 download_mb_s "${mbs:-0}"
+}
+
+# Memory per idle connection: a fresh proxy, then N connections that each made one request
+# and stay open; (RSS with them - RSS before) / N, in KiB.
+idle_memory() { # name proto n
+  local n=$1 proto=$2 count=$3 rss0 rss1
+  start_proxy "$n" 1
+  wait_up "$n"
+  rss0=$(rss_kib "${pid[$n]}")
+  "${LOAD[@]}" "$BIN/spooky-bench" idle --proto "$proto" --url "https://127.0.0.1:${port[$n]}/1k" \
+    --connections "$count" --hold 60s > "$work/idle.out" 2>&1 &
+  local idler=$!
+  for _ in $(seq 1200); do
+    grep -q '^open' "$work/idle.out" && break
+    kill -0 "$idler" 2>/dev/null || break
+    sleep 0.1
+  done
+  if grep -q '^open' "$work/idle.out"; then
+    sleep 1   # let the proxy settle after the last response
+    rss1=$(rss_kib "${pid[$n]}")
+    record 1 "$n" "$proto" idle_kib_per_conn "$(awk -v a="$rss0" -v b="$rss1" -v c="$count" 'BEGIN { printf "%.1f", (b - a) / c }')"
+  else
+    echo "$n: $count idle $proto connections did not all open: $(tail -2 "$work/idle.out")" >&2
+  fi
+  kill "$idler" 2>/dev/null || true
+  wait "$idler" 2>/dev/null || true
+  stop_proxy "$n"
 }
 
 protocols_of() { case $1 in spooky|caddy) echo "h3 h2 h1" ;; *) echo "h2 h1" ;; esac; }
@@ -283,6 +314,14 @@ for r in $(seq "$ROUNDS"); do
   offered "$r" origin h1 "${rate[h1]}" "http://127.0.0.1:$origin/1k"
 done
 for n in $PEERS; do stop_proxy "$n"; done
+
+# --- Idle connections: memory per connection, each proxy fresh.
+IDLE_QUIC=${IDLE_QUIC:-$([ "$SMOKE" = 1 ] && echo 200 || echo 10000)}
+IDLE_TLS=${IDLE_TLS:-$([ "$SMOKE" = 1 ] && echo 200 || echo 5000)}
+for n in $PEERS; do
+  case $n in spooky|caddy) idle_memory "$n" h3 "$IDLE_QUIC" ;; esac
+  idle_memory "$n" h2 "$IDLE_TLS"
+done
 
 # --- Two workers each, on both cores with the load: throughput only (the load competes).
 PROXY_CPUS=""
@@ -331,6 +370,12 @@ for proto in ["h3", "h2", "h1"]:
                 get(p, "h2", "download_mb_s") if proto == "h2" else None]
         cells = " ".join(f"{'-' if v is None else (f'{v:.0f}' if v >= 100 else f'{v:.1f}'):>11}" for v in vals)
         print(f"{p:10} {proto:6} {cells}   {ratio(get('spooky', proto, 'cpu_us'), get(p, proto, 'cpu_us')) if p != 'spooky' else ''}")
+print()
+print("memory per idle connection (KiB of RSS, each made one request; fresh proxy, one worker):")
+for p in proxies:
+    q, t = get(p, "h3", "idle_kib_per_conn"), get(p, "h2", "idle_kib_per_conn")
+    if q is not None or t is not None:
+        print(f"  {p:10} QUIC {'-' if q is None else f'{q:.1f}':>7}   TLS (h2) {'-' if t is None else f'{t:.1f}':>7}")
 print()
 print("two workers each, unpinned (load on the same cores):")
 for p in proxies:

@@ -11,6 +11,9 @@
 //!   and latency counts from when each was due, not when it could be sent (no coordinated
 //!   omission). `--proto h2|h1` loads an https:// URL over TCP and TLS instead of QUIC. An
 //!   `http://` URL loads an HTTP/1.1 server directly (the baseline without the proxy).
+//! * `spooky-bench idle --url https://127.0.0.1:8443/x --connections 10000 --hold 10s` — opens
+//!   that many connections (`--proto h3|h2|h1`), one request on each, and holds them idle:
+//!   the server's memory per idle connection.
 //! * `spooky-bench backend --addr 127.0.0.1:8080 --size 1024` — an HTTP/1.1 backend answering
 //!   every request with `size` bytes.
 
@@ -92,6 +95,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Proto::H3)]
         proto: Proto,
     },
+    /// Opens `connections` connections, makes one request on each, then holds them idle for
+    /// `hold` (prints `open N` once all are up): the server's memory per idle connection.
+    Idle {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, value_enum, default_value_t = Proto::H3)]
+        proto: Proto,
+        /// How long to hold them, e.g. "10s".
+        #[arg(long, default_value = "10s")]
+        hold: String,
+    },
     /// An HTTP/1.1 backend answering every request with `size` bytes.
     Backend {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -154,6 +170,15 @@ fn main() -> ExitCode {
                     proto,
                 };
                 load(&url, plan, machine).await
+            }
+            Command::Idle {
+                url,
+                connections,
+                proto,
+                hold,
+            } => {
+                let hold = spooky_stages::config::parse_duration(&hold).map_err(Error::from)?;
+                idle(&url, connections, proto, hold).await
             }
             Command::Backend { addr, size } => backend(addr, size).await,
         }
@@ -560,6 +585,36 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
     }
     for c in &h3 {
         c.close();
+    }
+    Ok(())
+}
+
+async fn idle(url: &str, n: usize, proto: Proto, hold: Duration) -> Result<(), Error> {
+    let (addr, name) = target(url)?;
+    let client = H3Client::new(Trust::Insecure)?;
+    let mut open = Vec::with_capacity(n);
+    // A hundred handshakes at a time: quick, without a burst the server would refuse.
+    while open.len() < n {
+        let batch = (n - open.len()).min(100);
+        let made = futures::future::join_all((0..batch).map(|_| async {
+            let c = Conn::open(proto, addr, &name, &client).await?;
+            let o = c.get(url).await?;
+            if !(200..300).contains(&o.status) {
+                return Err(Error::from(format!("{url}: status {}", o.status)));
+            }
+            Ok::<_, Error>(c)
+        }))
+        .await;
+        for c in made {
+            open.push(c?);
+        }
+    }
+    println!("open {}", open.len());
+    tokio::time::sleep(hold).await;
+    for c in &open {
+        if let Conn::H3(h) = c {
+            h.close();
+        }
     }
     Ok(())
 }
