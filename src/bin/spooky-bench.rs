@@ -593,9 +593,10 @@ async fn idle(url: &str, n: usize, proto: Proto, hold: Duration) -> Result<(), E
     let (addr, name) = target(url)?;
     let client = H3Client::new(Trust::Insecure)?;
     let mut open = Vec::with_capacity(n);
-    // A hundred handshakes at a time: quick, without a burst the server would refuse.
+    // Twenty handshakes at a time: quick, without a burst a server would refuse (quic-go, in
+    // Caddy, refuses new connections while too many handshakes are in progress).
     while open.len() < n {
-        let batch = (n - open.len()).min(100);
+        let batch = (n - open.len()).min(20);
         let made = futures::future::join_all((0..batch).map(|_| async {
             let c = Conn::open(proto, addr, &name, &client).await?;
             let o = c.get(url).await?;
