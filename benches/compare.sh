@@ -232,6 +232,12 @@ saturate() { # round name proto
 # Open loop at RATE requests/s: p50/p99 from when each request was due.
 offered() { # round name proto rate url
   local out
+  # Warm-up at the same rate, not measured: a process's first seconds (heap growth, new
+  # upstream connections) would otherwise own the tail.
+  if [ "$SMOKE" = 0 ]; then
+    "${LOAD[@]}" "$BIN/spooky-bench" load --proto "$3" --url "$5" --connections "$CONNS" \
+      --streams "$STREAMS" --rate "$4" --duration 2s --machine > /dev/null
+  fi
   out=$("${LOAD[@]}" "$BIN/spooky-bench" load --proto "$3" --url "$5" --connections "$CONNS" \
     --streams "$STREAMS" --rate "$4" --duration "$((SECS / 2 + 1))s" --machine)
   record "$1" "$2" "$3" rate_p50_us "$(field p50_us "$out")"

@@ -22,8 +22,15 @@ const IDLE: Duration = Duration::from_secs(2);
 /// What the issue allows beyond a timeout.
 const SLACK: Duration = Duration::from_secs(1);
 
+/// One worker: these tests hold slots with raw TCP connections and count on the order they were
+/// made, which only one accept queue keeps (with several workers, connections waiting in
+/// different queues are accepted in no global order; `tests/workers.rs` checks the limit there).
+fn one_worker(toml: String) -> String {
+    toml.replacen("[pipeline]\n", "[pipeline]\nworkers = 1\n", 1)
+}
+
 fn start(cert: &TestCert, listener_extra: &str) -> Proxy {
-    Proxy::start(&pipeline_with(
+    Proxy::start(&one_worker(pipeline_with(
         r#"["h3", "h2", "http1"]"#,
         &format!("{}\nidle_timeout = \"2s\"\n{listener_extra}", cert.toml()),
         r#"
@@ -35,7 +42,7 @@ name = "hello"
 match = { path_prefix = "/" }
 respond = { status = 200, body = "hello\n" }
 "#,
-    ))
+    )))
 }
 
 fn get() -> Request<Full<Bytes>> {
@@ -258,7 +265,7 @@ async fn idle_sockets_hold_max_connections_no_longer_than_header_timeout() {
 async fn max_connections_per_client_refuses_one_address_beyond_its_share() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
-    let proxy = Proxy::start(&pipeline_with(
+    let proxy = Proxy::start(&one_worker(pipeline_with(
         r#"["h3", "h2", "http1"]"#,
         &format!("{}\nmax_connections_per_client = 2", cert.toml()),
         r#"
@@ -267,7 +274,7 @@ name = "hello"
 match = { path_prefix = "/" }
 respond = { status = 200, body = "hello\n" }
 "#,
-    ));
+    )));
     let tcp = proxy.tcp_addr.expect("tcp");
     let mut a = Sender::connect(tcp, std::slice::from_ref(&cert.der), b"h2").await;
     let held = tokio::net::TcpStream::connect(tcp).await.expect("tcp");
