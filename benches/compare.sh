@@ -9,7 +9,7 @@
 # Knobs: ROUNDS (3), SECS (seconds per saturation run, 8), CONNS (32), STREAMS (10 per
 # connection), PIN (1: each proxy on CPU 0 with one worker, origin and load on CPU 1; needs
 # two cores), PEERS (default "spooky caddy haproxy nginx"), IDLE_QUIC (10000) and IDLE_TLS
-# (5000): idle connections for the memory-per-connection figure.
+# (5000): idle connections for the memory-per-connection figure; SLOW (1000): slow readers.
 #
 # Prints a table of medians and Spooky/peer ratios, and writes every sample and median as JSON
 # to target/bench/compare.json. Installs what it needs from Debian's packages: nghttp2-client
@@ -329,6 +329,33 @@ for n in $PEERS; do
   idle_memory "$n" h2 "$IDLE_TLS"
 done
 
+# --- Slow readers: 1 000 responses of 1 MiB over HTTP/2, each read no further than its head
+# (64 KiB windows); the proxy's RSS with them held, beyond its RSS before, in MiB.
+SLOW=${SLOW:-$([ "$SMOKE" = 1 ] && echo 100 || echo 1000)}
+for n in $PEERS; do
+  start_proxy "$n" 1
+  wait_up "$n"
+  rss0=$(rss_kib "${pid[$n]}")
+  "${LOAD[@]}" "$BIN/spooky-bench" slow --url "https://127.0.0.1:${port[$n]}/1m" \
+    --requests "$SLOW" --hold 60s > "$work/slow.out" 2>&1 &
+  slower=$!
+  for _ in $(seq 600); do
+    grep -q '^held' "$work/slow.out" && break
+    kill -0 "$slower" 2>/dev/null || break
+    sleep 0.1
+  done
+  if grep -q '^held' "$work/slow.out"; then
+    sleep 2   # what the proxy buffers arrives after the heads
+    rss1=$(rss_kib "${pid[$n]}")
+    record 1 "$n" h2 slow_readers_mib "$(awk -v a="$rss0" -v b="$rss1" 'BEGIN { printf "%.1f", (b - a) / 1024 }')"
+  else
+    echo "$n: $SLOW slow readers did not all get their heads: $(tail -2 "$work/slow.out")" >&2
+  fi
+  kill "$slower" 2>/dev/null || true
+  wait "$slower" 2>/dev/null || true
+  stop_proxy "$n"
+done
+
 # --- Two workers each, on both cores with the load: throughput only (the load competes).
 PROXY_CPUS=""
 for n in $PEERS; do start_proxy "$n" 2; done
@@ -382,6 +409,12 @@ for p in proxies:
     q, t = get(p, "h3", "idle_kib_per_conn"), get(p, "h2", "idle_kib_per_conn")
     if q is not None or t is not None:
         print(f"  {p:10} QUIC {'-' if q is None else f'{q:.1f}':>7}   TLS (h2) {'-' if t is None else f'{t:.1f}':>7}")
+print()
+print("slow readers: RSS added by stalled 1 MiB responses over HTTP/2 (MiB, fresh proxy):")
+for p in proxies:
+    v = get(p, "h2", "slow_readers_mib")
+    if v is not None:
+        print(f"  {p:10} {v:>8.1f}")
 print()
 print("two workers each, unpinned (load on the same cores):")
 for p in proxies:

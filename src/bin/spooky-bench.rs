@@ -14,6 +14,8 @@
 //! * `spooky-bench idle --url https://127.0.0.1:8443/x --connections 10000 --hold 10s` — opens
 //!   that many connections (`--proto h3|h2|h1`), one request on each, and holds them idle:
 //!   the server's memory per idle connection.
+//! * `spooky-bench slow --url https://127.0.0.1:8443/1m --requests 1000 --hold 10s` — that
+//!   many HTTP/2 responses read no further than their head (64 KiB windows): slow readers.
 //! * `spooky-bench backend --addr 127.0.0.1:8080 --size 1024` — an HTTP/1.1 backend answering
 //!   every request with `size` bytes.
 
@@ -108,6 +110,19 @@ enum Command {
         #[arg(long, default_value = "10s")]
         hold: String,
     },
+    /// Makes `requests` requests over HTTP/2 (100 streams per connection) and reads each
+    /// response no further than its head, with a 64 KiB stream window: slow readers, each of
+    /// which lets the server send at most 64 KiB. Prints `held N` once every head came, then
+    /// holds them for `hold`: the server's memory with that many stalled responses.
+    Slow {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// How long to hold them, e.g. "10s".
+        #[arg(long, default_value = "10s")]
+        hold: String,
+    },
     /// An HTTP/1.1 backend answering every request with `size` bytes.
     Backend {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -179,6 +194,14 @@ fn main() -> ExitCode {
             } => {
                 let hold = spooky_stages::config::parse_duration(&hold).map_err(Error::from)?;
                 idle(&url, connections, proto, hold).await
+            }
+            Command::Slow {
+                url,
+                requests,
+                hold,
+            } => {
+                let hold = spooky_stages::config::parse_duration(&hold).map_err(Error::from)?;
+                slow(&url, requests, hold).await
             }
             Command::Backend { addr, size } => backend(addr, size).await,
         }
@@ -617,6 +640,43 @@ async fn idle(url: &str, n: usize, proto: Proto, hold: Duration) -> Result<(), E
             h.close();
         }
     }
+    Ok(())
+}
+
+async fn slow(url: &str, requests: usize, hold: Duration) -> Result<(), Error> {
+    const STREAMS: usize = 100;
+    const WINDOW: u32 = 64 * 1024;
+    let (addr, name) = target(url)?;
+    let mut held = Vec::with_capacity(requests);
+    let mut left = requests;
+    while left > 0 {
+        let streams = left.min(STREAMS);
+        left -= streams;
+        let io = tls_connect(addr, &name, b"h2").await?;
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW * streams as u32)
+            .handshake::<_, Empty<Bytes>>(io)
+            .await?;
+        tokio::spawn(conn);
+        let heads = futures::future::join_all((0..streams).map(|_| {
+            let mut send = send.clone();
+            async move {
+                let req = http::Request::get(url).body(Empty::new())?;
+                Ok::<_, Error>(send.send_request(req).await?)
+            }
+        }))
+        .await;
+        for h in heads {
+            let resp = h?;
+            if !resp.status().is_success() {
+                return Err(format!("{url}: status {}", resp.status()).into());
+            }
+            held.push(resp);
+        }
+    }
+    println!("held {}", held.len());
+    tokio::time::sleep(hold).await;
     Ok(())
 }
 

@@ -23,6 +23,9 @@ pub struct ClientSettings {
     pub pool_max_idle: usize,
 }
 
+/// The most an HTTP/1.1 backend connection buffers of a response its client is not reading.
+pub const UPSTREAM_READ_AHEAD: usize = 64 * 1024;
+
 /// One worker's pooled client of a backend.
 pub type WorkerClient = Client<BackendConnector, RequestBody>;
 
@@ -85,5 +88,9 @@ fn worker_client(
     if matches!(protocol, BackendProtocol::H2c | BackendProtocol::H2) {
         builder.http2_only(true);
     }
+    // How much of a backend's response an HTTP/1.1 connection reads ahead of the client: a
+    // client that reads slowly holds at most this much here (hyper's default, about 400 KiB,
+    // made 1 000 slow readers of 1 MiB cost half a GiB).
+    builder.http1_max_buf_size(UPSTREAM_READ_AHEAD);
     builder.build(connector)
 }
