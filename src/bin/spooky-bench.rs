@@ -427,7 +427,8 @@ impl Conn {
             }
             Conn::H1Tls(send) => {
                 let uri: Uri = url.parse()?;
-                let req = http::Request::get(uri.path())
+                let target = uri.path_and_query().map_or("/", |p| p.as_str());
+                let req = http::Request::get(target)
                     .header(
                         http::header::HOST,
                         uri.authority().map_or("", |a| a.as_str()),
