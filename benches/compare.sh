@@ -38,9 +38,7 @@ mkdir -p "$out_dir"
 samples="$work/samples.tsv"
 : > "$samples"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+make_cert
 
 # --- The origin: nginx serving a 1 KiB and a 1 MiB file over HTTP/1.1, one worker, on CPU 1.
 mkdir -p "$work/www" "$work/origin/logs"
@@ -66,8 +64,12 @@ pids+=($!)
 # --- The proxies. start_proxy NAME WORKERS: starts it on its own port (sets port[NAME],
 # pid[NAME]); each on CPU 0 when pinned.
 declare -A port pid
-# Runs in the background job's subshell: exec, so that $! is the proxy itself.
-pinned() { if [ -n "$PROXY_CPUS" ]; then exec taskset -c "$PROXY_CPUS" "$@"; else exec "$@"; fi; }
+# Runs in the background job's subshell: pins it, then becomes the proxy (exec, or one of
+# lib.sh's run_* functions, which exec it), so that $! is the proxy itself.
+pinned() {
+  if [ -n "$PROXY_CPUS" ]; then taskset -pc "$PROXY_CPUS" $BASHPID > /dev/null; fi
+  if declare -F "$1" > /dev/null; then "$@"; else exec "$@"; fi
+}
 
 start_proxy() {
   local name=$1 workers=$2 p
@@ -97,48 +99,8 @@ backends = [ { url = "http://127.0.0.1:$origin", max_inflight = 1024 } ]
 TOML
       SPOOKY_LOG=warn pinned "$BIN/spooky" run "$work/spooky.toml" > "$work/spooky.out" 2>&1 &
       ;;
-    haproxy)
-      cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread $workers
-  maxconn 8000
-  tune.ssl.default-dh-param 2048
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend edge
-  bind 127.0.0.1:$p ssl crt $work/haproxy.pem alpn h2,http/1.1
-  default_backend app
-backend app
-  server origin 127.0.0.1:$origin
-CFG
-      pinned haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.out" 2>&1 &
-      ;;
-    nginx)
-      mkdir -p "$work/nginx/logs"
-      cat > "$work/nginx.conf" <<CFG
-worker_processes $workers;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$origin; keepalive 512; }
-  server {
-    listen 127.0.0.1:$p ssl http2;
-    ssl_certificate $work/cert.pem;
-    ssl_certificate_key $work/key.pem;
-    http2_max_concurrent_streams 256;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CFG
-      pinned nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' > "$work/nginx.out" 2>&1 &
-      ;;
+    haproxy) pinned run_haproxy "$p" "$origin" "$workers" & ;;
+    nginx) pinned run_nginx "$p" "$origin" "$workers" & ;;
     caddy)
       mkdir -p "$work/caddy"
       cat > "$work/Caddyfile" <<CFG
@@ -256,31 +218,41 @@ download() { # round name
   record "$1" "$2" h2 download_mb_s "${mbs:-0}"
 }
 
-# Memory per idle connection: a fresh proxy, then N connections that each made one request
-# and stay open; (RSS with them - RSS before) / N, in KiB.
-idle_memory() { # name proto n
-  local n=$1 proto=$2 count=$3 rss0 rss1
+# RSS (KiB) a fresh proxy gains while a spooky-bench command holds something open, in
+# $held_kib: starts NAME with one worker, runs `spooky-bench ARGS --url https://…PATH` (which
+# prints a line starting with MARKER once all is held, within WAIT seconds), waits SETTLE
+# seconds, then ends both. $held_kib is empty (and stderr says why) if the command never got
+# there.
+held_rss_kib() { # name marker wait settle path spooky-bench-args...
+  local n=$1 marker=$2 wait=$3 settle=$4 path=$5 rss0 holder
+  shift 5
+  held_kib=""
   start_proxy "$n" 1
   wait_up "$n"
   rss0=$(rss_kib "${pid[$n]}")
-  "${LOAD[@]}" "$BIN/spooky-bench" idle --proto "$proto" --url "https://127.0.0.1:${port[$n]}/1k" \
-    --connections "$count" --hold 60s > "$work/idle.out" 2>&1 &
-  local idler=$!
-  for _ in $(seq 1200); do
-    grep -q '^open' "$work/idle.out" && break
-    kill -0 "$idler" 2>/dev/null || break
+  "${LOAD[@]}" "$BIN/spooky-bench" "$@" --url "https://127.0.0.1:${port[$n]}$path" \
+    > "$work/held.out" 2>&1 &
+  holder=$!
+  for _ in $(seq $((wait * 10))); do
+    grep -q "^$marker" "$work/held.out" && break
+    kill -0 "$holder" 2>/dev/null || break
     sleep 0.1
   done
-  if grep -q '^open' "$work/idle.out"; then
-    sleep 1   # let the proxy settle after the last response
-    rss1=$(rss_kib "${pid[$n]}")
-    record 1 "$n" "$proto" idle_kib_per_conn "$(awk -v a="$rss0" -v b="$rss1" -v c="$count" 'BEGIN { printf "%.1f", (b - a) / c }')"
+  if grep -q "^$marker" "$work/held.out"; then
+    sleep "$settle"
+    held_kib=$(( $(rss_kib "${pid[$n]}") - rss0 ))
   else
-    echo "$n: $count idle $proto connections did not all open: $(tail -2 "$work/idle.out")" >&2
+    echo "$n: spooky-bench $1 did not get there: $(tail -2 "$work/held.out")" >&2
   fi
-  kill "$idler" 2>/dev/null || true
-  wait "$idler" 2>/dev/null || true
+  kill "$holder" 2>/dev/null || true
+  wait "$holder" 2>/dev/null || true
   stop_proxy "$n"
+}
+
+# Memory per idle connection: N connections that each made one request and stay open, KiB.
+idle_memory() { # name proto n
+  held_rss_kib "$1" open 120 1 /1k idle --proto "$2" --connections "$3" --hold 60s
+  [ -z "$held_kib" ] || record 1 "$1" "$2" idle_kib_per_conn "$(awk -v k="$held_kib" -v c="$3" 'BEGIN { printf "%.1f", k / c }')"
 }
 
 protocols_of() { case $1 in spooky|caddy) echo "h3 h2 h1" ;; *) echo "h2 h1" ;; esac; }
@@ -333,27 +305,9 @@ done
 # (64 KiB windows); the proxy's RSS with them held, beyond its RSS before, in MiB.
 SLOW=${SLOW:-$([ "$SMOKE" = 1 ] && echo 100 || echo 1000)}
 for n in $PEERS; do
-  start_proxy "$n" 1
-  wait_up "$n"
-  rss0=$(rss_kib "${pid[$n]}")
-  "${LOAD[@]}" "$BIN/spooky-bench" slow --url "https://127.0.0.1:${port[$n]}/1m" \
-    --requests "$SLOW" --hold 60s > "$work/slow.out" 2>&1 &
-  slower=$!
-  for _ in $(seq 600); do
-    grep -q '^held' "$work/slow.out" && break
-    kill -0 "$slower" 2>/dev/null || break
-    sleep 0.1
-  done
-  if grep -q '^held' "$work/slow.out"; then
-    sleep 2   # what the proxy buffers arrives after the heads
-    rss1=$(rss_kib "${pid[$n]}")
-    record 1 "$n" h2 slow_readers_mib "$(awk -v a="$rss0" -v b="$rss1" 'BEGIN { printf "%.1f", (b - a) / 1024 }')"
-  else
-    echo "$n: $SLOW slow readers did not all get their heads: $(tail -2 "$work/slow.out")" >&2
-  fi
-  kill "$slower" 2>/dev/null || true
-  wait "$slower" 2>/dev/null || true
-  stop_proxy "$n"
+  # What the proxy buffers arrives after the heads: 2 s to settle.
+  held_rss_kib "$n" held 60 2 /1m slow --requests "$SLOW" --hold 60s
+  [ -z "$held_kib" ] || record 1 "$n" h2 slow_readers_mib "$(awk -v k="$held_kib" 'BEGIN { printf "%.1f", k / 1024 }')"
 done
 
 # --- Two workers each, on both cores with the load: throughput only (the load competes).

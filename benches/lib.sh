@@ -89,3 +89,61 @@ field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 h2load_summary() {
   echo "rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$1") ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' <<<"$1")"
 }
+
+# A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1 in $work: cert.pem, key.pem,
+# and haproxy.pem (the two together, as HAProxy takes them).
+make_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+}
+
+# The peers' setups (benches/README.md says why each line is there). Each writes its config
+# to $work for a proxy on 127.0.0.1:$1 in front of the HTTP/1.1 origin on 127.0.0.1:$2 with
+# $3 threads or workers, then runs it in the foreground (start it with `&`).
+
+# HAProxy: h2 and http/1.1 over TLS, keep-alive to the origin (http-reuse always).
+run_haproxy() {
+  cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread $3
+  maxconn 8000
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend edge
+  bind 127.0.0.1:$1 ssl crt $work/haproxy.pem alpn h2,http/1.1
+  default_backend app
+backend app
+  server origin 127.0.0.1:$2
+CFG
+  exec haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.out" 2>&1
+}
+
+# nginx: h2 and http/1.1 over TLS, an upstream keep-alive pool of 512, no access log.
+run_nginx() {
+  mkdir -p "$work/nginx/logs"
+  cat > "$work/nginx.conf" <<CFG
+worker_processes $3;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$2; keepalive 512; }
+  server {
+    listen 127.0.0.1:$1 ssl http2;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    http2_max_concurrent_streams 256;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CFG
+  exec nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' > "$work/nginx.out" 2>&1
+}

@@ -27,9 +27,7 @@ BIN=target/release
 bench_init
 if [ -n "$BASE" ]; then build_base "$BASE"; fi
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+make_cert
 
 start_backend "$SIZE"
 backend=$backend_port
@@ -67,50 +65,13 @@ if [ -n "$BASE" ]; then
 fi
 proxies+=(haproxy nginx)
 
-# HAProxy: two threads, keep-alive to the backend.
+# HAProxy and nginx: two threads or workers each, set up as in compare.sh (lib.sh).
 hp=$(free_port)
-cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 2
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend edge
-  bind 127.0.0.1:$hp ssl crt $work/haproxy.pem alpn h2,http/1.1
-  default_backend app
-backend app
-  server b1 127.0.0.1:$backend
-CFG
-haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.out" 2>&1 &
+run_haproxy "$hp" "$backend" 2 &
 haproxy_pid=$!
 pids+=($haproxy_pid)
-
-# nginx: two workers, keep-alive upstream.
 np=$(free_port)
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx.conf" <<CFG
-worker_processes 2;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$backend; keepalive 64; }
-  server {
-    listen 127.0.0.1:$np ssl http2;
-    ssl_certificate $work/cert.pem;
-    ssl_certificate_key $work/key.pem;
-    http2_max_concurrent_streams 256;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CFG
-nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' > "$work/nginx.out" 2>&1 &
+run_nginx "$np" "$backend" 2 &
 nginx_pid=$!
 pids+=($nginx_pid)
 
