@@ -382,6 +382,15 @@ impl Conn {
     }
 }
 
+/// Closes the HTTP/3 connections among `conns` (TCP ones close when dropped).
+fn close_h3(conns: &[Conn]) {
+    for c in conns {
+        if let Conn::H3(h) = c {
+            h.close();
+        }
+    }
+}
+
 /// What came back: the status and, for Spooky's own refusals, their reason (the `details`
 /// of `Proxy-Status: spooky; …`).
 struct Outcome {
@@ -468,12 +477,15 @@ impl Tally {
 async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
     let issued = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // One entry per load task: a connection repeated once per stream it carries.
     let mut conns = Vec::new();
-    let mut h3 = Vec::new();
     if url.starts_with("http://") {
         for _ in 0..plan.connections {
             let client = Client::builder(TokioExecutor::new()).build_http();
-            conns.push(Conn::H1(Arc::new(client)));
+            conns.extend(std::iter::repeat_n(
+                Conn::H1(Arc::new(client)),
+                plan.streams,
+            ));
         }
     } else {
         let (addr, name) = target(url)?;
@@ -486,17 +498,8 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
         };
         for _ in 0..opens {
             let c = Conn::open(plan.proto, addr, &name, &client).await?;
-            if let Conn::H3(h) = &c {
-                h3.push(h.clone());
-            }
             conns.extend(std::iter::repeat_n(c, per_conn));
         }
-    }
-    if url.starts_with("http://") {
-        conns = conns
-            .into_iter()
-            .flat_map(|c| std::iter::repeat_n(c, plan.streams))
-            .collect();
     }
     let workers = conns.len();
     // Open loop: each task's requests are due every `interval`, staggered across tasks; a task
@@ -607,9 +610,7 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
             }
         );
     }
-    for c in &h3 {
-        c.close();
-    }
+    close_h3(&conns);
     Ok(())
 }
 
@@ -636,11 +637,7 @@ async fn idle(url: &str, n: usize, proto: Proto, hold: Duration) -> Result<(), E
     }
     println!("open {}", open.len());
     tokio::time::sleep(hold).await;
-    for c in &open {
-        if let Conn::H3(h) = c {
-            h.close();
-        }
-    }
+    close_h3(&open);
     Ok(())
 }
 
