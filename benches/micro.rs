@@ -1,4 +1,5 @@
-//! Micro benchmarks: route lookup at 10 / 1 000 / 10 000 routes, a stage hop through a channel
+//! Micro benchmarks: route lookup at 10 / 1 000 / 10 000 routes (hit and miss), each
+//! balancing algorithm's pick at 3 / 100 / 1 000 backends, a stage hop through a channel
 //! versus fused, and permit acquire/release.
 //!
 //! `cargo bench --bench micro` (add `-- --quick` for a short run).
@@ -8,11 +9,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use http::{Method, Request};
+use http::{HeaderMap, Method, Request};
 use spooky_stages::Pipeline;
 use spooky_stages::config::{RouteConfig, parse};
+use spooky_stages::contract::exchange::ClientProtocol;
 use spooky_stages::contract::exchange::Exchange;
-use spooky_stages::stages::route::{MatchConfig, RespondConfig, RouteIndex};
+use spooky_stages::stages::route::{MatchConfig, OneOrMany, Req, RespondConfig, RouteIndex};
+use spooky_stages::upstreams::balance::{Balancer, Loads, PeakEwma};
+use spooky_stages::upstreams::config::Balance;
 use spooky_sync::{Cap, try_acquire_all};
 
 fn routes(n: usize) -> Vec<RouteConfig> {
@@ -22,15 +26,16 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             matches: MatchConfig {
                 host: match i % 3 {
                     0 => None,
-                    1 => Some(format!("h{}.example.com", i % 50)),
-                    _ => Some(format!("*.z{}.example.com", i % 20)),
+                    1 => Some(OneOrMany::One(format!("h{}.example.com", i % 50))),
+                    _ => Some(OneOrMany::One(format!("*.z{}.example.com", i % 20))),
                 },
-                path_prefix: format!("/svc{}/v{}", i / 3, i % 7),
+                path_prefix: Some(format!("/svc{}/v{}", i / 3, i % 7)),
                 methods: if i % 2 == 0 {
                     vec!["GET".into()]
                 } else {
                     vec![]
                 },
+                ..MatchConfig::default()
             },
             respond: Some(RespondConfig {
                 status: 200,
@@ -38,34 +43,92 @@ fn routes(n: usize) -> Vec<RouteConfig> {
                 content_type: "text/plain".into(),
                 headers: Default::default(),
             }),
-            upstream: None,
+            ..RouteConfig::default()
         })
         .collect()
 }
 
 fn route_lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_lookup");
+    let headers = HeaderMap::new();
     for n in [10usize, 1_000, 10_000] {
         let index = RouteIndex::build(&routes(n), &HashMap::new(), 16).expect("routes");
-        let probes: Vec<(String, String)> = (0..64)
-            .map(|i| {
-                let r = (i * 7919) % n;
-                let host = match r % 3 {
-                    0 => "plain.example.org".to_string(),
-                    1 => format!("h{}.example.com", r % 50),
-                    _ => format!("a.b.z{}.example.com", r % 20),
-                };
-                (host, format!("/svc{}/v{}/items/42?x=1", r / 3, r % 7))
-            })
+        for (label, hit) in [("hit", true), ("miss", false)] {
+            let probes: Vec<(String, String)> = (0..64)
+                .map(|i| {
+                    let r = (i * 7919) % n;
+                    let host = match r % 3 {
+                        0 => "plain.example.org".to_string(),
+                        1 => format!("h{}.example.com", r % 50),
+                        _ => format!("a.b.z{}.example.com", r % 20),
+                    };
+                    let svc = if hit { r / 3 } else { n + r };
+                    (host, format!("/svc{svc}/v{}/items/42", r % 7))
+                })
+                .collect();
+            // Only host-less routes have "/svc…" for plain.example.org, and none has a
+            // service number above n: misses walk every host group and every prefix.
+            g.bench_with_input(BenchmarkId::new(label, n), &n, |b, _| {
+                let mut i = 0;
+                b.iter(|| {
+                    let (h, p) = &probes[i % probes.len()];
+                    i += 1;
+                    let req = Req {
+                        host: h,
+                        path: p,
+                        method: &Method::GET,
+                        headers: &headers,
+                        query: Some("x=1"),
+                        protocol: ClientProtocol::H3,
+                        sni: None,
+                    };
+                    black_box(index.lookup(&req).is_some())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Each algorithm's pick over 3 / 100 / 1 000 idle backends.
+fn balance_pick(c: &mut Criterion) {
+    struct Idle(Vec<PeakEwma>);
+    impl Loads for Idle {
+        fn inflight(&self, _: usize) -> usize {
+            0
+        }
+        fn latency(&self, i: usize) -> &PeakEwma {
+            &self.0[i]
+        }
+    }
+    let mut g = c.benchmark_group("balance_pick");
+    for n in [3usize, 100, 1_000] {
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("http://10.0.{}.{}:80", i / 250, i % 250))
             .collect();
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            let mut i = 0;
-            b.iter(|| {
-                let (h, p) = &probes[i % probes.len()];
-                i += 1;
-                black_box(index.lookup(h, p, &Method::GET).is_some())
-            })
-        });
+        let members: Vec<(&str, u32, bool)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), 1 + (i % 4) as u32, true))
+            .collect();
+        let loads = Idle((0..n).map(|_| PeakEwma::default()).collect());
+        for algorithm in [
+            Balance::RoundRobin,
+            Balance::Random,
+            Balance::LeastConnections,
+            Balance::PowerOfTwo,
+            Balance::LatencyAware,
+            Balance::ConsistentHash,
+        ] {
+            let b = Balancer::new(algorithm, Balance::RoundRobin, &members);
+            g.bench_with_input(BenchmarkId::new(algorithm.name(), n), &n, |bench, _| {
+                let mut k = 0u64;
+                bench.iter(|| {
+                    k = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    black_box(b.pick(&loads, Some(k)).next())
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -217,6 +280,6 @@ fn path_normalize(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = route_lookup, stage_hop, permits, h1_guard, path_normalize
+    targets = route_lookup, balance_pick, stage_hop, permits, h1_guard, path_normalize
 }
 criterion_main!(benches);

@@ -1,4 +1,6 @@
-//! `spooky check FILE...`: every error of every file, then a one-line summary.
+//! `spooky check FILE...`: every error and warning of every file, then a one-line summary.
+//! Warnings (valid but probably unintended: equal-precedence routes, unused upstreams, …)
+//! do not fail the check.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,15 +13,24 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
     let mut bad = 0;
     for f in files {
         match config::load(f) {
-            Ok(c) => println!(
-                "{}: ok: pipeline \"{}\", {} stages, {} listeners, {} routes, {} upstreams",
-                f.display(),
-                c.pipeline.name,
-                c.chain.len(),
-                c.listeners.len(),
-                c.routes.len(),
-                c.upstreams.len()
-            ),
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "{}: ok: pipeline \"{}\", {} stages, {} listeners, {} routes, {} upstreams{}",
+                    f.display(),
+                    c.pipeline.name,
+                    c.chain.len(),
+                    c.listeners.len(),
+                    c.routes.len(),
+                    c.upstreams.len(),
+                    match c.warnings.len() {
+                        0 => String::new(),
+                        n => format!(", {n} warning(s)"),
+                    }
+                )
+            }
             Err(errors) => {
                 bad += 1;
                 eprintln!("{errors}");

@@ -33,6 +33,9 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let workers = config.pipeline.workers.resolve();
     // The control runtime (signals, admin, certificate reload, drain); the listeners are
     // served by the workers' own runtimes.

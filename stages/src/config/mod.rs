@@ -59,6 +59,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let mut cx = Cx {
         src: &src,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let table = root.get_ref();
     for (key, _) in table.iter() {
@@ -108,9 +109,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         stages,
         routes,
         upstreams,
+        warnings: Vec::new(),
     };
     validate::validate(&mut cx, &root, &mut config);
     if cx.errors.is_empty() {
+        cx.warnings.sort_by_key(|e| (e.line, e.column));
+        config.warnings = cx.warnings;
         Ok(config)
     } else {
         Err(cx.finish())
@@ -121,11 +125,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
 pub(crate) struct Cx<'a> {
     pub src: &'a Source<'a>,
     pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Cx<'_> {
     pub fn push(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
         self.errors.push(self.src.error(span, key, message));
+    }
+
+    /// Something valid that probably does not do what was meant.
+    pub fn warn(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        self.warnings.push(self.src.error(span, key, message));
     }
 
     fn finish(mut self) -> ConfigErrors {

@@ -303,4 +303,6 @@ pub struct Config {
     pub stages: StagesConfig,
     pub routes: Vec<RouteConfig>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Valid, but probably not what was meant (`spooky check` prints them; `run` logs them).
+    pub warnings: Vec<super::ConfigError>,
 }

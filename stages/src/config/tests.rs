@@ -227,7 +227,7 @@ fn route_rules() {
         &t,
         line_of(&t, "[[routes]]"),
         "routes[0]",
-        "both respond and upstream",
+        "more than one action",
     );
 }
 
@@ -324,6 +324,13 @@ fn reference_toml_documents_the_defaults() {
     assert_eq!(l.redirect_port, 443);
     assert_eq!(u.tls.verify, Verify::default());
     assert_eq!(u.backends[0].protocol, BackendProtocol::default());
+    assert_eq!(u.balance, crate::upstreams::config::Balance::default());
+    assert_eq!(u.fallback, crate::upstreams::config::Balance::default());
+    assert!(u.backends[0].enabled);
+    assert_eq!(
+        c.routes[0].path_case,
+        crate::stages::route::PathCase::default()
+    );
     assert_eq!(u.max_inflight, model::default_upstream_inflight());
     assert_eq!(
         u.backends[0].max_inflight,

@@ -7,9 +7,9 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use super::{
-    AltSvc, BackendProtocol, Config, Cx, Protocol, Redirect, StageKind, TlsSetting, Verify, span_at,
+    AltSvc, BackendProtocol, Balance, Config, Cx, Protocol, Redirect, StageKind, TlsSetting,
+    Verify, span_at,
 };
-use crate::http::host::HostPattern;
 
 pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
     config.chain = chain(cx, root, &config.pipeline.chain);
@@ -266,6 +266,7 @@ fn stages(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
 fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
     let mut names = BTreeSet::new();
     let mut matchers: BTreeMap<String, &str> = BTreeMap::new();
+    let defined = |u: &str| config.upstreams.contains_key(u);
     for (i, r) in config.routes.iter().enumerate() {
         let idx = i.to_string();
         let key = |k: &str| format!("routes[{i}]{}{k}", if k.is_empty() { "" } else { "." });
@@ -281,84 +282,34 @@ fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 format!("duplicate route name \"{}\"", r.name),
             );
         }
-        match (&r.respond, &r.upstream) {
-            (Some(_), Some(_)) => cx.push(
-                Some(at(&[])),
-                &key(""),
-                format!(
-                    "route \"{}\" has both respond and upstream: expected exactly one",
-                    r.name
-                ),
-            ),
-            (None, None) => cx.push(
-                Some(at(&[])),
-                &key(""),
-                format!(
-                    "route \"{}\" has neither respond nor upstream: expected exactly one",
-                    r.name
-                ),
-            ),
-            (None, Some(u)) if !config.upstreams.contains_key(u) => cx.push(
-                Some(at(&["upstream"])),
-                &key("upstream"),
-                format!(
-                    "route \"{}\": upstream \"{u}\" is not defined{}",
-                    r.name,
-                    did_you_mean(u, config.upstreams.keys().map(String::as_str))
-                ),
-            ),
-            _ => {}
+        for p in r.problems(&defined) {
+            let path: Vec<&str> = p.at.iter().map(String::as_str).collect();
+            let mut message = p.message;
+            if path == ["upstream"]
+                && let Some(u) = &r.upstream
+            {
+                message.push_str(&did_you_mean(
+                    u,
+                    config.upstreams.keys().map(String::as_str),
+                ));
+            }
+            cx.push(Some(at(&path)), &key(&path.join(".")), message);
         }
-        if let Some(host) = &r.matches.host
-            && let Err(e) = HostPattern::parse(host)
+        if let Some(p) = &r.matches.path_prefix
+            && p.len() > 1
+            && p.ends_with('/')
         {
-            cx.push(Some(at(&["match", "host"])), &key("match.host"), e);
-        }
-        if !r.matches.path_prefix.starts_with('/') {
-            cx.push(
+            cx.warn(
                 Some(at(&["match", "path_prefix"])),
                 &key("match.path_prefix"),
-                format!("\"{}\" must start with '/'", r.matches.path_prefix),
+                format!(
+                    "\"{p}\" ends with a slash: it does not match \"{}\" itself (write \"{}\" to match both)",
+                    p.trim_end_matches('/'),
+                    p.trim_end_matches('/')
+                ),
             );
         }
-        for m in &r.matches.methods {
-            if http::Method::from_bytes(m.as_bytes()).is_err()
-                || m.chars().any(|c| c.is_ascii_lowercase())
-            {
-                cx.push(
-                    Some(at(&["match", "methods"])),
-                    &key("match.methods"),
-                    format!("\"{m}\" is not an HTTP method (methods are upper case, e.g. \"GET\")"),
-                );
-            }
-        }
-        if let Some(resp) = &r.respond {
-            if !(200..=599).contains(&resp.status) {
-                cx.push(
-                    Some(at(&["respond", "status"])),
-                    &key("respond.status"),
-                    format!(
-                        "{} is not a final status code: expected 200..=599",
-                        resp.status
-                    ),
-                );
-            }
-            for name in resp.headers.keys() {
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    cx.push(
-                        Some(at(&["respond", "headers"])),
-                        &key("respond.headers"),
-                        format!("\"{name}\" is not a header name"),
-                    );
-                }
-            }
-        }
-        let mut methods = r.matches.methods.clone();
-        methods.sort();
-        let fingerprint = format!(
-            "{:?}|{}|{:?}",
-            r.matches.host, r.matches.path_prefix, methods
-        );
+        let fingerprint = format!("{:?}|{:?}", r.matches, r.path_case);
         if let Some(other) = matchers.insert(fingerprint, r.name.as_str()) {
             cx.push(
                 Some(at(&["match"])),
@@ -366,6 +317,80 @@ fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 format!("route \"{}\" matches exactly what route \"{other}\" matches: one of them can never be chosen", r.name),
             );
         }
+    }
+    let used: BTreeSet<&str> = config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.upstream
+                .iter()
+                .map(String::as_str)
+                .chain(r.split.iter().flatten().map(|s| s.upstream.as_str()))
+        })
+        .collect();
+    for name in config.upstreams.keys() {
+        if !used.contains(name.as_str()) {
+            cx.warn(
+                Some(span_at(root, &["upstreams", name])),
+                &format!("upstreams.{name}"),
+                "no route uses this upstream",
+            );
+        }
+    }
+    if cx.errors.is_empty() {
+        route_ties(cx, root, config);
+    }
+}
+
+/// Routes only the file orders: compiled (without upstreams) to ask the index itself.
+fn route_ties(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            // Only the matchers matter here.
+            r.upstream = None;
+            r.split = None;
+            r.redirect = None;
+            r.rewrite = Default::default();
+            r.respond = Some(crate::stages::route::RespondConfig {
+                status: 200,
+                body: String::new(),
+                content_type: "text/plain".into(),
+                headers: Default::default(),
+            });
+            r
+        })
+        .collect();
+    let Ok(index) = crate::stages::route::RouteIndex::build(&routes, &Default::default(), 1) else {
+        return;
+    };
+    for s in index.shadowed() {
+        let Some(i) = config.routes.iter().position(|r| r.name == s.first) else {
+            continue;
+        };
+        cx.warn(
+            Some(span_at(root, &["routes", &i.to_string(), "match", "path_regex"])),
+            &format!("routes[{i}].match.path_regex"),
+            format!(
+                "route \"{}\" can never match: route \"{}\" takes every path it matches (a prefix beats a regex)",
+                s.first, s.second
+            ),
+        );
+    }
+    for tie in index.ties() {
+        let Some(i) = config.routes.iter().position(|r| r.name == tie.second) else {
+            continue;
+        };
+        cx.warn(
+            Some(span_at(root, &["routes", &i.to_string(), "match"])),
+            &format!("routes[{i}].match"),
+            format!(
+                "route \"{}\" and route \"{}\" are equally specific and can take the same request: the one earlier in the file wins",
+                tie.first, tie.second
+            ),
+        );
     }
 }
 
@@ -379,8 +404,70 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 "expected at least one backend",
             );
         }
+        let at_key = |k: &str| span_at(root, &["upstreams", name, k]);
+        if let Some(k) = &u.hash_key {
+            match crate::http::key::HashKey::parse(k) {
+                Err(e) => cx.push(
+                    Some(at_key("hash_key")),
+                    &format!("upstreams.{name}.hash_key"),
+                    e,
+                ),
+                Ok(key) => {
+                    if !u.balance.keyed() {
+                        cx.push(
+                            Some(at_key("hash_key")),
+                            &format!("upstreams.{name}.hash_key"),
+                            format!(
+                                "hash_key is read by balance = \"consistent-hash\", not \"{}\"",
+                                u.balance.name()
+                            ),
+                        );
+                    } else if u.balance == Balance::StickyCid
+                        && key != crate::http::key::HashKey::QuicCid
+                    {
+                        cx.push(
+                            Some(at_key("hash_key")),
+                            &format!("upstreams.{name}.hash_key"),
+                            "sticky-cid always keys by the client connection: leave hash_key out (or use consistent-hash)",
+                        );
+                    }
+                }
+            }
+        }
+        if u.fallback.keyed() {
+            cx.push(
+                Some(at_key("fallback")),
+                &format!("upstreams.{name}.fallback"),
+                format!(
+                    "fallback is for requests without a key: \"{}\" needs one",
+                    u.fallback.name()
+                ),
+            );
+        }
+        if u.fallback != Balance::RoundRobin && !u.balance.keyed() {
+            cx.push(
+                Some(at_key("fallback")),
+                &format!("upstreams.{name}.fallback"),
+                format!("fallback is read by balance = \"consistent-hash\" or \"sticky-cid\", not \"{}\"", u.balance.name()),
+            );
+        }
+        if !u.backends.is_empty() && u.backends.iter().all(|b| !b.enabled) {
+            cx.warn(
+                Some(at_key("backends")),
+                &format!("upstreams.{name}.backends"),
+                "every backend has enabled = false: requests to this upstream are answered 503",
+            );
+        }
+        let mut urls = BTreeMap::new();
         for (i, b) in u.backends.iter().enumerate() {
             let at = |k: &str| span_at(root, &["upstreams", name, "backends", &i.to_string(), k]);
+            if let Some(first) = urls.insert(b.url.as_str(), i) {
+                cx.warn(
+                    Some(at("url")),
+                    &format!("upstreams.{name}.backends[{i}].url"),
+                    format!("the same URL as backends[{first}]: it gets twice the share (use weight instead)"),
+                );
+            }
             match crate::upstreams::addr::BackendAddr::parse(&b.url) {
                 Err(e) => cx.push(
                     Some(at("url")),

@@ -61,10 +61,15 @@ pub struct Client {
     pub identity: Option<Arc<ClientIdentity>>,
     /// The listener's `client_identity_header`, which forwards `identity`.
     pub forward_header: Option<http::HeaderName>,
+    /// The client connection, unique in the process: a QUIC connection keeps it across
+    /// connection-ID rotation and address migration (`sticky-cid`, `hash_key = "quic-cid"`).
+    pub conn: u64,
+    /// The TLS server name the client asked for (lower case), when it sent one.
+    pub sni: Option<Arc<str>>,
 }
 
 impl Client {
-    /// A client with no certificate.
+    /// A client with no certificate, on a new connection.
     pub fn new(addr: SocketAddr, protocol: ClientProtocol, tls: bool) -> Client {
         Client {
             addr,
@@ -72,8 +77,16 @@ impl Client {
             tls,
             identity: None,
             forward_header: None,
+            conn: next_conn(),
+            sni: None,
         }
     }
+}
+
+/// A new connection number (adapters take one per accepted connection).
+pub fn next_conn() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A connection-wide "the client is gone" signal, raised once by the adapter that watches the

@@ -1,25 +1,123 @@
 //! What the route stage decided: the compiled route an exchange follows. It lives in the
-//! contract because later stages read it (queue waits in its room, the record names it).
+//! contract because later stages read it (queue waits in its room, egress applies its
+//! response edits, the record names it).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::Method;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use spooky_sync::Cap;
 
 use crate::contract::flow::Reply;
+use crate::http::key::HashKey;
 use crate::upstreams::Upstream;
 
 /// What a route does.
 pub enum Action {
     Respond(Reply),
     Upstream(Arc<Upstream>),
+    Split(Split),
+    Redirect(Redirect),
+}
+
+/// Weighted upstreams: smooth weighted round-robin over them, or, with a sticky key, the
+/// key's place on the weight line (so a key only moves when the weights move past it).
+pub struct Split {
+    pub targets: Vec<(Arc<Upstream>, u32)>,
+    pub sticky: Option<HashKey>,
+    cumulative: Vec<u64>,
+    cycle: Vec<u32>,
+    next: AtomicUsize,
+}
+
+impl Split {
+    pub fn new(targets: Vec<(Arc<Upstream>, u32)>, sticky: Option<HashKey>) -> Split {
+        let weights: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let cumulative = weights
+            .iter()
+            .scan(0u64, |s, w| {
+                *s += u64::from(*w);
+                Some(*s)
+            })
+            .collect();
+        Split {
+            cycle: crate::upstreams::balance::smooth_cycle(&weights),
+            cumulative,
+            targets,
+            sticky,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The upstream for a request whose sticky key hashes to `key` (or that has none).
+    pub fn choose(&self, key: Option<u64>) -> Option<&Arc<Upstream>> {
+        let total = self.cumulative.last().copied().unwrap_or(0);
+        let i = match key {
+            Some(k) if total > 0 => self.cumulative.partition_point(|c| *c <= k % total),
+            _ => {
+                let n = self.cycle.len().max(1);
+                *self
+                    .cycle
+                    .get(self.next.fetch_add(1, Ordering::Relaxed) % n)? as usize
+            }
+        };
+        self.targets.get(i).map(|t| &t.0)
+    }
+}
+
+/// A redirect: the parts given replace the request's.
+pub struct Redirect {
+    pub status: StatusCode,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    /// (matched prefix, replacement)
+    pub prefix: Option<(String, String)>,
+}
+
+/// Header edits: remove, then set, then add.
+#[derive(Default)]
+pub struct HeaderOps {
+    pub remove: Vec<HeaderName>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// What a route changes on the way.
+#[derive(Default)]
+pub struct Edits {
+    /// (matched prefix, replacement) for the path sent upstream.
+    pub path_prefix: Option<(String, String)>,
+    /// The authority sent upstream.
+    pub host: Option<http::uri::Authority>,
+    pub request: HeaderOps,
+    pub response: HeaderOps,
 }
 
 /// A compiled route.
 pub struct Route {
     pub name: String,
-    pub methods: Vec<Method>,
     pub action: Action,
+    pub edits: Edits,
     /// Exchanges of this route waiting in the queue stage.
     pub waiting: Cap,
 }

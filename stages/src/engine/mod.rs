@@ -42,7 +42,8 @@ use crate::upstreams::registry::{PoolKey, Registry};
 pub enum AnyStage {
     Ingress(Ingress),
     Admission(Admission),
-    Route(RouteStage),
+    /// Boxed: the route index is large and read through a pointer anyway.
+    Route(Box<RouteStage>),
     Queue(Queue),
     /// Select, hedge-retry and dispatch: the attempt loop (boxed: it holds two inlets).
     Attempts(Box<HedgeRetry>),
@@ -204,7 +205,7 @@ impl Pipeline {
         }
         let index = RouteIndex::build(&config.routes, &upstreams, st.queue.capacity.get())
             .map_err(BuildError::Routes)?;
-        let mut route = Some(RouteStage::build(index));
+        let mut route = Some(Box::new(RouteStage::build(index)));
         // The first stage's inlet is where adapters take their permit; it has no room (a
         // request waits in its protocol: unaccepted streams, unread sockets).
         let first = config.chain.first().copied();
@@ -296,6 +297,22 @@ impl Pipeline {
     /// The pipeline's name (a label on every metric).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The ingress stage, when the chain has one (`spooky route` runs its decision).
+    pub fn ingress(&self) -> Option<&Ingress> {
+        self.slots.iter().find_map(|s| match &s.stage {
+            AnyStage::Ingress(i) => Some(i),
+            _ => None,
+        })
+    }
+
+    /// The route stage (`spooky route` explains its decision).
+    pub fn route(&self) -> Option<&RouteStage> {
+        self.slots.iter().find_map(|s| match &s.stage {
+            AnyStage::Route(r) => Some(&**r),
+            _ => None,
+        })
     }
 
     /// Live exchanges, for graceful shutdown.

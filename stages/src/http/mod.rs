@@ -1,8 +1,9 @@
 //! HTTP semantics shared by every layer, with no state of their own: hop-by-hop headers, path
-//! normalization, host patterns and gRPC's conventions. Nothing here imports another module of
-//! the crate.
+//! normalization, host patterns, request keys and gRPC's conventions. Nothing here imports
+//! another module of the crate.
 
 pub mod grpc;
 pub mod headers;
 pub mod host;
+pub mod key;
 pub mod path;

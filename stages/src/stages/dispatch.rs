@@ -19,6 +19,10 @@ use crate::units::Dur;
 use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::client::ClientSettings;
 
+/// What a failed attempt adds to the backend's latency estimate (`latency-aware`): a backend
+/// that fails fast must not look fast. The peak is forgotten with the estimate's 10 s decay.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
 /// How `X-Forwarded-For` is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -154,6 +158,7 @@ impl Dispatch {
             }
             Some(Ok(Ok(resp))) => {
                 backend.metrics.response(resp.status(), started.elapsed());
+                backend.latency.observe(started.elapsed());
                 ex.response = Some(resp);
                 Ok(())
             }
@@ -169,10 +174,12 @@ impl Dispatch {
             }
             Some(Ok(Err(e))) if e.is_connect() => {
                 backend.metrics.connect_error.increment(1);
+                backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
                 Err(failed(AttemptError::Connect, Box::new(e)))
             }
             Some(Ok(Err(e))) => {
                 backend.metrics.reset.increment(1);
+                backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
                 let kind = if is_parse_error(&e) {
                     AttemptError::Protocol
                 } else {
@@ -182,6 +189,7 @@ impl Dispatch {
             }
             Some(Err(_elapsed)) => {
                 backend.metrics.timeout.increment(1);
+                backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
                 if by_deadline {
                     tracing::info!(
                         exchange = ex.id,

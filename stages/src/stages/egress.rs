@@ -56,6 +56,9 @@ impl Egress {
         if self.via == Via::On {
             append_via(&mut parts.headers, "1.1");
         }
+        if let Some(route) = &ex.decided.route {
+            route.edits.response.apply(&mut parts.headers);
+        }
         let status = parts.status;
         // A gRPC deadline still bounds the streamed body.
         let deadline = ex

@@ -1,4 +1,5 @@
-//! Select: picks a backend of the exchange's upstream for each attempt (hedge-retry runs it) — weighted smooth round-robin, skipping
+//! Select: picks a backend of the exchange's upstream for each attempt (hedge-retry runs it)
+//! — the upstream's balancer orders the candidates (`upstreams::balance`), select skips
 //! backends already tried and backends at their inflight cap — and takes its permit.
 
 use serde::Deserialize;
@@ -34,7 +35,11 @@ impl Select {
         }
         ex.permits.backend = None;
         ex.decided.backend = None;
-        for i in upstream.balancer.order() {
+        let key = upstream
+            .hash_key
+            .as_ref()
+            .and_then(|k| k.hash(&ex.head, ex.client.addr.ip(), ex.client.conn));
+        for i in upstream.balancer.pick(upstream.backends.as_slice(), key) {
             if ex.decided.attempts.iter().any(|a| a.backend == i) {
                 continue;
             }

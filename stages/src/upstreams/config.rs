@@ -6,13 +6,45 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// Load-balancing algorithm of an upstream.
+/// Load-balancing algorithm of an upstream (all weight-aware; see `upstreams::balance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Weighted smooth round-robin.
     #[default]
     RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Lowest (inflight + 1) / weight, ties at random.
+    LeastConnections,
+    /// The less loaded of two weighted random choices.
+    PowerOfTwo,
+    /// Peak-EWMA latency × load, over two weighted random choices.
+    LatencyAware,
+    /// A weighted Maglev table keyed by `hash_key`.
+    ConsistentHash,
+    /// A client connection stays on one backend (`hash_key = "quic-cid"`).
+    StickyCid,
+}
+
+impl Balance {
+    /// Whether the algorithm needs a request key.
+    pub fn keyed(self) -> bool {
+        matches!(self, Balance::ConsistentHash | Balance::StickyCid)
+    }
+
+    /// The name written in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::Random => "random",
+            Balance::LeastConnections => "least-connections",
+            Balance::PowerOfTwo => "power-of-two",
+            Balance::LatencyAware => "latency-aware",
+            Balance::ConsistentHash => "consistent-hash",
+            Balance::StickyCid => "sticky-cid",
+        }
+    }
 }
 
 /// `[upstreams.<name>]`.
@@ -21,6 +53,13 @@ pub enum Balance {
 pub struct UpstreamConfig {
     #[serde(default)]
     pub balance: Balance,
+    /// The request key `consistent-hash` hashes (default `client-ip`; `sticky-cid` always
+    /// uses `quic-cid`): `header:NAME`, `cookie:NAME`, `query:NAME`, `path`, `authority`,
+    /// `client-ip`, `quic-cid`.
+    pub hash_key: Option<String>,
+    /// The algorithm used when a request has no key.
+    #[serde(default)]
+    pub fallback: Balance,
     /// Exchanges in flight to this upstream at once; more wait in the queue stage.
     #[serde(default = "default_upstream_inflight")]
     pub max_inflight: NonZeroUsize,
@@ -87,6 +126,13 @@ pub struct BackendConfig {
     pub weight: NonZeroU32,
     #[serde(default = "default_backend_inflight")]
     pub max_inflight: NonZeroUsize,
+    /// `false` keeps the backend out of balancing (its pool stays; nothing is sent to it).
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+fn default_enabled() -> bool {
+    true
 }
 
 fn default_weight() -> NonZeroU32 {

@@ -38,6 +38,9 @@ pub enum UpstreamError {
     },
     #[error("ca_file/ca_dir hold no certificate")]
     NoCa,
+    /// A key validation reports first, with file and line.
+    #[error("{0}")]
+    Config(String),
     #[error("CA certificate: {0}")]
     Ca(#[source] rustls::Error),
     #[error("client certificate: {0}")]

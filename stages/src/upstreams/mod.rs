@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use spooky_sync::Cap;
 
+use crate::http::key::HashKey;
 use crate::metrics::BackendMetrics;
 use addr::BackendAddr;
-use balance::RoundRobin;
+use balance::{Balancer, Loads, PeakEwma};
 use client::{BackendClient, ClientSettings};
-use config::{BackendProtocol, UpstreamConfig};
+use config::{BackendProtocol, Balance, UpstreamConfig};
 use error::UpstreamError;
 use registry::{PoolKey, Registry};
 
@@ -31,6 +32,8 @@ pub struct Backend {
     pub client: BackendClient,
     /// What identifies the pool.
     pub pool: PoolKey,
+    /// Response-head latency, for `latency-aware` balancing.
+    pub latency: PeakEwma,
     /// Known to speak HTTP/1.1 (`http1`, or `auto` on `http://`): hop-by-hop request fields
     /// are listed in `Connection` for it.
     pub http1: bool,
@@ -41,7 +44,18 @@ pub struct Upstream {
     pub name: String,
     pub cap: Cap,
     pub backends: Vec<Backend>,
-    pub balancer: RoundRobin,
+    pub balancer: Balancer,
+    /// What `consistent-hash` and `sticky-cid` hash.
+    pub hash_key: Option<HashKey>,
+}
+
+impl Loads for [Backend] {
+    fn inflight(&self, i: usize) -> usize {
+        self[i].cap.in_use()
+    }
+    fn latency(&self, i: usize) -> &PeakEwma {
+        &self[i].latency
+    }
 }
 
 impl Upstream {
@@ -70,6 +84,7 @@ impl Upstream {
             };
             backends.push(Backend {
                 http1,
+                latency: PeakEwma::default(),
                 metrics: BackendMetrics::new(name, &b.url),
                 name: b.url.clone(),
                 addr,
@@ -78,11 +93,24 @@ impl Upstream {
                 pool: key,
             });
         }
-        let weights: Vec<u32> = config.backends.iter().map(|b| b.weight.get()).collect();
+        let members: Vec<(&str, u32, bool)> = config
+            .backends
+            .iter()
+            .map(|b| (b.url.as_str(), b.weight.get(), b.enabled))
+            .collect();
+        let hash_key = match config.balance {
+            Balance::StickyCid => Some(HashKey::QuicCid),
+            Balance::ConsistentHash => Some(match &config.hash_key {
+                Some(k) => HashKey::parse(k).map_err(UpstreamError::Config)?,
+                None => HashKey::ClientIp,
+            }),
+            _ => None,
+        };
         Ok(Arc::new(Upstream {
             name: name.to_string(),
             cap: Cap::new(config.max_inflight.get()),
-            balancer: RoundRobin::new(&weights),
+            balancer: Balancer::new(config.balance, config.fallback, &members),
+            hash_key,
             backends,
         }))
     }

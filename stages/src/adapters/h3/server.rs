@@ -202,9 +202,14 @@ impl H3Listener {
             any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
                 .ok()
         });
+        let sni = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.server_name.map(|n| Arc::from(n.to_ascii_lowercase())));
         let client = Client {
             identity: tls::identity_of(peer.as_deref().map(Vec::as_slice), remote),
             forward_header: self.forward_header.clone(),
+            sni,
             ..Client::new(remote, ClientProtocol::H3, true)
         };
         // One watcher per connection tells every exchange on it that the client is gone.

@@ -39,7 +39,9 @@ use crate::adapters::tcp::h1_guard::{H1Guard, Refusal, Refusals};
 use crate::adapters::tcp::sink::{HyperSink, ProxyBody};
 use crate::body::RequestBody;
 use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
-use crate::contract::exchange::{Client, ClientProtocol, ContentLength, Exchange, Origin};
+use crate::contract::exchange::{
+    Client, ClientProtocol, ContentLength, Exchange, Origin, next_conn,
+};
 use crate::contract::flow::status_text;
 use crate::contract::reason::Reason;
 use crate::contract::responder::Responder;
@@ -235,6 +237,10 @@ async fn connection(
                 tls: true,
                 h2,
                 h1: None,
+                conn: next_conn(),
+                sni: session
+                    .server_name()
+                    .map(|n| Arc::from(n.to_ascii_lowercase())),
                 identity: tls::identity_of(session.peer_certificates(), remote),
                 forward_header: shared.forward_header.clone(),
             };
@@ -254,6 +260,8 @@ async fn connection(
                 identity: None,
                 forward_header: None,
                 h1: None,
+                conn: next_conn(),
+                sni: None,
             };
             let (peer, refusals) = peer.guarded();
             let stream = H1Guard::new(stream, refusals).with_clock(clock.clone());
@@ -292,6 +300,10 @@ struct Peer {
     forward_header: Option<http::HeaderName>,
     /// HTTP/1.1 behind the framing guard: where it leaves its refusals.
     h1: Option<Arc<Refusals>>,
+    /// The connection's number (`Client::conn`).
+    conn: u64,
+    /// The TLS server name, lower case.
+    sni: Option<Arc<str>>,
 }
 
 impl Peer {
@@ -420,6 +432,8 @@ async fn handle(
     let client = Client {
         identity: peer.identity,
         forward_header: peer.forward_header,
+        conn: peer.conn,
+        sni: peer.sni,
         ..Client::new(peer.remote, protocol, peer.tls)
     };
     let origin = Origin {
