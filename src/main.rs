@@ -1,4 +1,4 @@
-//! `spooky`: the daemon and its command line — `run`, `check`, `--version`.
+//! `spooky`: the daemon and its command line — `run`, `check`, `route`, `--version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod admin;
 mod check;
 mod reload;
+mod route;
 mod run;
 
 /// Spooky: an HTTP/3-first edge proxy built as a pipeline of bounded stages.
@@ -34,11 +35,41 @@ struct Cli {
 enum Command {
     /// Run the proxy on a pipeline file.
     Run { file: PathBuf },
-    /// Check pipeline files and print every error; exit 64 if any is invalid.
+    /// Check pipeline files and print every error and warning; exit 64 if any is invalid.
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Explain which route a request takes, what it does, and why other routes lost.
+    Route {
+        file: PathBuf,
+        /// GET, POST, …
+        method: String,
+        /// The whole URL: https://api.example.com/path?query
+        url: String,
+        /// A request header, 'Name: value' (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// A cookie, name=value (repeatable).
+        #[arg(long = "cookie")]
+        cookies: Vec<String>,
+        /// How the client comes.
+        #[arg(long, value_enum, default_value_t = ProtocolArg::H3)]
+        protocol: ProtocolArg,
+        /// The TLS server name (default: the URL's host for https).
+        #[arg(long)]
+        sni: Option<String>,
+        /// The client's address (client-ip keys).
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    H3,
+    H2,
+    Http1,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,9 +88,40 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match (cli.command, cli.file) {
         (Some(Command::Check { files }), _) => check::check(&files),
+        (
+            Some(Command::Route {
+                file,
+                method,
+                url,
+                headers,
+                cookies,
+                protocol,
+                sni,
+                client_ip,
+            }),
+            _,
+        ) => {
+            use spooky_stages::contract::exchange::ClientProtocol;
+            let probe = route::Probe {
+                method,
+                url,
+                headers,
+                cookies,
+                protocol: match protocol {
+                    ProtocolArg::H3 => ClientProtocol::H3,
+                    ProtocolArg::H2 => ClientProtocol::H2,
+                    ProtocolArg::Http1 => ClientProtocol::Http1,
+                },
+                sni,
+                client_ip,
+            };
+            route::route(&file, &probe)
+        }
         (Some(Command::Run { file }), _) | (None, Some(file)) => run::run(&file),
         (None, None) => {
-            eprintln!("usage: spooky run FILE | spooky check FILE... | spooky --version");
+            eprintln!(
+                "usage: spooky run FILE | spooky check FILE... | spooky route FILE METHOD URL | spooky --version"
+            );
             ExitCode::from(EXIT_BAD_CONFIG)
         }
     }

@@ -1,0 +1,697 @@
+//! Routing and balancing end to end: every matcher through real HTTP/3, HTTP/2 and HTTP/1.1
+//! clients, rewrites and header edits seen by real backends, redirects, weighted splits and
+//! sticky keys, and the balancing algorithms against real (fast and slow) hyper backends.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use spooky::h3client::H3Conn;
+use support::proxy::{Proxy, pipeline_with};
+use support::tcp::{Sender, body};
+use support::{TempDir, TestCert, connect, spooky};
+
+/// A backend that says who it is and what it was sent: body `NAME PATH?QUERY`, and headers
+/// `x-backend`, `x-seen-host` (the Host it got), `x-seen-original-host`, `x-seen-debug`.
+struct Named {
+    addr: SocketAddr,
+    seen: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Named {
+    async fn start(name: &'static str, delay: Duration) -> Named {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let h = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("-")
+                                    .to_string()
+                            };
+                            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                            let resp = Response::builder()
+                                .header("x-backend", name)
+                                .header("x-seen-host", h("host"))
+                                .header("x-seen-original-host", h("x-original-host"))
+                                .header("x-seen-debug", h("x-debug"))
+                                .body(Full::new(Bytes::from(format!("{name} {pq}"))))
+                                .expect("response");
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Named { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
+    }
+}
+
+/// One response, whatever the protocol: status, the headers asked about, body.
+#[derive(Debug, Clone)]
+struct Got {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+/// A client on one protocol, over one connection.
+enum Client {
+    H3(H3Conn),
+    Tcp(Sender),
+}
+
+impl Client {
+    async fn open(proto: &str, proxy: &Proxy, cert: &TestCert) -> Client {
+        match proto {
+            "h3" => Client::H3(connect(&cert.client(), proxy).await),
+            alpn => Client::Tcp(
+                Sender::connect(
+                    proxy.tcp_addr.expect("tcp"),
+                    std::slice::from_ref(&cert.der),
+                    if alpn == "h2" { b"h2" } else { b"http/1.1" },
+                )
+                .await,
+            ),
+        }
+    }
+
+    async fn send(&mut self, method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
+        let mut b = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        match self {
+            Client::H3(c) => {
+                let r = c
+                    .request(b.body(()).expect("request"), None)
+                    .await
+                    .expect("h3 response");
+                Got {
+                    status: r.status.as_u16(),
+                    headers: flat(&r.headers),
+                    body: String::from_utf8_lossy(&r.body).into_owned(),
+                }
+            }
+            Client::Tcp(s) => {
+                let r = s
+                    .send(b.body(Full::new(Bytes::new())).expect("request"))
+                    .await;
+                let status = r.status().as_u16();
+                let headers = flat(r.headers());
+                let (bytes, _) = body(r).await;
+                Got {
+                    status,
+                    headers,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                }
+            }
+        }
+    }
+}
+
+fn flat(h: &http::HeaderMap) -> HashMap<String, String> {
+    h.iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn tls(cert: &TestCert) -> String {
+    cert.toml()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_matcher_rewrite_and_redirect_through_h3_h2_and_http1() {
+    let stable = Named::start("stable", Duration::ZERO).await;
+    let canary = Named::start("canary", Duration::ZERO).await;
+    let beta = Named::start("beta", Duration::ZERO).await;
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let routes = format!(
+        r#"
+[[routes]]
+name = "canary"
+match = {{ host = "api.example.com", path_prefix = "/api", headers = {{ x-canary = {{ equals = "yes" }} }} }}
+upstream = "canary"
+
+[[routes]]
+name = "beta"
+match = {{ host = "api.example.com", path_prefix = "/api", query = {{ v = {{ equals = "2" }} }}, cookies = {{ beta = {{ present = true }} }} }}
+upstream = "beta"
+
+[[routes]]
+name = "api"
+match = {{ host = "api.example.com", path_prefix = "/api" }}
+upstream = "stable"
+rewrite = {{ path_prefix = "/v1", host = "internal.test" }}
+request_headers = {{ set = {{ x-original-host = "api.example.com" }}, remove = ["x-debug"] }}
+response_headers = {{ set = {{ x-route = "api" }} }}
+
+[[routes]]
+name = "exact-host"
+match = {{ host = ["API.Example.com", "*.deep.example.com"], path = "/" }}
+respond = {{ status = 200, body = "exact host" }}
+
+[[routes]]
+name = "h2-only"
+match = {{ path = "/proto", protocols = ["h2"] }}
+respond = {{ status = 200, body = "h2 only" }}
+
+[[routes]]
+name = "proto-any"
+match = {{ path = "/proto" }}
+respond = {{ status = 200, body = "any protocol" }}
+
+[[routes]]
+name = "report"
+match = {{ path_regex = "/reports/[0-9]{{4}}", methods = ["GET"] }}
+respond = {{ status = 200, body = "report" }}
+
+[[routes]]
+name = "moved"
+match = {{ path_prefix = "/Old" }}
+path_case = "insensitive"
+redirect = {{ status = 308, scheme = "https", host = "new.test", prefix = "/new" }}
+
+[[routes]]
+name = "sni"
+match = {{ path = "/sni", sni = "localhost" }}
+respond = {{ status = 200, body = "sni localhost" }}
+
+[[routes]]
+name = "fallback"
+match = {{ path_prefix = "/" }}
+respond = {{ status = 404, body = "nothing" }}
+
+[upstreams.stable]
+backends = [ {{ url = "{}" }} ]
+
+[upstreams.canary]
+backends = [ {{ url = "{}" }} ]
+
+[upstreams.beta]
+backends = [ {{ url = "{}" }} ]
+"#,
+        stable.url(),
+        canary.url(),
+        beta.url()
+    );
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3", "h2", "http1"]"#,
+        &tls(&cert),
+        &routes,
+    ));
+    for proto in ["h3", "h2", "http1"] {
+        let mut c = Client::open(proto, &proxy, &cert).await;
+        let api = "https://api.example.com";
+        // The plain API route: rewritten path and host, header edits both ways.
+        let r = c
+            .send("GET", &format!("{api}/api/users?x=1"), &[("x-debug", "1")])
+            .await;
+        assert_eq!(r.status, 200, "{proto}: {r:?}");
+        assert_eq!(r.body, "stable /v1/users?x=1", "{proto}");
+        assert_eq!(r.header("x-seen-host"), "internal.test", "{proto}");
+        assert_eq!(
+            r.header("x-seen-original-host"),
+            "api.example.com",
+            "{proto}"
+        );
+        assert_eq!(r.header("x-seen-debug"), "-", "{proto}: x-debug removed");
+        assert_eq!(r.header("x-route"), "api", "{proto}");
+        // Header matcher: positive and negative.
+        let r = c
+            .send("GET", &format!("{api}/api/x"), &[("x-canary", "yes")])
+            .await;
+        assert_eq!(r.body, "canary /api/x", "{proto}");
+        let r = c
+            .send("GET", &format!("{api}/api/x"), &[("x-canary", "no")])
+            .await;
+        assert_eq!(r.body, "stable /v1/x", "{proto}");
+        // Query and cookie together; either alone is not enough.
+        let r = c
+            .send(
+                "GET",
+                &format!("{api}/api/x?v=2"),
+                &[("cookie", "a=1; beta=1")],
+            )
+            .await;
+        assert_eq!(r.body, "beta /api/x?v=2", "{proto}");
+        let r = c.send("GET", &format!("{api}/api/x?v=2"), &[]).await;
+        assert_eq!(r.body, "stable /v1/x?v=2", "{proto}");
+        // Host: case, port and trailing dot do not matter; a wildcard takes any depth but
+        // never its apex; a host group falls back to host-less routes.
+        for host in [
+            "api.example.com",
+            "API.EXAMPLE.COM:8443",
+            "a.b.deep.example.com",
+        ] {
+            let r = c.send("GET", &format!("https://{host}/"), &[]).await;
+            assert_eq!(r.body, "exact host", "{proto} {host}");
+        }
+        let r = c.send("GET", "https://deep.example.com/", &[]).await;
+        assert_eq!(r.body, "nothing", "{proto}: apex");
+        let r = c.send("GET", &format!("{api}/elsewhere"), &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (404, "nothing"), "{proto}");
+        // Protocol matcher.
+        let r = c.send("GET", "https://localhost/proto", &[]).await;
+        let want = if proto == "h2" {
+            "h2 only"
+        } else {
+            "any protocol"
+        };
+        assert_eq!(r.body, want, "{proto}");
+        // Anchored regex, method-specific.
+        let r = c.send("GET", "https://localhost/reports/2026", &[]).await;
+        assert_eq!(r.body, "report", "{proto}");
+        let r = c.send("GET", "https://localhost/reports/2026x", &[]).await;
+        assert_eq!(r.body, "nothing", "{proto}");
+        let r = c.send("POST", "https://localhost/reports/2026", &[]).await;
+        assert_eq!(r.body, "nothing", "{proto}");
+        // Redirect with a prefix replaced, case-insensitive match, query kept.
+        let r = c.send("GET", "https://localhost/OLD/a/b?q=1", &[]).await;
+        assert_eq!(r.status, 308, "{proto}");
+        assert_eq!(
+            r.header("location"),
+            "https://new.test/new/a/b?q=1",
+            "{proto}"
+        );
+        // SNI: every client here connects with the name localhost.
+        let r = c.send("GET", "https://other.test/sni", &[]).await;
+        assert_eq!(r.body, "sni localhost", "{proto}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_follows_its_weights_and_a_sticky_key_never_flips() {
+    let v1 = Named::start("v1", Duration::ZERO).await;
+    let v2 = Named::start("v2", Duration::ZERO).await;
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let routes = format!(
+        r#"
+[[routes]]
+name = "split"
+match = {{ path_prefix = "/" }}
+split = [ {{ upstream = "v1", weight = 3 }}, {{ upstream = "v2", weight = 1 }} ]
+sticky = "cookie:session"
+
+[upstreams.v1]
+backends = [ {{ url = "{}" }} ]
+
+[upstreams.v2]
+backends = [ {{ url = "{}" }} ]
+"#,
+        v1.url(),
+        v2.url()
+    );
+    let proxy = Proxy::start(&pipeline_with(r#"["h3"]"#, &tls(&cert), &routes));
+    let mut c = Client::open("h3", &proxy, &cert).await;
+    // Without the key: smooth weighted round-robin, exact over whole cycles.
+    for _ in 0..400 {
+        let r = c.send("GET", "https://localhost/x", &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!((v1.seen(), v2.seen()), (300, 100));
+    // With the key: each user always lands on the same side, and users split by weight.
+    let mut sides = HashMap::new();
+    for user in 0..200 {
+        let cookie = format!("session=user-{user}");
+        for _ in 0..3 {
+            let r = c
+                .send("GET", "https://localhost/x", &[("cookie", &cookie)])
+                .await;
+            let side = r.header("x-backend").to_string();
+            let first = sides.entry(user).or_insert_with(|| side.clone());
+            assert_eq!(*first, side, "user {user} flipped");
+        }
+    }
+    let on_v2 = sides.values().filter(|s| *s == "v2").count();
+    assert!(
+        (25..=75).contains(&on_v2),
+        "{on_v2} of 200 users on v2 (expected about 50)"
+    );
+}
+
+/// Sends `n` requests, `concurrency` at a time, over one HTTP/3 connection.
+async fn load(
+    proxy: &Proxy,
+    cert: &TestCert,
+    n: usize,
+    concurrency: usize,
+    headers: &[(&'static str, String)],
+) {
+    let conn = Arc::new(connect(&cert.client(), proxy).await);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let conn = conn.clone();
+        let next = next.clone();
+        let headers = headers.to_vec();
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                let mut b = Request::get("https://localhost/work");
+                for (k, v) in &headers {
+                    b = b.header(*k, v.as_str());
+                }
+                let r = conn
+                    .request(b.body(()).expect("req"), None)
+                    .await
+                    .expect("response");
+                assert_eq!(r.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
+fn one_upstream(balance: &str, extra: &str, backends: &[&Named]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ url = \"{}\" }}", b.url()))
+        .collect();
+    format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nbalance = \"{balance}\"\n{extra}\nbackends = [ {} ]\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_and_latency_aware_move_load_off_a_slow_backend() {
+    for balance in ["least-connections", "latency-aware", "power-of-two"] {
+        let fast = Named::start("fast", Duration::ZERO).await;
+        let slow = Named::start("slow", Duration::from_millis(100)).await;
+        let dir = TempDir::new();
+        let cert = TestCert::generate(&dir);
+        let proxy = Proxy::start(&pipeline_with(
+            r#"["h3"]"#,
+            &tls(&cert),
+            &one_upstream(balance, "", &[&fast, &slow]),
+        ));
+        load(&proxy, &cert, 200, 8, &[]).await;
+        let (f, s) = (fast.seen(), slow.seen());
+        assert_eq!(f + s, 200);
+        // Round-robin would send 100 to each; the slow one holds its requests 100 ms.
+        assert!(s < 50, "{balance}: slow backend took {s} of 200");
+        assert!(s > 0, "{balance}: the slow backend is still a candidate");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_key_and_sticky_cid_keeps_a_connection() {
+    let backends = [
+        Named::start("a", Duration::ZERO).await,
+        Named::start("b", Duration::ZERO).await,
+        Named::start("c", Duration::ZERO).await,
+    ];
+    let refs: Vec<&Named> = backends.iter().collect();
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3", "h2"]"#,
+        &tls(&cert),
+        &one_upstream("consistent-hash", "hash_key = \"header:x-user\"", &refs),
+    ));
+    let mut c = Client::open("h2", &proxy, &cert).await;
+    let mut owners = HashMap::new();
+    for user in 0..60 {
+        let u = format!("u{user}");
+        for _ in 0..3 {
+            let r = c
+                .send("GET", "https://localhost/k", &[("x-user", &u)])
+                .await;
+            let b = r.header("x-backend").to_string();
+            assert_eq!(
+                owners.entry(user).or_insert_with(|| b.clone()),
+                &b,
+                "user {u}"
+            );
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = owners.values().collect();
+    assert_eq!(distinct.len(), 3, "60 keys reach every backend: {owners:?}");
+    drop(proxy);
+
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &tls(&cert),
+        &one_upstream("sticky-cid", "", &refs),
+    ));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..12 {
+        let mut conn = Client::open("h3", &proxy, &cert).await;
+        let first = conn
+            .send("GET", "https://localhost/s", &[])
+            .await
+            .header("x-backend")
+            .to_string();
+        for _ in 0..10 {
+            let r = conn.send("GET", "https://localhost/s", &[]).await;
+            assert_eq!(
+                r.header("x-backend"),
+                first,
+                "a connection stays on its backend"
+            );
+        }
+        seen.insert(first);
+    }
+    assert!(
+        seen.len() >= 2,
+        "connections spread over backends: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_stays_within_its_weights_with_two_workers() {
+    let backends = [
+        Named::start("w1", Duration::ZERO).await,
+        Named::start("w2", Duration::ZERO).await,
+        Named::start("w3", Duration::ZERO).await,
+        Named::start("w4", Duration::ZERO).await,
+    ];
+    let list: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{{ url = \"{}\", weight = {} }}", b.url(), i + 1))
+        .collect();
+    let routes = format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nbackends = [ {} ]\n",
+        list.join(", ")
+    );
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let toml = pipeline_with(r#"["h3"]"#, &tls(&cert), &routes).replace(
+        "drain_timeout = \"10s\"",
+        "drain_timeout = \"10s\"\nworkers = 2",
+    );
+    let proxy = Proxy::start(&toml);
+    // Several connections, so both workers serve; 500 requests are 50 whole cycles of 10.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let client = cert.client();
+        let addr = proxy.h3_addr;
+        tasks.push(tokio::spawn(async move {
+            let conn = client.connect(addr, "localhost").await.expect("connect");
+            for _ in 0..100 {
+                let r = conn.get("https://localhost/rr").await.expect("response");
+                assert_eq!(r.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let counts: Vec<usize> = backends.iter().map(Named::seen).collect();
+    assert_eq!(
+        counts,
+        vec![50, 100, 150, 200],
+        "one cycle shared by both workers"
+    );
+}
+
+#[test]
+fn spooky_route_explains_decisions() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/routing.toml");
+    let run = |args: &[&str]| {
+        let mut all = vec!["route", file];
+        all.extend_from_slice(args);
+        let (code, out, err) = spooky(&all);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = run(&[
+        "GET",
+        "https://API.example.com:8443/api/users?x=1",
+        "-H",
+        "x-canary: no",
+        "-H",
+        "x-debug: 1",
+    ]);
+    assert_eq!(
+        out,
+        "request: GET https://API.example.com:8443/api/users?x=1 (h3)
+matched as: host api.example.com, path /api/users
+route: api
+  action: upstream api-v1
+  upstream request: GET /v1/users?x=1 (authority API.example.com:8443)
+  upstream: api-v1 (least-connections, backends http://127.0.0.1:8081 http://127.0.0.1:8082)
+candidates, most specific first:
+  api-beta     [api.example.com; path prefix /api]  no match: query parameter v is not equal to \"2\"
+  api-canary   [api.example.com; path prefix /api]  no match: header x-canary is not equal to \"yes\"
+  api          [api.example.com; path prefix /api]  chosen
+  site         [*.example.com; path prefix /]  matches, lost: exact host api.example.com beats wildcard *.example.com
+  internal-h3  [any host; path prefix /]  no match: sni is not internal.example.net
+  fallback     [any host; path prefix /]  matches, lost: exact host api.example.com beats no host
+"
+    );
+    let out = run(&["GET", "https://www.example.org/DOCS/intro?lang=en"]);
+    assert!(out.contains("route: old-docs\n  action: redirect 308\n  answer: 308, location https://docs.example.com/guide/intro?lang=en\n"), "{out}");
+    let out = run(&["GET", "https://x.example.com/", "--cookie", "session=abc"]);
+    assert!(
+        out.contains("  action: split site-v1 95, site-v2 5, sticky by cookie:session\n"),
+        "{out}"
+    );
+    assert!(out.contains("http://127.0.0.1:8087 (disabled)"), "{out}");
+    let out = run(&[
+        "GET",
+        "https://api.example.com/reports/2026/11",
+        "--protocol",
+        "http1",
+    ]);
+    assert!(out.contains("route: reports\n"), "{out}");
+    let out = run(&["POST", "https://api.example.com/reports/2026/11"]);
+    assert!(out.contains("  reports      [api.example.com; path regex /reports/[0-9]{4}/[0-9]{2}]  no match: method is not listed\n"), "{out}");
+    let out = run(&["GET", "https://internal.example.net/x", "--protocol", "h3"]);
+    assert!(out.contains("route: internal-h3\n"), "{out}");
+    let out = run(&["GET", "https://internal.example.net/x", "--protocol", "h2"]);
+    assert!(out.contains("route: fallback\n"), "{out}");
+    // A bad request on the command line is a clear error.
+    let (code, _, err) = spooky(&["route", file, "GET", "/no-host"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("give a whole URL"), "{err}");
+}
+
+#[test]
+fn bad_routing_config_is_an_error_with_its_place_and_surprises_are_warnings() {
+    let dir = TempDir::new();
+    let file = dir.0.join("p.toml");
+    let check = |rest: &str| {
+        std::fs::write(&file, pipeline_with(r#"["h3"]"#, "", rest)).expect("write");
+        spooky(&["check", &file.display().to_string()])
+    };
+    let up = "[upstreams.a]\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n";
+    let cases = [
+        (
+            "match = { path_regex = \"([a-z\" }\nupstream = \"a\"",
+            "routes[0].match.path_regex",
+            "is not a valid regular expression",
+        ),
+        (
+            "split = [ { upstream = \"a\", weight = 0 } ]",
+            "routes[0].split",
+            "split weights sum to zero",
+        ),
+        (
+            "split = [ { upstream = \"nope\", weight = 1 } ]",
+            "routes[0].split.0.upstream",
+            "upstream \"nope\" is not defined",
+        ),
+        (
+            "redirect = { status = 200, host = \"x.test\" }",
+            "routes[0].redirect.status",
+            "is not a redirect status",
+        ),
+        (
+            "upstream = \"a\"\nmatch = { headers = { x = { regex = \"(\" } } }",
+            "routes[0].match.headers.x",
+            "is not a valid regular expression",
+        ),
+    ];
+    for (route, key, message) in cases {
+        let (code, _, err) = check(&format!("[[routes]]\nname = \"r\"\n{route}\n\n{up}"));
+        assert_eq!(code, 64, "{route}: {err}");
+        assert!(
+            err.contains(&format!(": {key}: ")) && err.contains(message),
+            "{route}: {err}"
+        );
+        // file:line:column
+        assert!(err.contains(&format!("{}:", file.display())), "{err}");
+    }
+    let (code, _, err) = check(&format!(
+        "[[routes]]\nname = \"r\"\nupstream = \"a\"\n\n{up}balance = \"consistent-hash\"\nhash_key = \"ip\"\n"
+    ));
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("upstreams.a.hash_key") && err.contains("\"ip\" is not a request key"),
+        "{err}"
+    );
+    // Warnings: valid, exit 0, printed.
+    let (code, out, err) = check(&format!(
+        "[[routes]]\nname = \"one\"\nmatch = {{ path_prefix = \"/x/\", headers = {{ a = {{ present = true }} }} }}\nupstream = \"a\"\n\n[[routes]]\nname = \"two\"\nmatch = {{ path_prefix = \"/x/\", headers = {{ b = {{ present = true }} }} }}\nupstream = \"a\"\n\n{up}\n[upstreams.unused]\nbackends = [ {{ url = \"http://127.0.0.1:2\" }}, {{ url = \"http://127.0.0.1:2\" }} ]\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("5 warning(s)"), "{out}");
+    assert!(
+        err.contains("route \"one\" and route \"two\" are equally specific"),
+        "{err}"
+    );
+    assert!(err.contains("\"/x/\" ends with a slash"), "{err}");
+    assert!(
+        err.contains("upstreams.unused: no route uses this upstream"),
+        "{err}"
+    );
+    assert!(err.contains("the same URL as backends[0]"), "{err}");
+}
