@@ -395,6 +395,10 @@ async fn slow_upstream_is_504_and_a_full_backend_is_503() {
 [stages.dispatch]
 response_timeout = "200ms"
 
+# A full backend is refused at once (the default waits up to the queue deadline).
+[stages.select]
+when_full = "shed"
+
 [[routes]]
 name = "app"
 match = {{ path_prefix = "/" }}

@@ -562,6 +562,60 @@ async fn weighted_round_robin_stays_within_its_weights_with_two_workers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_backend_is_full_an_exchange_waits_for_room_up_to_the_queue_deadline() {
+    let backend = support::backend::Backend::start().await;
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let rest = |when_full: &str| {
+        format!(
+            "[stages.select]\nwhen_full = \"{when_full}\"\n\n[stages.queue]\ndeadline = \"5s\"\n\n[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nbackends = [ {{ url = \"{}\", max_inflight = 1 }} ]\n",
+            backend.url()
+        )
+    };
+    let proxy = Proxy::start(&pipeline_with(r#"["h3"]"#, &tls(&cert), &rest("wait")));
+    let conn = Arc::new(connect(&cert.client(), &proxy).await);
+    let first = {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.get("https://localhost/hold/1").await.expect("first") })
+    };
+    backend.state.wait_held(1).await;
+    let second = {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.get("https://localhost/hold/2").await.expect("second") })
+    };
+    // The second cannot reach the backend while the first holds its only slot: it waits in
+    // select (counted as processing, not refused) ...
+    proxy
+        .wait_metric("spooky_stage_received_total", &[("stage", "select")], |v| {
+            v >= 2.0
+        })
+        .await;
+    assert_eq!(backend.state.held.load(Ordering::SeqCst), 1);
+    // ... and goes on as soon as the first is answered.
+    backend.state.release(1);
+    assert_eq!(first.await.expect("task").status, 200);
+    backend.state.wait_held(2).await;
+    backend.state.release(1);
+    assert_eq!(second.await.expect("task").status, 200);
+    assert_eq!(proxy.rejected("select", "no_backend").await, 0.0);
+    drop(proxy);
+
+    // `shed`: the second is answered 503 at once.
+    let proxy = Proxy::start(&pipeline_with(r#"["h3"]"#, &tls(&cert), &rest("shed")));
+    let conn = Arc::new(connect(&cert.client(), &proxy).await);
+    let first = {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.get("https://localhost/hold/3").await.expect("first") })
+    };
+    backend.state.wait_held(3).await;
+    let r = conn.get("https://localhost/x").await.expect("second");
+    assert_eq!(r.status, 503);
+    assert_eq!(proxy.rejected("select", "no_backend").await, 1.0);
+    backend.state.release(1);
+    assert_eq!(first.await.expect("task").status, 200);
+}
+
 #[test]
 fn spooky_route_explains_decisions() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/routing.toml");

@@ -236,8 +236,12 @@ impl Pipeline {
                 StageKind::Queue => AnyStage::Queue(Queue::build(&st.queue)),
                 // Select and hedge-retry join the attempt loop that dispatch closes.
                 StageKind::Select => {
+                    // All backends full: wait as long as the queue stage would.
+                    let wait = (config.chain.contains(&StageKind::Queue)
+                        && st.settings(kind).when_full == crate::stages::WhenFull::Wait)
+                        .then_some(st.queue.deadline.0);
                     select = Some(Sub {
-                        stage: Select::build(&st.select),
+                        stage: Select::build(&st.select, wait),
                         inlet: inlet(kind),
                     });
                     continue;

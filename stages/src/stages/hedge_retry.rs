@@ -112,7 +112,15 @@ impl HedgeRetry {
             let m = select.metrics();
             count(m, |m| m.received.increment(1));
             let t0 = Instant::now();
-            let picked = self.select.stage.pick(&mut ex);
+            let mut picked = self.select.stage.pick(&mut ex);
+            if picked == Err(Reason::NoBackend) && self.select.stage.waits() {
+                use crate::stages::select::Waited;
+                picked = match self.select.stage.wait_for_backend(&mut ex).await {
+                    Waited::Got => Ok(()),
+                    Waited::Refused(r) => Err(r),
+                    Waited::Cancelled => return Flow::Abandon(ex, Reason::Cancelled),
+                };
+            }
             let t1 = Instant::now();
             count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
             ex.record.mark_at("select", t1);

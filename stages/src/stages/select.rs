@@ -1,6 +1,11 @@
 //! Select: picks a backend of the exchange's upstream for each attempt (hedge-retry runs it)
 //! — the upstream's balancer orders the candidates (`upstreams::balance`), select skips
-//! backends already tried and backends at their inflight cap — and takes its permit.
+//! backends already tried and backends at their inflight cap — and takes its permit. When
+//! every candidate is at its cap, the exchange waits for one up to the queue stage's
+//! deadline (`[stages.select] when_full = "wait"`, with a queue stage), or is answered 503
+//! `no_backend` at once (`when_full = "shed"`).
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -13,11 +18,69 @@ use crate::contract::reason::Reason;
 pub struct Config {}
 
 /// The running stage.
-pub struct Select;
+pub struct Select {
+    /// When every candidate is at its `max_inflight`: wait this long for one (the queue
+    /// stage's deadline), or, `None`, answer 503 at once (`when_full = "shed"`, or no queue
+    /// stage in the chain).
+    wait: Option<Duration>,
+}
+
+/// How waiting for a backend ended.
+pub enum Waited {
+    Got,
+    Refused(Reason),
+    Cancelled,
+}
 
 impl Select {
-    pub fn build(_config: &Config) -> Self {
-        Select
+    pub fn build(_config: &Config, wait: Option<Duration>) -> Self {
+        Select { wait }
+    }
+
+    /// Whether an exchange refused `NoBackend` by [`Select::pick`] may wait for a backend.
+    pub fn waits(&self) -> bool {
+        self.wait.is_some()
+    }
+
+    /// Every candidate was at its cap: waits (up to the queue deadline) for the first of
+    /// them to have room, and takes its permit.
+    pub async fn wait_for_backend(&self, ex: &mut Exchange) -> Waited {
+        let (Some(limit), Some(upstream)) = (self.wait, ex.decided.upstream.clone()) else {
+            return Waited::Refused(Reason::NoBackend);
+        };
+        let key = upstream
+            .hash_key
+            .as_ref()
+            .and_then(|k| k.hash(&ex.head, ex.client.addr.ip(), ex.client.conn));
+        let candidates: Vec<usize> = upstream
+            .balancer
+            .pick(upstream.backends.as_slice(), key)
+            .filter(|i| !ex.decided.attempts.iter().any(|a| a.backend == *i))
+            .collect();
+        if candidates.is_empty() {
+            return Waited::Refused(Reason::NoBackend);
+        }
+        let acquires = candidates.iter().map(|&i| {
+            let cap = upstream.backends[i].cap.clone();
+            Box::pin(async move { (i, cap.acquire().await) })
+        });
+        let waited = {
+            let any = tokio::time::timeout(limit, futures::future::select_all(acquires));
+            tokio::select! {
+                r = any => Some(r),
+                () = ex.cancelled() => None,
+            }
+        };
+        match waited {
+            Some(Ok(((i, Ok(permit)), _, _))) => {
+                ex.permits.backend = Some(permit);
+                ex.decided.backend = Some(i);
+                Waited::Got
+            }
+            Some(Ok(((_, Err(_)), _, _))) => Waited::Refused(Reason::ShuttingDown),
+            Some(Err(_elapsed)) => Waited::Refused(Reason::QueueDeadline),
+            None => Waited::Cancelled,
+        }
     }
 
     /// Picks the backend of the next attempt and takes its permit: the next in the
