@@ -23,7 +23,8 @@ use support::tcp::{Sender, body};
 use support::{TempDir, TestCert, connect, spooky};
 
 /// A backend that says who it is and what it was sent: body `NAME PATH?QUERY`, and headers
-/// `x-backend`, `x-seen-host` (the Host it got), `x-seen-original-host`, `x-seen-debug`.
+/// `x-backend`, `x-seen-host` (the Host it got), `x-seen-original-host`, `x-seen-debug` and
+/// the forwarding headers (`x-seen-xff`, `-xfp`, `-xfh`, `-forwarded`).
 struct Named {
     addr: SocketAddr,
     seen: Arc<AtomicUsize>,
@@ -55,12 +56,19 @@ impl Named {
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
+                            // Every field line of a name, joined as a list.
                             let h = |n: &str| {
-                                req.headers()
-                                    .get(n)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or("-")
-                                    .to_string()
+                                let all: Vec<&str> = req
+                                    .headers()
+                                    .get_all(n)
+                                    .iter()
+                                    .filter_map(|v| v.to_str().ok())
+                                    .collect();
+                                if all.is_empty() {
+                                    "-".to_string()
+                                } else {
+                                    all.join(", ")
+                                }
                             };
                             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
                             let resp = Response::builder()
@@ -68,6 +76,10 @@ impl Named {
                                 .header("x-seen-host", h("host"))
                                 .header("x-seen-original-host", h("x-original-host"))
                                 .header("x-seen-debug", h("x-debug"))
+                                .header("x-seen-xff", h("x-forwarded-for"))
+                                .header("x-seen-xfp", h("x-forwarded-proto"))
+                                .header("x-seen-xfh", h("x-forwarded-host"))
+                                .header("x-seen-forwarded", h("forwarded"))
                                 .body(Full::new(Bytes::from(format!("{name} {pq}"))))
                                 .expect("response");
                             Ok::<_, Infallible>(resp)
@@ -616,6 +628,157 @@ async fn when_every_backend_is_full_an_exchange_waits_for_room_up_to_the_queue_d
     assert_eq!(first.await.expect("task").status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_follow_the_route_policy_and_trust_only_trusted_proxies() {
+    let app = Named::start("app", Duration::ZERO).await;
+    let hashed = [
+        Named::start("h1", Duration::ZERO).await,
+        Named::start("h2", Duration::ZERO).await,
+        Named::start("h3", Duration::ZERO).await,
+    ];
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let config = |trusted: &str| {
+        let hashed: Vec<String> = hashed
+            .iter()
+            .map(|b| format!("{{ url = \"{}\" }}", b.url()))
+            .collect();
+        format!(
+            r#"
+[stages.ingress]
+trusted_proxies = ["{trusted}"]
+
+[[routes]]
+name = "append"
+match = {{ path = "/append" }}
+upstream = "app"
+
+[[routes]]
+name = "replace"
+match = {{ path = "/replace" }}
+upstream = "app"
+forwarded = "replace"
+
+[[routes]]
+name = "strip"
+match = {{ path = "/strip" }}
+upstream = "app"
+forwarded = "strip"
+
+[[routes]]
+name = "rewritten"
+match = {{ path = "/rewritten" }}
+upstream = "app"
+rewrite = {{ host = "internal.test" }}
+
+[[routes]]
+name = "hashed"
+match = {{ path = "/hashed" }}
+upstream = "hashed"
+
+[upstreams.app]
+backends = [ {{ url = "{}" }} ]
+
+[upstreams.hashed]
+balance = "consistent-hash"
+hash_key = "client-ip"
+backends = [ {} ]
+"#,
+            app.url(),
+            hashed.join(", ")
+        )
+    };
+    let claims = [
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "http"),
+        ("forwarded", "for=1.2.3.4;proto=http"),
+    ];
+    // The client (127.0.0.1) is a trusted proxy.
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &tls(&cert),
+        &config("127.0.0.0/8"),
+    ));
+    let mut c = Client::open("h3", &proxy, &cert).await;
+    let r = c.send("GET", "https://localhost/append", &claims).await;
+    assert_eq!(r.header("x-seen-xff"), "1.2.3.4, 127.0.0.1");
+    assert_eq!(
+        r.header("x-seen-xfp"),
+        "http",
+        "the trusted proxy knew the scheme"
+    );
+    assert_eq!(r.header("x-seen-xfh"), "localhost");
+    assert_eq!(
+        r.header("x-seen-forwarded"),
+        "for=1.2.3.4;proto=http, for=127.0.0.1;proto=https;host=localhost"
+    );
+    let r = c.send("GET", "https://localhost/replace", &claims).await;
+    assert_eq!(r.header("x-seen-xff"), "127.0.0.1");
+    assert_eq!(r.header("x-seen-xfp"), "https");
+    assert_eq!(
+        r.header("x-seen-forwarded"),
+        "for=127.0.0.1;proto=https;host=localhost"
+    );
+    let r = c.send("GET", "https://localhost/strip", &claims).await;
+    for h in ["x-seen-xff", "x-seen-xfp", "x-seen-xfh", "x-seen-forwarded"] {
+        assert_eq!(r.header(h), "-", "{h}");
+    }
+    let r = c.send("GET", "https://localhost/rewritten", &[]).await;
+    assert_eq!(r.header("x-seen-host"), "internal.test");
+    assert_eq!(
+        r.header("x-seen-xfh"),
+        "localhost",
+        "the client's host, not the rewrite"
+    );
+    // client-ip keys use the address the trusted proxy reports: clients spread.
+    let mut owners = std::collections::HashSet::new();
+    for i in 0..30 {
+        let xff = format!("198.51.100.{i}");
+        let r = c
+            .send(
+                "GET",
+                "https://localhost/hashed",
+                &[("x-forwarded-for", &xff)],
+            )
+            .await;
+        owners.insert(r.header("x-backend").to_string());
+    }
+    assert!(owners.len() >= 2, "{owners:?}");
+    drop(proxy);
+
+    // 127.0.0.1 is not trusted now: what it claims is dropped, and its own address is the key.
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &tls(&cert),
+        &config("10.0.0.0/8"),
+    ));
+    let mut c = Client::open("h3", &proxy, &cert).await;
+    let r = c.send("GET", "https://localhost/append", &claims).await;
+    assert_eq!(r.header("x-seen-xff"), "127.0.0.1");
+    assert_eq!(r.header("x-seen-xfp"), "https");
+    assert_eq!(
+        r.header("x-seen-forwarded"),
+        "for=127.0.0.1;proto=https;host=localhost"
+    );
+    let mut owners = std::collections::HashSet::new();
+    for i in 0..30 {
+        let xff = format!("198.51.100.{i}");
+        let r = c
+            .send(
+                "GET",
+                "https://localhost/hashed",
+                &[("x-forwarded-for", &xff)],
+            )
+            .await;
+        owners.insert(r.header("x-backend").to_string());
+    }
+    assert_eq!(
+        owners.len(),
+        1,
+        "one client address, one backend: {owners:?}"
+    );
+}
+
 #[test]
 fn spooky_route_explains_decisions() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/routing.toml");
@@ -730,6 +893,19 @@ fn bad_routing_config_is_an_error_with_its_place_and_surprises_are_warnings() {
     assert_eq!(code, 64, "{err}");
     assert!(
         err.contains("upstreams.a.hash_key") && err.contains("\"ip\" is not a request key"),
+        "{err}"
+    );
+    let (code, _, err) = check(&format!(
+        "[stages.ingress]\ntrusted_proxies = [\"10.0.0.0/33\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"a\"\nforwarded = \"sometimes\"\n\n{up}"
+    ));
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("stages.ingress.trusted_proxies")
+            && err.contains("\"10.0.0.0/33\" is not an address block"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].forwarded") && err.contains("append"),
         "{err}"
     );
     // Warnings: valid, exit 0, printed.

@@ -66,6 +66,11 @@ pub struct Client {
     pub conn: u64,
     /// The TLS server name the client asked for (lower case), when it sent one.
     pub sni: Option<Arc<str>>,
+    /// The client's address as believed: the peer's, or, when the peer is a trusted proxy
+    /// (`[stages.ingress] trusted_proxies`), the one its `X-Forwarded-For` reports.
+    pub ip: std::net::IpAddr,
+    /// The peer is a trusted proxy: its forwarding headers are kept (`forwarded = "append"`).
+    pub trusted_peer: bool,
 }
 
 impl Client {
@@ -79,6 +84,8 @@ impl Client {
             forward_header: None,
             conn: next_conn(),
             sni: None,
+            ip: addr.ip(),
+            trusted_peer: false,
         }
     }
 }
@@ -234,6 +241,8 @@ pub struct Decisions {
     pub backend: Option<usize>,
     /// Failed attempts so far.
     pub attempts: SmallVec<[Attempt; 2]>,
+    /// The client's authority, when the route rewrote it (`X-Forwarded-Host` names it).
+    pub original_authority: Option<http::uri::Authority>,
 }
 
 /// One request/response through the pipeline: a box around [`ExchangeState`], so handing an

@@ -111,6 +111,8 @@ pub struct Edits {
     pub host: Option<http::uri::Authority>,
     pub request: HeaderOps,
     pub response: HeaderOps,
+    /// Overrides `[stages.dispatch] forwarded` for this route.
+    pub forwarded: Option<crate::http::forwarded::Policy>,
 }
 
 /// A compiled route.

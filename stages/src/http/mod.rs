@@ -2,6 +2,7 @@
 //! normalization, host patterns, request keys and gRPC's conventions. Nothing here imports
 //! another module of the crate.
 
+pub mod forwarded;
 pub mod grpc;
 pub mod headers;
 pub mod host;

@@ -23,18 +23,8 @@ use crate::upstreams::client::ClientSettings;
 /// that fails fast must not look fast. The peak is forgotten with the estimate's 10 s decay.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
-/// How `X-Forwarded-For` is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Forwarded {
-    /// Append the client address to what the client sent (behind a trusted balancer).
-    #[default]
-    Append,
-    /// Replace whatever the client sent with the client address (at the edge).
-    Replace,
-    /// Send no `X-Forwarded-*` headers.
-    Off,
-}
+/// How `X-Forwarded-*` and `Forwarded` are treated (a route may override it).
+pub use crate::http::forwarded::Policy as Forwarded;
 
 /// `[stages.dispatch]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -52,7 +42,8 @@ pub struct Config {
     /// Idle connections kept per backend.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_backend: usize,
-    /// `X-Forwarded-For` / `X-Forwarded-Proto` policy.
+    /// `X-Forwarded-For/-Proto/-Host` and `Forwarded` policy: `append` (to what a trusted
+    /// proxy sent), `replace`, `strip` (`off`).
     #[serde(default)]
     pub forwarded: Forwarded,
 }
@@ -274,22 +265,13 @@ impl Dispatch {
             }
             headers.insert("grpc-timeout", crate::http::grpc::encode_timeout(left));
         }
-        let client_ip = HeaderValue::from_str(&ex.client.addr.ip().to_string())
-            .map_err(|_| Reason::Unforwardable)?;
-        const XFF: &str = "x-forwarded-for";
-        const XFP: &str = "x-forwarded-proto";
-        let proto = HeaderValue::from_static(if ex.client.tls { "https" } else { "http" });
-        match self.forwarded {
-            Forwarded::Append => {
-                headers.append(XFF, client_ip);
-                headers.insert(XFP, proto);
-            }
-            Forwarded::Replace => {
-                headers.insert(XFF, client_ip);
-                headers.insert(XFP, proto);
-            }
-            Forwarded::Off => {}
-        }
+        let policy = ex
+            .decided
+            .route
+            .as_ref()
+            .and_then(|r| r.edits.forwarded)
+            .unwrap_or(self.forwarded);
+        forwarding(&mut headers, ex, policy)?;
         let st: &mut ExchangeState = ex;
         let body = st
             .body
@@ -306,6 +288,52 @@ impl Dispatch {
         *req.headers_mut() = headers;
         Ok(req)
     }
+}
+
+/// `X-Forwarded-For/-Proto/-Host` and RFC 7239 `Forwarded` by `policy`: what a trusted proxy
+/// sent is kept under `append`; what anyone else sent is never passed on.
+fn forwarding(
+    headers: &mut http::HeaderMap,
+    ex: &Exchange,
+    policy: Forwarded,
+) -> Result<(), Reason> {
+    const XFF: &str = "x-forwarded-for";
+    const XFP: &str = "x-forwarded-proto";
+    const XFH: &str = "x-forwarded-host";
+    const FWD: &str = "forwarded";
+    let keep = policy == Forwarded::Append && ex.client.trusted_peer;
+    if !keep {
+        for h in [XFF, XFP, XFH, FWD] {
+            headers.remove(h);
+        }
+    }
+    if policy == Forwarded::Strip {
+        return Ok(());
+    }
+    let peer = ex.client.addr.ip();
+    let proto = if ex.client.tls { "https" } else { "http" };
+    let host = ex
+        .decided
+        .original_authority
+        .as_ref()
+        .or(ex.head.uri.authority())
+        .map(|a| a.as_str());
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|_| Reason::Unforwardable);
+    headers.append(XFF, value(&peer.to_string())?);
+    // A trusted proxy knows the original scheme and host better than we do.
+    if !headers.contains_key(XFP) {
+        headers.insert(XFP, HeaderValue::from_static(proto));
+    }
+    if let Some(h) = host
+        && !headers.contains_key(XFH)
+    {
+        headers.insert(XFH, value(h)?);
+    }
+    headers.append(
+        FWD,
+        value(&crate::http::forwarded::element(peer, proto, host))?,
+    );
+    Ok(())
 }
 
 /// Why an attempt did not produce a response head.

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::contract::exchange::{ClientProtocol, ContentLength, Exchange};
 use crate::contract::flow::{Flow, Reply};
 use crate::contract::reason::{ALLOWED_METHODS, Reason};
+use crate::http::forwarded::{Cidr, client_behind, trusted};
 use crate::http::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
 use crate::units::{Dur, Size};
 
@@ -46,6 +47,10 @@ pub struct Config {
     /// `"reject"`: `%2F`/`%5C` inside a segment answers 400 (with `normalize_path = "rfc3986"`).
     #[serde(default)]
     pub encoded_slashes: EncodedSlashes,
+    /// Peers (address blocks) whose `X-Forwarded-For` is believed: it names the client
+    /// (client-ip keys) and `forwarded = "append"` adds to it. Empty: no peer is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 fn default_read_ahead() -> Size {
@@ -74,6 +79,7 @@ impl Default for Config {
             normalize_path: NormalizePath::default(),
             merge_slashes: MergeSlashes::default(),
             encoded_slashes: EncodedSlashes::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -84,6 +90,7 @@ pub struct Ingress {
     max_header_bytes: u64,
     /// `None`: paths are left as sent.
     path_rules: Option<path::Rules>,
+    trusted_proxies: Vec<Cidr>,
 }
 
 impl Ingress {
@@ -95,6 +102,7 @@ impl Ingress {
                 merge_slashes: config.merge_slashes,
                 encoded_slashes: config.encoded_slashes,
             }),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
@@ -103,6 +111,11 @@ impl Ingress {
     }
 
     pub fn decide(&self, mut ex: Exchange) -> Flow {
+        let peer = ex.client.addr.ip();
+        if trusted(&self.trusted_proxies, peer) {
+            ex.client.trusted_peer = true;
+            ex.client.ip = client_behind(peer, &ex.head.headers, &self.trusted_proxies);
+        }
         ex.grpc = crate::http::grpc::is_grpc(&ex.head.headers);
         if ex.grpc {
             ex.deadline = crate::http::grpc::timeout(&ex.head.headers)

@@ -51,7 +51,7 @@ impl Select {
         let key = upstream
             .hash_key
             .as_ref()
-            .and_then(|k| k.hash(&ex.head, ex.client.addr.ip(), ex.client.conn));
+            .and_then(|k| k.hash(&ex.head, ex.client.ip, ex.client.conn));
         let candidates: Vec<usize> = upstream
             .balancer
             .pick(upstream.backends.as_slice(), key)
@@ -101,7 +101,7 @@ impl Select {
         let key = upstream
             .hash_key
             .as_ref()
-            .and_then(|k| k.hash(&ex.head, ex.client.addr.ip(), ex.client.conn));
+            .and_then(|k| k.hash(&ex.head, ex.client.ip, ex.client.conn));
         for i in upstream.balancer.pick(upstream.backends.as_slice(), key) {
             if ex.decided.attempts.iter().any(|a| a.backend == i) {
                 continue;

@@ -59,6 +59,9 @@ pub struct RouteConfig {
     /// Header edits on the response towards the client.
     #[serde(default)]
     pub response_headers: HeaderOpsConfig,
+    /// `X-Forwarded-*` / `Forwarded` for this route: `append`, `replace`, `strip` (default:
+    /// `[stages.dispatch] forwarded`).
+    pub forwarded: Option<crate::http::forwarded::Policy>,
 }
 
 /// `match = { … }`: every matcher given must hold.

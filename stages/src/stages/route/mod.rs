@@ -134,6 +134,7 @@ impl RouteIndex {
                     .transpose()?,
                 request: header_ops(&rc.request_headers).map_err(invalid)?,
                 response: header_ops(&rc.response_headers).map_err(invalid)?,
+                forwarded: rc.forwarded,
             };
             let route = Arc::new(Route {
                 name: rc.name.clone(),
@@ -273,7 +274,7 @@ impl RouteStage {
             Action::Split(s) => s
                 .sticky
                 .as_ref()
-                .and_then(|k| k.hash(&ex.head, ex.client.addr.ip(), ex.client.conn)),
+                .and_then(|k| k.hash(&ex.head, ex.client.ip, ex.client.conn)),
             _ => None,
         };
         ex.decided.route = Some(route.clone());
@@ -318,6 +319,7 @@ fn forward(mut ex: Exchange, edits: &Edits) -> Flow {
             }
         }
         if let Some(host) = &edits.host {
+            ex.decided.original_authority = ex.head.uri.authority().cloned();
             parts.authority = Some(host.clone());
         }
         match http::Uri::from_parts(parts) {
