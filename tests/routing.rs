@@ -779,6 +779,28 @@ backends = [ {} ]
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_may_take_encoded_slashes_that_every_other_route_refuses() {
+    let app = Named::start("app", Duration::ZERO).await;
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let routes = format!(
+        "[[routes]]\nname = \"files\"\nmatch = {{ path_prefix = \"/files\" }}\nencoded_slashes = \"keep\"\nupstream = \"app\"\n\n[[routes]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nbackends = [ {{ url = \"{}\" }} ]\n",
+        app.url()
+    );
+    let proxy = Proxy::start(&pipeline_with(r#"["h3"]"#, &tls(&cert), &routes));
+    let mut c = Client::open("h3", &proxy, &cert).await;
+    // One segment (a%2Fb): kept encoded, upper-cased; dot segments still go.
+    let r = c
+        .send("GET", "https://localhost/files/a%2fb/./c", &[])
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "app /files/a%2Fb/c"));
+    let r = c.send("GET", "https://localhost/other/a%2Fb", &[]).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("encoded_slash"), "{r:?}");
+    assert_eq!(app.seen(), 1);
+}
+
 #[test]
 fn spooky_route_explains_decisions() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/routing.toml");

@@ -120,6 +120,8 @@ pub struct Route {
     pub name: String,
     pub action: Action,
     pub edits: Edits,
+    /// Takes paths with encoded slashes in a segment (`encoded_slashes = "keep"`).
+    pub keeps_encoded_slashes: bool,
     /// Exchanges of this route waiting in the queue stage.
     pub waiting: Cap,
 }

@@ -223,7 +223,18 @@ impl Pipeline {
         let mut slots = Vec::new();
         for kind in config.chain.iter().copied() {
             let stage = match kind {
-                StageKind::Ingress => AnyStage::Ingress(Ingress::build(&st.ingress)),
+                StageKind::Ingress => {
+                    let mut ingress = Ingress::build(&st.ingress);
+                    // A route that keeps encoded slashes: ingress lets them through and the
+                    // route stage refuses them for every other route.
+                    let keeps = config.routes.iter().any(|r| {
+                        r.encoded_slashes == Some(crate::http::path::EncodedSlashes::Keep)
+                    });
+                    if keeps && ingress.keep_encoded_slashes() {
+                        route = route.map(|r| Box::new(r.refusing_encoded_slashes()));
+                    }
+                    AnyStage::Ingress(ingress)
+                }
                 StageKind::Admission => AnyStage::Admission(Admission::build(
                     &st.admission,
                     st.settings(kind).when_full,

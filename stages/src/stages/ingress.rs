@@ -106,6 +106,18 @@ impl Ingress {
         }
     }
 
+    /// Keeps encoded slashes that the rules would refuse, for the route stage to refuse them
+    /// per route (some route takes them). Returns whether anything changed.
+    pub fn keep_encoded_slashes(&mut self) -> bool {
+        match &mut self.path_rules {
+            Some(r) if r.encoded_slashes == EncodedSlashes::Reject => {
+                r.encoded_slashes = EncodedSlashes::Keep;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub async fn process(&self, ex: Exchange) -> Flow {
         self.decide(ex)
     }

@@ -59,6 +59,9 @@ pub struct RouteConfig {
     /// Header edits on the response towards the client.
     #[serde(default)]
     pub response_headers: HeaderOpsConfig,
+    /// `"keep"`: this route takes paths with `%2F`/`%5C` inside a segment even where
+    /// `[stages.ingress] encoded_slashes = "reject"` refuses them for every other route.
+    pub encoded_slashes: Option<crate::http::path::EncodedSlashes>,
     /// `X-Forwarded-*` / `Forwarded` for this route: `append`, `replace`, `strip` (default:
     /// `[stages.dispatch] forwarded`).
     pub forwarded: Option<crate::http::forwarded::Policy>,

@@ -140,6 +140,8 @@ impl RouteIndex {
                 name: rc.name.clone(),
                 action,
                 edits,
+                keeps_encoded_slashes: rc.encoded_slashes
+                    == Some(crate::http::path::EncodedSlashes::Keep),
                 waiting: Cap::new(queue_capacity),
             });
             let hosts = rc
@@ -228,11 +230,24 @@ fn replace_prefix(path: &str, from: &str, to: &str) -> String {
 /// The running stage.
 pub struct RouteStage {
     index: RouteIndex,
+    /// Ingress let encoded slashes through for the routes that keep them: the others refuse
+    /// them here.
+    refuse_encoded_slashes: bool,
 }
 
 impl RouteStage {
     pub fn build(index: RouteIndex) -> Self {
-        RouteStage { index }
+        RouteStage {
+            index,
+            refuse_encoded_slashes: false,
+        }
+    }
+
+    /// Refuse paths with encoded slashes unless the chosen route keeps them (ingress keeps
+    /// them for all when some route does).
+    pub fn refusing_encoded_slashes(mut self) -> Self {
+        self.refuse_encoded_slashes = true;
+        self
     }
 
     pub fn index(&self) -> &RouteIndex {
@@ -270,6 +285,15 @@ impl RouteStage {
             return Flow::Reject(ex, Reason::NoRoute);
         };
         let route = entry.route.clone();
+        if self.refuse_encoded_slashes
+            && !route.keeps_encoded_slashes
+            && (path.contains("%2F") || path.contains("%5C"))
+        {
+            return Flow::Reject(
+                ex,
+                Reason::BadPath(crate::http::path::PathError::EncodedSlash),
+            );
+        }
         let sticky = match &route.action {
             Action::Split(s) => s
                 .sticky
