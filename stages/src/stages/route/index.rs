@@ -12,7 +12,9 @@
 //! 5. Only routes equal in all of that are ordered by the file; `spooky check` warns.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+/// Hash maps with a fast string hash: their keys come from the config, so a client's
+/// lookups cannot flood them.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 use std::sync::Arc;
 
 use super::matcher::{Matcher, PathMatch, Req, prefixes};
@@ -60,12 +62,20 @@ struct Group {
     prefix_ci: HashMap<String, Vec<Entry>>,
     regex: Vec<Entry>,
     has_ci: bool,
+    /// The longest prefix key, and whether any (other than `/`) ends with a slash: prefixes
+    /// of a path that cannot be keys are not looked up.
+    longest_prefix: usize,
+    slash_prefixes: bool,
 }
 
 impl Group {
     fn insert(&mut self, e: Entry) {
         let ci = e.matcher.case_insensitive;
         self.has_ci |= ci;
+        if let PathMatch::Prefix(p) = &e.matcher.path {
+            self.longest_prefix = self.longest_prefix.max(p.len());
+            self.slash_prefixes |= p.len() > 1 && p.ends_with('/');
+        }
         let list = match (&e.matcher.path, ci) {
             (PathMatch::Exact(p), false) => self.exact.entry(p.clone()).or_default(),
             (PathMatch::Exact(p), true) => self.exact_ci.entry(p.clone()).or_default(),
@@ -98,7 +108,13 @@ impl Group {
             return true;
         }
         for p in prefixes(path) {
-            if p != "/" && merged(self.prefix.get(p), ci(&self.prefix_ci, p), f) {
+            if p == "/"
+                || p.len() > self.longest_prefix
+                || (p.ends_with('/') && !self.slash_prefixes)
+            {
+                continue;
+            }
+            if merged(self.prefix.get(p), ci(&self.prefix_ci, p), f) {
                 return true;
             }
         }
