@@ -78,6 +78,15 @@ impl H3Client {
         Ok(H3Client { endpoint })
     }
 
+    /// Moves the endpoint to a new local UDP socket (another port): its connections migrate,
+    /// as a client's do when its address changes. Returns the new local address.
+    pub fn rebind(&self) -> Result<SocketAddr, Error> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let addr = socket.local_addr()?;
+        self.endpoint.rebind(socket)?;
+        Ok(addr)
+    }
+
     /// Connects and sets up HTTP/3.
     pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H3Conn, Error> {
         let conn = self.endpoint.connect(addr, server_name)?.await?;

@@ -280,6 +280,14 @@ backends = [ {{ url = "{}" }} ]
         );
         assert_eq!(r.header("x-seen-debug"), "-", "{proto}: x-debug removed");
         assert_eq!(r.header("x-route"), "api", "{proto}");
+        // Default forwarding: X-Forwarded-* only, for the client's own address and host.
+        assert_eq!(r.header("x-seen-xff"), "127.0.0.1", "{proto}");
+        assert_eq!(r.header("x-seen-xfh"), "api.example.com", "{proto}");
+        assert_eq!(
+            r.header("x-seen-forwarded"),
+            "-",
+            "{proto}: RFC 7239 is opt-in"
+        );
         // Header matcher: positive and negative.
         let r = c
             .send("GET", &format!("{api}/api/x"), &[("x-canary", "yes")])
@@ -527,6 +535,60 @@ async fn consistent_hash_keeps_a_key_and_sticky_cid_keeps_a_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cid_survives_client_address_migration() {
+    let backends = [
+        Named::start("a", Duration::ZERO).await,
+        Named::start("b", Duration::ZERO).await,
+        Named::start("c", Duration::ZERO).await,
+        Named::start("d", Duration::ZERO).await,
+    ];
+    let refs: Vec<&Named> = backends.iter().collect();
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    // One worker: a migrated client reaches the same endpoint (with several, SO_REUSEPORT may
+    // hand its new address to another worker; docs/performance.md).
+    let toml = pipeline_with(
+        r#"["h3"]"#,
+        &tls(&cert),
+        &one_upstream("sticky-cid", "", &refs),
+    )
+    .replace(
+        "drain_timeout = \"10s\"",
+        "drain_timeout = \"10s\"\nworkers = 1",
+    );
+    let proxy = Proxy::start(&toml);
+    for _ in 0..4 {
+        let client = cert.client();
+        let conn = client
+            .connect(proxy.h3_addr, "localhost")
+            .await
+            .expect("connect");
+        let first = conn.get("https://localhost/m").await.expect("response");
+        let owner = first.headers.get("x-backend").cloned().expect("x-backend");
+        for _ in 0..3 {
+            let before = conn.conn.stable_id();
+            client.rebind().expect("rebind");
+            for _ in 0..3 {
+                let r = conn
+                    .get("https://localhost/m")
+                    .await
+                    .expect("after migration");
+                assert_eq!(
+                    r.headers.get("x-backend"),
+                    Some(&owner),
+                    "moved backend after migration"
+                );
+            }
+            assert_eq!(
+                conn.conn.stable_id(),
+                before,
+                "the same connection, migrated"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_stays_within_its_weights_with_two_workers() {
     let backends = [
         Named::start("w1", Duration::ZERO).await,
@@ -647,6 +709,9 @@ async fn forwarding_headers_follow_the_route_policy_and_trust_only_trusted_proxi
             r#"
 [stages.ingress]
 trusted_proxies = ["{trusted}"]
+
+[stages.dispatch]
+forwarded_header = "both"
 
 [[routes]]
 name = "append"

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde::Deserialize;
 
 use crate::body::{BoxError, ClientBodyError, RequestBody};
@@ -25,6 +25,19 @@ const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// How `X-Forwarded-*` and `Forwarded` are treated (a route may override it).
 pub use crate::http::forwarded::Policy as Forwarded;
+
+/// Which forwarding headers a hop writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, `-Proto`, `-Host` (what most backends read).
+    #[default]
+    XForwarded,
+    /// RFC 7239 `Forwarded` only.
+    Rfc7239,
+    /// Both.
+    Both,
+}
 
 /// `[stages.dispatch]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -46,6 +59,9 @@ pub struct Config {
     /// proxy sent), `replace`, `strip` (`off`).
     #[serde(default)]
     pub forwarded: Forwarded,
+    /// `"x-forwarded"` (default), `"rfc7239"` (`Forwarded`), or `"both"`.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeader,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -80,6 +96,7 @@ impl Default for Config {
             pool_idle_timeout: default_pool_idle_timeout(),
             pool_max_idle_per_backend: default_pool_max_idle(),
             forwarded: Forwarded::default(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -88,6 +105,7 @@ impl Default for Config {
 pub struct Dispatch {
     response_timeout: Duration,
     forwarded: Forwarded,
+    forwarded_header: ForwardedHeader,
     /// Request bodies are kept for another attempt up to this many bytes (hedge-retry's
     /// `replay_body_limit`; 0 without hedge-retry).
     replay_limit: usize,
@@ -101,6 +119,7 @@ impl Dispatch {
         Dispatch {
             response_timeout: config.response_timeout.0,
             forwarded: config.forwarded,
+            forwarded_header: config.forwarded_header,
             replay_limit,
             replay_overflow: metrics::counter!(
                 crate::metrics::BODY_REPLAY_OVERFLOW,
@@ -271,7 +290,7 @@ impl Dispatch {
             .as_ref()
             .and_then(|r| r.edits.forwarded)
             .unwrap_or(self.forwarded);
-        forwarding(&mut headers, ex, policy)?;
+        forwarding(&mut headers, ex, policy, self.forwarded_header)?;
         let st: &mut ExchangeState = ex;
         let body = st
             .body
@@ -290,17 +309,18 @@ impl Dispatch {
     }
 }
 
-/// `X-Forwarded-For/-Proto/-Host` and RFC 7239 `Forwarded` by `policy`: what a trusted proxy
-/// sent is kept under `append`; what anyone else sent is never passed on.
+/// `X-Forwarded-For/-Proto/-Host` and/or RFC 7239 `Forwarded` (`which`) by `policy`: what a
+/// trusted proxy sent is kept under `append`; what anyone else sent is never passed on.
 fn forwarding(
     headers: &mut http::HeaderMap,
     ex: &Exchange,
     policy: Forwarded,
+    which: ForwardedHeader,
 ) -> Result<(), Reason> {
-    const XFF: &str = "x-forwarded-for";
-    const XFP: &str = "x-forwarded-proto";
-    const XFH: &str = "x-forwarded-host";
-    const FWD: &str = "forwarded";
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    const FWD: HeaderName = http::header::FORWARDED;
     let keep = policy == Forwarded::Append && ex.client.trusted_peer;
     if !keep {
         for h in [XFF, XFP, XFH, FWD] {
@@ -319,20 +339,24 @@ fn forwarding(
         .or(ex.head.uri.authority())
         .map(|a| a.as_str());
     let value = |s: &str| HeaderValue::from_str(s).map_err(|_| Reason::Unforwardable);
-    headers.append(XFF, value(&peer.to_string())?);
-    // A trusted proxy knows the original scheme and host better than we do.
-    if !headers.contains_key(XFP) {
-        headers.insert(XFP, HeaderValue::from_static(proto));
+    if which != ForwardedHeader::Rfc7239 {
+        headers.append(XFF, value(&peer.to_string())?);
+        // A trusted proxy knows the original scheme and host better than we do.
+        headers
+            .entry(XFP)
+            .or_insert_with(|| HeaderValue::from_static(proto));
+        if let Some(h) = host
+            && let http::header::Entry::Vacant(v) = headers.entry(XFH)
+        {
+            v.insert(value(h)?);
+        }
     }
-    if let Some(h) = host
-        && !headers.contains_key(XFH)
-    {
-        headers.insert(XFH, value(h)?);
+    if which != ForwardedHeader::XForwarded {
+        headers.append(
+            FWD,
+            value(&crate::http::forwarded::element(peer, proto, host))?,
+        );
     }
-    headers.append(
-        FWD,
-        value(&crate::http::forwarded::element(peer, proto, host))?,
-    );
     Ok(())
 }
 
