@@ -6,6 +6,10 @@
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 pub const STAGE_RECEIVED: &str = "spooky_stage_received_total";
+/// 1 while a backend is in balancing by its health checks, 0 while out.
+pub const BACKEND_HEALTHY: &str = "spooky_backend_healthy";
+/// Health checks by result (`pass`, `fail`).
+pub const HEALTH_CHECKS: &str = "spooky_health_checks_total";
 pub const STAGE_EMITTED: &str = "spooky_stage_emitted_total";
 pub const STAGE_REJECTED: &str = "spooky_stage_rejected_total";
 pub const STAGE_QUEUE_DEPTH: &str = "spooky_stage_queue_depth";

@@ -434,6 +434,15 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 }
             }
         }
+        if let Some(h) = &u.health {
+            for (k, message) in h.problems() {
+                cx.push(
+                    Some(span_at(root, &["upstreams", name, "health", k])),
+                    &format!("upstreams.{name}.health.{k}"),
+                    message,
+                );
+            }
+        }
         if u.fallback.keyed() {
             cx.push(
                 Some(at_key("fallback")),

@@ -165,6 +165,16 @@ pub struct Pipeline {
     upstreams: Vec<Arc<Upstream>>,
     recorder: Arc<Recorder>,
     next_id: Arc<AtomicU64>,
+    /// This generation's health-check tasks, stopped with it.
+    health_checks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for t in &self.health_checks {
+            t.abort();
+        }
+    }
 }
 
 /// What generations share: the pools, the live-exchange count, the exchange ids.
@@ -299,13 +309,19 @@ impl Pipeline {
         if slots.first().is_none_or(|s| s.inlet.is_pass()) {
             return Err(BuildError::Chain("the chain must start with ingress"));
         }
+        let upstreams: Vec<Arc<Upstream>> = upstreams.into_values().collect();
+        let health_checks = upstreams
+            .iter()
+            .flat_map(|u| u.start_health_checks())
+            .collect();
         Ok(Arc::new(Pipeline {
             recorder: Arc::new(Recorder::new(&name)),
             name,
             slots,
             drain: shared.drain.clone(),
-            upstreams: upstreams.into_values().collect(),
+            upstreams,
             next_id: shared.next_id.clone(),
+            health_checks,
         }))
     }
 

@@ -66,6 +66,8 @@ pub struct UpstreamConfig {
     /// TLS towards this upstream's `https://` backends.
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// Active health checks (absent: none; every backend stays in balancing).
+    pub health: Option<super::health::HealthConfig>,
     pub backends: Vec<BackendConfig>,
 }
 

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod registry;
 pub mod tls;
 
@@ -34,6 +35,8 @@ pub struct Backend {
     pub pool: PoolKey,
     /// Response-head latency, for `latency-aware` balancing.
     pub latency: PeakEwma,
+    /// In balancing or not, by its health checks.
+    pub health: Arc<health::Health>,
     /// Known to speak HTTP/1.1 (`http1`, or `auto` on `http://`): hop-by-hop request fields
     /// are listed in `Connection` for it.
     pub http1: bool,
@@ -47,6 +50,10 @@ pub struct Upstream {
     pub balancer: Balancer,
     /// What `consistent-hash` and `sticky-cid` hash.
     pub hash_key: Option<HashKey>,
+    /// Active health checks, run by the generation that holds this upstream.
+    pub health: Option<Arc<health::HealthConfig>>,
+    /// Backends up by their health checks.
+    up: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Loads for [Backend] {
@@ -68,6 +75,7 @@ impl Upstream {
         registry: &Registry,
     ) -> Result<Arc<Self>, UpstreamError> {
         let mut backends = Vec::new();
+        let up = Arc::new(std::sync::atomic::AtomicUsize::new(config.backends.len()));
         for b in &config.backends {
             let addr = BackendAddr::parse(&b.url)?;
             let key = PoolKey {
@@ -85,6 +93,7 @@ impl Upstream {
             backends.push(Backend {
                 http1,
                 latency: PeakEwma::default(),
+                health: health::Health::new(name, &b.url, up.clone()),
                 metrics: BackendMetrics::new(name, &b.url),
                 name: b.url.clone(),
                 addr,
@@ -111,12 +120,41 @@ impl Upstream {
             cap: Cap::new(config.max_inflight.get()),
             balancer: Balancer::new(config.balance, config.fallback, &members),
             hash_key,
+            health: config.health.clone().map(Arc::new),
+            up,
             backends,
         }))
     }
 }
 
 impl Upstream {
+    /// Starts one health-check task per backend (with `health` set); aborting the handles
+    /// stops them. Must run inside tokio.
+    pub fn start_health_checks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(config) = &self.health else {
+            return Vec::new();
+        };
+        self.backends
+            .iter()
+            .map(|b| {
+                let probe = health::Probe {
+                    upstream: self.name.clone(),
+                    backend: b.name.clone(),
+                    addr: b.addr.clone(),
+                    client: b.client.clone(),
+                    health: b.health.clone(),
+                    http1: b.http1,
+                };
+                tokio::spawn(health::run(config.clone(), probe))
+            })
+            .collect()
+    }
+
+    /// Whether some backend is up by its health checks (when none is, health is ignored).
+    pub fn any_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
     /// The name (URL) of backend `idx`.
     pub fn backend_name(&self, idx: usize) -> Option<&str> {
         self.backends.get(idx).map(|b| b.name.as_str())
