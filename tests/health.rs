@@ -1,6 +1,8 @@
-//! Active health checks against real hyper backends: a backend whose health endpoint fails
-//! (or hangs past the timeout) leaves balancing and comes back; checks of one backend never
-//! wait for another's; with every backend down, health is ignored rather than refusing all.
+//! Active and passive health against real hyper backends: a backend whose health endpoint
+//! fails (or hangs past the timeout) leaves balancing and comes back; checks of one backend
+//! never wait for another's; with every backend down, health is ignored rather than refusing
+//! all. Consecutive 5xx or connect failures eject a backend for a time, never the whole
+//! upstream.
 
 mod support;
 
@@ -19,10 +21,11 @@ use support::proxy::{Proxy, pipeline_with};
 use support::{TempDir, TestCert, connect, spooky};
 
 /// `/health` answers the status set in `health` (0: never answers); anything else is
-/// `200 NAME`, counted in `served`.
+/// answered `status` (200 unless set) with body `NAME`, counted in `served`.
 struct Fleet {
     addr: SocketAddr,
     health: Arc<AtomicU16>,
+    status: Arc<AtomicU16>,
     served: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -40,14 +43,15 @@ impl Fleet {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let health = Arc::new(AtomicU16::new(200));
+        let status = Arc::new(AtomicU16::new(200));
         let served = Arc::new(AtomicUsize::new(0));
-        let (h, s) = (health.clone(), served.clone());
+        let (h, st, s) = (health.clone(), status.clone(), served.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (h, s) = (h.clone(), s.clone());
+                let (h, st, s) = (h.clone(), st.clone(), s.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (h, s) = (h.clone(), s.clone());
+                        let (h, st, s) = (h.clone(), st.clone(), s.clone());
                         async move {
                             if req.uri().path() == "/health" {
                                 let status = h.load(Ordering::SeqCst);
@@ -61,7 +65,11 @@ impl Fleet {
                                 return Ok::<_, Infallible>(resp);
                             }
                             s.fetch_add(1, Ordering::SeqCst);
-                            Ok(Response::new(Full::new(Bytes::from(name))))
+                            let resp = Response::builder()
+                                .status(st.load(Ordering::SeqCst))
+                                .body(Full::new(Bytes::from(name)))
+                                .expect("response");
+                            Ok(resp)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -73,6 +81,7 @@ impl Fleet {
         Fleet {
             addr,
             health,
+            status,
             served,
             task,
         }
@@ -216,6 +225,108 @@ async fn with_every_backend_down_health_is_ignored() {
     assert_eq!((a.served(), b.served()), (5, 5));
 }
 
+/// Sends `n` GETs; returns how many were answered 200.
+async fn statuses(proxy: &Proxy, cert: &TestCert, n: usize) -> usize {
+    let conn = connect(&cert.client(), proxy).await;
+    let mut ok = 0;
+    for _ in 0..n {
+        let r = conn.get("https://localhost/work").await.expect("response");
+        ok += usize::from(r.status == 200);
+    }
+    ok
+}
+
+fn passive(a: &str, b: &str, outlier: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\noutlier = {outlier}\nbackends = [ {{ url = \"{a}\" }}, {{ url = \"{b}\" }} ]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_5xx_eject_a_backend_until_its_time_is_up() {
+    let (a, b) = (Fleet::start("a").await, Fleet::start("b").await);
+    b.status.store(500, Ordering::SeqCst);
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let outlier = r#"{ consecutive_5xx = 3, base_ejection = "500ms", max_ejected_percent = 50 }"#;
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &cert.toml(),
+        &passive(&a.url(), &b.url(), outlier),
+    ));
+    // Round-robin: b answers 500 three times in six requests, and is out.
+    assert_eq!(statuses(&proxy, &cert, 6).await, 3);
+    assert_eq!(b.served(), 3);
+    gauge_of(&proxy, "spooky_backend_ejected", &b, 1.0).await;
+    // While out, it gets nothing.
+    assert_eq!(statuses(&proxy, &cert, 10).await, 10);
+    assert_eq!((a.served(), b.served()), (13, 3));
+    assert_eq!(
+        proxy
+            .metric("spooky_outlier_ejections_total", &[("backend", &b.url())])
+            .await,
+        1.0
+    );
+    // It comes back by itself when its time is up (the timer is the behaviour under test).
+    b.status.store(200, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(statuses(&proxy, &cert, 10).await, 10);
+    assert!(b.served() > 3, "b is back in balancing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejection_never_empties_an_upstream() {
+    let (a, b) = (Fleet::start("a").await, Fleet::start("b").await);
+    a.status.store(503, Ordering::SeqCst);
+    b.status.store(503, Ordering::SeqCst);
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let outlier = r#"{ consecutive_5xx = 2, base_ejection = "30s", max_ejected_percent = 100 }"#;
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &cert.toml(),
+        &passive(&a.url(), &b.url(), outlier),
+    ));
+    statuses(&proxy, &cert, 20).await;
+    // One of them was ejected; the other keeps serving (503s and all): never both out.
+    let ejections = proxy
+        .metric("spooky_outlier_ejections_total", &[("backend", &a.url())])
+        .await
+        + proxy
+            .metric("spooky_outlier_ejections_total", &[("backend", &b.url())])
+            .await;
+    assert_eq!(ejections, 1.0);
+    assert_eq!(a.served() + b.served(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_connections_is_ejected_and_no_longer_tried() {
+    let a = Fleet::start("a").await;
+    let dead = format!("http://{}", support::dead_addr());
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let outlier = r#"{ consecutive_failures = 2, base_ejection = "30s" }"#;
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &cert.toml(),
+        &passive(&a.url(), &dead, outlier),
+    ));
+    // Connect failures are retried on a (hedge-retry), so every request succeeds.
+    assert_eq!(statuses(&proxy, &cert, 10).await, 10);
+    let labels = [("backend", dead.as_str()), ("class", "connect_error")];
+    let refused = || proxy.metric("spooky_upstream_requests_total", &labels);
+    assert_eq!(refused().await, 2.0, "tried twice, then ejected");
+    assert_eq!(statuses(&proxy, &cert, 10).await, 10);
+    assert_eq!(refused().await, 2.0, "not tried while ejected");
+    assert_eq!(a.served(), 20);
+}
+
+async fn gauge_of(proxy: &Proxy, name: &str, backend: &Fleet, want: f64) {
+    proxy
+        .wait_metric(name, &[("backend", &backend.url())], |v| v == want)
+        .await;
+}
+
 #[test]
 fn bad_health_settings_are_errors_with_their_key() {
     let dir = TempDir::new();
@@ -223,7 +334,7 @@ fn bad_health_settings_are_errors_with_their_key() {
     let text = pipeline_with(
         r#"["h3"]"#,
         "",
-        "[[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[upstreams.app]\nhealth = { path = \"health\", method = \"get\", unhealthy = 0, expect = [999] }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n",
+        "[[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[upstreams.app]\nhealth = { path = \"health\", method = \"get\", unhealthy = 0, expect = [999] }\noutlier = { max_ejected_percent = 101 }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n",
     );
     std::fs::write(&file, text).expect("write");
     let (code, _, err) = spooky(&["check", &file.display().to_string()]);
@@ -233,6 +344,10 @@ fn bad_health_settings_are_errors_with_their_key() {
         ("upstreams.app.health.method", "is not an HTTP method"),
         ("upstreams.app.health.unhealthy", "expected 1 or more"),
         ("upstreams.app.health.expect", "999 is not a status code"),
+        (
+            "upstreams.app.outlier.max_ejected_percent",
+            "expected 0..=100",
+        ),
     ] {
         assert!(
             err.contains(&format!(": {key}: ")) && err.contains(message),

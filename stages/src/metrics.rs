@@ -10,6 +10,10 @@ pub const STAGE_RECEIVED: &str = "spooky_stage_received_total";
 pub const BACKEND_HEALTHY: &str = "spooky_backend_healthy";
 /// Health checks by result (`pass`, `fail`).
 pub const HEALTH_CHECKS: &str = "spooky_health_checks_total";
+/// 1 while a backend is ejected as an outlier (passive health), 0 while in.
+pub const BACKEND_EJECTED: &str = "spooky_backend_ejected";
+/// Outlier ejections.
+pub const OUTLIER_EJECTIONS: &str = "spooky_outlier_ejections_total";
 pub const STAGE_EMITTED: &str = "spooky_stage_emitted_total";
 pub const STAGE_REJECTED: &str = "spooky_stage_rejected_total";
 pub const STAGE_QUEUE_DEPTH: &str = "spooky_stage_queue_depth";

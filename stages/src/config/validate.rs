@@ -443,6 +443,15 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 );
             }
         }
+        if let Some(o) = &u.outlier {
+            for (k, message) in o.problems() {
+                cx.push(
+                    Some(span_at(root, &["upstreams", name, "outlier", k])),
+                    &format!("upstreams.{name}.outlier.{k}"),
+                    message,
+                );
+            }
+        }
         if u.fallback.keyed() {
             cx.push(
                 Some(at_key("fallback")),

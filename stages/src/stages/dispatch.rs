@@ -169,6 +169,9 @@ impl Dispatch {
             Some(Ok(Ok(resp))) => {
                 backend.metrics.response(resp.status(), started.elapsed());
                 backend.latency.observe(started.elapsed());
+                if let Some(o) = &backend.outlier {
+                    o.status(resp.status());
+                }
                 ex.response = Some(resp);
                 Ok(())
             }
@@ -185,11 +188,17 @@ impl Dispatch {
             Some(Ok(Err(e))) if e.is_connect() => {
                 backend.metrics.connect_error.increment(1);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
+                if let Some(o) = &backend.outlier {
+                    o.failure();
+                }
                 Err(failed(AttemptError::Connect, Box::new(e)))
             }
             Some(Ok(Err(e))) => {
                 backend.metrics.reset.increment(1);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
+                if let Some(o) = &backend.outlier {
+                    o.failure();
+                }
                 let kind = if is_parse_error(&e) {
                     AttemptError::Protocol
                 } else {
@@ -200,6 +209,9 @@ impl Dispatch {
             Some(Err(_elapsed)) => {
                 backend.metrics.timeout.increment(1);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
+                if let Some(o) = &backend.outlier {
+                    o.failure();
+                }
                 if by_deadline {
                     tracing::info!(
                         exchange = ex.id,

@@ -56,11 +56,11 @@ impl Select {
             .balancer
             .pick(upstream.backends.as_slice(), key)
             .filter(|i| !ex.decided.attempts.iter().any(|a| a.backend == *i))
-            .filter(|i| {
-                upstream.health.is_none()
-                    || !upstream.any_up()
-                    || upstream.backends[*i].health.is_up()
-            })
+            .collect();
+        let by_health = upstream.filters_by_health();
+        let candidates: Vec<usize> = candidates
+            .into_iter()
+            .filter(|i| !by_health || upstream.backends[*i].available())
             .collect();
         if candidates.is_empty() {
             return Waited::Refused(Reason::NoBackend);
@@ -107,13 +107,13 @@ impl Select {
             .hash_key
             .as_ref()
             .and_then(|k| k.hash(&ex.head, ex.client.ip, ex.client.conn));
-        // Health checks take backends out, unless none is left (then health is ignored).
-        let by_health = upstream.health.is_some() && upstream.any_up();
+        // Health (active and passive) takes backends out, unless none is left.
+        let by_health = upstream.filters_by_health();
         for i in upstream.balancer.pick(upstream.backends.as_slice(), key) {
             if ex.decided.attempts.iter().any(|a| a.backend == i) {
                 continue;
             }
-            if by_health && !upstream.backends[i].health.is_up() {
+            if by_health && !upstream.backends[i].available() {
                 continue;
             }
             if let Ok(p) = upstream.backends[i].cap.try_acquire() {

@@ -68,6 +68,8 @@ pub struct UpstreamConfig {
     pub tls: UpstreamTls,
     /// Active health checks (absent: none; every backend stays in balancing).
     pub health: Option<super::health::HealthConfig>,
+    /// Passive health: outlier ejection from live traffic (absent: none).
+    pub outlier: Option<super::outlier::OutlierConfig>,
     pub backends: Vec<BackendConfig>,
 }
 

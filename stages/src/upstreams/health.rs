@@ -5,12 +5,12 @@
 //! backend never delays another's checks.
 //!
 //! A backend starts healthy (traffic flows at start; the first failed checks take it out).
-//! When every backend of an upstream is unhealthy, select ignores health rather than refuse
-//! everything (Envoy's panic mode): a health endpoint that lies must not take a whole
-//! upstream down.
+//! When no backend of an upstream is available (by active and passive health together),
+//! select ignores health rather than refuse everything (Envoy's panic mode): a health
+//! endpoint that lies must not take a whole upstream down.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, StatusCode};
@@ -125,19 +125,15 @@ impl HealthConfig {
 /// A backend's health, as its checks (and later its traffic) see it.
 pub struct Health {
     up: AtomicBool,
-    /// Backends of the upstream that are up (shared by its backends).
-    upstream_up: Arc<AtomicUsize>,
     gauge: metrics::Gauge,
 }
 
 impl Health {
-    /// A backend's health, counted in `upstream_up` (which starts at the number of backends).
-    pub fn new(upstream: &str, backend: &str, upstream_up: Arc<AtomicUsize>) -> Arc<Health> {
+    pub fn new(upstream: &str, backend: &str) -> Arc<Health> {
         let gauge = metrics::gauge!(crate::metrics::BACKEND_HEALTHY, "upstream" => upstream.to_string(), "backend" => backend.to_string());
         gauge.set(1.0);
         Arc::new(Health {
             up: AtomicBool::new(true),
-            upstream_up,
             gauge,
         })
     }
@@ -148,13 +144,7 @@ impl Health {
     }
 
     fn set(&self, up: bool) {
-        if self.up.swap(up, Ordering::Relaxed) != up {
-            if up {
-                self.upstream_up.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.upstream_up.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        self.up.store(up, Ordering::Relaxed);
         self.gauge.set(if up { 1.0 } else { 0.0 });
     }
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod outlier;
 pub mod registry;
 pub mod tls;
 
@@ -37,6 +38,8 @@ pub struct Backend {
     pub latency: PeakEwma,
     /// In balancing or not, by its health checks.
     pub health: Arc<health::Health>,
+    /// Passive health (outlier ejection), when the upstream sets `outlier`.
+    pub outlier: Option<outlier::Outlier>,
     /// Known to speak HTTP/1.1 (`http1`, or `auto` on `http://`): hop-by-hop request fields
     /// are listed in `Connection` for it.
     pub http1: bool,
@@ -52,8 +55,15 @@ pub struct Upstream {
     pub hash_key: Option<HashKey>,
     /// Active health checks, run by the generation that holds this upstream.
     pub health: Option<Arc<health::HealthConfig>>,
-    /// Backends up by their health checks.
-    up: Arc<std::sync::atomic::AtomicUsize>,
+    /// Passive health is on (every backend has an `outlier`).
+    passive: bool,
+}
+
+impl Backend {
+    /// Whether active and passive health both let this backend be chosen.
+    pub fn available(&self) -> bool {
+        self.health.is_up() && self.outlier.as_ref().is_none_or(outlier::Outlier::is_in)
+    }
 }
 
 impl Loads for [Backend] {
@@ -75,7 +85,8 @@ impl Upstream {
         registry: &Registry,
     ) -> Result<Arc<Self>, UpstreamError> {
         let mut backends = Vec::new();
-        let up = Arc::new(std::sync::atomic::AtomicUsize::new(config.backends.len()));
+        let ejected = Arc::new(outlier::Ejected::default());
+        let outlier_config = config.outlier.clone().map(Arc::new);
         for b in &config.backends {
             let addr = BackendAddr::parse(&b.url)?;
             let key = PoolKey {
@@ -93,7 +104,16 @@ impl Upstream {
             backends.push(Backend {
                 http1,
                 latency: PeakEwma::default(),
-                health: health::Health::new(name, &b.url, up.clone()),
+                health: health::Health::new(name, &b.url),
+                outlier: outlier_config.as_ref().map(|c| {
+                    outlier::Outlier::new(
+                        c.clone(),
+                        config.backends.len(),
+                        ejected.clone(),
+                        name,
+                        &b.url,
+                    )
+                }),
                 metrics: BackendMetrics::new(name, &b.url),
                 name: b.url.clone(),
                 addr,
@@ -121,7 +141,7 @@ impl Upstream {
             balancer: Balancer::new(config.balance, config.fallback, &members),
             hash_key,
             health: config.health.clone().map(Arc::new),
-            up,
+            passive: config.outlier.is_some(),
             backends,
         }))
     }
@@ -150,9 +170,10 @@ impl Upstream {
             .collect()
     }
 
-    /// Whether some backend is up by its health checks (when none is, health is ignored).
-    pub fn any_up(&self) -> bool {
-        self.up.load(std::sync::atomic::Ordering::Relaxed) > 0
+    /// Whether select must skip unavailable backends: health is on (active or passive) and
+    /// some backend is available (when none is, health is ignored).
+    pub fn filters_by_health(&self) -> bool {
+        (self.health.is_some() || self.passive) && self.backends.iter().any(Backend::available)
     }
 
     /// The name (URL) of backend `idx`.
