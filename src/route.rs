@@ -14,7 +14,7 @@ use spooky_stages::config;
 use spooky_stages::contract::exchange::{ClientProtocol, Exchange};
 use spooky_stages::contract::flow::Flow;
 use spooky_stages::contract::route::Action;
-use spooky_stages::stages::route::{Req, normalize_host, why_lost};
+use spooky_stages::stages::route::{why_lost, with_request};
 use spooky_stages::upstreams::Upstream;
 
 use crate::{EXIT_BAD_CONFIG, EXIT_FAILED};
@@ -154,19 +154,13 @@ pub fn explain(pipeline: &Pipeline, ex: Exchange) -> String {
         let _ = writeln!(out, "the chain has no route stage");
         return out;
     };
-    let authority = ex.head.uri.authority().map_or("", |a| a.as_str());
-    let host = normalize_host(authority);
-    let path = spooky_stages::http::path::without_params(ex.head.uri.path());
-    let req = Req {
-        host: &host,
-        path: &path,
-        method: &ex.head.method,
-        headers: &ex.head.headers,
-        query: ex.head.uri.query(),
-        protocol: ex.client.protocol,
-        sni: ex.client.sni.as_deref(),
-    };
-    let candidates = stage.index().explain(&req);
+    let (candidates, host, path) = with_request(&ex, |req| {
+        (
+            stage.index().explain(req),
+            req.host.to_string(),
+            req.path.to_string(),
+        )
+    });
     let chosen = candidates.iter().find(|c| c.miss.is_none());
     let _ = writeln!(out, "matched as: host {host}, path {path}");
     match chosen {

@@ -243,6 +243,14 @@ impl RouteIndex {
         self.routes.iter()
     }
 
+    /// Every host group, in no particular order.
+    fn all_groups(&self) -> impl Iterator<Item = &Group> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(std::iter::once(&self.any))
+    }
+
     /// The host groups a request's host falls into, most specific first.
     fn groups(&self, host: &str) -> smallvec::SmallVec<[&Group; 4]> {
         let mut out = smallvec::SmallVec::new();
@@ -298,12 +306,7 @@ impl RouteIndex {
     /// overlap): only their order in the file decides between them.
     pub fn ties(&self) -> Vec<Tie> {
         let mut out = Vec::new();
-        let groups = self
-            .exact
-            .values()
-            .chain(self.wildcard.values())
-            .chain(std::iter::once(&self.any));
-        for g in groups {
+        for g in self.all_groups() {
             for list in g.lists() {
                 for (i, a) in list.iter().enumerate() {
                     for b in &list[i + 1..] {
@@ -335,12 +338,7 @@ impl RouteIndex {
     /// (regex route, prefix route). Found from the regex's literal start.
     pub fn shadowed(&self) -> Vec<Tie> {
         let mut out = Vec::new();
-        let groups = self
-            .exact
-            .values()
-            .chain(self.wildcard.values())
-            .chain(std::iter::once(&self.any));
-        for g in groups {
+        for g in self.all_groups() {
             for r in &g.regex {
                 let PathMatch::Regex(re) = &r.matcher.path else {
                     continue;

@@ -193,6 +193,28 @@ fn reply_from(r: &RespondConfig) -> Result<Reply, String> {
     })
 }
 
+/// Calls `f` with what the matchers see of an exchange's request: its host normalized, its
+/// path without `;params` (ingress normalized the rest).
+pub fn with_request<R>(ex: &Exchange, f: impl FnOnce(&Req<'_>) -> R) -> R {
+    let authority = ex.head.uri.authority().map_or("", |a| a.as_str());
+    let host = normalize_host(authority);
+    let path = crate::http::path::without_params(ex.head.uri.path());
+    f(&Req {
+        host: &host,
+        path: &path,
+        method: &ex.head.method,
+        headers: &ex.head.headers,
+        query: ex.head.uri.query(),
+        protocol: ex.client.protocol,
+        sni: ex.client.sni.as_deref(),
+    })
+}
+
+/// `%2F` or `%5C` (ingress upper-cases percent-encodings).
+fn has_encoded_slash(path: &str) -> bool {
+    path.contains("%2F") || path.contains("%5C")
+}
+
 /// Lower case, without port and trailing dot.
 pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = host_of(authority).trim_end_matches('.');
@@ -268,26 +290,13 @@ impl RouteStage {
 
     /// The pure decision (no await): benches and the fused path call it directly.
     pub fn decide(&self, mut ex: Exchange) -> Flow {
-        let authority = ex.head.uri.authority().map_or("", |a| a.as_str());
-        let host = normalize_host(authority);
-        // Ingress normalized the path; `;params` do not make a segment another segment.
-        let path = crate::http::path::without_params(ex.head.uri.path());
-        let req = Req {
-            host: &host,
-            path: &path,
-            method: &ex.head.method,
-            headers: &ex.head.headers,
-            query: ex.head.uri.query(),
-            protocol: ex.client.protocol,
-            sni: ex.client.sni.as_deref(),
-        };
-        let Some(entry) = self.index.lookup(&req) else {
+        let Some(entry) = with_request(&ex, |req| self.index.lookup(req)) else {
             return Flow::Reject(ex, Reason::NoRoute);
         };
         let route = entry.route.clone();
         if self.refuse_encoded_slashes
             && !route.keeps_encoded_slashes
-            && (path.contains("%2F") || path.contains("%5C"))
+            && has_encoded_slash(&crate::http::path::without_params(ex.head.uri.path()))
         {
             return Flow::Reject(
                 ex,
