@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod frames;
+pub mod named;
 pub mod proxy;
 pub mod raw_backend;
 pub mod tcp;
