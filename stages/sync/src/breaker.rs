@@ -339,11 +339,14 @@ mod tests {
     fn opens_on_rate_only_with_enough_volume() {
         let b = Breaker::new(policy());
         for _ in 0..3 {
-            assert_eq!(b.try_admit(S).unwrap().failure(S), None);
+            assert_eq!(b.try_admit(S).expect("admitted").failure(S), None);
         }
         // Fourth outcome: 4 of 4 failed, volume reached.
-        assert_eq!(b.try_admit(S).unwrap().failure(S), Some(BreakerState::Open));
-        assert_eq!(b.try_admit(2 * S).unwrap_err(), Rejected);
+        assert_eq!(
+            b.try_admit(S).expect("admitted").failure(S),
+            Some(BreakerState::Open)
+        );
+        assert_eq!(b.try_admit(2 * S).expect_err("refused"), Rejected);
         assert_eq!(b.opened(), 1);
     }
 
@@ -351,13 +354,13 @@ mod tests {
     fn old_outcomes_leave_the_window() {
         let b = Breaker::new(policy());
         for _ in 0..3 {
-            b.try_admit(S).unwrap().failure(S);
+            b.try_admit(S).expect("admitted").failure(S);
         }
         // 20 s later the three failures are out of the 10 s window.
         for _ in 0..3 {
-            assert_eq!(b.try_admit(21 * S).unwrap().success(21 * S), None);
+            assert_eq!(b.try_admit(21 * S).expect("admitted").success(21 * S), None);
         }
-        assert_eq!(b.try_admit(21 * S).unwrap().failure(21 * S), None);
+        assert_eq!(b.try_admit(21 * S).expect("admitted").failure(21 * S), None);
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
@@ -368,13 +371,16 @@ mod tests {
             consecutive_failures: 3,
             ..policy()
         });
-        b.try_admit(0).unwrap().failure(0);
-        b.try_admit(0).unwrap().failure(0);
-        b.try_admit(0).unwrap().success(0);
-        b.try_admit(0).unwrap().failure(0);
-        b.try_admit(0).unwrap().failure(0);
+        b.try_admit(0).expect("admitted").failure(0);
+        b.try_admit(0).expect("admitted").failure(0);
+        b.try_admit(0).expect("admitted").success(0);
+        b.try_admit(0).expect("admitted").failure(0);
+        b.try_admit(0).expect("admitted").failure(0);
         assert_eq!(b.state(), BreakerState::Closed);
-        assert_eq!(b.try_admit(0).unwrap().failure(0), Some(BreakerState::Open));
+        assert_eq!(
+            b.try_admit(0).expect("admitted").failure(0),
+            Some(BreakerState::Open)
+        );
     }
 
     #[test]
@@ -384,21 +390,21 @@ mod tests {
             half_open_probes: 2,
             ..policy()
         });
-        b.try_admit(0).unwrap().failure(0);
+        b.try_admit(0).expect("admitted").failure(0);
         assert!(b.try_admit(4 * S).is_err());
-        let p1 = b.try_admit(5 * S).unwrap();
+        let p1 = b.try_admit(5 * S).expect("admitted");
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        let p2 = b.try_admit(5 * S).unwrap();
+        let p2 = b.try_admit(5 * S).expect("admitted");
         assert!(p1.is_probe() && p2.is_probe());
         assert!(b.try_admit(5 * S).is_err());
         // A cancelled probe gives its place back.
         drop(p2);
-        let p3 = b.try_admit(5 * S).unwrap();
+        let p3 = b.try_admit(5 * S).expect("admitted");
         assert_eq!(p1.success(5 * S), None);
         assert_eq!(p3.success(5 * S), Some(BreakerState::Closed));
         // Reopens on a failed probe, for another `open_for`.
-        b.try_admit(6 * S).unwrap().failure(6 * S);
-        let p = b.try_admit(11 * S).unwrap();
+        b.try_admit(6 * S).expect("admitted").failure(6 * S);
+        let p = b.try_admit(11 * S).expect("admitted");
         assert_eq!(p.failure(11 * S), Some(BreakerState::Open));
         assert!(b.try_admit(15 * S).is_err());
         assert!(b.try_admit(16 * S).is_ok());
@@ -411,9 +417,9 @@ mod tests {
             consecutive_failures: 1,
             ..policy()
         });
-        let late = b.try_admit(0).unwrap();
-        b.try_admit(0).unwrap().failure(0);
-        let probe = b.try_admit(5 * S).unwrap();
+        let late = b.try_admit(0).expect("admitted");
+        b.try_admit(0).expect("admitted").failure(0);
+        let probe = b.try_admit(5 * S).expect("admitted");
         // The attempt admitted while closed fails now: it must not reopen the breaker.
         assert_eq!(late.failure(5 * S), None);
         assert_eq!(probe.success(5 * S), Some(BreakerState::Closed));
