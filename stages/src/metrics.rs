@@ -14,6 +14,14 @@ pub const HEALTH_CHECKS: &str = "spooky_health_checks_total";
 pub const BACKEND_EJECTED: &str = "spooky_backend_ejected";
 /// Outlier ejections.
 pub const OUTLIER_EJECTIONS: &str = "spooky_outlier_ejections_total";
+/// A backend's circuit breaker: 0 closed, 1 open, 2 half-open.
+pub const BACKEND_BREAKER: &str = "spooky_backend_breaker_state";
+/// Breaker transitions, by the state entered (`open`, `half_open`, `closed`).
+pub const BREAKER_TRANSITIONS: &str = "spooky_breaker_transitions_total";
+/// Retries sent, by upstream, the backend whose attempt failed, and the `retry_on` entry.
+pub const RETRIES: &str = "spooky_retries_total";
+/// Retries the budget refused (the failure went to the client).
+pub const RETRY_BUDGET_EXHAUSTED: &str = "spooky_retry_budget_exhausted_total";
 pub const STAGE_EMITTED: &str = "spooky_stage_emitted_total";
 pub const STAGE_REJECTED: &str = "spooky_stage_rejected_total";
 pub const STAGE_QUEUE_DEPTH: &str = "spooky_stage_queue_depth";

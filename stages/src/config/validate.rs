@@ -434,20 +434,17 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 }
             }
         }
-        if let Some(h) = &u.health {
-            for (k, message) in h.problems() {
+        let sections = [
+            ("health", u.health.as_ref().map(|h| h.problems())),
+            ("outlier", u.outlier.as_ref().map(|o| o.problems())),
+            ("breaker", u.breaker.as_ref().map(|b| b.problems())),
+            ("retry", u.retry.as_ref().map(|r| r.problems())),
+        ];
+        for (section, problems) in sections {
+            for (k, message) in problems.unwrap_or_default() {
                 cx.push(
-                    Some(span_at(root, &["upstreams", name, "health", k])),
-                    &format!("upstreams.{name}.health.{k}"),
-                    message,
-                );
-            }
-        }
-        if let Some(o) = &u.outlier {
-            for (k, message) in o.problems() {
-                cx.push(
-                    Some(span_at(root, &["upstreams", name, "outlier", k])),
-                    &format!("upstreams.{name}.outlier.{k}"),
+                    Some(span_at(root, &["upstreams", name, section, k])),
+                    &format!("upstreams.{name}.{section}.{k}"),
                     message,
                 );
             }

@@ -168,6 +168,8 @@ pub struct Permits {
     pub upstream: Option<Permit>,
     /// The chosen backend's inflight cap (select).
     pub backend: Option<Permit>,
+    /// The chosen backend's circuit-breaker ticket (select), reported by dispatch.
+    pub breaker: Option<spooky_sync::Ticket>,
 }
 
 /// Why an attempt to a backend failed: classified where it happened, with its source kept
@@ -182,6 +184,9 @@ pub enum AttemptError {
     Timeout,
     /// The backend answered with a status Spooky does not pass on (a 101 without Upgrade).
     Status(http::StatusCode),
+    /// The backend answered with a status its upstream retries (`retry_on`); the answer is
+    /// held back while another attempt is made, and is what the client gets if none is.
+    Answered(http::StatusCode),
     /// The backend broke HTTP (a response hyper could not read).
     Protocol,
 }
@@ -194,6 +199,7 @@ impl AttemptError {
             AttemptError::Reset => "upstream request failed",
             AttemptError::Timeout => "upstream response timed out",
             AttemptError::Status(_) => "upstream answered a status Spooky does not pass on",
+            AttemptError::Answered(_) => "upstream answered a status that is retried",
             AttemptError::Protocol => "upstream broke HTTP",
         }
     }
@@ -210,6 +216,8 @@ impl AttemptError {
             AttemptError::Reset | AttemptError::Protocol => Reason::UpstreamReset,
             AttemptError::Timeout => Reason::UpstreamTimeout,
             AttemptError::Status(_) => Reason::UpstreamUpgrade,
+            // Only reached when no other attempt could be made and the answer was lost.
+            AttemptError::Answered(_) => Reason::NoBackend,
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum Reason {
     UpstreamFull,
     /// Every backend is at its inflight cap.
     NoBackend,
+    /// Every candidate backend's circuit breaker is open.
+    BreakerOpen,
     /// The proxy is draining (503, no `Retry-After`).
     ShuttingDown,
 
@@ -112,6 +114,7 @@ impl Reason {
             Reason::QueueDeadline => "queue_deadline",
             Reason::UpstreamFull => "upstream_full",
             Reason::NoBackend => "no_backend",
+            Reason::BreakerOpen => "breaker_open",
             Reason::ShuttingDown => "shutting_down",
             Reason::UpstreamConnect => "upstream_connect",
             Reason::UpstreamReset => "upstream_reset",
@@ -151,6 +154,7 @@ impl Reason {
             | Reason::QueueDeadline
             | Reason::UpstreamFull
             | Reason::NoBackend
+            | Reason::BreakerOpen
             | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamConnect
             | Reason::UpstreamReset
@@ -169,7 +173,9 @@ impl Reason {
         match self {
             Reason::HeaderCount | Reason::HeaderBytes => "http_request_error",
             Reason::NoRoute => "destination_not_found",
-            Reason::NoBackend | Reason::UpstreamConnect => "destination_unavailable",
+            Reason::NoBackend | Reason::BreakerOpen | Reason::UpstreamConnect => {
+                "destination_unavailable"
+            }
             Reason::UpstreamReset | Reason::UpstreamBody => "connection_terminated",
             Reason::UpstreamTimeout => "connection_read_timeout",
             Reason::UpstreamUpgrade => "http_upgrade_failed",
@@ -214,6 +220,10 @@ impl Reason {
     /// deadline), else gRPC's HTTP mapping (404 → UNIMPLEMENTED, 5xx → UNAVAILABLE,
     /// 4xx → INTERNAL).
     pub fn grpc_code(self) -> grpc::Code {
+        if self == Reason::BreakerOpen {
+            // The backends failed, not the proxy's capacity: try again later, elsewhere.
+            return grpc::Code::Unavailable;
+        }
         if self.is_overload() {
             return grpc::Code::ResourceExhausted;
         }

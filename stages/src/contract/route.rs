@@ -122,6 +122,8 @@ pub struct Route {
     pub edits: Edits,
     /// Takes paths with encoded slashes in a segment (`encoded_slashes = "keep"`).
     pub keeps_encoded_slashes: bool,
+    /// Non-idempotent requests may be retried after they were sent (`retry_non_idempotent`).
+    pub retry_non_idempotent: bool,
     /// Exchanges of this route waiting in the queue stage.
     pub waiting: Cap,
 }

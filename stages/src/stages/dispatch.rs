@@ -130,11 +130,25 @@ impl Dispatch {
 
     /// Sends one attempt to the backend select chose and waits for the response head
     /// (left in `ex.response`). A failed attempt says why, classified, with its source.
-    pub async fn attempt(&self, ex: &mut Exchange) -> Result<(), Failed> {
+    /// `per_try`: the upstream's `per_try_timeout`, when shorter than `response_timeout`.
+    pub async fn attempt(
+        &self,
+        ex: &mut Exchange,
+        per_try: Option<Duration>,
+    ) -> Result<(), Failed> {
         let (Some(upstream), Some(idx)) = (ex.decided.upstream.clone(), ex.decided.backend) else {
             return Err(Failed::Refused(Reason::ChainIncomplete));
         };
         let backend = &upstream.backends[idx];
+        // The breaker hears the outcome of this attempt (none if the client gave up).
+        let ticket = ex.permits.breaker.take();
+        let breaker = |ok: bool| {
+            if let (Some(b), Some(t)) = (&backend.breaker, ticket) {
+                b.outcome(t, ok);
+            }
+        };
+        let response_timeout =
+            per_try.map_or(self.response_timeout, |t| t.min(self.response_timeout));
         let req = self
             .upstream_request(ex, &backend.addr, backend.http1)
             .map_err(Failed::Refused)?;
@@ -142,10 +156,10 @@ impl Dispatch {
         ex.record.attempts += 1;
         // A gRPC client's deadline bounds the wait too; what is left of it was forwarded.
         let (wait, by_deadline) = match ex.deadline {
-            Some(d) if d.saturating_duration_since(started) < self.response_timeout => {
+            Some(d) if d.saturating_duration_since(started) < response_timeout => {
                 (d.saturating_duration_since(started), true)
             }
-            _ => (self.response_timeout, false),
+            _ => (response_timeout, false),
         };
         let sent = {
             let send = tokio::time::timeout(wait, backend.client.get().request(req));
@@ -161,6 +175,7 @@ impl Dispatch {
                 // Spooky forwards no Upgrade, so a 101 is a backend's error; it would reach the
                 // client without its Upgrade header and kill the connection.
                 backend.metrics.response(resp.status(), started.elapsed());
+                breaker(false);
                 Err(failed(
                     AttemptError::Status(resp.status()),
                     "backend answered 101 to a request without Upgrade".into(),
@@ -172,6 +187,7 @@ impl Dispatch {
                 if let Some(o) = &backend.outlier {
                     o.status(resp.status());
                 }
+                breaker(!resp.status().is_server_error());
                 ex.response = Some(resp);
                 Ok(())
             }
@@ -187,6 +203,7 @@ impl Dispatch {
             }
             Some(Ok(Err(e))) if e.is_connect() => {
                 backend.metrics.connect_error.increment(1);
+                breaker(false);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
                 if let Some(o) = &backend.outlier {
                     o.failure();
@@ -195,6 +212,7 @@ impl Dispatch {
             }
             Some(Ok(Err(e))) => {
                 backend.metrics.reset.increment(1);
+                breaker(false);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
                 if let Some(o) = &backend.outlier {
                     o.failure();
@@ -212,6 +230,9 @@ impl Dispatch {
                 if let Some(o) = &backend.outlier {
                     o.failure();
                 }
+                if !by_deadline {
+                    breaker(false);
+                }
                 if by_deadline {
                     tracing::info!(
                         exchange = ex.id,
@@ -221,7 +242,7 @@ impl Dispatch {
                 } else {
                     Err(failed(
                         AttemptError::Timeout,
-                        format!("no response head within {:?}", self.response_timeout).into(),
+                        format!("no response head within {response_timeout:?}").into(),
                     ))
                 }
             }
@@ -257,7 +278,13 @@ impl Dispatch {
             .build()
             .map_err(|_| Reason::Unforwardable)?;
         // A request that may be sent again keeps its head; others give it up (moved, not copied).
-        let may_repeat = ex.retry_safe() || (self.replay_limit > 0 && ex.idempotent());
+        let policy = ex.decided.upstream.as_ref().and_then(|u| u.retry.as_ref());
+        let replay_limit = policy
+            .and_then(|p| p.retry_buffer)
+            .unwrap_or(self.replay_limit);
+        let may_repeat = ex.retry_safe()
+            || (self.replay_limit > 0 && ex.idempotent())
+            || policy.is_some_and(|p| p.attempts > 1);
         let mut headers = if may_repeat {
             ex.head.headers.clone()
         } else {
@@ -308,7 +335,7 @@ impl Dispatch {
             .body
             .for_attempt(
                 || st.record.bytes_in_counter(),
-                self.replay_limit,
+                replay_limit,
                 Some(&self.replay_overflow),
             )
             // Hedge-retry asks for another attempt only when the body can be sent again.

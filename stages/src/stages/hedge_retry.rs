@@ -2,8 +2,17 @@
 //! attempt it hands the exchange to select (a backend not tried yet) and then to dispatch
 //! (send, wait for the head), each through its own [`Inlet`] — its concurrency, queue and
 //! `when_full` as configured — and decides from the classified outcome whether another
-//! attempt follows. Today's policy: after a connect failure (nothing was sent), try another
-//! backend, up to `retries` times, when the request is safe to repeat. Hedging (parallel
+//! attempt follows.
+//!
+//! The policy is the upstream's own `retry` (`upstreams::retry`): `retry_on` failures and
+//! statuses, `attempts` in all, a per-try timeout, jittered backoff, and a retry budget; an
+//! answer with a retried status is held back while the next attempt is chosen, and is the
+//! client's answer when no backend is left for one (once a new attempt starts, its outcome
+//! is). A retry goes to a backend not tried yet, or, when none is left, to a tried one.
+//! Only idempotent methods are retried once sent, unless the route sets
+//! `retry_non_idempotent`; after a connect failure any method may go again. Upstreams
+//! without `retry` get the stage-wide one: connect failures, `retries` times, idempotent
+//! requests only, to backends not tried yet. Hedging (parallel
 //! attempts, first response wins, the losers cancelled) meets at a first-wins `Latch` here
 //! later; nothing outside this module changes for it.
 //!
@@ -15,14 +24,19 @@ use std::time::Instant;
 use serde::Deserialize;
 use spooky_sync::Permit;
 
-use crate::contract::exchange::{Attempt, Exchange};
+use crate::contract::exchange::{Attempt, AttemptError, AttemptFailure, Exchange};
 use crate::contract::flow::Flow;
 use crate::contract::inlet::{Entered, Inlet};
 use crate::contract::reason::Reason;
-use crate::metrics::StageMetrics;
+use crate::metrics::{RETRIES, RETRY_BUDGET_EXHAUSTED, StageMetrics};
 use crate::stages::dispatch::{Dispatch, Failed};
 use crate::stages::select::Select;
 use crate::units::Size;
+use crate::upstreams::balance::now_ns;
+use crate::upstreams::retry::{RetryOn, RetryPolicy};
+
+/// A response head held back while another attempt is made.
+type ResponseHead = http::Response<crate::upstreams::UpstreamBody>;
 
 /// `[stages.hedge-retry]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -63,7 +77,8 @@ pub struct Sub<S> {
 
 /// The running stage: the attempt loop over select and dispatch.
 pub struct HedgeRetry {
-    retries: u32,
+    /// The policy of upstreams without their own `retry`: connect failures, `retries` times.
+    policy: RetryPolicy,
     /// Counts the policy's own decisions (no more attempts); `None` without hedge-retry in
     /// the chain, where dispatch's failure is final and counted under dispatch.
     metrics: Option<StageMetrics>,
@@ -80,7 +95,7 @@ impl HedgeRetry {
         dispatch: Sub<Dispatch>,
     ) -> Self {
         HedgeRetry {
-            retries: config.map_or(0, |c| c.retries),
+            policy: RetryPolicy::connect_only(config.map_or(0, |c| c.retries)),
             metrics,
             select,
             dispatch,
@@ -92,10 +107,19 @@ impl HedgeRetry {
         [&self.select.inlet, &self.dispatch.inlet]
     }
 
-    /// Runs attempts until one produces a response head or the policy says no more.
-    /// `carried`: the previous stage's permit, let go once select admits the exchange.
+    /// Runs attempts until one produces a response head the policy keeps, or the policy
+    /// says no more. `carried`: the previous stage's permit, let go once select admits the
+    /// exchange.
     pub async fn process(&self, mut ex: Exchange, carried: Option<Permit>) -> Flow {
         let mut carried = carried;
+        let upstream = ex.decided.upstream.clone();
+        let policy = upstream
+            .as_ref()
+            .and_then(|u| u.retry.as_ref())
+            .unwrap_or(&self.policy);
+        // An answer the policy retries, held back while another attempt is made: the client
+        // gets it when no other attempt can be made.
+        let mut held: Option<ResponseHead> = None;
         loop {
             // Select: a backend for this attempt.
             let select = &self.select.inlet;
@@ -104,7 +128,7 @@ impl HedgeRetry {
                 None => select.enter(&mut ex, carried.take()).await,
             };
             drop(carried.take());
-            let held = match entered {
+            let held_permit = match entered {
                 Entered::Run(p) => p,
                 Entered::Refused(r) => return Flow::Reject(ex, r),
                 Entered::Cancelled => return Flow::Abandon(ex, Reason::Cancelled),
@@ -112,7 +136,7 @@ impl HedgeRetry {
             let m = select.metrics();
             count(m, |m| m.received.increment(1));
             let t0 = Instant::now();
-            let mut picked = self.select.stage.pick(&mut ex);
+            let mut picked = self.select.stage.pick(&mut ex, policy.explicit);
             if picked == Err(Reason::NoBackend) && self.select.stage.waits() {
                 use crate::stages::select::Waited;
                 picked = match self.select.stage.wait_for_backend(&mut ex).await {
@@ -125,6 +149,12 @@ impl HedgeRetry {
             count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
             ex.record.mark_at("select", t1);
             if let Err(r) = picked {
+                if let Some(answer) = held.take() {
+                    // No backend for another attempt: the held answer is the answer.
+                    count(m, |m| m.emitted.increment(1));
+                    ex.response = Some(answer);
+                    return Flow::Continue(ex);
+                }
                 count(m, |m| m.rejected(r.label()).increment(1));
                 return Flow::Reject(ex, r);
             }
@@ -133,28 +163,54 @@ impl HedgeRetry {
             let dispatch = &self.dispatch.inlet;
             let entered = match dispatch.try_enter() {
                 Some(p) => {
-                    drop(held);
+                    drop(held_permit);
                     Entered::Run(p)
                 }
-                None => dispatch.enter(&mut ex, Some(held)).await,
+                None => dispatch.enter(&mut ex, Some(held_permit)).await,
             };
             let _running = match entered {
                 Entered::Run(p) => p,
                 Entered::Refused(r) => return Flow::Reject(ex, r),
                 Entered::Cancelled => return Flow::Abandon(ex, Reason::Cancelled),
             };
+            // A new attempt is under way: the held answer is given up for it.
+            held = None;
+            if ex.decided.attempts.is_empty()
+                && let Some(b) = &policy.budget
+            {
+                b.request(now_ns());
+            }
             let m = dispatch.metrics();
             count(m, |m| m.received.increment(1));
             let t0 = Instant::now();
             // The whole loop is boxed by the engine: no second box for the attempt.
-            let sent = self.dispatch.stage.attempt(&mut ex).await;
+            let sent = self
+                .dispatch
+                .stage
+                .attempt(&mut ex, policy.per_try_timeout)
+                .await;
             let t1 = Instant::now();
             count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
             ex.record.mark_at("dispatch", t1);
             let failure = match sent {
                 Ok(()) => {
                     count(m, |m| m.emitted.increment(1));
-                    return Flow::Continue(ex);
+                    let status = ex.response.as_ref().map(|r| r.status());
+                    let on = status.and_then(|s| policy.covers_status(s));
+                    match (status, on) {
+                        (Some(s), Some(on)) => {
+                            let kind = AttemptError::Answered(s);
+                            if !self.retries(&ex, policy, kind, on) {
+                                return Flow::Continue(ex);
+                            }
+                            held = ex.response.take();
+                            AttemptFailure {
+                                kind,
+                                source: format!("answered {s}").into(),
+                            }
+                        }
+                        _ => return Flow::Continue(ex),
+                    }
                 }
                 Err(Failed::Refused(r)) => {
                     count(m, |m| m.rejected(r.label()).increment(1));
@@ -164,23 +220,27 @@ impl HedgeRetry {
                     count(m, |m| m.rejected(Reason::Cancelled.label()).increment(1));
                     return Flow::Abandon(ex, Reason::Cancelled);
                 }
-                Err(Failed::Attempt(f)) => f,
+                Err(Failed::Attempt(f)) => {
+                    count(m, |m| m.emitted.increment(1));
+                    f
+                }
             };
             // The attempt is over: dispatch lets go of it; the policy decides.
-            count(m, |m| m.emitted.increment(1));
             let backend = ex.decided.backend.unwrap_or(usize::MAX);
+            ex.permits.backend = None;
+            let again = held.is_some()
+                || policy
+                    .covers_failure(failure.kind)
+                    .is_some_and(|on| self.retries(&ex, policy, failure.kind, on));
             ex.decided.attempts.push(Attempt {
                 backend,
                 error: failure.kind,
             });
-            ex.permits.backend = None;
-            let failed = u32::try_from(ex.decided.attempts.len()).unwrap_or(u32::MAX);
-            let again = failure.kind.nothing_sent() && ex.retry_safe() && failed <= self.retries;
             // The message names the failure (`upstream connect failed`, …); the error has
             // its whole source chain.
             tracing::warn!(
                 exchange = ex.id,
-                upstream = ex.decided.upstream.as_ref().map(|u| u.name.as_str()),
+                upstream = upstream.as_ref().map(|u| u.name.as_str()),
                 backend = ex.backend_name(),
                 error = %crate::stages::dispatch::error_chain(&failure),
                 retry = again,
@@ -196,7 +256,64 @@ impl HedgeRetry {
                 });
                 return Flow::Reject(ex, r);
             }
+            let wait = policy.backoff(u32::try_from(ex.decided.attempts.len()).unwrap_or(u32::MAX));
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = ex.cancelled() => return Flow::Abandon(ex, Reason::Cancelled),
+                }
+            }
         }
+    }
+
+    /// Whether the policy sends another attempt after `kind` (covered by `on`): attempts
+    /// are left, the request can be sent again, and the budget has a retry. Counts the
+    /// retry, or the budget's refusal.
+    fn retries(
+        &self,
+        ex: &Exchange,
+        policy: &RetryPolicy,
+        kind: AttemptError,
+        on: RetryOn,
+    ) -> bool {
+        let made = ex.decided.attempts.len() + 1;
+        if made >= policy.attempts as usize || !ex.body.can_repeat() {
+            return false;
+        }
+        // After a connect failure nothing was sent: any method may go again (with an
+        // upstream's own policy, which keeps every request's head for it). Otherwise only
+        // idempotent methods, or a route that says its handlers are safe to repeat.
+        let route_opts_in = ex
+            .decided
+            .route
+            .as_ref()
+            .is_some_and(|r| r.retry_non_idempotent);
+        let method_ok = ex.idempotent()
+            || (policy.explicit && (kind == AttemptError::Connect || route_opts_in));
+        if !method_ok {
+            return false;
+        }
+        let upstream = ex.decided.upstream.as_ref().map_or("", |u| u.name.as_str());
+        if let Some(budget) = &policy.budget
+            && !budget.try_retry(now_ns())
+        {
+            metrics::counter!(RETRY_BUDGET_EXHAUSTED, "upstream" => upstream.to_string())
+                .increment(1);
+            tracing::info!(
+                exchange = ex.id,
+                upstream,
+                "retry budget exhausted; no retry"
+            );
+            return false;
+        }
+        metrics::counter!(
+            RETRIES,
+            "upstream" => upstream.to_string(),
+            "backend" => ex.backend_name().unwrap_or("").to_string(),
+            "on" => on.label()
+        )
+        .increment(1);
+        true
     }
 }
 

@@ -3,7 +3,8 @@
 //! backends already tried and backends at their inflight cap — and takes its permit. When
 //! every candidate is at its cap, the exchange waits for one up to the queue stage's
 //! deadline (`[stages.select] when_full = "wait"`, with a queue stage), or is answered 503
-//! `no_backend` at once (`when_full = "shed"`).
+//! `no_backend` at once (`when_full = "shed"`). A backend whose circuit breaker is open is
+//! skipped; when that leaves none, 503 `breaker_open`.
 
 use std::time::Duration;
 
@@ -61,6 +62,12 @@ impl Select {
         let candidates: Vec<usize> = candidates
             .into_iter()
             .filter(|i| !by_health || upstream.backends[*i].available())
+            .filter(|i| {
+                upstream.backends[*i]
+                    .breaker
+                    .as_ref()
+                    .is_none_or(|b| !b.is_open())
+            })
             .collect();
         if candidates.is_empty() {
             return Waited::Refused(Reason::NoBackend);
@@ -78,7 +85,13 @@ impl Select {
         };
         match waited {
             Some(Ok(((i, Ok(permit)), _, _))) => {
+                let ticket = match upstream.backends[i].breaker.as_ref().map(|b| b.admit()) {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(_open)) => return Waited::Refused(Reason::BreakerOpen),
+                };
                 ex.permits.backend = Some(permit);
+                ex.permits.breaker = ticket;
                 ex.decided.backend = Some(i);
                 Waited::Got
             }
@@ -88,9 +101,11 @@ impl Select {
         }
     }
 
-    /// Picks the backend of the next attempt and takes its permit: the next in the
-    /// balancer's order that was not tried yet and has room.
-    pub fn pick(&self, ex: &mut Exchange) -> Result<(), Reason> {
+    /// Picks the backend of the next attempt and takes its permit (and its breaker's
+    /// ticket): the next in the balancer's order that was not tried yet, is available, has
+    /// room and whose breaker lets it. `reuse`: when no untried backend is left, a tried one
+    /// may be taken again (an upstream's own `retry` policy, with one backend left).
+    pub fn pick(&self, ex: &mut Exchange, reuse: bool) -> Result<(), Reason> {
         let Some(upstream) = ex.decided.upstream.clone() else {
             return Ok(());
         };
@@ -102,6 +117,7 @@ impl Select {
             }
         }
         ex.permits.backend = None;
+        ex.permits.breaker = None;
         ex.decided.backend = None;
         let key = upstream
             .hash_key
@@ -109,15 +125,37 @@ impl Select {
             .and_then(|k| k.hash(&ex.head, ex.client.ip, ex.client.conn));
         // Health (active and passive) takes backends out, unless none is left.
         let by_health = upstream.filters_by_health();
-        for i in upstream.balancer.pick(upstream.backends.as_slice(), key) {
-            if ex.decided.attempts.iter().any(|a| a.backend == i) {
-                continue;
+        let mut broken = false;
+        for pass in [false, true] {
+            if pass && (!reuse || ex.decided.attempts.is_empty()) {
+                break;
             }
-            if by_health && !upstream.backends[i].available() {
-                continue;
-            }
-            if let Ok(p) = upstream.backends[i].cap.try_acquire() {
-                ex.permits.backend = Some(p);
+            let order = match ex.decided.attempts.last() {
+                Some(last) => upstream.balancer.after(last.backend),
+                None => upstream.balancer.pick(upstream.backends.as_slice(), key),
+            };
+            for i in order {
+                let tried = ex.decided.attempts.iter().any(|a| a.backend == i);
+                if tried != pass {
+                    continue;
+                }
+                let backend = &upstream.backends[i];
+                if by_health && !backend.available() {
+                    continue;
+                }
+                let Ok(permit) = backend.cap.try_acquire() else {
+                    continue;
+                };
+                let ticket = match backend.breaker.as_ref().map(|b| b.admit()) {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(_open)) => {
+                        broken = true;
+                        continue;
+                    }
+                };
+                ex.permits.backend = Some(permit);
+                ex.permits.breaker = ticket;
                 ex.decided.backend = Some(i);
                 return Ok(());
             }
@@ -125,6 +163,7 @@ impl Select {
         match ex.decided.attempts.last() {
             // Every other backend was tried or is busy: report the failure that sent us here.
             Some(last) => Err(last.error.reason()),
+            None if broken => Err(Reason::BreakerOpen),
             None => Err(Reason::NoBackend),
         }
     }

@@ -120,6 +120,23 @@ impl Balancer {
         }
     }
 
+    /// The order for a retry: every member, from the one after `backend` (the one that just
+    /// failed), without moving the algorithm's state — a retry does not take a turn from
+    /// the next request, so a failing backend is not every request's first choice.
+    pub fn after(&self, backend: usize) -> Order<'_> {
+        let m = self.members.len().max(1);
+        let first = self
+            .members
+            .iter()
+            .position(|&b| b == backend)
+            .map_or(0, |p| (p + 1) % m);
+        Order {
+            members: &self.members,
+            first,
+            k: 0,
+        }
+    }
+
     /// The position (in `members`) an unkeyed algorithm chooses.
     fn first<L: Loads + ?Sized>(&self, algorithm: Balance, loads: &L) -> usize {
         let m = self.members.len();

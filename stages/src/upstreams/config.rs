@@ -70,6 +70,11 @@ pub struct UpstreamConfig {
     pub health: Option<super::health::HealthConfig>,
     /// Passive health: outlier ejection from live traffic (absent: none).
     pub outlier: Option<super::outlier::OutlierConfig>,
+    /// Circuit breaking per backend (absent: none).
+    pub breaker: Option<super::breaker::BreakerConfig>,
+    /// Retries of this upstream's exchanges (absent: `[stages.hedge-retry] retries`, connect
+    /// failures only).
+    pub retry: Option<super::retry::RetryConfig>,
     pub backends: Vec<BackendConfig>,
 }
 

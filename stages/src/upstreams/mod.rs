@@ -3,12 +3,14 @@
 
 pub mod addr;
 pub mod balance;
+pub mod breaker;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod outlier;
 pub mod registry;
+pub mod retry;
 pub mod tls;
 
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct Backend {
     pub health: Arc<health::Health>,
     /// Passive health (outlier ejection), when the upstream sets `outlier`.
     pub outlier: Option<outlier::Outlier>,
+    /// Circuit breaker, when the upstream sets `breaker`.
+    pub breaker: Option<breaker::BackendBreaker>,
     /// Known to speak HTTP/1.1 (`http1`, or `auto` on `http://`): hop-by-hop request fields
     /// are listed in `Connection` for it.
     pub http1: bool,
@@ -57,6 +61,8 @@ pub struct Upstream {
     pub health: Option<Arc<health::HealthConfig>>,
     /// Passive health is on (every backend has an `outlier`).
     passive: bool,
+    /// The upstream's own retry policy (`retry`); absent, hedge-retry's stage-wide one.
+    pub retry: Option<retry::RetryPolicy>,
 }
 
 impl Backend {
@@ -114,6 +120,10 @@ impl Upstream {
                         &b.url,
                     )
                 }),
+                breaker: config
+                    .breaker
+                    .as_ref()
+                    .map(|c| breaker::BackendBreaker::new(c, name, &b.url)),
                 metrics: BackendMetrics::new(name, &b.url),
                 name: b.url.clone(),
                 addr,
@@ -142,6 +152,7 @@ impl Upstream {
             hash_key,
             health: config.health.clone().map(Arc::new),
             passive: config.outlier.is_some(),
+            retry: config.retry.as_ref().map(retry::RetryPolicy::build),
             backends,
         }))
     }

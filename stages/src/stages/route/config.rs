@@ -65,6 +65,10 @@ pub struct RouteConfig {
     /// `X-Forwarded-*` / `Forwarded` for this route: `append`, `replace`, `strip` (default:
     /// `[stages.dispatch] forwarded`).
     pub forwarded: Option<crate::http::forwarded::Policy>,
+    /// Lets the upstream's `retry` policy retry this route's non-idempotent requests (POST,
+    /// PATCH) after the request was sent: only for handlers that are safe to repeat.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
 }
 
 /// `match = { … }`: every matcher given must hold.

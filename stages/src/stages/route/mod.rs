@@ -142,6 +142,7 @@ impl RouteIndex {
                 edits,
                 keeps_encoded_slashes: rc.encoded_slashes
                     == Some(crate::http::path::EncodedSlashes::Keep),
+                retry_non_idempotent: rc.retry_non_idempotent,
                 waiting: Cap::new(queue_capacity),
             });
             let hosts = rc

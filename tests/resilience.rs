@@ -1,0 +1,308 @@
+//! Retries, retry budgets and circuit breakers against the fault backend (real hyper
+//! backends on 127.0.0.1, a real HTTP/3 client): which backend received what, which status
+//! the client got, which metric moved, and that every cap is back to zero afterwards.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use support::fault::{Fault, Mode};
+use support::proxy::{Proxy, pipeline, pipeline_with};
+use support::{TempDir, TestCert, connect, spooky, url};
+
+/// Route `app` (with `route_extra`) to upstream `app` (with `upstream_extra`) over `backends`.
+fn config(backends: &[&Fault], upstream_extra: &str, route_extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ url = \"{}\" }}", b.url()))
+        .collect();
+    format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n{route_extra}\n\n[upstreams.app]\n{upstream_extra}\nbackends = [ {} ]\n",
+        list.join(", ")
+    )
+}
+
+async fn retries(proxy: &Proxy, on: &str) -> f64 {
+    proxy
+        .metric("spooky_retries_total", &[("upstream", "app"), ("on", on)])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_on_the_other_backend() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::status(503)).await;
+    let b = Fault::start("b", Mode::OK).await;
+    let retry =
+        r#"retry = { attempts = 2, retry_on = ["503"], backoff = { base = "1ms", max = "5ms" } }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a, &b], retry, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    for _ in 0..4 {
+        let r = conn.get(&url("/x")).await.expect("response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, Bytes::from_static(b"b"));
+    }
+    // Round-robin sent two of the four first attempts to `a`; each went on to `b`.
+    assert_eq!(a.received(), 2);
+    assert_eq!(b.received(), 4);
+    assert_eq!(retries(&proxy, "503").await, 2.0);
+    proxy.assert_caps_zero().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_attempt_is_answered_503_the_client_gets_the_backends_answer() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::status(503)).await;
+    let b = Fault::start("b", Mode::status(503)).await;
+    let retry = r#"retry = { attempts = 3, retry_on = ["gateway-error"], backoff = { base = "1ms", max = "5ms" } }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a, &b], retry, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    let r = conn.get(&url("/x")).await.expect("response");
+    // Three attempts: a, b, then a again (no untried backend is left); the last answer is
+    // the backend's own 503, not one Spooky made.
+    assert_eq!(r.status, 503);
+    assert!(r.headers.get("proxy-status").is_none(), "{:?}", r.headers);
+    assert_eq!(a.received() + b.received(), 3);
+    assert_eq!(retries(&proxy, "gateway-error").await, 2.0);
+    proxy.assert_caps_zero().await;
+}
+
+async fn post(conn: &spooky::h3client::H3Conn) -> spooky::h3client::Response {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(url("/orders"))
+        .header("content-length", "5")
+        .body(())
+        .expect("request");
+    conn.request(req, Some(Bytes::from_static(b"order")))
+        .await
+        .expect("response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_retried_only_where_the_route_opts_in() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::status(503)).await;
+    let b = Fault::start("b", Mode::OK).await;
+    let retry =
+        r#"retry = { attempts = 2, retry_on = ["503"], backoff = { base = "1ms", max = "5ms" } }"#;
+    {
+        let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a, &b], retry, "")));
+        let conn = connect(&cert.client(), &proxy).await;
+        let r = post(&conn).await;
+        assert_eq!(
+            r.status, 503,
+            "a POST that reached a backend is not sent twice"
+        );
+        assert_eq!((a.received(), b.received()), (1, 0));
+    }
+    let proxy = Proxy::start(&pipeline(
+        &cert.toml(),
+        &config(&[&a, &b], retry, "retry_non_idempotent = true"),
+    ));
+    let conn = connect(&cert.client(), &proxy).await;
+    let r = post(&conn).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, Bytes::from_static(b"b"));
+    assert_eq!((a.received(), b.received()), (2, 1));
+    proxy.assert_caps_zero().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_backend_is_given_up_after_the_per_try_timeout_and_sees_it() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::Hang).await;
+    let b = Fault::start("b", Mode::OK).await;
+    let retry = r#"retry = { attempts = 2, retry_on = ["timeout"], per_try_timeout = "200ms" }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a, &b], retry, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    let r = conn.get(&url("/x")).await.expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, Bytes::from_static(b"b"));
+    // The hanging backend's request was given up, and it saw that.
+    a.wait("the hanging backend sees the cancellation", |_, c| c == 1)
+        .await;
+    assert_eq!(retries(&proxy, "timeout").await, 1.0);
+    // Without "timeout" in retry_on, the per-try timeout answers 504.
+    drop(proxy);
+    let retry = r#"retry = { attempts = 2, retry_on = ["503"], per_try_timeout = "200ms" }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a], retry, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    let r = conn.get(&url("/x")).await.expect("response");
+    assert_eq!(r.status, 504);
+    proxy.assert_caps_zero().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_is_retried_when_asked() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::Reset).await;
+    let b = Fault::start("b", Mode::OK).await;
+    let retry = r#"retry = { attempts = 2, retry_on = ["reset"], backoff = { base = "1ms", max = "5ms" } }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a, &b], retry, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    for _ in 0..2 {
+        let r = conn.get(&url("/x")).await.expect("response");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(a.received(), 1);
+    assert_eq!(retries(&proxy, "reset").await, 1.0);
+    proxy.assert_caps_zero().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_budget_stops_retries() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::status(503)).await;
+    let b = Fault::start("b", Mode::status(503)).await;
+    // 10 % of requests, no floor: the tenth request is the first to earn a retry.
+    let retry = r#"retry = { attempts = 2, retry_on = ["503"], backoff = { base = "1ms", max = "1ms" }, budget = { ratio = 0.1, min_per_second = 0, window = "60s" } }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a, &b], retry, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    for _ in 0..10 {
+        let r = conn.get(&url("/x")).await.expect("response");
+        assert_eq!(r.status, 503);
+    }
+    assert_eq!(retries(&proxy, "503").await, 1.0);
+    assert_eq!(
+        proxy
+            .metric(
+                "spooky_retry_budget_exhausted_total",
+                &[("upstream", "app")]
+            )
+            .await,
+        9.0
+    );
+    assert_eq!(a.received() + b.received(), 11);
+    proxy.assert_caps_zero().await;
+}
+
+async fn breaker_state(proxy: &Proxy, backend: &Fault, want: f64) {
+    proxy
+        .wait_metric(
+            "spooky_backend_breaker_state",
+            &[("backend", &backend.url())],
+            |v| v == want,
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_lets_exactly_one_probe_through_and_closes() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::status(500)).await;
+    let breaker = r#"breaker = { failure_rate = 0.0, consecutive_failures = 2, open_for = "300ms", half_open_probes = 1 }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a], breaker, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    for _ in 0..2 {
+        assert_eq!(conn.get(&url("/x")).await.expect("response").status, 500);
+    }
+    breaker_state(&proxy, &a, 1.0).await;
+    // Open: answered at once by Spooky, the backend is not asked.
+    let r = conn.get(&url("/x")).await.expect("response");
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert_eq!(a.received(), 2);
+    assert_eq!(proxy.rejected("select", "breaker_open").await, 1.0);
+    // After `open_for`, half-open: of three concurrent requests exactly one reaches the
+    // backend (slow, so all three overlap), and its success closes the breaker.
+    a.set(Mode::slow(Duration::from_millis(300)));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let u = url("/x");
+    let got = futures::future::join_all((0..3).map(|_| conn.get(&u))).await;
+    let mut statuses: Vec<u16> = got
+        .into_iter()
+        .map(|r| r.expect("response").status.as_u16())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 503, 503]);
+    assert_eq!(a.received(), 3, "exactly one probe");
+    breaker_state(&proxy, &a, 0.0).await;
+    a.set(Mode::OK);
+    for _ in 0..3 {
+        assert_eq!(conn.get(&url("/x")).await.expect("response").status, 200);
+    }
+    for (to, n) in [("open", 1.0), ("half_open", 1.0), ("closed", 1.0)] {
+        assert_eq!(
+            proxy
+                .metric("spooky_breaker_transitions_total", &[("to", to)])
+                .await,
+            n,
+            "{to}"
+        );
+    }
+    proxy.assert_caps_zero().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_reopens_the_breaker() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::Reset).await;
+    let b = Fault::start("b", Mode::OK).await;
+    let extra = r#"breaker = { failure_rate = 0.0, consecutive_failures = 1, open_for = "200ms" }"#;
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &config(&[&a, &b], extra, "")));
+    let conn = connect(&cert.client(), &proxy).await;
+    // `a` fails once and is skipped while open: everything goes to `b`.
+    assert_eq!(conn.get(&url("/x")).await.expect("response").status, 502);
+    breaker_state(&proxy, &a, 1.0).await;
+    for _ in 0..4 {
+        assert_eq!(conn.get(&url("/x")).await.expect("response").status, 200);
+    }
+    assert_eq!(a.received(), 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The probe goes to `a` when round-robin reaches it; it fails and reopens the breaker.
+    for _ in 0..2 {
+        conn.get(&url("/x")).await.expect("response");
+    }
+    assert_eq!(a.received(), 2);
+    breaker_state(&proxy, &a, 1.0).await;
+    assert_eq!(
+        proxy
+            .metric("spooky_breaker_transitions_total", &[("to", "open")])
+            .await,
+        2.0
+    );
+    proxy.assert_caps_zero().await;
+}
+
+#[test]
+fn bad_retry_and_breaker_settings_are_errors_with_their_key() {
+    let dir = TempDir::new();
+    let file = dir.0.join("p.toml");
+    let text = pipeline_with(
+        r#"["h3"]"#,
+        "",
+        "[[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[upstreams.app]\nretry = { attempts = 11, per_try_timeout = \"0s\", budget = { ratio = 1.5 } }\nbreaker = { failure_rate = 2.0, half_open_probes = 0, open_for = \"0s\" }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n\n[upstreams.other]\nretry = { retry_on = [\"sometimes\"] }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n",
+    );
+    std::fs::write(&file, text).expect("write");
+    let (code, _, err) = spooky(&["check", &file.display().to_string()]);
+    assert_eq!(code, 64, "{err}");
+    for (key, message) in [
+        ("upstreams.app.retry.attempts", "expected 1..=10"),
+        ("upstreams.app.retry.per_try_timeout", "above 0"),
+        ("upstreams.app.retry.budget", "ratio: expected 0.0..=1.0"),
+        ("upstreams.app.breaker.failure_rate", "expected 0.0..=1.0"),
+        ("upstreams.app.breaker.half_open_probes", "at least 1"),
+        ("upstreams.app.breaker.open_for", "above 0"),
+        ("upstreams.other.retry", "retry_on: unknown `sometimes`"),
+    ] {
+        assert!(
+            err.contains(&format!(": {key}: ")) && err.contains(message),
+            "{key}: {err}"
+        );
+    }
+    assert!(err.contains("p.toml:"), "names the file and line: {err}");
+}
