@@ -306,3 +306,81 @@ fn bad_retry_and_breaker_settings_are_errors_with_their_key() {
     }
     assert!(err.contains("p.toml:"), "names the file and line: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_upstream_does_not_hold_up_another() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let slow = Fault::start("slow", Mode::Hang).await;
+    let fast = Fault::start("fast", Mode::OK).await;
+    // Dispatch runs 8 attempts at once; each of the two upstreams may hold half of that.
+    let rest = format!(
+        r#"
+[stages.dispatch]
+concurrency = 8
+
+[stages.queue]
+deadline = "30s"
+
+[[routes]]
+name = "slow"
+match = {{ path_prefix = "/slow" }}
+upstream = "slow"
+
+[[routes]]
+name = "fast"
+match = {{ path_prefix = "/fast" }}
+upstream = "fast"
+
+[upstreams.slow]
+backends = [ {{ url = "{}" }} ]
+
+[upstreams.fast]
+backends = [ {{ url = "{}" }} ]
+"#,
+        slow.url(),
+        fast.url()
+    );
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
+    assert_eq!(
+        proxy
+            .metric("spooky_upstream_inflight_limit", &[("upstream", "slow")])
+            .await,
+        4.0
+    );
+    let stuck = connect(&cert.client(), &proxy).await;
+    let stuck = std::sync::Arc::new(stuck);
+    let hanging: Vec<_> = (0..12)
+        .map(|_| {
+            let c = stuck.clone();
+            tokio::spawn(async move { c.get(&url("/slow")).await })
+        })
+        .collect();
+    // The slow upstream has its share in flight (the backend never answers them); the other
+    // eight wait in the route's queue, not in dispatch.
+    slow.wait("the slow upstream's share in flight", |r, _| r == 4)
+        .await;
+    proxy
+        .wait_metric("spooky_route_queue_waiting", &[("route", "slow")], |v| {
+            v == 8.0
+        })
+        .await;
+    // A request to the other upstream goes straight through. Without the bulkhead it would
+    // wait in dispatch behind the slow ones until they time out.
+    let conn = connect(&cert.client(), &proxy).await;
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(10), conn.get(&url("/fast")))
+            .await
+            .expect("the fast upstream answers while the slow one is saturated")
+            .expect("response");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(slow.received(), 4);
+    for h in hanging {
+        h.abort();
+    }
+    drop(stuck);
+    slow.wait("every hanging request given up", |_, c| c == 4)
+        .await;
+    proxy.assert_caps_zero().await;
+}

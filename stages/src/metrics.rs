@@ -32,6 +32,8 @@ pub const REQUEST_DURATION: &str = "spooky_request_duration_seconds";
 pub const UPSTREAM_REQUESTS: &str = "spooky_upstream_requests_total";
 pub const UPSTREAM_LATENCY: &str = "spooky_upstream_response_seconds";
 pub const UPSTREAM_INFLIGHT: &str = "spooky_upstream_inflight";
+/// An upstream's inflight cap: the smaller of its `max_inflight` and its bulkhead share.
+pub const UPSTREAM_LIMIT: &str = "spooky_upstream_inflight_limit";
 pub const BACKEND_INFLIGHT: &str = "spooky_backend_inflight";
 pub const ADMISSION_INFLIGHT: &str = "spooky_admission_inflight";
 pub const ADMISSION_WAITING: &str = "spooky_admission_waiting";

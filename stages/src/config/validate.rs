@@ -261,6 +261,14 @@ fn stages(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             );
         }
     }
+    let share = config.stages.dispatch.upstream_share;
+    if !(share.is_finite() && share > 0.0 && share <= 1.0) {
+        cx.push(
+            Some(span_at(root, &["stages", "dispatch", "upstream_share"])),
+            "stages.dispatch.upstream_share",
+            "expected a share above 0.0, at most 1.0",
+        );
+    }
 }
 
 fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {

@@ -196,6 +196,31 @@ impl Shared {
     }
 }
 
+/// Bulkheads: the most exchanges one upstream may have past the queue stage — its share
+/// (`[stages.dispatch] upstream_share`) of the attempt stages' concurrency (the smallest of
+/// select, hedge-retry and dispatch), so one slow upstream can never fill them and hold up
+/// the others; its other exchanges wait in their route's queue. An upstream alone in the
+/// pipeline has the whole of it.
+fn bulkhead(config: &Config) -> usize {
+    let st = &config.stages;
+    let stages = [
+        StageKind::Select,
+        StageKind::HedgeRetry,
+        StageKind::Dispatch,
+    ];
+    let smallest = stages
+        .into_iter()
+        .filter(|k| config.chain.contains(k))
+        .map(|k| st.settings(k).concurrency.get())
+        .min()
+        .unwrap_or(usize::MAX);
+    if config.upstreams.len() < 2 {
+        return smallest;
+    }
+    let share = (smallest as f64 * st.dispatch.upstream_share).floor();
+    (share as usize).clamp(1, smallest)
+}
+
 impl Pipeline {
     /// Builds a standalone pipeline (its own pools and drain). Must run inside tokio.
     pub fn start(config: &Config) -> Result<Arc<Pipeline>, BuildError> {
@@ -208,8 +233,9 @@ impl Pipeline {
         let st = &config.stages;
         let mut upstreams = HashMap::new();
         let settings = st.dispatch.client_settings();
+        let share = bulkhead(config);
         for (n, u) in &config.upstreams {
-            let built = Upstream::build(n, u, &settings, &shared.registry)
+            let built = Upstream::build(n, u, &settings, &shared.registry, share)
                 .map_err(|e| BuildError::Upstream(n.clone(), e))?;
             upstreams.insert(n.clone(), built);
         }

@@ -40,7 +40,7 @@ pub enum ForwardedHeader {
 }
 
 /// `[stages.dispatch]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Longest TCP connect to a backend.
@@ -62,6 +62,15 @@ pub struct Config {
     /// `"x-forwarded"` (default), `"rfc7239"` (`Forwarded`), or `"both"`.
     #[serde(default)]
     pub forwarded_header: ForwardedHeader,
+    /// Bulkheads: the share of the attempt stages' concurrency (select, hedge-retry,
+    /// dispatch) one upstream may hold when the pipeline has several; past it, its
+    /// exchanges wait in their route's queue and the other upstreams keep theirs.
+    #[serde(default = "default_upstream_share")]
+    pub upstream_share: f64,
+}
+
+fn default_upstream_share() -> f64 {
+    0.5
 }
 
 fn default_connect_timeout() -> Dur {
@@ -97,6 +106,7 @@ impl Default for Config {
             pool_max_idle_per_backend: default_pool_max_idle(),
             forwarded: Forwarded::default(),
             forwarded_header: ForwardedHeader::default(),
+            upstream_share: default_upstream_share(),
         }
     }
 }

@@ -83,12 +83,15 @@ impl Loads for [Backend] {
 
 impl Upstream {
     /// Builds an upstream and its backends, taking their pools from `registry`; `config` was
-    /// validated, so URLs parse.
+    /// validated, so URLs parse. `bulkhead`: the most exchanges it may have past the queue
+    /// stage (its share of the attempt stages); its cap is the smaller of that and
+    /// `max_inflight`.
     pub fn build(
         name: &str,
         config: &UpstreamConfig,
         settings: &ClientSettings,
         registry: &Registry,
+        bulkhead: usize,
     ) -> Result<Arc<Self>, UpstreamError> {
         let mut backends = Vec::new();
         let ejected = Arc::new(outlier::Ejected::default());
@@ -145,9 +148,12 @@ impl Upstream {
             }),
             _ => None,
         };
+        let limit = config.max_inflight.get().min(bulkhead.max(1));
+        metrics::gauge!(crate::metrics::UPSTREAM_LIMIT, "upstream" => name.to_string())
+            .set(limit as f64);
         Ok(Arc::new(Upstream {
             name: name.to_string(),
-            cap: Cap::new(config.max_inflight.get()),
+            cap: Cap::new(limit),
             balancer: Balancer::new(config.balance, config.fallback, &members),
             hash_key,
             health: config.health.clone().map(Arc::new),
