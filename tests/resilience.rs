@@ -285,7 +285,7 @@ fn bad_retry_and_breaker_settings_are_errors_with_their_key() {
     let text = pipeline_with(
         r#"["h3"]"#,
         "",
-        "[[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[upstreams.app]\nretry = { attempts = 11, per_try_timeout = \"0s\", budget = { ratio = 1.5 } }\nbreaker = { failure_rate = 2.0, half_open_probes = 0, open_for = \"0s\" }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n\n[upstreams.other]\nretry = { retry_on = [\"sometimes\"] }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n",
+        "[[routes]]\nname = \"app\"\nupstream = \"app\"\nrate_limit = { rate = 1, per = \"0s\", key = \"bogus\" }\n\n[upstreams.app]\nretry = { attempts = 11, per_try_timeout = \"0s\", budget = { ratio = 1.5 } }\nbreaker = { failure_rate = 2.0, half_open_probes = 0, open_for = \"0s\" }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n\n[upstreams.other]\nretry = { retry_on = [\"sometimes\"] }\nbackends = [ { url = \"http://127.0.0.1:1\" } ]\n",
     );
     std::fs::write(&file, text).expect("write");
     let (code, _, err) = spooky(&["check", &file.display().to_string()]);
@@ -298,6 +298,8 @@ fn bad_retry_and_breaker_settings_are_errors_with_their_key() {
         ("upstreams.app.breaker.half_open_probes", "at least 1"),
         ("upstreams.app.breaker.open_for", "above 0"),
         ("upstreams.other.retry", "retry_on: unknown `sometimes`"),
+        ("routes[0].rate_limit.key", "is not a request key"),
+        ("routes[0].rate_limit.per", "above 0"),
     ] {
         assert!(
             err.contains(&format!(": {key}: ")) && err.contains(message),
@@ -383,4 +385,106 @@ backends = [ {{ url = "{}" }} ]
     slow.wait("every hanging request given up", |_, c| c == 4)
         .await;
     proxy.assert_caps_zero().await;
+}
+
+fn limited(upstream: &Fault, rate_limit: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nrate_limit = {rate_limit}\n\n[upstreams.app]\nbackends = [ {{ url = \"{}\" }} ]\n",
+        upstream.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_answers_429_at_the_configured_rate() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let app = Fault::start("app", Mode::OK).await;
+    let proxy = Proxy::start(&pipeline(
+        &cert.toml(),
+        &limited(
+            &app,
+            r#"{ rate = 20, per = "1s", burst = 5, key = "client-ip" }"#,
+        ),
+    ));
+    let conn = connect(&cert.client(), &proxy).await;
+    // As fast as one connection goes, for a bounded second: the burst, then 20 a second.
+    let started = std::time::Instant::now();
+    let (mut ok, mut refused) = (0u32, 0u32);
+    while started.elapsed() < Duration::from_secs(1) && ok + refused < 5_000 {
+        let r = conn.get(&url("/x")).await.expect("response");
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                let h = |n: &str| {
+                    r.headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                assert_eq!(h("retry-after"), "1");
+                assert_eq!(h("ratelimit-limit"), "5");
+                assert_eq!(h("ratelimit-remaining"), "0");
+                assert!(
+                    h("proxy-status").contains("rate_limited"),
+                    "{:?}",
+                    r.headers
+                );
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let expected = 5.0 + 20.0 * elapsed;
+    assert!(
+        (f64::from(ok) - expected).abs() <= 2.0,
+        "{ok} passed in {elapsed:.3} s: expected about {expected:.1}"
+    );
+    assert!(refused > 0);
+    assert_eq!(app.received(), ok as usize);
+    assert_eq!(
+        proxy
+            .metric("spooky_rate_limited_total", &[("route", "app")])
+            .await,
+        f64::from(refused)
+    );
+    assert_eq!(
+        proxy.rejected("route", "rate_limited").await,
+        f64::from(refused)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_has_its_own_bucket() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let app = Fault::start("app", Mode::OK).await;
+    let proxy = Proxy::start(&pipeline(
+        &cert.toml(),
+        &limited(&app, r#"{ rate = 2, per = "1m", key = "header:x-user" }"#),
+    ));
+    let conn = connect(&cert.client(), &proxy).await;
+    let get = |user: Option<&'static str>| {
+        let mut b = Request::builder().uri(url("/x"));
+        if let Some(u) = user {
+            b = b.header("x-user", u);
+        }
+        conn.request(b.body(()).expect("request"), None)
+    };
+    let mut statuses = Vec::new();
+    for user in [
+        Some("ann"),
+        Some("ann"),
+        Some("ann"),
+        Some("bob"),
+        None,
+        None,
+        None,
+    ] {
+        statuses.push(get(user).await.expect("response").status.as_u16());
+    }
+    // Ann's third is refused; Bob has his own two; requests without the header share one
+    // bucket (leaving the header out is no way around the limit).
+    assert_eq!(statuses, vec![200, 200, 429, 200, 200, 200, 429]);
 }

@@ -20,6 +20,8 @@ pub const BACKEND_BREAKER: &str = "spooky_backend_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "spooky_breaker_transitions_total";
 /// Retries sent, by upstream, the backend whose attempt failed, and the `retry_on` entry.
 pub const RETRIES: &str = "spooky_retries_total";
+/// Requests a route's rate limit answered 429.
+pub const RATE_LIMITED: &str = "spooky_rate_limited_total";
 /// Retries the budget refused (the failure went to the client).
 pub const RETRY_BUDGET_EXHAUSTED: &str = "spooky_retry_budget_exhausted_total";
 pub const STAGE_EMITTED: &str = "spooky_stage_emitted_total";

@@ -251,6 +251,8 @@ pub struct Decisions {
     pub attempts: SmallVec<[Attempt; 2]>,
     /// The client's authority, when the route rewrote it (`X-Forwarded-Host` names it).
     pub original_authority: Option<http::uri::Authority>,
+    /// Fields a refusal carries besides its reason's (a rate limit's `RateLimit-*`).
+    pub reply_headers: Option<Box<http::HeaderMap>>,
 }
 
 /// One request/response through the pipeline: a box around [`ExchangeState`], so handing an

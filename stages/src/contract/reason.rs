@@ -46,6 +46,8 @@ pub enum Reason {
     Unforwardable,
     /// No route matches (404).
     NoRoute,
+    /// The route's rate limit (429, with `Retry-After` and `RateLimit-*`).
+    RateLimited,
 
     // Overload: 503 with `Retry-After: 1`; gRPC RESOURCE_EXHAUSTED for every one of them.
     /// The global inflight cap (admission, `shed`).
@@ -108,6 +110,7 @@ impl Reason {
             Reason::BadRequestBody => "bad_request_body",
             Reason::Unforwardable => "unforwardable",
             Reason::NoRoute => "no_route",
+            Reason::RateLimited => "rate_limited",
             Reason::AdmissionFull => "admission_full",
             Reason::ConcurrencyFull => "concurrency_full",
             Reason::QueueFull => "queue_full",
@@ -147,6 +150,7 @@ impl Reason {
             }
             Reason::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
             Reason::NoRoute => StatusCode::NOT_FOUND,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             // Overload (every 503 but draining: see `is_overload`).
             Reason::AdmissionFull
             | Reason::ConcurrencyFull
@@ -173,6 +177,7 @@ impl Reason {
         match self {
             Reason::HeaderCount | Reason::HeaderBytes => "http_request_error",
             Reason::NoRoute => "destination_not_found",
+            Reason::RateLimited => "http_request_denied",
             Reason::NoBackend | Reason::BreakerOpen | Reason::UpstreamConnect => {
                 "destination_unavailable"
             }
@@ -230,6 +235,7 @@ impl Reason {
         match self {
             Reason::UpstreamTimeout | Reason::GrpcDeadline => grpc::Code::DeadlineExceeded,
             Reason::NoRoute => grpc::Code::Unimplemented,
+            Reason::RateLimited => grpc::Code::ResourceExhausted,
             r if r.status().is_server_error() => grpc::Code::Unavailable,
             _ => grpc::Code::Internal,
         }

@@ -124,6 +124,9 @@ pub struct Route {
     pub keeps_encoded_slashes: bool,
     /// Non-idempotent requests may be retried after they were sent (`retry_non_idempotent`).
     pub retry_non_idempotent: bool,
+    /// Its rate limit (`rate_limit`), and the count of requests it refused.
+    pub rate_limit: Option<crate::stages::route::limit::RateLimiter>,
+    pub rate_limited: metrics::Counter,
     /// Exchanges of this route waiting in the queue stage.
     pub waiting: Cap,
 }

@@ -542,7 +542,14 @@ impl Pipeline {
         }
         let grpc = ex.grpc;
         match ex.responder.rejection(r, grpc) {
-            Some(reply) => self.reply(ex, reply).await,
+            Some(mut reply) => {
+                if let Some(extra) = ex.decided.reply_headers.take() {
+                    for (k, v) in extra.iter() {
+                        reply.headers.insert(k, v.clone());
+                    }
+                }
+                self.reply(ex, reply).await
+            }
             None => ex.record.ended(Outcome::Reset),
         }
     }

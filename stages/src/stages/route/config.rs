@@ -69,6 +69,8 @@ pub struct RouteConfig {
     /// PATCH) after the request was sent: only for handlers that are safe to repeat.
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// Token buckets per key: over the limit, 429 with `Retry-After` and `RateLimit-*`.
+    pub rate_limit: Option<super::limit::RateLimitConfig>,
 }
 
 /// `match = { … }`: every matcher given must hold.
@@ -320,6 +322,9 @@ impl RouteConfig {
                     out.push(problem(&at, e));
                 }
             }
+        }
+        for (key, message) in self.rate_limit.iter().flat_map(|rl| rl.problems()) {
+            out.push(problem(&["rate_limit", key], message));
         }
         let actions = [
             self.respond.is_some(),

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod index;
+pub mod limit;
 pub mod matcher;
 
 use std::collections::HashMap;
@@ -143,6 +144,14 @@ impl RouteIndex {
                 keeps_encoded_slashes: rc.encoded_slashes
                     == Some(crate::http::path::EncodedSlashes::Keep),
                 retry_non_idempotent: rc.retry_non_idempotent,
+                rate_limit: rc
+                    .rate_limit
+                    .as_ref()
+                    .map(|c| {
+                        limit::RateLimiter::build(c).map_err(|e| invalid(format!("rate_limit.{e}")))
+                    })
+                    .transpose()?,
+                rate_limited: metrics::counter!(crate::metrics::RATE_LIMITED, "route" => rc.name.clone()),
                 waiting: Cap::new(queue_capacity),
             });
             let hosts = rc
@@ -303,6 +312,16 @@ impl RouteStage {
                 ex,
                 Reason::BadPath(crate::http::path::PathError::EncodedSlash),
             );
+        }
+        if let Some(limiter) = &route.rate_limit {
+            let key = limiter.key_of(&ex.head, ex.client.ip, ex.client.conn);
+            let verdict = limiter.check(key, crate::upstreams::balance::now_ns());
+            if !verdict.allowed {
+                route.rate_limited.increment(1);
+                ex.decided.route = Some(route.clone());
+                ex.decided.reply_headers = Some(Box::new(limiter.headers(verdict)));
+                return Flow::Reject(ex, Reason::RateLimited);
+            }
         }
         let sticky = match &route.action {
             Action::Split(s) => s
