@@ -488,3 +488,87 @@ async fn each_key_has_its_own_bucket() {
     // bucket (leaving the header out is no way around the limit).
     assert_eq!(statuses, vec![200, 200, 429, 200, 200, 200, 429]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brownout_sheds_background_then_normal_and_never_critical() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let stuck = Fault::start("stuck", Mode::Hang).await;
+    let app = Fault::start("app", Mode::OK).await;
+    // Cap 10: background is shed from 5 in flight until below 2; normal from 7.5 until
+    // below 4.5.
+    let route = |name: &str, priority: &str, upstream: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"/{name}\" }}\nupstream = \"{upstream}\"\npriority = \"{priority}\"\n\n"
+        )
+    };
+    let rest = format!(
+        "[stages.admission]\nmax_inflight = 10\nbrownout = {{ enter = 0.5, exit = 0.2, shed = [\"background\", \"normal\"] }}\n\n{}{}{}{}[upstreams.stuck]\nbackends = [ {{ url = \"{}\" }} ]\n\n[upstreams.app]\nbackends = [ {{ url = \"{}\" }} ]\n",
+        route("hold", "critical", "stuck"),
+        route("bg", "background", "app"),
+        route("norm", "normal", "app"),
+        route("crit", "critical", "app"),
+        stuck.url(),
+        app.url()
+    );
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
+    // Each held request on its own connection: aborting its task closes the connection,
+    // which is how the proxy learns the client left.
+    let client = cert.client();
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        let c = connect(&client, &proxy).await;
+        held.push(c);
+    }
+    let mut conns = held.into_iter();
+    let mut held = Vec::new();
+    let mut hold = |n: usize| {
+        for c in conns.by_ref().take(n) {
+            held.push(tokio::spawn(async move { c.get(&url("/hold")).await }));
+        }
+    };
+    let conn = connect(&cert.client(), &proxy).await;
+    let status = |path: &'static str| {
+        let conn = &conn;
+        async move {
+            conn.get(&url(path))
+                .await
+                .expect("response")
+                .status
+                .as_u16()
+        }
+    };
+    let inflight = |n: f64| proxy.wait_metric("spooky_admission_inflight", &[], move |v| v == n);
+    assert_eq!(status("/bg").await, 200);
+    hold(5);
+    stuck.wait("five held", |r, _| r == 5).await;
+    // 6 of 10 with the probe itself: background is shed, normal passes.
+    assert_eq!(status("/bg").await, 503);
+    assert_eq!(status("/norm").await, 200);
+    hold(2);
+    stuck.wait("seven held", |r, _| r == 7).await;
+    // 8 of 10: normal is shed too; critical never is.
+    assert_eq!(status("/norm").await, 503);
+    assert_eq!(status("/bg").await, 503);
+    assert_eq!(status("/crit").await, 200);
+    assert_eq!(proxy.metric("spooky_brownout_level", &[]).await, 2.0);
+    // Down to 4 held (5 with the probe): still above normal's way out (4.5).
+    for h in held.drain(4..) {
+        h.abort();
+    }
+    inflight(4.0).await;
+    assert_eq!(status("/norm").await, 503);
+    // 3 held: normal passes again, background stays shed until below 2.
+    held.pop().expect("held").abort();
+    inflight(3.0).await;
+    assert_eq!(status("/norm").await, 200);
+    assert_eq!(status("/bg").await, 503);
+    for h in held.drain(..) {
+        h.abort();
+    }
+    inflight(0.0).await;
+    assert_eq!(status("/bg").await, 200);
+    assert_eq!(proxy.metric("spooky_brownout_level", &[]).await, 0.0);
+    assert_eq!(proxy.rejected("route", "brownout").await, 5.0);
+    proxy.assert_caps_zero().await;
+}

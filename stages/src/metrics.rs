@@ -20,6 +20,8 @@ pub const BACKEND_BREAKER: &str = "spooky_backend_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "spooky_breaker_transitions_total";
 /// Retries sent, by upstream, the backend whose attempt failed, and the `retry_on` entry.
 pub const RETRIES: &str = "spooky_retries_total";
+/// Brownout depth: how many priority classes are shed now (0: none).
+pub const BROWNOUT: &str = "spooky_brownout_level";
 /// Requests a route's rate limit answered 429.
 pub const RATE_LIMITED: &str = "spooky_rate_limited_total";
 /// Retries the budget refused (the failure went to the client).

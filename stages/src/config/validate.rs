@@ -261,6 +261,15 @@ fn stages(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             );
         }
     }
+    if let Some(b) = &config.stages.admission.brownout {
+        for (k, message) in b.problems() {
+            cx.push(
+                Some(span_at(root, &["stages", "admission", "brownout", k])),
+                &format!("stages.admission.brownout.{k}"),
+                message,
+            );
+        }
+    }
     let share = config.stages.dispatch.upstream_share;
     if !(share.is_finite() && share > 0.0 && share <= 1.0) {
         cx.push(

@@ -64,6 +64,8 @@ pub enum Reason {
     NoBackend,
     /// Every candidate backend's circuit breaker is open.
     BreakerOpen,
+    /// Brownout: the route's priority class is shed near the admission cap.
+    Brownout,
     /// The proxy is draining (503, no `Retry-After`).
     ShuttingDown,
 
@@ -118,6 +120,7 @@ impl Reason {
             Reason::UpstreamFull => "upstream_full",
             Reason::NoBackend => "no_backend",
             Reason::BreakerOpen => "breaker_open",
+            Reason::Brownout => "brownout",
             Reason::ShuttingDown => "shutting_down",
             Reason::UpstreamConnect => "upstream_connect",
             Reason::UpstreamReset => "upstream_reset",
@@ -159,6 +162,7 @@ impl Reason {
             | Reason::UpstreamFull
             | Reason::NoBackend
             | Reason::BreakerOpen
+            | Reason::Brownout
             | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamConnect
             | Reason::UpstreamReset
@@ -191,6 +195,7 @@ impl Reason {
             | Reason::QueueFull
             | Reason::QueueDeadline
             | Reason::UpstreamFull
+            | Reason::Brownout
             | Reason::ShuttingDown
             | Reason::GrpcDeadline
             | Reason::Cancelled

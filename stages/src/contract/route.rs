@@ -116,6 +116,26 @@ pub struct Edits {
 }
 
 /// A compiled route.
+/// A route's class for brownout (`priority`): `critical` is never shed, `background` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    Critical,
+    #[default]
+    Normal,
+    Background,
+}
+
+impl Priority {
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Background => "background",
+        }
+    }
+}
+
 pub struct Route {
     pub name: String,
     pub action: Action,
@@ -124,6 +144,8 @@ pub struct Route {
     pub keeps_encoded_slashes: bool,
     /// Non-idempotent requests may be retried after they were sent (`retry_non_idempotent`).
     pub retry_non_idempotent: bool,
+    /// Its class for brownout.
+    pub priority: Priority,
     /// Its rate limit (`rate_limit`), and the count of requests it refused.
     pub rate_limit: Option<crate::stages::route::limit::RateLimiter>,
     pub rate_limited: metrics::Counter,

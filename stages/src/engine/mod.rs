@@ -271,10 +271,11 @@ impl Pipeline {
                     }
                     AnyStage::Ingress(ingress)
                 }
-                StageKind::Admission => AnyStage::Admission(Admission::build(
-                    &st.admission,
-                    st.settings(kind).when_full,
-                )),
+                StageKind::Admission => {
+                    let a = Admission::build(&st.admission, st.settings(kind).when_full, &name);
+                    route = route.map(|r| Box::new(r.with_brownout(a.brownout())));
+                    AnyStage::Admission(a)
+                }
                 StageKind::Route => AnyStage::Route(
                     route
                         .take()

@@ -71,6 +71,9 @@ pub struct RouteConfig {
     pub retry_non_idempotent: bool,
     /// Token buckets per key: over the limit, 429 with `Retry-After` and `RateLimit-*`.
     pub rate_limit: Option<super::limit::RateLimitConfig>,
+    /// `critical` (never shed), `normal` (default), `background` (shed first) in brownout.
+    #[serde(default)]
+    pub priority: crate::contract::route::Priority,
 }
 
 /// `match = { … }`: every matcher given must hold.

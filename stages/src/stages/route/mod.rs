@@ -26,6 +26,7 @@ use crate::contract::reason::Reason;
 use crate::contract::route::{Action, Edits, HeaderOps, Redirect, Route, Split};
 use crate::http::host::{HostPattern, host_of};
 use crate::http::key::HashKey;
+use crate::stages::admission::Brownout;
 use crate::upstreams::Upstream;
 
 pub use config::{
@@ -144,6 +145,7 @@ impl RouteIndex {
                 keeps_encoded_slashes: rc.encoded_slashes
                     == Some(crate::http::path::EncodedSlashes::Keep),
                 retry_non_idempotent: rc.retry_non_idempotent,
+                priority: rc.priority,
                 rate_limit: rc
                     .rate_limit
                     .as_ref()
@@ -265,6 +267,8 @@ pub struct RouteStage {
     /// Ingress let encoded slashes through for the routes that keep them: the others refuse
     /// them here.
     refuse_encoded_slashes: bool,
+    /// Admission's brownout, when configured.
+    brownout: Option<Arc<Brownout>>,
 }
 
 impl RouteStage {
@@ -272,7 +276,14 @@ impl RouteStage {
         RouteStage {
             index,
             refuse_encoded_slashes: false,
+            brownout: None,
         }
+    }
+
+    /// Sheds routes by priority while `brownout` says so.
+    pub fn with_brownout(mut self, brownout: Option<Arc<Brownout>>) -> Self {
+        self.brownout = brownout;
+        self
     }
 
     /// Refuse paths with encoded slashes unless the chosen route keeps them (ingress keeps
@@ -312,6 +323,12 @@ impl RouteStage {
                 ex,
                 Reason::BadPath(crate::http::path::PathError::EncodedSlash),
             );
+        }
+        if let Some(b) = &self.brownout
+            && b.sheds(route.priority)
+        {
+            ex.decided.route = Some(route.clone());
+            return Flow::Reject(ex, Reason::Brownout);
         }
         if let Some(limiter) = &route.rate_limit {
             let key = limiter.key_of(&ex.head, ex.client.ip, ex.client.conn);
