@@ -572,3 +572,91 @@ async fn brownout_sheds_background_then_normal_and_never_critical() {
     assert_eq!(proxy.rejected("route", "brownout").await, 5.0);
     proxy.assert_caps_zero().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_wins_against_a_slow_backend_which_sees_the_cancellation() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let slow = Fault::start("slow", Mode::Hang).await;
+    let fast = Fault::start("fast", Mode::OK).await;
+    let proxy = Proxy::start(&pipeline(
+        &cert.toml(),
+        &config(&[&slow, &fast], "", r#"hedge = { delay = "50ms" }"#),
+    ));
+    let conn = connect(&cert.client(), &proxy).await;
+    // Round-robin sends the first request to the hanging backend: the hedge to the other
+    // one answers, and the hanging attempt is cancelled.
+    let r = tokio::time::timeout(Duration::from_secs(10), conn.get(&url("/x")))
+        .await
+        .expect("the hedge answers")
+        .expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, Bytes::from_static(b"fast"));
+    slow.wait("the losing attempt is cancelled at the backend", |r, c| {
+        r == 1 && c == 1
+    })
+    .await;
+    let hedges = |name: &'static str| {
+        let proxy = &proxy;
+        let fast = fast.url();
+        async move {
+            proxy
+                .metric(name, &[("upstream", "app"), ("backend", &fast)])
+                .await
+        }
+    };
+    assert_eq!(hedges("spooky_hedges_total").await, 1.0);
+    assert_eq!(hedges("spooky_hedges_won_total").await, 1.0);
+    // The next request goes to the fast backend first and is answered before any hedge.
+    let r = conn.get(&url("/x")).await.expect("response");
+    assert_eq!(r.body, Bytes::from_static(b"fast"));
+    assert_eq!(hedges("spooky_hedges_total").await, 1.0);
+    proxy.assert_caps_zero().await;
+    assert_eq!(slow.received(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percentile_hedge_waits_for_enough_samples_then_follows_the_latency() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let a = Fault::start("a", Mode::OK).await;
+    let b = Fault::start("b", Mode::OK).await;
+    let proxy = Proxy::start(&pipeline(
+        &cert.toml(),
+        &config(&[&a, &b], "", r#"hedge = { delay = "p90" }"#),
+    ));
+    let conn = connect(&cert.client(), &proxy).await;
+    // Enough quick answers for a percentile (20 at least).
+    for _ in 0..30 {
+        assert_eq!(conn.get(&url("/x")).await.expect("response").status, 200);
+    }
+    assert_eq!(
+        proxy
+            .metric("spooky_hedges_total", &[("upstream", "app")])
+            .await,
+        0.0
+    );
+    // Now `a` hangs: the next request it gets is hedged to `b` after about the p90.
+    a.set(Mode::Hang);
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), conn.get(&url("/x")))
+            .await
+            .expect("answered")
+            .expect("response");
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    assert_eq!(
+        bodies,
+        vec![Bytes::from_static(b"b"), Bytes::from_static(b"b")]
+    );
+    a.wait("the hung attempt cancelled", |_, c| c == 1).await;
+    assert_eq!(
+        proxy
+            .metric("spooky_hedges_won_total", &[("upstream", "app")])
+            .await,
+        1.0
+    );
+    proxy.assert_caps_zero().await;
+}

@@ -22,6 +22,10 @@ pub const BREAKER_TRANSITIONS: &str = "spooky_breaker_transitions_total";
 pub const RETRIES: &str = "spooky_retries_total";
 /// Brownout depth: how many priority classes are shed now (0: none).
 pub const BROWNOUT: &str = "spooky_brownout_level";
+/// Hedged attempts sent, by upstream and the backend they went to.
+pub const HEDGES: &str = "spooky_hedges_total";
+/// Hedged attempts whose response head came first.
+pub const HEDGES_WON: &str = "spooky_hedges_won_total";
 /// Requests a route's rate limit answered 429.
 pub const RATE_LIMITED: &str = "spooky_rate_limited_total";
 /// Retries the budget refused (the failure went to the client).

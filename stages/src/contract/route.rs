@@ -116,6 +116,35 @@ pub struct Edits {
 }
 
 /// A compiled route.
+/// When a hedge is sent: a fixed delay, or a percentile of the upstream's recent latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeDelay {
+    Fixed(std::time::Duration),
+    /// `"p95"`: the 95th percentile (0 < p < 100).
+    Percentile(f64),
+}
+
+impl HedgeDelay {
+    pub fn parse(s: &str) -> Result<HedgeDelay, String> {
+        if let Some(p) = s.strip_prefix('p') {
+            return match p.parse::<f64>() {
+                Ok(p) if p > 0.0 && p < 100.0 => Ok(HedgeDelay::Percentile(p)),
+                _ => Err(format!(
+                    "\"{s}\": a percentile is written p1 … p99.9 (e.g. \"p95\")"
+                )),
+            };
+        }
+        crate::units::parse_duration(s).map(HedgeDelay::Fixed)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HedgeDelay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HedgeDelay::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A route's class for brownout (`priority`): `critical` is never shed, `background` first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -146,6 +175,8 @@ pub struct Route {
     pub retry_non_idempotent: bool,
     /// Its class for brownout.
     pub priority: Priority,
+    /// Hedged attempts after this delay (`hedge`), for idempotent requests without a body.
+    pub hedge: Option<HedgeDelay>,
     /// Its rate limit (`rate_limit`), and the count of requests it refused.
     pub rate_limit: Option<crate::stages::route::limit::RateLimiter>,
     pub rate_limited: metrics::Counter,

@@ -256,6 +256,7 @@ impl Pipeline {
             )
         };
         let mut select = None;
+        let mut brownout = None;
         let mut slots = Vec::new();
         for kind in config.chain.iter().copied() {
             let stage = match kind {
@@ -274,6 +275,7 @@ impl Pipeline {
                 StageKind::Admission => {
                     let a = Admission::build(&st.admission, st.settings(kind).when_full, &name);
                     route = route.map(|r| Box::new(r.with_brownout(a.brownout())));
+                    brownout = a.brownout();
                     AnyStage::Admission(a)
                 }
                 StageKind::Route => AnyStage::Route(
@@ -317,7 +319,8 @@ impl Pipeline {
                     };
                     // Hedge-retry's own decisions count under its slot's metrics.
                     let own = slot_inlet.metrics().cloned();
-                    let loop_ = HedgeRetry::build(policy, own, select, dispatch);
+                    let loop_ = HedgeRetry::build(policy, own, select, dispatch)
+                        .with_brownout(brownout.clone());
                     slots.push(Slot {
                         kind: StageKind::HedgeRetry,
                         stage: AnyStage::Attempts(Box::new(loop_)),

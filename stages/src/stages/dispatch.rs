@@ -146,24 +146,41 @@ impl Dispatch {
         ex: &mut Exchange,
         per_try: Option<Duration>,
     ) -> Result<(), Failed> {
+        let sending = self.prepare(ex, per_try)?;
+        let sent = {
+            let send = self.send(sending);
+            tokio::select! {
+                r = send => Some(r),
+                () = ex.cancelled() => None,
+            }
+        };
+        match sent {
+            None => Err(Failed::Cancelled),
+            Some(Ok(head)) => {
+                ex.response = Some(head.response);
+                ex.permits.backend = head.permit;
+                Ok(())
+            }
+            Some(Err(f)) => Err(f),
+        }
+    }
+
+    /// Builds the attempt to the backend select chose: the request, and what it holds (the
+    /// backend's permit and breaker ticket, taken from the exchange). Sending it
+    /// ([`Dispatch::send`]) needs nothing of the exchange, so attempts can race (hedging).
+    pub fn prepare(&self, ex: &mut Exchange, per_try: Option<Duration>) -> Result<Sending, Failed> {
         let (Some(upstream), Some(idx)) = (ex.decided.upstream.clone(), ex.decided.backend) else {
             return Err(Failed::Refused(Reason::ChainIncomplete));
         };
-        let backend = &upstream.backends[idx];
-        // The breaker hears the outcome of this attempt (none if the client gave up).
-        let ticket = ex.permits.breaker.take();
-        let breaker = |ok: bool| {
-            if let (Some(b), Some(t)) = (&backend.breaker, ticket) {
-                b.outcome(t, ok);
-            }
+        let req = {
+            let backend = &upstream.backends[idx];
+            self.upstream_request(ex, &backend.addr, backend.http1)
+                .map_err(Failed::Refused)?
         };
-        let response_timeout =
-            per_try.map_or(self.response_timeout, |t| t.min(self.response_timeout));
-        let req = self
-            .upstream_request(ex, &backend.addr, backend.http1)
-            .map_err(Failed::Refused)?;
         let started = Instant::now();
         ex.record.attempts += 1;
+        let response_timeout =
+            per_try.map_or(self.response_timeout, |t| t.min(self.response_timeout));
         // A gRPC client's deadline bounds the wait too; what is left of it was forwarded.
         let (wait, by_deadline) = match ex.deadline {
             Some(d) if d.saturating_duration_since(started) < response_timeout => {
@@ -171,17 +188,45 @@ impl Dispatch {
             }
             _ => (response_timeout, false),
         };
-        let sent = {
-            let send = tokio::time::timeout(wait, backend.client.get().request(req));
-            tokio::select! {
-                r = send => Some(r),
-                () = ex.cancelled() => None,
+        Ok(Sending {
+            exchange: ex.id,
+            upstream,
+            backend: idx,
+            req,
+            permit: ex.permits.backend.take(),
+            ticket: ex.permits.breaker.take(),
+            started,
+            wait,
+            by_deadline,
+        })
+    }
+
+    /// Sends a prepared attempt and waits for its response head. Dropped before it ends
+    /// (the client left, or another attempt won), the request is cancelled: its connection
+    /// is closed or its stream reset, and its permit let go.
+    pub async fn send(&self, s: Sending) -> Result<Head, Failed> {
+        let Sending {
+            exchange,
+            upstream,
+            backend: idx,
+            req,
+            permit,
+            ticket,
+            started,
+            wait,
+            by_deadline,
+        } = s;
+        let backend = &upstream.backends[idx];
+        // The breaker hears the outcome of this attempt (none if it is dropped).
+        let breaker = |ok: bool| {
+            if let (Some(b), Some(t)) = (&backend.breaker, ticket) {
+                b.outcome(t, ok);
             }
         };
+        let sent = tokio::time::timeout(wait, backend.client.get().request(req)).await;
         let failed = |kind, source: BoxError| Failed::Attempt(AttemptFailure { kind, source });
         match sent {
-            None => Err(Failed::Cancelled),
-            Some(Ok(Ok(resp))) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // Spooky forwards no Upgrade, so a 101 is a backend's error; it would reach the
                 // client without its Upgrade header and kill the connection.
                 backend.metrics.response(resp.status(), started.elapsed());
@@ -191,27 +236,32 @@ impl Dispatch {
                     "backend answered 101 to a request without Upgrade".into(),
                 ))
             }
-            Some(Ok(Ok(resp))) => {
-                backend.metrics.response(resp.status(), started.elapsed());
-                backend.latency.observe(started.elapsed());
+            Ok(Ok(resp)) => {
+                let elapsed = started.elapsed();
+                backend.metrics.response(resp.status(), elapsed);
+                backend.latency.observe(elapsed);
+                upstream.latency.record(elapsed);
                 if let Some(o) = &backend.outlier {
                     o.status(resp.status());
                 }
                 breaker(!resp.status().is_server_error());
-                ex.response = Some(resp);
-                Ok(())
+                Ok(Head {
+                    backend: idx,
+                    response: resp,
+                    permit,
+                })
             }
-            Some(Ok(Err(e))) if ClientBodyError::find(&e).is_some() => {
+            Ok(Err(e)) if ClientBodyError::find(&e).is_some() => {
                 // The client's body failed: the client's error, not the backend's.
                 let malformed = ClientBodyError::find(&e).is_some_and(|c| c.malformed);
-                tracing::debug!(exchange = ex.id, error = %error_chain(&e), "client request body failed; upstream request aborted");
+                tracing::debug!(exchange, error = %error_chain(&e), "client request body failed; upstream request aborted");
                 if malformed {
                     Err(Failed::Refused(Reason::BadRequestBody))
                 } else {
                     Err(Failed::Cancelled)
                 }
             }
-            Some(Ok(Err(e))) if e.is_connect() => {
+            Ok(Err(e)) if e.is_connect() => {
                 backend.metrics.connect_error.increment(1);
                 breaker(false);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
@@ -220,7 +270,7 @@ impl Dispatch {
                 }
                 Err(failed(AttemptError::Connect, Box::new(e)))
             }
-            Some(Ok(Err(e))) => {
+            Ok(Err(e)) => {
                 backend.metrics.reset.increment(1);
                 breaker(false);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
@@ -234,25 +284,23 @@ impl Dispatch {
                 };
                 Err(failed(kind, Box::new(e)))
             }
-            Some(Err(_elapsed)) => {
+            Err(_elapsed) => {
                 backend.metrics.timeout.increment(1);
                 backend.latency.observe(started.elapsed() + FAILURE_PENALTY);
                 if let Some(o) = &backend.outlier {
                     o.failure();
                 }
-                if !by_deadline {
-                    breaker(false);
-                }
                 if by_deadline {
                     tracing::info!(
-                        exchange = ex.id,
+                        exchange,
                         "gRPC deadline passed waiting for the response head"
                     );
                     Err(Failed::Refused(Reason::GrpcDeadline))
                 } else {
+                    breaker(false);
                     Err(failed(
                         AttemptError::Timeout,
-                        format!("no response head within {response_timeout:?}").into(),
+                        format!("no response head within {wait:?}").into(),
                     ))
                 }
             }
@@ -407,6 +455,28 @@ fn forwarding(
         );
     }
     Ok(())
+}
+
+/// An attempt ready to send: what [`Dispatch::send`] needs, and what it holds.
+pub struct Sending {
+    exchange: u64,
+    upstream: std::sync::Arc<crate::upstreams::Upstream>,
+    /// The backend's index in its upstream.
+    pub backend: usize,
+    req: Request<RequestBody>,
+    permit: Option<spooky_sync::Permit>,
+    ticket: Option<spooky_sync::Ticket>,
+    started: Instant,
+    wait: Duration,
+    by_deadline: bool,
+}
+
+/// An attempt's response head, and the backend permit its exchange keeps while the body
+/// streams.
+pub struct Head {
+    pub backend: usize,
+    pub response: http::Response<crate::upstreams::UpstreamBody>,
+    pub permit: Option<spooky_sync::Permit>,
 }
 
 /// Why an attempt did not produce a response head.

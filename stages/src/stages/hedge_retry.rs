@@ -19,17 +19,20 @@
 //! A chain without hedge-retry still runs select and dispatch this way, with no retries.
 //! Every rejection is counted under the sub-stage that decided it.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use spooky_sync::Permit;
+use spooky_sync::{Latch, Permit, Race};
 
 use crate::contract::exchange::{Attempt, AttemptError, AttemptFailure, Exchange};
 use crate::contract::flow::Flow;
 use crate::contract::inlet::{Entered, Inlet};
 use crate::contract::reason::Reason;
-use crate::metrics::{RETRIES, RETRY_BUDGET_EXHAUSTED, StageMetrics};
-use crate::stages::dispatch::{Dispatch, Failed};
+use crate::contract::route::HedgeDelay;
+use crate::metrics::{HEDGES, HEDGES_WON, RETRIES, RETRY_BUDGET_EXHAUSTED, StageMetrics};
+use crate::stages::admission::Brownout;
+use crate::stages::dispatch::{Dispatch, Failed, Head};
 use crate::stages::select::Select;
 use crate::units::Size;
 use crate::upstreams::balance::now_ns;
@@ -84,6 +87,8 @@ pub struct HedgeRetry {
     metrics: Option<StageMetrics>,
     select: Sub<Select>,
     dispatch: Sub<Dispatch>,
+    /// Admission's brownout: no hedge while it sheds.
+    brownout: Option<Arc<Brownout>>,
 }
 
 impl HedgeRetry {
@@ -99,7 +104,14 @@ impl HedgeRetry {
             metrics,
             select,
             dispatch,
+            brownout: None,
         }
+    }
+
+    /// Hedges wait while `brownout` sheds.
+    pub fn with_brownout(mut self, brownout: Option<Arc<Brownout>>) -> Self {
+        self.brownout = brownout;
+        self
     }
 
     /// The sub-stages' inlets (for the admin gauges and for what a generation holds).
@@ -176,19 +188,23 @@ impl HedgeRetry {
             // A new attempt is under way: the held answer is given up for it.
             held = None;
             if ex.decided.attempts.is_empty()
-                && let Some(b) = &policy.budget
+                && let Some(u) = &upstream
             {
-                b.request(now_ns());
+                u.budget.request(now_ns());
             }
             let m = dispatch.metrics();
             count(m, |m| m.received.increment(1));
             let t0 = Instant::now();
             // The whole loop is boxed by the engine: no second box for the attempt.
-            let sent = self
-                .dispatch
-                .stage
-                .attempt(&mut ex, policy.per_try_timeout)
-                .await;
+            let sent = match self.hedge_delay(&ex) {
+                Some(delay) => Box::pin(self.hedged(&mut ex, policy, delay)).await,
+                None => {
+                    self.dispatch
+                        .stage
+                        .attempt(&mut ex, policy.per_try_timeout)
+                        .await
+                }
+            };
             let t1 = Instant::now();
             count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
             ex.record.mark_at("dispatch", t1);
@@ -266,6 +282,126 @@ impl HedgeRetry {
         }
     }
 
+    /// The delay after which the first attempt is hedged, if it is: the route asks for it,
+    /// the request is idempotent and has no body (two attempts cannot read one body at
+    /// once), the upstream has another backend, brownout is not on, and a percentile delay
+    /// has enough samples.
+    fn hedge_delay(&self, ex: &Exchange) -> Option<Duration> {
+        let delay = ex.decided.route.as_ref()?.hedge?;
+        let upstream = ex.decided.upstream.as_ref()?;
+        if !ex.decided.attempts.is_empty()
+            || !ex.idempotent()
+            || !ex.body.can_repeat()
+            || upstream.backends.len() < 2
+            || self.brownout.as_ref().is_some_and(|b| b.active())
+        {
+            return None;
+        }
+        match delay {
+            HedgeDelay::Fixed(d) => Some(d),
+            HedgeDelay::Percentile(p) => upstream.latency.percentile(p),
+        }
+    }
+
+    /// The first attempt, and after `delay` without its head, a second one to another
+    /// backend (when the budget allows): the first response head wins (the first-wins
+    /// latch), the other attempt is dropped — its request cancelled, its permits let go.
+    /// Both failing is the later failure (the earlier is recorded as an attempt).
+    async fn hedged(
+        &self,
+        ex: &mut Exchange,
+        policy: &RetryPolicy,
+        delay: Duration,
+    ) -> Result<(), Failed> {
+        let dispatch = &self.dispatch.stage;
+        let first = dispatch.prepare(ex, policy.per_try_timeout)?;
+        let first_backend = first.backend;
+        let a = dispatch.send(first);
+        tokio::pin!(a);
+        let sleep = tokio::time::sleep(delay);
+        tokio::select! {
+            r = &mut a => return land(ex, r),
+            () = sleep => {}
+            () = ex.cancelled() => return Err(Failed::Cancelled),
+        }
+        let upstream = ex.decided.upstream.clone();
+        let allowed = upstream.as_ref().is_some_and(|u| {
+            let ok = u.budget.try_retry(now_ns());
+            if !ok {
+                metrics::counter!(RETRY_BUDGET_EXHAUSTED, "upstream" => u.name.clone())
+                    .increment(1);
+            }
+            ok
+        }) && self.brownout.as_ref().is_none_or(|b| !b.active());
+        let second = if allowed
+            && self
+                .select
+                .stage
+                .pick_avoiding(ex, false, Some(first_backend))
+                .is_ok()
+        {
+            dispatch.prepare(ex, policy.per_try_timeout).ok()
+        } else {
+            None
+        };
+        let Some(second) = second else {
+            // No hedge after all: the first attempt alone.
+            return tokio::select! {
+                r = &mut a => land(ex, r),
+                () = ex.cancelled() => Err(Failed::Cancelled),
+            };
+        };
+        let name = upstream
+            .as_ref()
+            .map_or("", |u| u.name.as_str())
+            .to_string();
+        let hedge_backend = ex.backend_name().unwrap_or("").to_string();
+        metrics::counter!(HEDGES, "upstream" => name.clone(), "backend" => hedge_backend.clone())
+            .increment(1);
+        let second_backend = second.backend;
+        let b = dispatch.send(second);
+        tokio::pin!(b);
+        let latch = Latch::new();
+        let (mut a_done, mut b_done) = (false, false);
+        loop {
+            let (who, r) = tokio::select! {
+                r = &mut a, if !a_done => (first_backend, r),
+                r = &mut b, if !b_done => (second_backend, r),
+                () = ex.cancelled() => return Err(Failed::Cancelled),
+            };
+            let hedge = who == second_backend;
+            if hedge {
+                b_done = true;
+            } else {
+                a_done = true;
+            }
+            match r {
+                Ok(head) => {
+                    if latch.try_win(who) == Race::Won {
+                        if hedge {
+                            metrics::counter!(HEDGES_WON, "upstream" => name, "backend" => hedge_backend)
+                                .increment(1);
+                        }
+                        // The loser is dropped with this frame: its request is cancelled.
+                        return land(ex, Ok(head));
+                    }
+                }
+                Err(f) if a_done && b_done => {
+                    ex.decided.backend = Some(who);
+                    return Err(f);
+                }
+                Err(Failed::Attempt(f)) => {
+                    // The other attempt may still answer; this one is a failed attempt.
+                    ex.decided.attempts.push(Attempt {
+                        backend: who,
+                        error: f.kind,
+                    });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
     /// Whether the policy sends another attempt after `kind` (covered by `on`): attempts
     /// are left, the request can be sent again, and the budget has a retry. Counts the
     /// retry, or the budget's refusal.
@@ -294,8 +430,9 @@ impl HedgeRetry {
             return false;
         }
         let upstream = ex.decided.upstream.as_ref().map_or("", |u| u.name.as_str());
-        if let Some(budget) = &policy.budget
-            && !budget.try_retry(now_ns())
+        if policy.budgeted
+            && let Some(u) = &ex.decided.upstream
+            && !u.budget.try_retry(now_ns())
         {
             metrics::counter!(RETRY_BUDGET_EXHAUSTED, "upstream" => upstream.to_string())
                 .increment(1);
@@ -315,6 +452,15 @@ impl HedgeRetry {
         .increment(1);
         true
     }
+}
+
+/// An attempt's outcome into the exchange: its response head and backend permit.
+fn land(ex: &mut Exchange, r: Result<Head, Failed>) -> Result<(), Failed> {
+    let head = r?;
+    ex.decided.backend = Some(head.backend);
+    ex.permits.backend = head.permit;
+    ex.response = Some(head.response);
+    Ok(())
 }
 
 fn count(m: Option<&StageMetrics>, f: impl FnOnce(&StageMetrics)) {

@@ -106,6 +106,17 @@ impl Select {
     /// room and whose breaker lets it. `reuse`: when no untried backend is left, a tried one
     /// may be taken again (an upstream's own `retry` policy, with one backend left).
     pub fn pick(&self, ex: &mut Exchange, reuse: bool) -> Result<(), Reason> {
+        self.pick_avoiding(ex, reuse, None)
+    }
+
+    /// [`Select::pick`], never choosing `avoid` (a hedge goes to another backend than the
+    /// attempt it races).
+    pub fn pick_avoiding(
+        &self,
+        ex: &mut Exchange,
+        reuse: bool,
+        avoid: Option<usize>,
+    ) -> Result<(), Reason> {
         let Some(upstream) = ex.decided.upstream.clone() else {
             return Ok(());
         };
@@ -130,13 +141,14 @@ impl Select {
             if pass && (!reuse || ex.decided.attempts.is_empty()) {
                 break;
             }
-            let order = match ex.decided.attempts.last() {
-                Some(last) => upstream.balancer.after(last.backend),
-                None => upstream.balancer.pick(upstream.backends.as_slice(), key),
+            let order = match (avoid, ex.decided.attempts.last()) {
+                (Some(b), _) => upstream.balancer.after(b),
+                (None, Some(last)) => upstream.balancer.after(last.backend),
+                (None, None) => upstream.balancer.pick(upstream.backends.as_slice(), key),
             };
             for i in order {
                 let tried = ex.decided.attempts.iter().any(|a| a.backend == i);
-                if tried != pass {
+                if tried != pass || avoid == Some(i) {
                     continue;
                 }
                 let backend = &upstream.backends[i];

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod breaker;
 pub mod client;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod health;
 pub mod outlier;
@@ -63,6 +64,10 @@ pub struct Upstream {
     passive: bool,
     /// The upstream's own retry policy (`retry`); absent, hedge-retry's stage-wide one.
     pub retry: Option<retry::RetryPolicy>,
+    /// Its retry budget (retries and hedges), from `retry.budget` or the defaults.
+    pub budget: retry::Budget,
+    /// Recent response-head latencies (hedge delays by percentile).
+    pub latency: digest::LatencyDigest,
 }
 
 impl Backend {
@@ -159,6 +164,10 @@ impl Upstream {
             health: config.health.clone().map(Arc::new),
             passive: config.outlier.is_some(),
             retry: config.retry.as_ref().map(retry::RetryPolicy::build),
+            budget: retry::Budget::new(
+                &config.retry.as_ref().map(|r| r.budget).unwrap_or_default(),
+            ),
+            latency: digest::LatencyDigest::default(),
             backends,
         }))
     }

@@ -191,8 +191,9 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     pub backoff: Backoff,
     pub retry_buffer: Option<usize>,
-    /// `None`: unlimited (the stage-wide connect-failure retries of `[stages.hedge-retry]`).
-    pub budget: Option<Budget>,
+    /// Retries take from the upstream's budget (not the stage-wide connect-failure retries
+    /// of `[stages.hedge-retry]`).
+    pub budgeted: bool,
     /// Explicit (`retry` on the upstream): a retry may go back to a backend already tried
     /// when no other is left.
     pub explicit: bool,
@@ -208,7 +209,7 @@ impl RetryPolicy {
             retry_buffer: config
                 .retry_buffer
                 .map(|s| usize::try_from(s.0).unwrap_or(usize::MAX)),
-            budget: Some(Budget::new(&config.budget)),
+            budgeted: true,
             explicit: true,
         }
     }
@@ -224,7 +225,7 @@ impl RetryPolicy {
                 max: Dur(Duration::ZERO),
             },
             retry_buffer: None,
-            budget: None,
+            budgeted: false,
             explicit: false,
         }
     }

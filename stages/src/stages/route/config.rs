@@ -74,6 +74,16 @@ pub struct RouteConfig {
     /// `critical` (never shed), `normal` (default), `background` (shed first) in brownout.
     #[serde(default)]
     pub priority: crate::contract::route::Priority,
+    /// `hedge = { delay = "50ms" }` or `{ delay = "p95" }`: a second attempt to another
+    /// backend when the first has no response head after the delay.
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// `hedge = { … }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeConfig {
+    pub delay: crate::contract::route::HedgeDelay,
 }
 
 /// `match = { … }`: every matcher given must hold.

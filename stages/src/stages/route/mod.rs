@@ -146,6 +146,7 @@ impl RouteIndex {
                     == Some(crate::http::path::EncodedSlashes::Keep),
                 retry_non_idempotent: rc.retry_non_idempotent,
                 priority: rc.priority,
+                hedge: rc.hedge.as_ref().map(|h| h.delay),
                 rate_limit: rc
                     .rate_limit
                     .as_ref()
