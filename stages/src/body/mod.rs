@@ -1,6 +1,7 @@
 //! Request bodies: the client's stream read chunk by chunk as the upstream request is written,
 //! never buffered whole (a body kept for replay is bounded: see [`replay`]).
 
+pub mod idle;
 pub mod replay;
 
 use std::pin::Pin;
@@ -25,6 +26,8 @@ pub struct ClientBodyError {
     /// extension, a length that disagrees with the data); otherwise the client went away
     /// (reset its stream, closed the connection mid-body).
     pub malformed: bool,
+    /// The client sent nothing for the route's `request_body_idle` (408).
+    pub timed_out: bool,
     source: BoxError,
 }
 
@@ -33,7 +36,17 @@ impl ClientBodyError {
     pub fn malformed(source: BoxError) -> BoxError {
         Box::new(ClientBodyError {
             malformed: true,
+            timed_out: false,
             source,
+        })
+    }
+
+    /// The client went quiet for longer than the body's idle limit.
+    pub fn idle(after: std::time::Duration) -> BoxError {
+        Box::new(ClientBodyError {
+            malformed: false,
+            timed_out: true,
+            source: format!("nothing for {after:?}").into(),
         })
     }
 
@@ -41,6 +54,7 @@ impl ClientBodyError {
     pub fn gone(source: BoxError) -> BoxError {
         Box::new(ClientBodyError {
             malformed: false,
+            timed_out: false,
             source,
         })
     }
@@ -62,6 +76,8 @@ impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = if self.malformed {
             "malformed request body"
+        } else if self.timed_out {
+            "client request body idle too long"
         } else {
             "client stopped sending its request body"
         };
@@ -136,6 +152,8 @@ pub struct RequestBody {
     taken: bool,
     /// The client's body, kept for replay by the attempts.
     replay: Option<replay::Replay>,
+    /// The longest wait for the client's next frame (`request_body_idle`).
+    idle: Option<idle::Idle>,
 }
 
 impl RequestBody {
@@ -154,6 +172,7 @@ impl RequestBody {
             forwarded: None,
             taken: false,
             replay: None,
+            idle: None,
         }
     }
 
@@ -186,6 +205,7 @@ impl RequestBody {
             forwarded: None,
             taken: false,
             replay: None,
+            idle: None,
         }
     }
 
@@ -203,6 +223,33 @@ impl RequestBody {
     /// `limit > 0` the client's body is kept for replay, up to `limit` bytes; a body that
     /// outgrows it counts in `overflow`.
     pub fn for_attempt(
+        &mut self,
+        counter: impl FnOnce() -> BytesIn,
+        limit: usize,
+        overflow: Option<&metrics::Counter>,
+    ) -> Option<RequestBody> {
+        let idle = self.idle.as_ref().map(idle::Idle::after);
+        let body = self.attempt_body(counter, limit, overflow)?;
+        Some(match idle {
+            Some(after) if body.stream.is_some() => body.idle_after(after),
+            _ => body,
+        })
+    }
+
+    /// Limits how long the client may leave the body waiting (every attempt's body).
+    pub fn idle_after(mut self, after: std::time::Duration) -> Self {
+        self.idle = Some(idle::Idle::new(after));
+        self
+    }
+
+    /// Sets [`RequestBody::idle_after`] in place.
+    pub fn set_idle(&mut self, after: std::time::Duration) {
+        if self.state != State::Ended {
+            self.idle = Some(idle::Idle::new(after));
+        }
+    }
+
+    fn attempt_body(
         &mut self,
         counter: impl FnOnce() -> BytesIn,
         limit: usize,
@@ -226,7 +273,9 @@ impl RequestBody {
             return Some(self.take(&counter));
         }
         let declared = self.declared;
-        let source = std::mem::replace(self, RequestBody::empty());
+        let mut source = std::mem::replace(self, RequestBody::empty());
+        // The attempts' bodies keep the idle limit; the source under them needs no second.
+        self.idle = source.idle.take();
         let r = replay::Replay::new(source, limit, overflow.cloned(), counter);
         // Each attempt checks its length against content-length again: the replayed bytes
         // are the same bytes, and hyper frames the request by its size.
@@ -401,6 +450,18 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = this.poll_next_frame(cx);
+        if let Some(idle) = this.idle.as_mut() {
+            match &polled {
+                Poll::Pending if idle.poll_expired(cx) => {
+                    let after = idle.after();
+                    this.idle = None;
+                    this.state = State::Failed;
+                    return Poll::Ready(Some(Err(ClientBodyError::idle(after))));
+                }
+                Poll::Ready(Some(Ok(_))) => idle.progressed(),
+                _ => {}
+            }
+        }
         if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, &this.forwarded)
             && let Some(data) = frame.data_ref()
         {

@@ -178,6 +178,9 @@ pub struct Permits {
 pub enum AttemptError {
     /// No connection could be made: nothing was sent, a retry is safe.
     Connect,
+    /// The connection (TCP or TLS) did not complete within `connect_timeout`: nothing was
+    /// sent either.
+    ConnectTimeout,
     /// The backend reset or broke the exchange after the request was (partly) sent.
     Reset,
     /// The response head did not come in time.
@@ -196,6 +199,7 @@ impl AttemptError {
     pub fn label(self) -> &'static str {
         match self {
             AttemptError::Connect => "upstream connect failed",
+            AttemptError::ConnectTimeout => "upstream connect timed out",
             AttemptError::Reset => "upstream request failed",
             AttemptError::Timeout => "upstream response timed out",
             AttemptError::Status(_) => "upstream answered a status Spooky does not pass on",
@@ -206,13 +210,25 @@ impl AttemptError {
 
     /// Whether another backend may be tried: nothing reached the backend.
     pub fn nothing_sent(self) -> bool {
-        self == AttemptError::Connect
+        matches!(self, AttemptError::Connect | AttemptError::ConnectTimeout)
+    }
+
+    /// How `retry_on` sees it.
+    pub fn retry_kind(self) -> crate::upstreams::retry::FailureKind {
+        use crate::upstreams::retry::FailureKind;
+        match self {
+            AttemptError::Connect | AttemptError::ConnectTimeout => FailureKind::Connect,
+            AttemptError::Reset | AttemptError::Protocol => FailureKind::Reset,
+            AttemptError::Timeout => FailureKind::Timeout,
+            AttemptError::Status(_) | AttemptError::Answered(_) => FailureKind::Other,
+        }
     }
 
     /// The reason an exchange is refused with when this was its last attempt.
     pub fn reason(self) -> Reason {
         match self {
             AttemptError::Connect => Reason::UpstreamConnect,
+            AttemptError::ConnectTimeout => Reason::ConnectTimeout,
             AttemptError::Reset | AttemptError::Protocol => Reason::UpstreamReset,
             AttemptError::Timeout => Reason::UpstreamTimeout,
             AttemptError::Status(_) => Reason::UpstreamUpgrade,
@@ -291,6 +307,9 @@ pub struct ExchangeState {
     /// A gRPC request's deadline (`grpc-timeout` from when ingress saw it): it bounds the
     /// wait for the backend and the whole streamed response.
     pub deadline: Option<Instant>,
+    /// The route's `timeouts.total`, from when the exchange began: it bounds queueing, every
+    /// attempt and backoff (504 `total_timeout`) and the streamed response (cut).
+    pub total_deadline: Option<Instant>,
     pub permits: Permits,
     /// Route, upstream, backend, attempts.
     pub decided: Decisions,
@@ -338,6 +357,7 @@ impl Exchange {
             conn_gone: origin.conn_gone,
             grpc: false,
             deadline: None,
+            total_deadline: None,
             permits: Permits::default(),
             decided: Decisions::default(),
             response: None,

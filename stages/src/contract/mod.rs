@@ -6,6 +6,7 @@
 pub mod exchange;
 pub mod flow;
 pub mod inlet;
+pub mod rate_limit;
 pub mod reason;
 pub mod record;
 pub mod responder;

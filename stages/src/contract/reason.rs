@@ -46,6 +46,8 @@ pub enum Reason {
     Unforwardable,
     /// No route matches (404).
     NoRoute,
+    /// The client paused its request body longer than `request_body_idle` (408).
+    RequestBodyTimeout,
     /// The route's rate limit (429, with `Retry-After` and `RateLimit-*`).
     RateLimited,
 
@@ -76,6 +78,10 @@ pub enum Reason {
     UpstreamReset,
     /// The response head did not come within `response_timeout`.
     UpstreamTimeout,
+    /// No connection (TCP, TLS) to any backend tried within `connect_timeout` (504).
+    ConnectTimeout,
+    /// The route's `timeouts.total` passed before the response head (504).
+    TotalTimeout,
     /// The backend answered 101 to a request without `Upgrade`.
     UpstreamUpgrade,
     /// The gRPC client's deadline passed.
@@ -112,6 +118,7 @@ impl Reason {
             Reason::BadRequestBody => "bad_request_body",
             Reason::Unforwardable => "unforwardable",
             Reason::NoRoute => "no_route",
+            Reason::RequestBodyTimeout => "request_body_timeout",
             Reason::RateLimited => "rate_limited",
             Reason::AdmissionFull => "admission_full",
             Reason::ConcurrencyFull => "concurrency_full",
@@ -125,6 +132,8 @@ impl Reason {
             Reason::UpstreamConnect => "upstream_connect",
             Reason::UpstreamReset => "upstream_reset",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::ConnectTimeout => "connect_timeout",
+            Reason::TotalTimeout => "total_timeout",
             Reason::UpstreamUpgrade => "upstream_upgrade",
             Reason::GrpcDeadline => "grpc_deadline",
             Reason::ChainIncomplete => "chain_incomplete",
@@ -169,7 +178,11 @@ impl Reason {
             | Reason::UpstreamUpgrade
             | Reason::ChainIncomplete
             | Reason::UpstreamBody => StatusCode::BAD_GATEWAY,
-            Reason::UpstreamTimeout | Reason::GrpcDeadline => StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamTimeout
+            | Reason::ConnectTimeout
+            | Reason::TotalTimeout
+            | Reason::GrpcDeadline => StatusCode::GATEWAY_TIMEOUT,
+            Reason::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             // Nobody reads it; the record and the logs do.
             Reason::Cancelled | Reason::ClientGone => StatusCode::BAD_REQUEST,
         }
@@ -187,6 +200,9 @@ impl Reason {
             }
             Reason::UpstreamReset | Reason::UpstreamBody => "connection_terminated",
             Reason::UpstreamTimeout => "connection_read_timeout",
+            Reason::ConnectTimeout => "connection_timeout",
+            Reason::TotalTimeout => "proxy_internal_response",
+            Reason::RequestBodyTimeout => "http_request_error",
             Reason::UpstreamUpgrade => "http_upgrade_failed",
             Reason::ChainIncomplete => "proxy_configuration_error",
             // Answered here without trying the next hop: overload, draining, a deadline.
@@ -238,7 +254,10 @@ impl Reason {
             return grpc::Code::ResourceExhausted;
         }
         match self {
-            Reason::UpstreamTimeout | Reason::GrpcDeadline => grpc::Code::DeadlineExceeded,
+            Reason::UpstreamTimeout
+            | Reason::ConnectTimeout
+            | Reason::TotalTimeout
+            | Reason::GrpcDeadline => grpc::Code::DeadlineExceeded,
             Reason::NoRoute => grpc::Code::Unimplemented,
             Reason::RateLimited => grpc::Code::ResourceExhausted,
             r if r.status().is_server_error() => grpc::Code::Unavailable,
@@ -258,7 +277,10 @@ impl Reason {
     /// HTTP/1.1 closes the connection after the answer: the request's framing was bad, or
     /// tunnel bytes may follow it.
     pub fn closes(self) -> bool {
-        self.status() == StatusCode::BAD_REQUEST || self == Reason::ConnectUnsupported
+        self.status() == StatusCode::BAD_REQUEST
+            || self == Reason::ConnectUnsupported
+            // The rest of the body may still arrive: the connection cannot be reused.
+            || self == Reason::RequestBodyTimeout
     }
 
     /// An `Allow` header (405).

@@ -11,6 +11,7 @@ use http::{HeaderValue, Response};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
+use crate::body::idle::Idle;
 use crate::contract::exchange::Permits;
 use crate::contract::flow::Reply;
 use crate::contract::record::{Outcome, Record};
@@ -18,17 +19,30 @@ use crate::http::grpc;
 use crate::http::headers::strip_hop_by_hop;
 use crate::upstreams::UpstreamBody;
 
-/// When a streamed gRPC response must end, and what counts the cut.
+/// When a streamed response must end, and what counts the cut: a gRPC deadline ends it with
+/// DEADLINE_EXCEEDED trailers; the route's total timeout cuts it (the client sees the stream
+/// reset, HTTP/1.1 the connection closed).
 pub struct Deadline {
     sleep: Pin<Box<tokio::time::Sleep>>,
     cut: metrics::Counter,
+    grpc: bool,
 }
 
 impl Deadline {
+    /// A gRPC call's deadline.
     pub fn new(at: std::time::Instant, cut: metrics::Counter) -> Deadline {
         Deadline {
             sleep: Box::pin(tokio::time::sleep_until(at.into())),
             cut,
+            grpc: true,
+        }
+    }
+
+    /// The route's `timeouts.total`.
+    pub fn total(at: std::time::Instant, cut: metrics::Counter) -> Deadline {
+        Deadline {
+            grpc: false,
+            ..Deadline::new(at, cut)
         }
     }
 
@@ -37,11 +51,25 @@ impl Deadline {
         let passed = self.sleep.as_mut().poll(cx);
         if passed.is_ready() {
             self.cut.increment(1);
-            tracing::info!("gRPC deadline passed while the response streamed");
+            if self.grpc {
+                tracing::info!("gRPC deadline passed while the response streamed");
+            } else {
+                tracing::info!("total timeout passed while the response streamed");
+            }
         }
         passed
     }
 }
+
+/// The backend paused its response body longer than `response_body_idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body idle for {0:?}")]
+pub struct BodyIdle(std::time::Duration);
+
+/// The route's total timeout passed while the response streamed.
+#[derive(Debug, thiserror::Error)]
+#[error("total timeout passed while the response streamed")]
+pub struct TotalCut;
 
 /// What an exchange holds until the last byte of its response is gone: its permits, and its
 /// record (emitted when this is dropped).
@@ -59,8 +87,10 @@ enum Inner {
 /// A response body on its way to the client.
 pub struct ResponseBody {
     inner: Inner,
-    /// A gRPC deadline that ends the body early with DEADLINE_EXCEEDED trailers.
+    /// A gRPC deadline or the total timeout, which ends the body early.
     deadline: Option<Deadline>,
+    /// The longest pause of the backend's body, and what counts the cut.
+    idle: Option<(Idle, metrics::Counter)>,
     end: Option<End>,
 }
 
@@ -70,6 +100,7 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Full((!b.is_empty()).then_some(b)),
             deadline: None,
+            idle: None,
             end: None,
         }
     }
@@ -79,8 +110,15 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
             deadline,
+            idle: None,
             end: None,
         }
+    }
+
+    /// Cuts the backend's body when it pauses longer than `after` (counted in `cut`).
+    pub fn idle_after(mut self, after: std::time::Duration, cut: metrics::Counter) -> Self {
+        self.idle = Some((Idle::new(after), cut));
+        self
     }
 
     /// Carries `end` until the body ends or is dropped.
@@ -101,6 +139,7 @@ impl ResponseBody {
         }
         self.end = None;
         self.deadline = None;
+        self.idle = None;
     }
 
     fn count_out(&mut self, n: usize) {
@@ -132,8 +171,13 @@ impl Body for ResponseBody {
         if let Some(Poll::Ready(())) = this.deadline.as_mut().map(|d| d.poll_passed(cx)) {
             // Dropping the upstream body resets the backend's stream.
             this.inner = Inner::Full(None);
-            this.finish(Outcome::Complete);
-            return Poll::Ready(Some(Ok(Frame::trailers(grpc::deadline_trailers()))));
+            let grpc = this.deadline.as_ref().is_some_and(|d| d.grpc);
+            if grpc {
+                this.finish(Outcome::Complete);
+                return Poll::Ready(Some(Ok(Frame::trailers(grpc::deadline_trailers()))));
+            }
+            this.finish(Outcome::UpstreamFailed);
+            return Poll::Ready(Some(Err(Box::new(TotalCut))));
         }
         let polled = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -151,6 +195,20 @@ impl Body for ResponseBody {
                 Poll::Pending => Poll::Pending,
             },
         };
+        if let Some((idle, cut)) = this.idle.as_mut() {
+            match &polled {
+                Poll::Pending if idle.poll_expired(cx) => {
+                    let after = idle.after();
+                    cut.increment(1);
+                    tracing::info!(?after, "upstream response body idle: cut");
+                    this.inner = Inner::Full(None);
+                    this.finish(Outcome::UpstreamFailed);
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle(after)))));
+                }
+                Poll::Ready(Some(Ok(_))) => idle.progressed(),
+                _ => {}
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {

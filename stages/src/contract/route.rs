@@ -145,6 +145,21 @@ impl<'de> serde::Deserialize<'de> for HedgeDelay {
     }
 }
 
+/// A route's timeouts (`timeouts = { … }`); absent ones fall back to the stages'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// The longest wait for one attempt's response head (504 `upstream_timeout`).
+    pub response_head: Option<crate::units::Dur>,
+    /// The whole exchange, from its first byte to its response's last (504 `total_timeout`
+    /// before the head; the response is cut after it).
+    pub total: Option<crate::units::Dur>,
+    /// The longest the client may pause its request body (408 `request_body_timeout`).
+    pub request_body_idle: Option<crate::units::Dur>,
+    /// The longest the backend may pause its response body (the response is cut).
+    pub response_body_idle: Option<crate::units::Dur>,
+}
+
 /// A route's class for brownout (`priority`): `critical` is never shed, `background` first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -177,8 +192,10 @@ pub struct Route {
     pub priority: Priority,
     /// Hedged attempts after this delay (`hedge`), for idempotent requests without a body.
     pub hedge: Option<HedgeDelay>,
+    /// Its `timeouts` (each absent one: the stage's).
+    pub timeouts: Timeouts,
     /// Its rate limit (`rate_limit`), and the count of requests it refused.
-    pub rate_limit: Option<crate::stages::route::limit::RateLimiter>,
+    pub rate_limit: Option<crate::contract::rate_limit::RateLimiter>,
     pub rate_limited: metrics::Counter,
     /// Exchanges of this route waiting in the queue stage.
     pub waiting: Cap,

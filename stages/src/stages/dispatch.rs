@@ -67,6 +67,14 @@ pub struct Config {
     /// exchanges wait in their route's queue and the other upstreams keep theirs.
     #[serde(default = "default_upstream_share")]
     pub upstream_share: f64,
+    /// The longest the client may pause its request body (408; `"0s"`: no limit); a route's
+    /// `timeouts.request_body_idle` overrides it.
+    #[serde(default = "default_body_idle")]
+    pub request_body_idle: Dur,
+}
+
+fn default_body_idle() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 fn default_upstream_share() -> f64 {
@@ -107,6 +115,7 @@ impl Default for Config {
             forwarded: Forwarded::default(),
             forwarded_header: ForwardedHeader::default(),
             upstream_share: default_upstream_share(),
+            request_body_idle: default_body_idle(),
         }
     }
 }
@@ -114,6 +123,7 @@ impl Default for Config {
 /// The running stage.
 pub struct Dispatch {
     response_timeout: Duration,
+    request_body_idle: Option<Duration>,
     forwarded: Forwarded,
     forwarded_header: ForwardedHeader,
     /// Request bodies are kept for another attempt up to this many bytes (hedge-retry's
@@ -128,6 +138,7 @@ impl Dispatch {
     pub fn build(config: &Config, replay_limit: usize, pipeline: &str) -> Self {
         Dispatch {
             response_timeout: config.response_timeout.0,
+            request_body_idle: Some(config.request_body_idle.0).filter(|d| !d.is_zero()),
             forwarded: config.forwarded,
             forwarded_header: config.forwarded_header,
             replay_limit,
@@ -172,6 +183,17 @@ impl Dispatch {
         let (Some(upstream), Some(idx)) = (ex.decided.upstream.clone(), ex.decided.backend) else {
             return Err(Failed::Refused(Reason::ChainIncomplete));
         };
+        let timeouts = ex
+            .decided
+            .route
+            .as_ref()
+            .map(|r| r.timeouts)
+            .unwrap_or_default();
+        // gRPC client streams may be quiet for long: only a route's own limit applies.
+        let stage_idle = self.request_body_idle.filter(|_| !ex.grpc);
+        if let Some(idle) = timeouts.request_body_idle.map(|d| d.0).or(stage_idle) {
+            ex.body.set_idle(idle);
+        }
         let req = {
             let backend = &upstream.backends[idx];
             self.upstream_request(ex, &backend.addr, backend.http1)
@@ -179,15 +201,31 @@ impl Dispatch {
         };
         let started = Instant::now();
         ex.record.attempts += 1;
-        let response_timeout =
-            per_try.map_or(self.response_timeout, |t| t.min(self.response_timeout));
-        // A gRPC client's deadline bounds the wait too; what is left of it was forwarded.
-        let (wait, by_deadline) = match ex.deadline {
-            Some(d) if d.saturating_duration_since(started) < response_timeout => {
-                (d.saturating_duration_since(started), true)
+        let mut head = self.response_timeout;
+        for t in [per_try, timeouts.response_head.map(|d| d.0)]
+            .into_iter()
+            .flatten()
+        {
+            head = head.min(t);
+        }
+        // A gRPC client's deadline and the route's total bound the wait too (what is left of
+        // the gRPC deadline was forwarded); the nearest decides.
+        let left = |d: Option<Instant>| d.map(|d| d.saturating_duration_since(started));
+        let mut wait = (head, Waited::Head);
+        for (l, by) in [
+            (left(ex.deadline), Waited::GrpcDeadline),
+            (left(ex.total_deadline), Waited::Total),
+        ] {
+            if let Some(l) = l
+                && l < wait.0
+            {
+                wait = (l, by);
             }
-            _ => (response_timeout, false),
-        };
+        }
+        if wait.0.is_zero() && wait.1 == Waited::Total {
+            return Err(Failed::Refused(Reason::TotalTimeout));
+        }
+        let (wait, by) = wait;
         Ok(Sending {
             exchange: ex.id,
             upstream,
@@ -197,7 +235,7 @@ impl Dispatch {
             ticket: ex.permits.breaker.take(),
             started,
             wait,
-            by_deadline,
+            by,
         })
     }
 
@@ -214,7 +252,7 @@ impl Dispatch {
             ticket,
             started,
             wait,
-            by_deadline,
+            by,
         } = s;
         let backend = &upstream.backends[idx];
         // The breaker hears the outcome of this attempt (none if it is dropped).
@@ -253,10 +291,12 @@ impl Dispatch {
             }
             Ok(Err(e)) if ClientBodyError::find(&e).is_some() => {
                 // The client's body failed: the client's error, not the backend's.
-                let malformed = ClientBodyError::find(&e).is_some_and(|c| c.malformed);
+                let c = ClientBodyError::find(&e).map(|c| (c.malformed, c.timed_out));
                 tracing::debug!(exchange, error = %error_chain(&e), "client request body failed; upstream request aborted");
-                if malformed {
+                if c.is_some_and(|c| c.0) {
                     Err(Failed::Refused(Reason::BadRequestBody))
+                } else if c.is_some_and(|c| c.1) {
+                    Err(Failed::Refused(Reason::RequestBodyTimeout))
                 } else {
                     Err(Failed::Cancelled)
                 }
@@ -268,7 +308,12 @@ impl Dispatch {
                 if let Some(o) = &backend.outlier {
                     o.failure();
                 }
-                Err(failed(AttemptError::Connect, Box::new(e)))
+                let kind = if connect_timed_out(&e) {
+                    AttemptError::ConnectTimeout
+                } else {
+                    AttemptError::Connect
+                };
+                Err(failed(kind, Box::new(e)))
             }
             Ok(Err(e)) => {
                 backend.metrics.reset.increment(1);
@@ -290,18 +335,28 @@ impl Dispatch {
                 if let Some(o) = &backend.outlier {
                     o.failure();
                 }
-                if by_deadline {
-                    tracing::info!(
-                        exchange,
-                        "gRPC deadline passed waiting for the response head"
-                    );
-                    Err(Failed::Refused(Reason::GrpcDeadline))
-                } else {
-                    breaker(false);
-                    Err(failed(
-                        AttemptError::Timeout,
-                        format!("no response head within {wait:?}").into(),
-                    ))
+                match by {
+                    Waited::GrpcDeadline => {
+                        tracing::info!(
+                            exchange,
+                            "gRPC deadline passed waiting for the response head"
+                        );
+                        Err(Failed::Refused(Reason::GrpcDeadline))
+                    }
+                    Waited::Total => {
+                        tracing::info!(
+                            exchange,
+                            "total timeout passed waiting for the response head"
+                        );
+                        Err(Failed::Refused(Reason::TotalTimeout))
+                    }
+                    Waited::Head => {
+                        breaker(false);
+                        Err(failed(
+                            AttemptError::Timeout,
+                            format!("no response head within {wait:?}").into(),
+                        ))
+                    }
                 }
             }
         }
@@ -468,7 +523,30 @@ pub struct Sending {
     ticket: Option<spooky_sync::Ticket>,
     started: Instant,
     wait: Duration,
-    by_deadline: bool,
+    by: Waited,
+}
+
+/// What bounds an attempt's wait for its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// `response_timeout`, `per_try_timeout` or the route's `timeouts.response_head`.
+    Head,
+    GrpcDeadline,
+    /// The route's `timeouts.total`.
+    Total,
+}
+
+/// Whether a connect failure was the connect timeout (TCP or TLS).
+fn connect_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    use crate::upstreams::error::ConnectError;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return matches!(c, ConnectError::TcpTimeout(_) | ConnectError::TlsTimeout(_));
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// An attempt's response head, and the backend permit its exchange keeps while the body

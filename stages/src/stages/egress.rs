@@ -11,6 +11,7 @@ use crate::contract::reason::Reason;
 use crate::contract::responder::SendError;
 use crate::contract::response::{Deadline, ResponseBody};
 use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::units::Dur;
 
 /// Whether the proxy adds itself to `Via` on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -22,24 +23,54 @@ pub enum Via {
 }
 
 /// `[stages.egress]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Add `Via: 1.1 spooky` to responses (RFC 9110 §7.6.3).
     #[serde(default)]
     pub via: Via,
+    /// The longest the backend may pause its response body before it is cut (`"0s"`: no
+    /// limit); a route's `timeouts.response_body_idle` overrides it.
+    #[serde(default = "default_body_idle")]
+    pub response_body_idle: Dur,
+}
+
+fn default_body_idle() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            via: Via::default(),
+            response_body_idle: default_body_idle(),
+        }
+    }
 }
 
 /// The running stage.
 pub struct Egress {
     via: Via,
     deadline_cut: metrics::Counter,
+    response_body_idle: Option<std::time::Duration>,
+    idle_cut: metrics::Counter,
+    total_cut: metrics::Counter,
 }
 
 impl Egress {
     pub fn build(config: &Config, pipeline: &str) -> Self {
+        let cut = |reason: &'static str| {
+            metrics::counter!(
+                crate::metrics::RESPONSE_BODY_CUT,
+                "pipeline" => pipeline.to_string(),
+                "reason" => reason
+            )
+        };
         Egress {
             via: config.via,
+            response_body_idle: Some(config.response_body_idle.0).filter(|d| !d.is_zero()),
+            idle_cut: cut("idle"),
+            total_cut: cut("total"),
             deadline_cut: metrics::counter!(
                 crate::metrics::GRPC_DEADLINE_CUT,
                 "pipeline" => pipeline.to_string()
@@ -60,15 +91,30 @@ impl Egress {
             route.edits.response.apply(&mut parts.headers);
         }
         let status = parts.status;
-        // A gRPC deadline still bounds the streamed body.
-        let deadline = ex
-            .deadline
-            .map(|at| Deadline::new(at, self.deadline_cut.clone()));
+        // A gRPC deadline, or the route's total timeout, still bounds the streamed body.
+        let deadline = match (ex.deadline, ex.total_deadline) {
+            (Some(g), Some(t)) if t < g => Some(Deadline::total(t, self.total_cut.clone())),
+            (Some(g), _) => Some(Deadline::new(g, self.deadline_cut.clone())),
+            (None, Some(t)) => Some(Deadline::total(t, self.total_cut.clone())),
+            (None, None) => None,
+        };
+        let idle = ex
+            .decided
+            .route
+            .as_ref()
+            .and_then(|r| r.timeouts.response_body_idle)
+            .map(|d| d.0)
+            // gRPC streams may be quiet for long: only a route's own limit applies to them.
+            .or(self.response_body_idle.filter(|_| !ex.grpc));
         // The exchange's permits travel with the body and come back when its last byte is
         // gone (or the client goes), whichever protocol writes it.
         ex.record.mark("egress");
         let end = ex.end(status);
-        let body = ResponseBody::upstream(body, deadline).ending(end);
+        let mut body = ResponseBody::upstream(body, deadline);
+        if let Some(after) = idle {
+            body = body.idle_after(after, self.idle_cut.clone());
+        }
+        let body = body.ending(end);
         match ex.responder.send(Response::from_parts(parts, body)).await {
             Ok(()) => Flow::Done,
             Err(SendError::ClientGone(_)) => Flow::Abandon(ex, Reason::ClientGone),

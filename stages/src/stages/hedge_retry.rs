@@ -246,7 +246,7 @@ impl HedgeRetry {
             ex.permits.backend = None;
             let again = held.is_some()
                 || policy
-                    .covers_failure(failure.kind)
+                    .covers_failure(failure.kind.retry_kind())
                     .is_some_and(|on| self.retries(&ex, policy, failure.kind, on));
             ex.decided.attempts.push(Attempt {
                 backend,
@@ -273,6 +273,21 @@ impl HedgeRetry {
                 return Flow::Reject(ex, r);
             }
             let wait = policy.backoff(u32::try_from(ex.decided.attempts.len()).unwrap_or(u32::MAX));
+            if ex
+                .total_deadline
+                .is_some_and(|d| Instant::now() + wait >= d)
+            {
+                // No time left for another attempt within the route's total.
+                if let Some(answer) = held.take() {
+                    ex.response = Some(answer);
+                    return Flow::Continue(ex);
+                }
+                let r = Reason::TotalTimeout;
+                count(self.metrics.as_ref().or(m), |m| {
+                    m.rejected(r.label()).increment(1)
+                });
+                return Flow::Reject(ex, r);
+            }
             if !wait.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -424,8 +439,8 @@ impl HedgeRetry {
             .route
             .as_ref()
             .is_some_and(|r| r.retry_non_idempotent);
-        let method_ok = ex.idempotent()
-            || (policy.explicit && (kind == AttemptError::Connect || route_opts_in));
+        let method_ok =
+            ex.idempotent() || (policy.explicit && (kind.nothing_sent() || route_opts_in));
         if !method_ok {
             return false;
         }

@@ -73,8 +73,14 @@ impl Queue {
         let Ok(_place) = route.waiting.try_acquire() else {
             return Flow::Reject(ex, Reason::QueueFull);
         };
+        // The route's total timeout may come first.
+        let total = ex
+            .total_deadline
+            .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let by_total = total.is_some_and(|t| t < self.deadline);
+        let limit = total.map_or(self.deadline, |t| t.min(self.deadline));
         let waited = {
-            let acquire = tokio::time::timeout(self.deadline, upstream.cap.acquire());
+            let acquire = tokio::time::timeout(limit, upstream.cap.acquire());
             tokio::select! {
                 r = acquire => Some(r),
                 () = ex.cancelled() => None,
@@ -86,6 +92,7 @@ impl Queue {
                 Flow::Continue(ex)
             }
             Some(Ok(Err(_))) => Flow::Reject(ex, Reason::ShuttingDown),
+            Some(Err(_elapsed)) if by_total => Flow::Reject(ex, Reason::TotalTimeout),
             Some(Err(_elapsed)) => Flow::Reject(ex, Reason::QueueDeadline),
             None => Flow::Abandon(ex, Reason::Cancelled),
         }

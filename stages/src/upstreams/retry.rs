@@ -14,8 +14,20 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::Deserialize;
 
-use crate::contract::exchange::AttemptError;
 use crate::units::{Dur, Size};
+
+/// A failed attempt as `retry_on` sees it (hedge-retry maps its attempt errors to these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Nothing was sent: no connection, or none in time.
+    Connect,
+    /// The backend reset or broke the exchange.
+    Reset,
+    /// No response head in time.
+    Timeout,
+    /// Anything else (never retried by kind).
+    Other,
+}
 
 /// What a retry is for: `retry_on = [...]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,14 +242,14 @@ impl RetryPolicy {
         }
     }
 
-    /// Which `retry_on` entry, if any, covers a failed attempt.
-    pub fn covers_failure(&self, e: AttemptError) -> Option<RetryOn> {
+    /// Which `retry_on` entry, if any, covers a failed attempt of this `kind`.
+    pub fn covers_failure(&self, kind: FailureKind) -> Option<RetryOn> {
         self.on.iter().copied().find(|on| {
             matches!(
-                (on, e),
-                (RetryOn::ConnectFailure, AttemptError::Connect)
-                    | (RetryOn::Reset, AttemptError::Reset | AttemptError::Protocol)
-                    | (RetryOn::Timeout, AttemptError::Timeout)
+                (on, kind),
+                (RetryOn::ConnectFailure, FailureKind::Connect)
+                    | (RetryOn::Reset, FailureKind::Reset)
+                    | (RetryOn::Timeout, FailureKind::Timeout)
             )
         })
     }
@@ -431,10 +443,8 @@ mod tests {
             on,
             ..RetryPolicy::connect_only(1)
         };
-        assert_eq!(
-            p.covers_failure(AttemptError::Protocol),
-            Some(RetryOn::Reset)
-        );
+        assert_eq!(p.covers_failure(FailureKind::Reset), Some(RetryOn::Reset));
+        assert_eq!(p.covers_failure(FailureKind::Other), None);
         assert_eq!(
             p.covers_status(StatusCode::BAD_GATEWAY),
             Some(RetryOn::GatewayError)

@@ -70,13 +70,16 @@ pub struct RouteConfig {
     #[serde(default)]
     pub retry_non_idempotent: bool,
     /// Token buckets per key: over the limit, 429 with `Retry-After` and `RateLimit-*`.
-    pub rate_limit: Option<super::limit::RateLimitConfig>,
+    pub rate_limit: Option<crate::contract::rate_limit::RateLimitConfig>,
     /// `critical` (never shed), `normal` (default), `background` (shed first) in brownout.
     #[serde(default)]
     pub priority: crate::contract::route::Priority,
     /// `hedge = { delay = "50ms" }` or `{ delay = "p95" }`: a second attempt to another
     /// backend when the first has no response head after the delay.
     pub hedge: Option<HedgeConfig>,
+    /// `timeouts = { response_head, total, request_body_idle, response_body_idle }`.
+    #[serde(default)]
+    pub timeouts: crate::contract::route::Timeouts,
 }
 
 /// `hedge = { … }`.
@@ -334,6 +337,17 @@ impl RouteConfig {
                 {
                     out.push(problem(&at, e));
                 }
+            }
+        }
+        let t = &self.timeouts;
+        for (key, value) in [
+            ("response_head", t.response_head),
+            ("total", t.total),
+            ("request_body_idle", t.request_body_idle),
+            ("response_body_idle", t.response_body_idle),
+        ] {
+            if value.is_some_and(|d| d.0.is_zero()) {
+                out.push(problem(&["timeouts", key], "expected a duration above 0"));
             }
         }
         for (key, message) in self.rate_limit.iter().flat_map(|rl| rl.problems()) {

@@ -10,7 +10,6 @@
 
 pub mod config;
 pub mod index;
-pub mod limit;
 pub mod matcher;
 
 use std::collections::HashMap;
@@ -147,11 +146,13 @@ impl RouteIndex {
                 retry_non_idempotent: rc.retry_non_idempotent,
                 priority: rc.priority,
                 hedge: rc.hedge.as_ref().map(|h| h.delay),
+                timeouts: rc.timeouts,
                 rate_limit: rc
                     .rate_limit
                     .as_ref()
                     .map(|c| {
-                        limit::RateLimiter::build(c).map_err(|e| invalid(format!("rate_limit.{e}")))
+                        crate::contract::rate_limit::RateLimiter::build(c)
+                            .map_err(|e| invalid(format!("rate_limit.{e}")))
                     })
                     .transpose()?,
                 rate_limited: metrics::counter!(crate::metrics::RATE_LIMITED, "route" => rc.name.clone()),
@@ -348,6 +349,9 @@ impl RouteStage {
                 .and_then(|k| k.hash(&ex.head, ex.client.ip, ex.client.conn)),
             _ => None,
         };
+        if let Some(total) = route.timeouts.total {
+            ex.total_deadline = Some(ex.record.started + total.0);
+        }
         ex.decided.route = Some(route.clone());
         match &route.action {
             Action::Respond(reply) => Flow::Respond(ex, reply.clone()),
