@@ -126,3 +126,38 @@ fn futures_poll_once<F: std::future::Future + Unpin>(
         std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx).is_ready())
     })
 }
+
+#[test]
+fn a_changing_limit_never_grants_past_it() {
+    loom::model(|| {
+        let cap = Cap::new(1);
+        let holders = Arc::new(AtomicUsize::new(0));
+        let first = cap.try_acquire().expect("free");
+        // A waiter, while the limit is lowered to zero and raised back to one concurrently.
+        let waiter = {
+            let (cap, holders) = (cap.clone(), holders.clone());
+            thread::spawn(move || {
+                let permit = block_on(cap.acquire()).expect("open");
+                let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                assert!(now <= 1, "{now} holders");
+                holders.fetch_sub(1, Ordering::SeqCst);
+                drop(permit);
+            })
+        };
+        let setter = {
+            let cap = cap.clone();
+            thread::spawn(move || {
+                cap.set_limit(0);
+                cap.set_limit(1);
+            })
+        };
+        let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+        assert!(now <= 1, "{now} holders");
+        holders.fetch_sub(1, Ordering::SeqCst);
+        drop(first);
+        setter.join().expect("thread");
+        waiter.join().expect("thread");
+        assert_eq!(cap.in_use(), 0);
+        assert_eq!(cap.waiting(), 0);
+    });
+}

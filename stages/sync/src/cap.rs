@@ -1,7 +1,9 @@
 //! An inflight cap with RAII permits.
 //!
 //! Invariants (each modelled in `loom-tests/`):
-//! * `in_use() <= limit()` at every instant;
+//! * no permit is granted while `in_use() >= limit()` — so `in_use() <= limit()` at every
+//!   instant, except just after [`Cap::set_limit`] lowered the limit below what is held, which
+//!   then drains (released slots are freed, not handed on) until it is back under;
 //! * a [`Permit`] returns its slot on drop — also when the exchange holding it is cancelled;
 //! * a waiting [`Acquire`] that is dropped leaves no slot behind, even if it was just granted one;
 //! * waiters are served first-in first-out, and one released permit wakes exactly one waiter;
@@ -13,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::loom::{Arc, Mutex, lock};
+use crate::loom::{Arc, AtomicUsize, Mutex, Ordering, lock};
 
 /// The cap was closed: no permit will ever be granted again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +45,8 @@ pub struct Cap {
 }
 
 struct Inner {
-    limit: usize,
+    /// Changed only under the state lock (read without it for `limit()`).
+    limit: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -77,7 +80,7 @@ impl Cap {
     pub fn new(limit: usize) -> Self {
         Cap {
             inner: Arc::new(Inner {
-                limit,
+                limit: AtomicUsize::new(limit),
                 state: Mutex::new(State {
                     used: 0,
                     closed: false,
@@ -89,9 +92,32 @@ impl Cap {
         }
     }
 
-    /// The configured limit.
+    /// The limit now.
     pub fn limit(&self) -> usize {
-        self.inner.limit
+        self.inner.limit.load(Ordering::Acquire)
+    }
+
+    /// Changes the limit (adaptive admission). Raised, it hands the new slots to waiters in
+    /// order; lowered below what is held, nothing more is granted, and released slots are
+    /// freed rather than handed on, until the cap is back under it.
+    pub fn set_limit(&self, limit: usize) {
+        let wakers: Vec<Waker> = {
+            let mut st = lock(&self.inner.state);
+            self.inner.limit.store(limit, Ordering::Release);
+            let mut wakers = Vec::new();
+            while st.used < limit {
+                let Some(w) = st.waiters.pop_front() else {
+                    break;
+                };
+                st.used += 1;
+                st.granted.push(w.id);
+                wakers.push(w.waker);
+            }
+            wakers
+        };
+        for w in wakers {
+            w.wake();
+        }
     }
 
     /// Permits currently held (including ones granted to waiters that have not yet woken).
@@ -115,7 +141,7 @@ impl Cap {
         if st.closed {
             return Err(TryAcquireError::Closed);
         }
-        if st.used < self.inner.limit && st.waiters.is_empty() {
+        if st.used < self.limit() && st.waiters.is_empty() {
             st.used += 1;
             drop(st);
             Ok(Permit { cap: self.clone() })
@@ -151,7 +177,10 @@ impl Cap {
     fn release(&self) {
         let wake = {
             let mut st = lock(&self.inner.state);
-            match st.waiters.pop_front() {
+            // Over a lowered limit, the slot is freed, not handed on.
+            let over = st.used > self.limit();
+            let next = if over { None } else { st.waiters.pop_front() };
+            match next {
                 // The slot passes to the waiter: `used` stays the same.
                 Some(w) => {
                     st.granted.push(w.id);
@@ -173,7 +202,7 @@ impl fmt::Debug for Cap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = lock(&self.inner.state);
         f.debug_struct("Cap")
-            .field("limit", &self.inner.limit)
+            .field("limit", &self.limit())
             .field("used", &st.used)
             .field("waiting", &st.waiters.len())
             .field("closed", &st.closed)
@@ -227,7 +256,7 @@ impl Future for Acquire {
                     this.wait = Wait::Done;
                     return Poll::Ready(Err(Closed));
                 }
-                if st.used < inner.limit && st.waiters.is_empty() {
+                if st.used < inner.limit.load(Ordering::Acquire) && st.waiters.is_empty() {
                     st.used += 1;
                     drop(st);
                     this.wait = Wait::Done;
@@ -328,6 +357,40 @@ mod tests {
         assert_eq!(wb.0.load(Ordering::SeqCst), 1);
         assert!(matches!(poll(&mut b, &wb), Poll::Ready(Ok(_))));
         assert_eq!(cap.in_use(), 0);
+    }
+
+    #[test]
+    fn a_raised_limit_serves_waiters_and_a_lowered_one_drains_first() {
+        let cap = Cap::new(2);
+        let (p1, p2) = (
+            cap.try_acquire().expect("free"),
+            cap.try_acquire().expect("free"),
+        );
+        let w = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let mut a = cap.acquire();
+        assert!(poll(&mut a, &w).is_pending());
+        // Raised: the waiter gets the new slot at once.
+        cap.set_limit(3);
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        let Poll::Ready(Ok(p3)) = poll(&mut a, &w) else {
+            panic!("granted by the raised limit")
+        };
+        assert_eq!(cap.in_use(), 3);
+        // Lowered below what is held: nothing is granted until two are back.
+        cap.set_limit(1);
+        let mut b = cap.acquire();
+        assert!(poll(&mut b, &w).is_pending());
+        drop(p1);
+        assert_eq!(cap.in_use(), 2);
+        assert!(poll(&mut b, &w).is_pending());
+        drop(p2);
+        assert_eq!(cap.in_use(), 1);
+        assert!(poll(&mut b, &w).is_pending(), "still at the lowered limit");
+        drop(p3);
+        let Poll::Ready(Ok(_held)) = poll(&mut b, &w) else {
+            panic!("served once under the lowered limit")
+        };
+        assert_eq!(cap.in_use(), 1);
     }
 
     #[test]
