@@ -793,3 +793,58 @@ async fn each_timeout_answers_with_its_own_status_and_reason() {
     );
     proxy.assert_caps_zero().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_falls_when_latency_rises_and_recovers() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let app = Fault::start("app", Mode::slow(Duration::from_millis(5))).await;
+    let rest = format!(
+        "[stages.admission]\nmax_inflight = 64\nadaptive = {{ algorithm = \"gradient2\", min_limit = 2, initial_limit = 16, long_window = 50, queue_size = 1.0 }}\n\n{}",
+        config(&[&app], "", "")
+    );
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
+    let limit = || proxy.metric("spooky_admission_limit", &[]);
+    assert_eq!(limit().await, 16.0);
+    // Sixteen clients, each sending one request after another (bounded), until told to stop;
+    // a refused one waits a little, as a client honouring Retry-After would (a tight loop
+    // of refusals would only burn the CPU the proxy needs).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let conn = connect(&cert.client(), &proxy).await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if conn.get(&url("/x")).await.map_or(true, |r| r.status != 200) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+    // At the usual latency, in use: it grows.
+    let steady = proxy
+        .wait_metric("spooky_admission_limit", &[], |v| v > 16.0)
+        .await;
+    // Twenty times slower: it falls.
+    app.set(Mode::slow(Duration::from_millis(100)));
+    let low = proxy
+        .wait_metric("spooky_admission_limit", &[], |v| v <= 4.0)
+        .await;
+    // Fast again: it recovers.
+    app.set(Mode::slow(Duration::from_millis(5)));
+    proxy
+        .wait_metric("spooky_admission_limit", &[], |v| v >= 3.0 * low.max(2.0))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    assert!(steady > 16.0);
+    // Refusals beyond the limit were 503 admission_full.
+    assert!(proxy.rejected("admission", "admission_full").await > 0.0);
+    proxy.assert_caps_zero().await;
+}

@@ -47,6 +47,8 @@ pub const UPSTREAM_INFLIGHT: &str = "spooky_upstream_inflight";
 pub const UPSTREAM_LIMIT: &str = "spooky_upstream_inflight_limit";
 pub const BACKEND_INFLIGHT: &str = "spooky_backend_inflight";
 pub const ADMISSION_INFLIGHT: &str = "spooky_admission_inflight";
+/// The admission cap's limit now (adaptive admission moves it).
+pub const ADMISSION_LIMIT: &str = "spooky_admission_limit";
 pub const ADMISSION_WAITING: &str = "spooky_admission_waiting";
 pub const STAGE_INFLIGHT: &str = "spooky_stage_inflight";
 pub const ROUTE_QUEUE_WAITING: &str = "spooky_route_queue_waiting";

@@ -261,6 +261,16 @@ fn stages(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             );
         }
     }
+    let admission = &config.stages.admission;
+    if let Some(a) = &admission.adaptive {
+        for (k, message) in a.problems(admission.max_inflight.get()) {
+            cx.push(
+                Some(span_at(root, &["stages", "admission", "adaptive", k])),
+                &format!("stages.admission.adaptive.{k}"),
+                message,
+            );
+        }
+    }
     if let Some(b) = &config.stages.admission.brownout {
         for (k, message) in b.problems() {
             cx.push(

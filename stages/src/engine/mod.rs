@@ -257,6 +257,7 @@ impl Pipeline {
         };
         let mut select = None;
         let mut brownout = None;
+        let mut adaptive = None;
         let mut slots = Vec::new();
         for kind in config.chain.iter().copied() {
             let stage = match kind {
@@ -276,6 +277,7 @@ impl Pipeline {
                     let a = Admission::build(&st.admission, st.settings(kind).when_full, &name);
                     route = route.map(|r| Box::new(r.with_brownout(a.brownout())));
                     brownout = a.brownout();
+                    adaptive = a.adaptive();
                     AnyStage::Admission(a)
                 }
                 StageKind::Route => AnyStage::Route(
@@ -320,7 +322,8 @@ impl Pipeline {
                     // Hedge-retry's own decisions count under its slot's metrics.
                     let own = slot_inlet.metrics().cloned();
                     let loop_ = HedgeRetry::build(policy, own, select, dispatch)
-                        .with_brownout(brownout.clone());
+                        .with_brownout(brownout.clone())
+                        .with_adaptive(adaptive.clone());
                     slots.push(Slot {
                         kind: StageKind::HedgeRetry,
                         stage: AnyStage::Attempts(Box::new(loop_)),

@@ -22,6 +22,7 @@ use crate::contract::flow::Flow;
 use crate::contract::reason::Reason;
 use crate::contract::route::Priority;
 use crate::stages::WhenFull;
+use crate::stages::adaptive::Adaptive;
 
 /// `[stages.admission]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -32,6 +33,8 @@ pub struct Config {
     pub max_inflight: NonZeroUsize,
     /// Shedding by route priority near the cap (absent: none).
     pub brownout: Option<BrownoutConfig>,
+    /// A limit that follows upstream latency, within `max_inflight` (absent: fixed).
+    pub adaptive: Option<crate::stages::adaptive::AdaptiveConfig>,
 }
 
 /// `[stages.admission] brownout = { … }`.
@@ -157,6 +160,7 @@ impl Default for Config {
         Config {
             max_inflight: default_max_inflight(),
             brownout: None,
+            adaptive: None,
         }
     }
 }
@@ -166,12 +170,24 @@ pub struct Admission {
     cap: Cap,
     when_full: WhenFull,
     brownout: Option<Arc<Brownout>>,
+    adaptive: Option<Arc<Adaptive>>,
 }
 
 impl Admission {
     pub fn build(config: &Config, when_full: WhenFull, pipeline: &str) -> Self {
         let cap = Cap::new(config.max_inflight.get());
+        metrics::gauge!(crate::metrics::ADMISSION_LIMIT, "pipeline" => pipeline.to_string())
+            .set(cap.limit() as f64);
+        let adaptive = config.adaptive.as_ref().map(|a| {
+            Arc::new(Adaptive::new(
+                a,
+                cap.clone(),
+                config.max_inflight.get(),
+                pipeline,
+            ))
+        });
         Admission {
+            adaptive,
             brownout: config
                 .brownout
                 .as_ref()
@@ -179,6 +195,11 @@ impl Admission {
             cap,
             when_full,
         }
+    }
+
+    /// The adaptive limit of this cap, when configured (hedge-retry feeds it latencies).
+    pub fn adaptive(&self) -> Option<Arc<Adaptive>> {
+        self.adaptive.clone()
     }
 
     /// The brownout watching this cap, when configured (the route stage asks it).

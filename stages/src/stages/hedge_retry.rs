@@ -31,6 +31,7 @@ use crate::contract::inlet::{Entered, Inlet};
 use crate::contract::reason::Reason;
 use crate::contract::route::HedgeDelay;
 use crate::metrics::{HEDGES, HEDGES_WON, RETRIES, RETRY_BUDGET_EXHAUSTED, StageMetrics};
+use crate::stages::adaptive::Adaptive;
 use crate::stages::admission::Brownout;
 use crate::stages::dispatch::{Dispatch, Failed, Head};
 use crate::stages::select::Select;
@@ -89,6 +90,8 @@ pub struct HedgeRetry {
     dispatch: Sub<Dispatch>,
     /// Admission's brownout: no hedge while it sheds.
     brownout: Option<Arc<Brownout>>,
+    /// Admission's adaptive limit, fed each attempt's outcome.
+    adaptive: Option<Arc<Adaptive>>,
 }
 
 impl HedgeRetry {
@@ -105,7 +108,14 @@ impl HedgeRetry {
             select,
             dispatch,
             brownout: None,
+            adaptive: None,
         }
+    }
+
+    /// Feeds attempts' latencies (and failures) to admission's adaptive limit.
+    pub fn with_adaptive(mut self, adaptive: Option<Arc<Adaptive>>) -> Self {
+        self.adaptive = adaptive;
+        self
     }
 
     /// Hedges wait while `brownout` sheds.
@@ -208,6 +218,13 @@ impl HedgeRetry {
             let t1 = Instant::now();
             count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
             ex.record.mark_at("dispatch", t1);
+            if let Some(a) = &self.adaptive {
+                match &sent {
+                    Ok(()) => a.sample(t1 - t0),
+                    Err(Failed::Attempt(f)) if !f.kind.nothing_sent() => a.dropped(),
+                    Err(_) => {}
+                }
+            }
             let failure = match sent {
                 Ok(()) => {
                     count(m, |m| m.emitted.increment(1));

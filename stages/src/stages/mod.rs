@@ -4,6 +4,7 @@
 
 pub use crate::contract::inlet::WhenFull;
 
+pub mod adaptive;
 pub mod admission;
 pub mod dispatch;
 pub mod egress;
