@@ -848,3 +848,37 @@ async fn the_adaptive_limit_falls_when_latency_rises_and_recovers() {
     assert!(proxy.rejected("admission", "admission_full").await > 0.0);
     proxy.assert_caps_zero().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_queue_serves_in_arrival_order() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let app = Fault::start("app", Mode::slow(Duration::from_millis(100))).await;
+    let rest = format!(
+        "[stages.queue]\ncapacity = 8\ndeadline = \"30s\"\n\n{}",
+        config(&[&app], "max_inflight = 1", "")
+    );
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
+    let conn = std::sync::Arc::new(connect(&cert.client(), &proxy).await);
+    let send = |path: String| {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.get(&url(&path)).await.expect("response").status })
+    };
+    // The first holds the upstream's only slot; the others queue one after another (each is
+    // seen waiting before the next is sent).
+    let mut all = vec![send("/0".into())];
+    app.wait("the first in flight", |r, _| r == 1).await;
+    for i in 1..=5 {
+        all.push(send(format!("/{i}")));
+        proxy
+            .wait_metric("spooky_route_queue_waiting", &[("route", "app")], |v| {
+                v == i as f64
+            })
+            .await;
+    }
+    for h in all {
+        assert_eq!(h.await.expect("task"), 200);
+    }
+    assert_eq!(app.paths(), vec!["/0", "/1", "/2", "/3", "/4", "/5"]);
+    proxy.assert_caps_zero().await;
+}

@@ -55,6 +55,8 @@ struct Shared {
     received: AtomicUsize,
     answered: AtomicUsize,
     cancelled: AtomicUsize,
+    /// Paths in the order their requests arrived.
+    paths: Mutex<Vec<String>>,
     /// Notified whenever a counter moves.
     changed: Notify,
 }
@@ -98,6 +100,7 @@ impl Fault {
             received: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
+            paths: Mutex::new(Vec::new()),
             changed: Notify::new(),
         });
         let s = shared.clone();
@@ -128,6 +131,11 @@ impl Fault {
         self.shared.received.load(Ordering::SeqCst)
     }
 
+    /// The paths of the requests received, in arrival order.
+    pub fn paths(&self) -> Vec<String> {
+        self.shared.paths.lock().expect("paths").clone()
+    }
+
     /// Requests the proxy gave up on before the backend answered.
     pub fn cancelled(&self) -> usize {
         self.shared.cancelled.load(Ordering::SeqCst)
@@ -143,6 +151,10 @@ impl Fault {
 }
 
 async fn serve(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+    s.paths
+        .lock()
+        .expect("paths")
+        .push(req.uri().path().to_string());
     s.received.fetch_add(1, Ordering::SeqCst);
     s.changed.notify_waiters();
     let mut watch = Watch(s.clone(), false);
