@@ -129,6 +129,13 @@ enum Command {
         addr: SocketAddr,
         #[arg(long, default_value_t = 1024)]
         size: usize,
+        /// Each answer takes this long (e.g. "10ms"): with `concurrency`, a backend of known
+        /// capacity (concurrency / delay requests per second).
+        #[arg(long, default_value = "0s")]
+        delay: String,
+        /// Requests served at once (0: no limit); the others wait their turn, in order.
+        #[arg(long, default_value_t = 0)]
+        concurrency: usize,
     },
 }
 
@@ -203,7 +210,15 @@ fn main() -> ExitCode {
                 let hold = spooky_stages::config::parse_duration(&hold).map_err(Error::from)?;
                 slow(&url, requests, hold).await
             }
-            Command::Backend { addr, size } => backend(addr, size).await,
+            Command::Backend {
+                addr,
+                size,
+                delay,
+                concurrency,
+            } => {
+                let delay = spooky_stages::units::parse_duration(&delay)?;
+                backend(addr, size, delay, concurrency).await
+            }
         }
     });
     match result {
@@ -678,17 +693,33 @@ async fn slow(url: &str, requests: usize, hold: Duration) -> Result<(), Error> {
     Ok(())
 }
 
-async fn backend(addr: SocketAddr, size: usize) -> Result<(), Error> {
+async fn backend(
+    addr: SocketAddr,
+    size: usize,
+    delay: Duration,
+    concurrency: usize,
+) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("backend listening on http://{}", listener.local_addr()?);
     let body = Bytes::from(vec![b'x'; size]);
+    let slots = (concurrency > 0).then(|| Arc::new(tokio::sync::Semaphore::new(concurrency)));
     loop {
         let (stream, _) = listener.accept().await?;
-        let body = body.clone();
+        let (body, slots) = (body.clone(), slots.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |_req: http::Request<Incoming>| {
-                let body = body.clone();
-                async move { Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body))) }
+                let (body, slots) = (body.clone(), slots.clone());
+                async move {
+                    // Fair: tokio's semaphore serves waiters in order.
+                    let _slot = match &slots {
+                        Some(s) => s.clone().acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

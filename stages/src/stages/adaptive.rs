@@ -12,6 +12,14 @@
 //!   (at most halving it per sample); at the usual latency it grows by about `queue_size` ×
 //!   `smoothing` per sample. When the latency falls well below the long average (half), the
 //!   average decays faster, so the limit recovers after a slow spell.
+//! * **vegas** (TCP Vegas, as in Netflix concurrency-limits' `VegasLimit`): the lowest latency
+//!   seen is the no-load latency; `queue = limit × (1 − no_load / latency)` estimates the
+//!   exchanges waiting at the backend. With `log = max(1, log10(limit))`: a queue under `log`
+//!   adds `6 × log`, under `3 × log` adds `log`, over `6 × log` takes `log` away. Every 30 to
+//!   60 × limit samples, the no-load latency is measured again — as the lowest latency of
+//!   that period, so a backend that became slower for good is not held to its old best (Netflix
+//!   takes the latency of the moment, which under load lets the queue grow after each probe).
+//!   It keeps the backend's queue short: admitted latency stays close to the no-load latency.
 //! * **aimd**: additive increase, multiplicative decrease: a response slower than
 //!   `latency_threshold`, or a failed attempt, multiplies the limit by `backoff`; otherwise it
 //!   grows by one.
@@ -33,6 +41,7 @@ use crate::units::Dur;
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     Gradient2,
+    Vegas,
     Aimd,
 }
 
@@ -50,9 +59,9 @@ pub struct AdaptiveConfig {
     /// gradient2: how much slower than usual is still fine.
     #[serde(default = "default_tolerance")]
     pub tolerance: f64,
-    /// gradient2: how fast the limit moves towards its new estimate.
-    #[serde(default = "default_smoothing")]
-    pub smoothing: f64,
+    /// gradient2 and vegas: how far the limit moves towards its new estimate per sample
+    /// (default 0.2 for gradient2, 1.0 for vegas).
+    pub smoothing: Option<f64>,
     /// gradient2: samples in the long-term latency average.
     #[serde(default = "default_long_window")]
     pub long_window: u32,
@@ -71,9 +80,6 @@ fn default_min() -> usize {
 }
 fn default_tolerance() -> f64 {
     1.5
-}
-fn default_smoothing() -> f64 {
-    0.2
 }
 fn default_long_window() -> u32 {
     600
@@ -114,7 +120,7 @@ impl AdaptiveConfig {
         if !(self.tolerance.is_finite() && self.tolerance >= 1.0) {
             out.push(("tolerance", "expected 1.0 or more".to_string()));
         }
-        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
+        if !(self.smoothing() > 0.0 && self.smoothing() <= 1.0) {
             out.push(("smoothing", "expected above 0.0, at most 1.0".to_string()));
         }
         if self.long_window == 0 {
@@ -131,6 +137,12 @@ struct State {
     limit: f64,
     /// gradient2: the long-term latency average (seconds), 0 before the first sample.
     long: f64,
+    /// vegas: the no-load latency (seconds), 0 before the first sample.
+    no_load: f64,
+    /// vegas: samples until the no-load latency is measured again.
+    probe_in: u64,
+    /// vegas: the lowest latency since the last probe (seconds; 0: none yet).
+    period_min: f64,
 }
 
 /// The adaptive limit of a pipeline's admission cap.
@@ -163,6 +175,9 @@ impl Adaptive {
             state: Mutex::new(State {
                 limit: initial,
                 long: 0.0,
+                no_load: 0.0,
+                probe_in: probe_after(initial),
+                period_min: 0.0,
             }),
             gauge,
         }
@@ -197,7 +212,37 @@ impl Adaptive {
                 }
             }
             (Algorithm::Aimd, _) => before * c.backoff,
-            (Algorithm::Gradient2, None) => before,
+            (Algorithm::Gradient2 | Algorithm::Vegas, None) => before,
+            (Algorithm::Vegas, Some(rtt)) => {
+                let rtt = rtt.as_secs_f64().max(1e-6);
+                st.probe_in = st.probe_in.saturating_sub(1);
+                if st.period_min == 0.0 || rtt < st.period_min {
+                    st.period_min = rtt;
+                }
+                if st.no_load == 0.0 || rtt < st.no_load {
+                    st.no_load = rtt;
+                }
+                if st.probe_in == 0 {
+                    // Measured again: the best of the last period, so a backend that became
+                    // slower for good is not held to its old best, and one sample under
+                    // load does not pass for the no-load latency.
+                    st.no_load = st.period_min;
+                    st.period_min = 0.0;
+                    st.probe_in = probe_after(before);
+                }
+                let queue = before * (1.0 - st.no_load / rtt);
+                let log = before.log10().max(1.0);
+                let estimate = if queue <= log && in_use {
+                    before + 6.0 * log
+                } else if queue < 3.0 * log && in_use {
+                    before + log
+                } else if queue > 6.0 * log {
+                    before - log
+                } else {
+                    before
+                };
+                before * (1.0 - c.smoothing()) + estimate * c.smoothing()
+            }
             (Algorithm::Gradient2, Some(rtt)) => {
                 let short = rtt.as_secs_f64().max(1e-6);
                 if st.long == 0.0 {
@@ -215,7 +260,7 @@ impl Adaptive {
                 } else {
                     let queue = c.queue_size.unwrap_or_else(|| before.sqrt());
                     let estimate = before * gradient + queue;
-                    before * (1.0 - c.smoothing) + estimate * c.smoothing
+                    before * (1.0 - c.smoothing()) + estimate * c.smoothing()
                 }
             }
         };
@@ -226,6 +271,21 @@ impl Adaptive {
             self.cap.set_limit(next as usize);
             self.gauge.set(next.floor());
         }
+    }
+}
+
+/// Samples until vegas measures the no-load latency again: 30 to 60 × the limit.
+fn probe_after(limit: f64) -> u64 {
+    (limit.max(1.0) * (30.0 + 30.0 * fastrand::f64())) as u64
+}
+
+impl AdaptiveConfig {
+    /// `smoothing`, or the algorithm's default.
+    fn smoothing(&self) -> f64 {
+        self.smoothing.unwrap_or(match self.algorithm {
+            Algorithm::Vegas => 1.0,
+            Algorithm::Gradient2 | Algorithm::Aimd => 0.2,
+        })
     }
 }
 
@@ -240,7 +300,7 @@ mod tests {
             max_limit: Some(200),
             initial_limit: Some(40),
             tolerance: 1.5,
-            smoothing: 0.2,
+            smoothing: None,
             long_window: 100,
             queue_size: Some(2.0),
             latency_threshold: Dur(Duration::from_millis(50)),
@@ -282,6 +342,29 @@ mod tests {
             a.update(Some(Duration::from_millis(10)), 1);
         }
         assert_eq!(a.limit(), 40);
+    }
+
+    #[test]
+    fn vegas_keeps_the_backend_queue_short() {
+        let a = adaptive(Algorithm::Vegas);
+        let ms = Duration::from_millis;
+        // At the no-load latency, in use: it grows.
+        for _ in 0..20 {
+            a.update(Some(ms(10)), a.limit());
+        }
+        let grown = a.limit();
+        assert!(grown > 40, "{grown}");
+        // Latency 3× the no-load one: two thirds of the limit are queueing, it shrinks.
+        for _ in 0..20 {
+            a.update(Some(ms(30)), a.limit());
+        }
+        assert!(a.limit() < grown, "{grown} → {}", a.limit());
+        // Not in use: it does not grow.
+        let now = a.limit();
+        for _ in 0..20 {
+            a.update(Some(ms(10)), 1);
+        }
+        assert_eq!(a.limit(), now);
     }
 
     #[test]
