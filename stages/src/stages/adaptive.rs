@@ -19,7 +19,10 @@
 //!   60 × limit samples, the no-load latency is measured again — as the lowest latency of
 //!   that period, so a backend that became slower for good is not held to its old best (Netflix
 //!   takes the latency of the moment, which under load lets the queue grow after each probe).
-//!   It keeps the backend's queue short: admitted latency stays close to the no-load latency.
+//!   It decides once per window of samples (at least 10, and at least the limit: about a
+//!   round trip of every admitted exchange), on the window's average latency, as Netflix's
+//!   `WindowedLimit` does. It keeps the backend's queue short: admitted latency stays close to
+//!   the no-load latency.
 //! * **aimd**: additive increase, multiplicative decrease: a response slower than
 //!   `latency_threshold`, or a failed attempt, multiplies the limit by `backoff`; otherwise it
 //!   grows by one.
@@ -143,6 +146,9 @@ struct State {
     probe_in: u64,
     /// vegas: the lowest latency since the last probe (seconds; 0: none yet).
     period_min: f64,
+    /// vegas: the current window's latency sum (seconds), samples, and whether the limit
+    /// was in use during it.
+    window: (f64, u64, bool),
 }
 
 /// The adaptive limit of a pipeline's admission cap.
@@ -178,6 +184,7 @@ impl Adaptive {
                 no_load: 0.0,
                 probe_in: probe_after(initial),
                 period_min: 0.0,
+                window: (0.0, 0, false),
             }),
             gauge,
         }
@@ -230,6 +237,18 @@ impl Adaptive {
                     st.period_min = 0.0;
                     st.probe_in = probe_after(before);
                 }
+                // One decision per window of samples (at least 10, and at least a limit's
+                // worth: about one round trip of every admitted exchange), on the window's
+                // average: deciding on every sample overshoots, since a change shows in the
+                // latency only a round trip later.
+                st.window.0 += rtt;
+                st.window.1 += 1;
+                st.window.2 |= in_use;
+                if (st.window.1 as f64) < before.max(10.0) {
+                    return;
+                }
+                let (sum, n, in_use) = std::mem::take(&mut st.window);
+                let rtt = sum / n as f64;
                 let queue = before * (1.0 - st.no_load / rtt);
                 let log = before.log10().max(1.0);
                 let estimate = if queue <= log && in_use {
@@ -349,19 +368,22 @@ mod tests {
         let a = adaptive(Algorithm::Vegas);
         let ms = Duration::from_millis;
         // At the no-load latency, in use: it grows.
-        for _ in 0..20 {
+        for _ in 0..200 {
             a.update(Some(ms(10)), a.limit());
         }
         let grown = a.limit();
         assert!(grown > 40, "{grown}");
         // Latency 3× the no-load one: two thirds of the limit are queueing, it shrinks.
-        for _ in 0..20 {
+        for _ in 0..400 {
             a.update(Some(ms(30)), a.limit());
         }
         assert!(a.limit() < grown, "{grown} → {}", a.limit());
-        // Not in use: it does not grow.
+        // Not in use: it does not grow (once the window that was in use is over).
+        for _ in 0..100 {
+            a.update(Some(ms(10)), 1);
+        }
         let now = a.limit();
-        for _ in 0..20 {
+        for _ in 0..400 {
             a.update(Some(ms(10)), 1);
         }
         assert_eq!(a.limit(), now);
