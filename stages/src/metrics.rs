@@ -26,7 +26,7 @@ pub const BROWNOUT: &str = "spooky_brownout_level";
 pub const HEDGES: &str = "spooky_hedges_total";
 /// Hedged attempts whose response head came first.
 pub const HEDGES_WON: &str = "spooky_hedges_won_total";
-/// Streamed responses cut by `reason`: `idle` (the backend paused longer than
+/// Streamed responses cut (all pipelines) by `reason`: `idle` (the backend paused longer than
 /// `response_body_idle`) or `total` (the route's total timeout).
 pub const RESPONSE_BODY_CUT: &str = "spooky_response_body_cut_total";
 /// Requests a route's rate limit answered 429.

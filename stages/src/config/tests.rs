@@ -379,3 +379,25 @@ fn workers_is_auto_or_a_count_with_clear_errors() {
         one(&t, 3, "pipeline.workers", "auto");
     }
 }
+
+#[test]
+fn retries_and_hedges_without_the_attempt_loop_are_warned_about() {
+    let text = GOOD
+        .replace("\"hedge-retry\", ", "")
+        .replace(
+            "upstream = \"app\"\n",
+            "upstream = \"app\"\nhedge = { delay = \"50ms\" }\n",
+        )
+        .replace(
+            "[upstreams.app]\n",
+            "[upstreams.app]\nretry = { attempts = 2 }\n",
+        );
+    let config = parse("p.toml", &text).expect("valid");
+    let warned: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert!(warned[0].contains("routes[0].hedge") && warned[0].contains("nothing is hedged"));
+    assert!(warned[1].contains("upstreams.app.retry") && warned[1].contains("one attempt"));
+    // With hedge-retry in the chain, no warning.
+    let text = text.replace("\"select\", ", "\"select\", \"hedge-retry\", ");
+    assert!(parse("p.toml", &text).expect("valid").warnings.is_empty());
+}

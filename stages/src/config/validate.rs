@@ -322,6 +322,16 @@ fn routes(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             }
             cx.push(Some(at(&path)), &key(&path.join(".")), message);
         }
+        if r.hedge.is_some()
+            && !config.chain.contains(&StageKind::HedgeRetry)
+            && !config.pipeline.chain.is_empty()
+        {
+            cx.warn(
+                Some(at(&["hedge"])),
+                &key("hedge"),
+                "pipeline.chain has no hedge-retry stage: nothing is hedged",
+            );
+        }
         if let Some(p) = &r.matches.path_prefix
             && p.len() > 1
             && p.ends_with('/')
@@ -422,7 +432,15 @@ fn route_ties(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
 }
 
 fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    let attempts_loop = config.chain.contains(&StageKind::HedgeRetry);
     for (name, u) in &config.upstreams {
+        if u.retry.is_some() && !attempts_loop && !config.pipeline.chain.is_empty() {
+            cx.warn(
+                Some(span_at(root, &["upstreams", name, "retry"])),
+                &format!("upstreams.{name}.retry"),
+                "pipeline.chain has no hedge-retry stage: every exchange gets one attempt",
+            );
+        }
         if u.backends.is_empty() {
             let span = span_at(root, &["upstreams", name, "backends"]);
             cx.push(

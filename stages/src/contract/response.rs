@@ -89,8 +89,8 @@ pub struct ResponseBody {
     inner: Inner,
     /// A gRPC deadline or the total timeout, which ends the body early.
     deadline: Option<Deadline>,
-    /// The longest pause of the backend's body, and what counts the cut.
-    idle: Option<(Idle, metrics::Counter)>,
+    /// The longest pause of the backend's body.
+    idle: Option<Idle>,
     end: Option<End>,
 }
 
@@ -115,9 +115,10 @@ impl ResponseBody {
         }
     }
 
-    /// Cuts the backend's body when it pauses longer than `after` (counted in `cut`).
-    pub fn idle_after(mut self, after: std::time::Duration, cut: metrics::Counter) -> Self {
-        self.idle = Some((Idle::new(after), cut));
+    /// Cuts the backend's body when it pauses longer than `after` (counted in
+    /// `spooky_response_body_cut_total{reason="idle"}`).
+    pub fn idle_after(mut self, after: std::time::Duration) -> Self {
+        self.idle = Some(Idle::new(after));
         self
     }
 
@@ -195,11 +196,13 @@ impl Body for ResponseBody {
                 Poll::Pending => Poll::Pending,
             },
         };
-        if let Some((idle, cut)) = this.idle.as_mut() {
+        if let Some(idle) = this.idle.as_mut() {
             match &polled {
                 Poll::Pending if idle.poll_expired(cx) => {
                     let after = idle.after();
-                    cut.increment(1);
+                    // Rare: the handle is looked up here, not carried by every response.
+                    metrics::counter!(crate::metrics::RESPONSE_BODY_CUT, "reason" => "idle")
+                        .increment(1);
                     tracing::info!(?after, "upstream response body idle: cut");
                     this.inner = Inner::Full(None);
                     this.finish(Outcome::UpstreamFailed);

@@ -275,10 +275,18 @@ impl Dispatch {
                 ))
             }
             Ok(Ok(resp)) => {
-                let elapsed = started.elapsed();
+                let at = Instant::now();
+                let elapsed = at - started;
                 backend.metrics.response(resp.status(), elapsed);
                 backend.latency.observe(elapsed);
-                upstream.latency.record(elapsed);
+                if upstream
+                    .tracks_latency
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    upstream
+                        .latency
+                        .record(elapsed, crate::upstreams::balance::ns_at(at));
+                }
                 if let Some(o) = &backend.outlier {
                     o.status(resp.status());
                 }

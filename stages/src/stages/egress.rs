@@ -53,24 +53,15 @@ pub struct Egress {
     via: Via,
     deadline_cut: metrics::Counter,
     response_body_idle: Option<std::time::Duration>,
-    idle_cut: metrics::Counter,
     total_cut: metrics::Counter,
 }
 
 impl Egress {
     pub fn build(config: &Config, pipeline: &str) -> Self {
-        let cut = |reason: &'static str| {
-            metrics::counter!(
-                crate::metrics::RESPONSE_BODY_CUT,
-                "pipeline" => pipeline.to_string(),
-                "reason" => reason
-            )
-        };
         Egress {
             via: config.via,
             response_body_idle: Some(config.response_body_idle.0).filter(|d| !d.is_zero()),
-            idle_cut: cut("idle"),
-            total_cut: cut("total"),
+            total_cut: metrics::counter!(crate::metrics::RESPONSE_BODY_CUT, "reason" => "total"),
             deadline_cut: metrics::counter!(
                 crate::metrics::GRPC_DEADLINE_CUT,
                 "pipeline" => pipeline.to_string()
@@ -112,7 +103,7 @@ impl Egress {
         let end = ex.end(status);
         let mut body = ResponseBody::upstream(body, deadline);
         if let Some(after) = idle {
-            body = body.idle_after(after, self.idle_cut.clone());
+            body = body.idle_after(after);
         }
         let body = body.ending(end);
         match ex.responder.send(Response::from_parts(parts, body)).await {

@@ -36,7 +36,7 @@ use crate::stages::admission::Brownout;
 use crate::stages::dispatch::{Dispatch, Failed, Head};
 use crate::stages::select::Select;
 use crate::units::Size;
-use crate::upstreams::balance::now_ns;
+use crate::upstreams::balance::{now_ns, ns_at};
 use crate::upstreams::retry::{RetryOn, RetryPolicy};
 
 /// A response head held back while another attempt is made.
@@ -197,14 +197,15 @@ impl HedgeRetry {
             };
             // A new attempt is under way: the held answer is given up for it.
             held = None;
-            if ex.decided.attempts.is_empty()
-                && let Some(u) = &upstream
-            {
-                u.budget.request(now_ns());
-            }
             let m = dispatch.metrics();
             count(m, |m| m.received.increment(1));
             let t0 = Instant::now();
+            if ex.decided.attempts.is_empty()
+                && let Some(u) = &upstream
+                && u.budgeted.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                u.budget.request(ns_at(t0));
+            }
             // The whole loop is boxed by the engine: no second box for the attempt.
             let sent = match self.hedge_delay(&ex) {
                 Some(delay) => Box::pin(self.hedged(&mut ex, policy, delay)).await,

@@ -67,9 +67,9 @@ fn upper(i: usize) -> u64 {
 }
 
 impl LatencyDigest {
-    /// Counts one response head that took `d`.
-    pub fn record(&self, d: Duration) {
-        self.record_at(d, now_ns());
+    /// Counts one response head that took `d`, arrived at `now` (`balance::now_ns`).
+    pub fn record(&self, d: Duration, now: u64) {
+        self.record_at(d, now);
     }
 
     fn half(&self, now: u64) -> &Half {

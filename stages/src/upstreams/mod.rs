@@ -66,8 +66,13 @@ pub struct Upstream {
     pub retry: Option<retry::RetryPolicy>,
     /// Its retry budget (retries and hedges), from `retry.budget` or the defaults.
     pub budget: retry::Budget,
-    /// Recent response-head latencies (hedge delays by percentile).
+    /// Something takes from the budget (its own `retry`, or a route that hedges to it): only
+    /// then are its requests counted.
+    pub budgeted: std::sync::atomic::AtomicBool,
+    /// Recent response-head latencies (hedge delays by percentile), kept only when a route
+    /// hedges to it by percentile.
     pub latency: digest::LatencyDigest,
+    pub tracks_latency: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -167,7 +172,9 @@ impl Upstream {
             budget: retry::Budget::new(
                 &config.retry.as_ref().map(|r| r.budget).unwrap_or_default(),
             ),
+            budgeted: std::sync::atomic::AtomicBool::new(config.retry.is_some()),
             latency: digest::LatencyDigest::default(),
+            tracks_latency: std::sync::atomic::AtomicBool::new(false),
             backends,
         }))
     }

@@ -137,6 +137,23 @@ impl RouteIndex {
                 response: header_ops(&rc.response_headers).map_err(invalid)?,
                 forwarded: rc.forwarded,
             };
+            if let Some(delay) = rc.hedge.as_ref().map(|h| h.delay) {
+                // Hedges take from the budget of every upstream the route may send to, and
+                // percentile delays need those upstreams' latencies.
+                let targets = rc
+                    .upstream
+                    .iter()
+                    .chain(rc.split.iter().flatten().map(|s| &s.upstream));
+                for name in targets {
+                    if let Some(u) = upstreams.get(name) {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        u.budgeted.store(true, Relaxed);
+                        if matches!(delay, crate::contract::route::HedgeDelay::Percentile(_)) {
+                            u.tracks_latency.store(true, Relaxed);
+                        }
+                    }
+                }
+            }
             let route = Arc::new(Route {
                 name: rc.name.clone(),
                 action,
