@@ -895,3 +895,37 @@ async fn the_route_queue_serves_in_arrival_order() {
     assert_eq!(app.paths(), vec!["/0", "/1", "/2", "/3", "/4", "/5"]);
     proxy.assert_caps_zero().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_takes_from_the_retry_budget_and_none_is_sent_without_one() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let slow = Fault::start("slow", Mode::slow(Duration::from_millis(300))).await;
+    let fast = Fault::start("fast", Mode::OK).await;
+    // No budget at all: the hedge is refused, the slow answer is the answer.
+    let budget = r#"retry = { attempts = 1, budget = { ratio = 0.0, min_per_second = 0 } }"#;
+    let proxy = Proxy::start(&pipeline(
+        &cert.toml(),
+        &config(&[&slow, &fast], budget, r#"hedge = { delay = "20ms" }"#),
+    ));
+    let conn = connect(&cert.client(), &proxy).await;
+    let r = conn.get(&url("/x")).await.expect("response");
+    assert_eq!(r.body, Bytes::from_static(b"slow"));
+    assert_eq!(fast.received(), 0);
+    assert_eq!(
+        proxy
+            .metric("spooky_hedges_total", &[("upstream", "app")])
+            .await,
+        0.0
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "spooky_retry_budget_exhausted_total",
+                &[("upstream", "app")]
+            )
+            .await,
+        1.0
+    );
+    proxy.assert_caps_zero().await;
+}

@@ -141,7 +141,8 @@ impl HedgeRetry {
             .unwrap_or(&self.policy);
         // An answer the policy retries, held back while another attempt is made: the client
         // gets it when no other attempt can be made.
-        let mut held: Option<ResponseHead> = None;
+        // Boxed: rare, and the loop's future stays small for every exchange.
+        let mut held: Option<Box<ResponseHead>> = None;
         loop {
             // Select: a backend for this attempt.
             let select = &self.select.inlet;
@@ -174,7 +175,7 @@ impl HedgeRetry {
                 if let Some(answer) = held.take() {
                     // No backend for another attempt: the held answer is the answer.
                     count(m, |m| m.emitted.increment(1));
-                    ex.response = Some(answer);
+                    ex.response = Some(*answer);
                     return Flow::Continue(ex);
                 }
                 count(m, |m| m.rejected(r.label()).increment(1));
@@ -237,7 +238,7 @@ impl HedgeRetry {
                             if !self.retries(&ex, policy, kind, on) {
                                 return Flow::Continue(ex);
                             }
-                            held = ex.response.take();
+                            held = ex.response.take().map(Box::new);
                             AttemptFailure {
                                 kind,
                                 source: format!("answered {s}").into(),
@@ -297,7 +298,7 @@ impl HedgeRetry {
             {
                 // No time left for another attempt within the route's total.
                 if let Some(answer) = held.take() {
-                    ex.response = Some(answer);
+                    ex.response = Some(*answer);
                     return Flow::Continue(ex);
                 }
                 let r = Reason::TotalTimeout;
