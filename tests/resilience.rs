@@ -216,19 +216,33 @@ async fn the_breaker_opens_lets_exactly_one_probe_through_and_closes() {
     );
     assert_eq!(a.received(), 2);
     assert_eq!(proxy.rejected("select", "breaker_open").await, 1.0);
-    // After `open_for`, half-open: of three concurrent requests exactly one reaches the
-    // backend (slow, so all three overlap), and its success closes the breaker.
-    a.set(Mode::slow(Duration::from_millis(300)));
+    // After `open_for` (the sleep is the breaker's own timer running out), half-open: of
+    // three concurrent requests exactly one reaches the backend — which holds it until the
+    // other two were refused — and its success closes the breaker.
+    a.set(Mode::Gated);
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let u = url("/x");
-    let got = futures::future::join_all((0..3).map(|_| conn.get(&u))).await;
-    let mut statuses: Vec<u16> = got
-        .into_iter()
-        .map(|r| r.expect("response").status.as_u16())
+    let conn = std::sync::Arc::new(conn);
+    let three: Vec<_> = (0..3)
+        .map(|_| {
+            let c = conn.clone();
+            tokio::spawn(async move { c.get(&url("/x")).await.expect("response").status })
+        })
         .collect();
+    proxy
+        .wait_metric(
+            "spooky_stage_rejected_total",
+            &[("stage", "select"), ("reason", "breaker_open")],
+            |v| v == 3.0,
+        )
+        .await;
+    assert_eq!(a.received(), 3, "exactly one probe");
+    a.release(1);
+    let mut statuses = Vec::new();
+    for t in three {
+        statuses.push(t.await.expect("task").as_u16());
+    }
     statuses.sort_unstable();
     assert_eq!(statuses, vec![200, 503, 503]);
-    assert_eq!(a.received(), 3, "exactly one probe");
     breaker_state(&proxy, &a, 0.0).await;
     a.set(Mode::OK);
     for _ in 0..3 {
@@ -866,7 +880,9 @@ async fn adaptive_limit_follows_latency(adaptive: &str) {
 async fn the_route_queue_serves_in_arrival_order() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
-    let app = Fault::start("app", Mode::slow(Duration::from_millis(100))).await;
+    // The backend answers only when the test lets it: nothing leaves the queue before all
+    // six are in (a fixed delay here raced the test on a loaded machine).
+    let app = Fault::start("app", Mode::Gated).await;
     let rest = format!(
         "[stages.queue]\ncapacity = 8\ndeadline = \"30s\"\n\n{}",
         config(&[&app], "max_inflight = 1", "")
@@ -889,6 +905,7 @@ async fn the_route_queue_serves_in_arrival_order() {
             })
             .await;
     }
+    app.release(6);
     for h in all {
         assert_eq!(h.await.expect("task"), 200);
     }

@@ -29,6 +29,8 @@ pub enum Mode {
     Hang,
     /// Answers 200 with half a body, then never sends the rest.
     StallBody,
+    /// Answers 200 once the test lets it ([`Fault::release`]), one request per release.
+    Gated,
 }
 
 impl Mode {
@@ -57,6 +59,8 @@ struct Shared {
     cancelled: AtomicUsize,
     /// Paths in the order their requests arrived.
     paths: Mutex<Vec<String>>,
+    /// Releases for `Mode::Gated`.
+    gate: tokio::sync::Semaphore,
     /// Notified whenever a counter moves.
     changed: Notify,
 }
@@ -101,6 +105,7 @@ impl Fault {
             answered: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
             paths: Mutex::new(Vec::new()),
+            gate: tokio::sync::Semaphore::new(0),
             changed: Notify::new(),
         });
         let s = shared.clone();
@@ -124,6 +129,11 @@ impl Fault {
 
     pub fn set(&self, mode: Mode) {
         *self.shared.mode.lock().expect("mode") = mode;
+    }
+
+    /// Lets `n` gated requests be answered (in the order they wait).
+    pub fn release(&self, n: usize) {
+        self.shared.gate.add_permits(n);
     }
 
     /// Requests that reached the backend.
@@ -178,6 +188,15 @@ async fn serve(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>,
             return Err(std::io::Error::other("reset by the fault backend"));
         }
         Mode::Hang => std::future::pending().await,
+        Mode::Gated => {
+            if let Ok(p) = s.gate.acquire().await {
+                p.forget();
+            }
+            Response::builder()
+                .header("x-backend", s.name)
+                .body(Full::new(Bytes::from(s.name)).boxed())
+                .expect("response")
+        }
         Mode::StallBody => {
             let first = futures::stream::iter([Ok::<_, Infallible>(Frame::data(
                 Bytes::from_static(b"half of it"),
