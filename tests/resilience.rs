@@ -235,7 +235,7 @@ async fn the_breaker_opens_lets_exactly_one_probe_through_and_closes() {
             |v| v == 3.0,
         )
         .await;
-    assert_eq!(a.received(), 3, "exactly one probe");
+    a.wait("the probe at the backend", |r, _| r == 3).await;
     a.release(1);
     let mut statuses = Vec::new();
     for t in three {
@@ -243,6 +243,7 @@ async fn the_breaker_opens_lets_exactly_one_probe_through_and_closes() {
     }
     statuses.sort_unstable();
     assert_eq!(statuses, vec![200, 503, 503]);
+    assert_eq!(a.received(), 3, "exactly one probe");
     breaker_state(&proxy, &a, 0.0).await;
     a.set(Mode::OK);
     for _ in 0..3 {
