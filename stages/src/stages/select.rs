@@ -85,10 +85,8 @@ impl Select {
         };
         match waited {
             Some(Ok(((i, Ok(permit)), _, _))) => {
-                let ticket = match upstream.backends[i].breaker.as_ref().map(|b| b.admit()) {
-                    None => None,
-                    Some(Ok(t)) => Some(t),
-                    Some(Err(_open)) => return Waited::Refused(Reason::BreakerOpen),
+                let Ok(ticket) = upstream.backends[i].admit() else {
+                    return Waited::Refused(Reason::BreakerOpen);
                 };
                 ex.permits.backend = Some(permit);
                 ex.permits.breaker = ticket;
@@ -158,13 +156,9 @@ impl Select {
                 let Ok(permit) = backend.cap.try_acquire() else {
                     continue;
                 };
-                let ticket = match backend.breaker.as_ref().map(|b| b.admit()) {
-                    None => None,
-                    Some(Ok(t)) => Some(t),
-                    Some(Err(_open)) => {
-                        broken = true;
-                        continue;
-                    }
+                let Ok(ticket) = backend.admit() else {
+                    broken = true;
+                    continue;
                 };
                 ex.permits.backend = Some(permit);
                 ex.permits.breaker = ticket;

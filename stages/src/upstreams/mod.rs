@@ -80,6 +80,15 @@ impl Backend {
     pub fn available(&self) -> bool {
         self.health.is_up() && self.outlier.as_ref().is_none_or(outlier::Outlier::is_in)
     }
+
+    /// Whether its circuit breaker lets an attempt through now: the ticket to report the
+    /// outcome with (`None` without a breaker).
+    pub fn admit(&self) -> Result<Option<spooky_sync::Ticket>, spooky_sync::Rejected> {
+        self.breaker
+            .as_ref()
+            .map(breaker::BackendBreaker::admit)
+            .transpose()
+    }
 }
 
 impl Loads for [Backend] {
