@@ -214,3 +214,15 @@ async fn serve(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>,
     s.changed.notify_waiters();
     Ok(resp)
 }
+
+/// Route `app` (with `route_extra`) to upstream `app` (with `upstream_extra`) over `backends`.
+pub fn config(backends: &[&Fault], upstream_extra: &str, route_extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ url = \"{}\" }}", b.url()))
+        .collect();
+    format!(
+        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n{route_extra}\n\n[upstreams.app]\n{upstream_extra}\nbackends = [ {} ]\n",
+        list.join(", ")
+    )
+}
