@@ -2,7 +2,7 @@
 //! Warnings (valid but probably unintended: equal-precedence routes, unused upstreams, …)
 //! do not fail the check.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use spooky_stages::config;
@@ -43,4 +43,26 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::from(EXIT_BAD_CONFIG)
     }
+}
+
+/// `spooky check --diff OLD NEW`: both files checked, then one line per change from OLD to
+/// NEW (`+` added, `-` removed, `~` changed), as a reload would report it.
+pub fn diff(old: &Path, new: &Path) -> ExitCode {
+    let load = |f: &Path| {
+        config::load(f).map_err(|errors| {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", f.display(), errors.0.len());
+        })
+    };
+    let (Ok(a), Ok(b)) = (load(old), load(new)) else {
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    let d = crate::diff::Diff::between(&a, &b);
+    if d.is_empty() {
+        println!("no changes");
+    }
+    for line in d.lines() {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }

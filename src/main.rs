@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod check;
+mod diff;
 mod reload;
 mod route;
 mod run;
@@ -37,8 +38,11 @@ enum Command {
     Run { file: PathBuf },
     /// Check pipeline files and print every error and warning; exit 64 if any is invalid.
     Check {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "diff")]
         files: Vec<PathBuf>,
+        /// Check both files and print what changes from OLD to NEW (what a reload would do).
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        diff: Option<Vec<PathBuf>>,
     },
     /// Explain which route a request takes, what it does, and why other routes lost.
     Route {
@@ -87,7 +91,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match (cli.command, cli.file) {
-        (Some(Command::Check { files }), _) => check::check(&files),
+        (Some(Command::Check { files, diff }), _) => match diff {
+            Some(pair) => check::diff(&pair[0], &pair[1]),
+            None => check::check(&files),
+        },
         (
             Some(Command::Route {
                 file,

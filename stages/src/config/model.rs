@@ -20,12 +20,14 @@ pub use crate::stages::WhenFull;
 pub use crate::stages::route::RouteConfig;
 pub use crate::tls::config::{CertificateConfig, ClientAuth, TlsConfig, TlsSetting};
 pub use crate::upstreams::config::{
-    BackendConfig, BackendProtocol, Balance, UpstreamConfig, UpstreamTls, Verify,
+    BackendConfig, BackendProtocol, Balance, UpstreamConfig, UpstreamTls, Verify, backend_ids,
     default_backend_inflight, default_upstream_inflight,
 };
 
 /// One stage of the chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageKind {
     Ingress,
@@ -107,7 +109,7 @@ pub struct StageSettings {
 }
 
 /// The common keys as written; unset ones take [`StageKind::default_settings`].
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StageCommonRaw {
     pub queue: Option<usize>,
@@ -116,7 +118,7 @@ pub(crate) struct StageCommonRaw {
 }
 
 /// `[pipeline]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Label on every metric.
@@ -145,7 +147,7 @@ pub(crate) fn default_drain_timeout() -> Dur {
 }
 
 /// A protocol a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// HTTP/3 over QUIC on the UDP port of `bind`.
@@ -177,8 +179,18 @@ impl<'de> Deserialize<'de> for AltSvc {
     }
 }
 
+impl serde::Serialize for AltSvc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            AltSvc::Auto => "auto",
+            AltSvc::Off => "off",
+            AltSvc::Value(v) => v,
+        })
+    }
+}
+
 /// A plaintext HTTP/1.1 listener either serves the pipeline or redirects to https.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Redirect {
     #[default]
@@ -188,7 +200,7 @@ pub enum Redirect {
 }
 
 /// `[[listeners]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -242,7 +254,7 @@ pub(crate) fn default_idle_timeout() -> Dur {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `GET /metrics`, `/health`, `/ready` over plain HTTP/1.1.
@@ -305,4 +317,63 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Valid, but probably not what was meant (`spooky check` prints them; `run` logs them).
     pub warnings: Vec<super::ConfigError>,
+}
+
+/// One stage as `/config` shows it: its bounds beside its own keys.
+#[derive(serde::Serialize)]
+struct StageView<'a, T: serde::Serialize> {
+    queue: usize,
+    concurrency: usize,
+    when_full: WhenFull,
+    #[serde(flatten)]
+    own: &'a T,
+}
+
+/// Every stage with every default filled in, keyed by its chain name.
+impl serde::Serialize for StagesConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        fn entry<M: SerializeMap, T: serde::Serialize>(
+            m: &mut M,
+            c: &StagesConfig,
+            kind: StageKind,
+            own: &T,
+        ) -> Result<(), M::Error> {
+            let b = c.settings(kind);
+            let view = StageView {
+                queue: b.queue,
+                concurrency: b.concurrency.get(),
+                when_full: b.when_full,
+                own,
+            };
+            m.serialize_entry(kind.name(), &view)
+        }
+        let mut m = s.serialize_map(Some(StageKind::ALL.len()))?;
+        entry(&mut m, self, StageKind::Ingress, &self.ingress)?;
+        entry(&mut m, self, StageKind::Admission, &self.admission)?;
+        entry(&mut m, self, StageKind::Route, &self.route)?;
+        entry(&mut m, self, StageKind::Queue, &self.queue)?;
+        entry(&mut m, self, StageKind::Select, &self.select)?;
+        entry(&mut m, self, StageKind::HedgeRetry, &self.hedge_retry)?;
+        entry(&mut m, self, StageKind::Dispatch, &self.dispatch)?;
+        entry(&mut m, self, StageKind::Egress, &self.egress)?;
+        m.end()
+    }
+}
+
+/// The effective configuration (`GET /config`, diffs): every key with its default filled in,
+/// in the file's shape. Nothing secret is held in the config itself (tokens and keys are
+/// files, shown by path).
+impl serde::Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("pipeline", &self.pipeline)?;
+        m.serialize_entry("listeners", &self.listeners)?;
+        m.serialize_entry("admin", &self.admin)?;
+        m.serialize_entry("stages", &self.stages)?;
+        m.serialize_entry("routes", &self.routes)?;
+        m.serialize_entry("upstreams", &self.upstreams)?;
+        m.end()
+    }
 }

@@ -519,8 +519,25 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             );
         }
         let mut urls = BTreeMap::new();
+        let mut ids = BTreeMap::new();
         for (i, b) in u.backends.iter().enumerate() {
             let at = |k: &str| span_at(root, &["upstreams", name, "backends", &i.to_string(), k]);
+            if let Some(id) = &b.id {
+                let key = format!("upstreams.{name}.backends[{i}].id");
+                if id.is_empty() || id.contains(['/', '?', '#', ' ']) {
+                    cx.push(
+                        Some(at("id")),
+                        &key,
+                        format!("\"{id}\": expected a non-empty name without '/', '?', '#' or spaces (it goes in admin URLs)"),
+                    );
+                } else if let Some(first) = ids.insert(id.as_str(), i) {
+                    cx.push(
+                        Some(at("id")),
+                        &key,
+                        format!("the same id as backends[{first}]: ids name one backend each"),
+                    );
+                }
+            }
             if let Some(first) = urls.insert(b.url.as_str(), i) {
                 cx.warn(
                     Some(at("url")),

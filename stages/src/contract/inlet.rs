@@ -27,7 +27,7 @@ use crate::contract::reason::Reason;
 use crate::metrics::StageMetrics;
 
 /// What a stage does when its inlet (or, for admission, its cap) is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhenFull {
     /// Hold the previous stage until there is room: pressure travels back to the client.

@@ -21,7 +21,7 @@ use crate::http::key::HashKey;
 use crate::units::Dur;
 
 /// `[[routes]] rate_limit = { … }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Requests allowed per `per`, sustained.

@@ -145,8 +145,17 @@ impl<'de> serde::Deserialize<'de> for HedgeDelay {
     }
 }
 
+impl serde::Serialize for HedgeDelay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HedgeDelay::Fixed(d) => s.collect_str(&crate::units::Dur(*d)),
+            HedgeDelay::Percentile(p) => s.collect_str(&format_args!("p{p}")),
+        }
+    }
+}
+
 /// A route's timeouts (`timeouts = { … }`); absent ones fall back to the stages'.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// The longest wait for one attempt's response head (504 `upstream_timeout`).
@@ -161,7 +170,7 @@ pub struct Timeouts {
 }
 
 /// A route's class for brownout (`priority`): `critical` is never shed, `background` first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Priority {
     Critical,

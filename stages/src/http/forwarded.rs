@@ -7,7 +7,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 /// What a hop does with `X-Forwarded-For/-Proto/-Host` and `Forwarded`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Add this hop to what a trusted proxy sent (what anyone else sent is dropped first).
@@ -74,6 +74,12 @@ impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.net, self.bits))
     }
 }
 

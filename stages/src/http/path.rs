@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 /// `[stages.ingress] normalize_path`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NormalizePath {
     /// RFC 3986 §6 normalization as described above.
@@ -32,7 +32,7 @@ pub enum NormalizePath {
 }
 
 /// `[stages.ingress] merge_slashes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MergeSlashes {
     /// `//a///b` → `/a/b`.
@@ -43,7 +43,7 @@ pub enum MergeSlashes {
 }
 
 /// `[stages.ingress] encoded_slashes`: `%2F` and `%5C` inside a path segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EncodedSlashes {
     /// Answer 400.

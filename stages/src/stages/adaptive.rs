@@ -40,7 +40,7 @@ use spooky_sync::Cap;
 use crate::units::Dur;
 
 /// Which algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     Gradient2,
@@ -49,7 +49,7 @@ pub enum Algorithm {
 }
 
 /// `[stages.admission] adaptive = { … }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveConfig {
     pub algorithm: Algorithm,

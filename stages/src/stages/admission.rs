@@ -25,7 +25,7 @@ use crate::stages::WhenFull;
 use crate::stages::adaptive::Adaptive;
 
 /// `[stages.admission]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Exchanges admitted at once, across all listeners.
@@ -38,7 +38,7 @@ pub struct Config {
 }
 
 /// `[stages.admission] brownout = { … }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrownoutConfig {
     /// Share of `max_inflight` in use at which shedding starts.

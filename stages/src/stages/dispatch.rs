@@ -27,7 +27,7 @@ const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 pub use crate::http::forwarded::Policy as Forwarded;
 
 /// Which forwarding headers a hop writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For`, `-Proto`, `-Host` (what most backends read).
@@ -40,7 +40,7 @@ pub enum ForwardedHeader {
 }
 
 /// `[stages.dispatch]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Longest TCP connect to a backend.

@@ -14,7 +14,7 @@ use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::units::Dur;
 
 /// Whether the proxy adds itself to `Via` on responses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Via {
     #[default]
@@ -23,7 +23,7 @@ pub enum Via {
 }
 
 /// `[stages.egress]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Add `Via: 1.1 spooky` to responses (RFC 9110 §7.6.3).

@@ -43,7 +43,7 @@ use crate::upstreams::retry::{RetryOn, RetryPolicy};
 type ResponseHead = http::Response<crate::upstreams::UpstreamBody>;
 
 /// `[stages.hedge-retry]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Retries after the first attempt (connect failures only, requests safe to repeat).

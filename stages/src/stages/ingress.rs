@@ -20,7 +20,7 @@ use crate::http::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
 use crate::units::{Dur, Size};
 
 /// `[stages.ingress]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Request header fields allowed (pseudo-headers excluded) → 431 above.

@@ -13,7 +13,7 @@ use crate::contract::reason::Reason;
 use crate::units::Dur;
 
 /// `[stages.queue]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Exchanges waiting per route.

@@ -14,7 +14,7 @@ use crate::contract::exchange::Exchange;
 use crate::contract::reason::Reason;
 
 /// `[stages.select]`: nothing to set yet (the algorithm is per upstream: `balance`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {}
 

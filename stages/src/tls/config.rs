@@ -44,9 +44,19 @@ impl<'de> Deserialize<'de> for TlsSetting {
     }
 }
 
+impl serde::Serialize for TlsSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TlsSetting::SelfSigned => s.serialize_str("self-signed"),
+            TlsSetting::Off => s.serialize_str("off"),
+            TlsSetting::Files(c) => c.serialize(s),
+        }
+    }
+}
+
 /// Certificates of a TLS listener: the single-certificate form (`cert`, `key`) and/or
 /// several certificates chosen by SNI (`[[listeners.tls.certificates]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
@@ -73,7 +83,7 @@ pub(crate) fn default_watch_interval() -> Dur {
 }
 
 /// Whether clients present certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuth {
     #[default]
@@ -85,7 +95,7 @@ pub enum ClientAuth {
 }
 
 /// One certificate chosen by SNI.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     pub cert: PathBuf,

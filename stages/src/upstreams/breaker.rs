@@ -14,7 +14,7 @@ use crate::units::Dur;
 use crate::upstreams::balance::now_ns;
 
 /// `[upstreams.<name>] breaker = { … }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Opens when at least this share of the window's attempts failed (0: never by rate).

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Load-balancing algorithm of an upstream (all weight-aware; see `upstreams::balance`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Weighted smooth round-robin.
@@ -48,7 +48,7 @@ impl Balance {
 }
 
 /// `[upstreams.<name>]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(default)]
@@ -79,7 +79,7 @@ pub struct UpstreamConfig {
 }
 
 /// Whether backend certificates are verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verify {
     #[default]
@@ -89,7 +89,7 @@ pub enum Verify {
 }
 
 /// `[upstreams.<name>.tls]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM file of private CA certificates; with `ca_dir`, replaces the bundled Mozilla roots.
@@ -106,7 +106,7 @@ pub struct UpstreamTls {
 }
 
 /// Which HTTP a backend speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendProtocol {
     /// `http://`: HTTP/1.1; `https://`: ALPN picks `h2` or `http/1.1`.
@@ -124,11 +124,14 @@ pub fn default_upstream_inflight() -> NonZeroUsize {
 }
 
 /// One backend of an upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// `http://host:port` or `https://host:port`.
     pub url: String,
+    /// What the membership API and `/status` call it (default: the URL's `host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default)]
     pub protocol: BackendProtocol,
     #[serde(default = "default_weight")]
@@ -149,4 +152,40 @@ fn default_weight() -> NonZeroU32 {
 }
 pub fn default_backend_inflight() -> NonZeroUsize {
     NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
+}
+
+impl BackendConfig {
+    /// A backend at `url` with every default.
+    pub fn at(url: &str) -> BackendConfig {
+        BackendConfig {
+            url: url.to_string(),
+            id: None,
+            protocol: BackendProtocol::default(),
+            weight: default_weight(),
+            max_inflight: default_backend_inflight(),
+            enabled: true,
+        }
+    }
+}
+
+/// The ids of an upstream's backends, in order: `id` when set, else the URL's `host:port`
+/// (`host:port#2`, `#3`… for a URL listed again).
+pub fn backend_ids(backends: &[BackendConfig]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(backends.len());
+    for b in backends {
+        let base = match &b.id {
+            Some(id) => id.clone(),
+            None => super::addr::BackendAddr::parse(&b.url)
+                .map(|a| a.connect_addr())
+                .unwrap_or_else(|_| b.url.clone()),
+        };
+        let mut id = base.clone();
+        let mut n = 1;
+        while out.contains(&id) {
+            n += 1;
+            id = format!("{base}#{n}");
+        }
+        out.push(id);
+    }
+    out
 }

@@ -22,7 +22,7 @@ use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::client::BackendClient;
 
 /// `[upstreams.<name>] health = { … }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// The path asked (`/health`).

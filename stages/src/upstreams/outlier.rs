@@ -15,7 +15,7 @@ use crate::units::Dur;
 use crate::upstreams::balance::now_ns;
 
 /// `[upstreams.<name>] outlier = { … }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     /// 5xx response heads in a row that eject (0: never by status).

@@ -83,8 +83,21 @@ impl<'de> Deserialize<'de> for RetryOn {
     }
 }
 
+impl serde::Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RetryOn::ConnectFailure => s.serialize_str("connect-failure"),
+            RetryOn::Reset => s.serialize_str("reset"),
+            RetryOn::Timeout => s.serialize_str("timeout"),
+            RetryOn::GatewayError => s.serialize_str("gateway-error"),
+            RetryOn::ServerError => s.serialize_str("5xx"),
+            RetryOn::Status(c) => s.serialize_str(c.as_str()),
+        }
+    }
+}
+
 /// `retry = { backoff = { … } }`: full jitter, `base` × 2^(retry − 1), at most `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     #[serde(default = "default_backoff_base")]
@@ -110,7 +123,7 @@ impl Default for Backoff {
 }
 
 /// `retry = { budget = { … } }`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// Retries at most this share of requests over the window.
@@ -144,7 +157,7 @@ impl Default for BudgetConfig {
 }
 
 /// `[upstreams.<name>] retry = { … }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempts in all, the first included.

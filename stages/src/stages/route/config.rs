@@ -9,12 +9,12 @@ use crate::http::host::HostPattern;
 use crate::http::key::HashKey;
 
 /// `[stages.route]`: nothing to set yet.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {}
 
 /// One string or a list of them (`host = "a"` or `host = ["a", "*.b"]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -31,7 +31,7 @@ impl OneOrMany {
 }
 
 /// `[[routes]]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -83,14 +83,14 @@ pub struct RouteConfig {
 }
 
 /// `hedge = { … }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HedgeConfig {
     pub delay: crate::contract::route::HedgeDelay,
 }
 
 /// `match = { … }`: every matcher given must hold.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Exact (`api.example.com`) or wildcard (`*.example.com`), or a list; absent: any host.
@@ -121,7 +121,7 @@ pub struct MatchConfig {
 }
 
 /// A client protocol a route may require.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RouteProtocol {
     H3,
@@ -130,7 +130,7 @@ pub enum RouteProtocol {
 }
 
 /// One test on a header, query parameter or cookie: exactly one key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValueMatch {
     pub equals: Option<String>,
@@ -140,7 +140,7 @@ pub struct ValueMatch {
 }
 
 /// How path matchers compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathCase {
     #[default]
@@ -149,7 +149,7 @@ pub enum PathCase {
 }
 
 /// `respond = { status, body, content_type, headers }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RespondConfig {
     pub status: u16,
@@ -166,7 +166,7 @@ pub(crate) fn default_content_type() -> String {
 }
 
 /// `split = [{ upstream, weight }]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
     pub upstream: String,
@@ -175,7 +175,7 @@ pub struct SplitConfig {
 
 /// `redirect = { status, scheme, host, port, path, prefix }`: what is not given is kept from
 /// the request (the query always is).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectConfig {
     #[serde(default = "default_redirect_status")]
@@ -194,7 +194,7 @@ fn default_redirect_status() -> u16 {
 }
 
 /// `rewrite = { path_prefix, host }`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteConfig {
     /// Replaces the part `match.path_prefix` matched.
@@ -204,7 +204,7 @@ pub struct RewriteConfig {
 }
 
 /// `{ add, set, remove }` header edits, applied remove, then set, then add.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOpsConfig {
     #[serde(default)]
