@@ -1,7 +1,14 @@
-//! The admin listener: `GET /metrics` (Prometheus text), `/health` (the process is up) and
-//! `/ready` (accepting traffic; 503 while draining), open; and control endpoints that need
-//! `Authorization: Bearer <token>` with the token from `admin.token_file`:
-//! `POST /certs/reload`. Plain HTTP/1.1, meant for loopback or a management network.
+//! The admin listener (plain HTTP/1.1, for loopback or a management network).
+//!
+//! Open: `GET /metrics` (Prometheus text), `/health` (the process is up), `/ready` (serving:
+//! listeners bound and, unless `admin.ready_needs_backends = false`, every upstream a route
+//! names has a backend in balancing; 503 while draining).
+//!
+//! With `Authorization: Bearer <token>` (the token from `admin.token_file`, compared in
+//! constant time): `GET /status`, `GET /config`, `POST /config/reload`, `POST /certs/reload`,
+//! `POST /restart`, `GET /upstreams`, `GET|POST /upstreams/NAME/backends`,
+//! `PATCH|DELETE /upstreams/NAME/backends/ID`. Bodies and answers are JSON; an error answers
+//! `{"error": …, "errors": [every problem]}`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,15 +16,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
 use spooky_stages::Pipelines;
 use tokio::net::TcpListener;
 
-use crate::reload::CertReloader;
+use crate::control::{Control, Refused};
+use crate::membership;
+
+/// The largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -26,7 +38,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// The control token; `None` disables control endpoints.
     pub token: Option<String>,
-    pub certs: Arc<CertReloader>,
+    pub control: Arc<Control>,
+    pub version: &'static str,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
@@ -38,7 +51,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -47,57 +60,170 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let text = |status: StatusCode, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r
+pub type Answer = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r
+}
+
+pub fn json_answer(status: StatusCode, v: &Value) -> Answer {
+    let mut body = serde_json::to_string_pretty(v).unwrap_or_default();
+    body.push('\n');
+    let mut r = text(status, body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `{"error": message, "errors": [...]}`.
+pub fn error(status: StatusCode, message: &str, errors: &[String]) -> Answer {
+    json_answer(status, &json!({ "error": message, "errors": errors }))
+}
+
+fn refused(r: &Refused) -> Answer {
+    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match r {
+        Refused::Invalid(_) => "invalid configuration: still serving the current generation",
+        Refused::Conflict(_) => "conflict: still serving the current generation",
+        Refused::Failed(_) => "failed: still serving the current generation",
     };
-    if req.uri().path() == "/certs/reload" {
-        if req.method() != Method::POST {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
+    error(status, message, r.errors())
+}
+
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => return metrics(state),
+        (&Method::GET, "/health") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/ready") => return ready(state).await,
+        (_, "/metrics" | "/health" | "/ready") => {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
-        if let Err(resp) = authorize(state, &req) {
-            return resp;
-        }
-        let (ok, lines) = state.certs.reload_all();
-        let status = if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        return text(status, lines.join("\n") + "\n");
+        _ => {}
     }
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    if let Err(resp) = authorize(state, &req) {
+        return resp;
     }
-    match req.uri().path() {
-        "/metrics" => {
-            state.pipelines.current().sample_gauges();
-            state.prometheus.run_upkeep();
-            let mut r = text(StatusCode::OK, state.prometheus.render());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
+    let control = &state.control;
+    match (&method, path.as_str()) {
+        (&Method::POST, "/certs/reload") => {
+            let (ok, lines) = control.reload_certs().await;
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            text(status, lines.join("\n") + "\n")
         }
-        "/health" => text(StatusCode::OK, "ok\n".into()),
-        "/ready" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n".into()),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /health, /ready, POST /certs/reload\n".into(),
+        (&Method::POST, "/config/reload") => match control.reload("api").await {
+            Ok(r) => json_answer(StatusCode::OK, &json!(r)),
+            Err(e) => refused(&e),
+        },
+        (&Method::POST, "/restart") => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "restart with socket inheritance is not implemented yet: restart the service (connections are drained on SIGTERM)",
+            &[],
         ),
+        (&Method::GET, "/status") => {
+            json_answer(StatusCode::OK, &crate::status::status(state).await)
+        }
+        (&Method::GET, "/config") => {
+            let live = control.live.lock().await;
+            json_answer(
+                StatusCode::OK,
+                &json!({
+                    "generation": control.generation(),
+                    "file": control.file.display().to_string(),
+                    "overlay": live.overlay,
+                    "config": live.config,
+                }),
+            )
+        }
+        (_, "/certs/reload" | "/config/reload" | "/restart") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
+        (_, "/status" | "/config") => text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"),
+        _ if path == "/upstreams" || path.starts_with("/upstreams/") => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            membership::handle(control, &method, &path, &body).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not found",
+            &["try /metrics, /health, /ready, /status, /config, /upstreams, POST /config/reload, POST /certs/reload".into()],
+        ),
+    }
+}
+
+fn metrics(state: &AdminState) -> Answer {
+    state.pipelines.current().sample_gauges();
+    state.prometheus.run_upkeep();
+    let mut r = text(StatusCode::OK, state.prometheus.render());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// 200 `ready` when serving; 503 with the reason when draining or when an upstream a route
+/// needs has no backend in balancing.
+async fn ready(state: &AdminState) -> Answer {
+    if !state.ready.load(Ordering::Acquire) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    let needs = state
+        .control
+        .live
+        .lock()
+        .await
+        .config
+        .admin
+        .as_ref()
+        .is_none_or(|a| a.ready_needs_backends);
+    if needs {
+        let down: Vec<String> = state
+            .pipelines
+            .current()
+            .upstreams()
+            .into_iter()
+            .filter(|u| !u.backends.iter().any(|b| b.enabled && b.available()))
+            .map(|u| u.name.clone())
+            .collect();
+        if !down.is_empty() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no backend in balancing: {}\n", down.join(", ")),
+            );
+        }
+    }
+    text(StatusCode::OK, "ready\n")
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large or broken",
+            &[format!("{e} (at most {MAX_BODY} bytes)")],
+        )),
     }
 }
 
 /// Checks the bearer token of a control request.
 #[allow(clippy::result_large_err)]
-fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Answer> {
     let deny = |status: StatusCode, msg: &str| {
-        let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
-        *r.status_mut() = status;
+        let mut r = error(status, msg, &[]);
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

@@ -60,6 +60,11 @@ fn value<T: Serialize>(t: &T) -> Value {
     serde_json::to_value(t).unwrap_or(Value::Null)
 }
 
+/// Whether two items have the same effective value.
+pub fn same<T: Serialize>(a: &T, b: &T) -> bool {
+    value(a) == value(b)
+}
+
 /// An object's entries (a serialized struct), or none.
 fn entries(v: Value) -> BTreeMap<String, Value> {
     match v {

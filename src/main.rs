@@ -14,10 +14,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod check;
+mod control;
 mod diff;
+mod listeners;
+mod membership;
 mod reload;
 mod route;
 mod run;
+mod status;
 
 /// Spooky: an HTTP/3-first edge proxy built as a pipeline of bounded stages.
 #[derive(Parser)]

@@ -59,8 +59,9 @@ impl CertReloader {
         (ok, lines)
     }
 
-    /// Starts a watch task for each listener with `watch = true`.
-    pub fn watch(self: &Arc<Self>) {
+    /// Starts a watch task for each listener with `watch = true` (abort them to stop).
+    pub fn watch(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
             let TlsSetting::Files(cfg) = &e.setting else {
                 continue;
@@ -81,7 +82,7 @@ impl CertReloader {
             }
             let interval = cfg.watch_interval.0.max(Duration::from_millis(50));
             let this = self.clone();
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 let mut seen = stamps(&files);
                 loop {
                     tokio::time::sleep(interval).await;
@@ -91,8 +92,9 @@ impl CertReloader {
                         let _ = reload_one(&this.entries[i]);
                     }
                 }
-            });
+            }));
         }
+        tasks
     }
 }
 

@@ -1,7 +1,7 @@
 //! `spooky run FILE`: load, build the pipeline, bind listeners, serve until SIGTERM/SIGINT,
 //! then drain: stop accepting, let in-flight exchanges finish up to `drain_timeout`, exit 0.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,17 +12,17 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use spooky_stages::Pipelines;
 use spooky_stages::adapters::h3::server::H3Listener;
-use spooky_stages::adapters::tcp::server::TcpListenerRt;
-use spooky_stages::config::{self, Config, ListenerConfig, Protocol};
+use spooky_stages::config::{self, Config};
 use spooky_stages::metrics::SECONDS_BUCKETS;
-use spooky_stages::tls::{self, CertStore, Certs};
+use spooky_stages::tls;
 use tokio::sync::watch;
 
-use spooky_stages::adapters::{BindError, sockets};
+use spooky_stages::adapters::BindError;
 use spooky_stages::engine::BuildError;
 
 use crate::admin::{self, AdminState};
-use crate::reload::CertReloader;
+use crate::control::Control;
+use crate::listeners::{self, ServeCmd};
 use crate::{EXIT_BAD_CONFIG, EXIT_FAILED};
 
 pub fn run(file: &Path) -> ExitCode {
@@ -49,7 +49,7 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(serve(config, workers)) {
+    match runtime.block_on(serve(config, file, workers)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -63,7 +63,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start (or keep) serving.
 #[derive(Debug, thiserror::Error)]
-enum RunError {
+pub enum RunError {
     #[error("metrics: {0}")]
     Metrics(#[source] metrics_exporter_prometheus::BuildError),
     #[error(transparent)]
@@ -96,7 +96,7 @@ enum RunError {
     WorkerGone,
 }
 
-async fn serve(config: Config, workers: NonZeroUsize) -> Result<(), RunError> {
+async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(), RunError> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
         .map_err(RunError::Metrics)?
@@ -113,129 +113,87 @@ async fn serve(config: Config, workers: NonZeroUsize) -> Result<(), RunError> {
         }
     });
     let pipelines = Pipelines::start(&config)?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (drained_tx, drained_rx) = watch::channel(false);
 
-    let mut reloader = CertReloader::default();
-    let mut plans: Vec<WorkerPlan> = (0..workers.get()).map(|_| WorkerPlan::default()).collect();
-    for l in &config.listeners {
-        let certs = Certs::load(&l.tls, &l.name)?.map(CertStore::new);
-        if let Some(store) = &certs {
-            store.set_client_verifier(tls::client_verifier(&l.tls)?);
-            reloader.add(l, store.clone());
-        }
-        let sockets = bind_listener(l, workers)?;
-        if !sockets.udp.is_empty() {
-            let store = certs
-                .clone()
-                .ok_or_else(|| RunError::H3NeedsTls(l.name.clone()))?;
-            let h3 = Arc::new(H3Listener::new(l, &config.stages, store)?);
-            println!(
-                "listening listener={} protocol=h3 addr={}",
-                l.name, sockets.addr
-            );
-            for (plan, socket) in plans.iter_mut().zip(sockets.udp) {
-                plan.h3.push((h3.clone(), socket));
-            }
-        }
-        if !sockets.tcp.is_empty() {
-            let h3_port = l
-                .protocols
-                .contains(&Protocol::H3)
-                .then_some(sockets.addr.port());
-            let tcp = TcpListenerRt::new(l, &config.stages, certs.clone(), h3_port)?;
-            println!(
-                "listening listener={} protocol=tcp addr={}",
-                l.name, sockets.addr
-            );
-            for (plan, socket) in plans.iter_mut().zip(sockets.tcp) {
-                plan.tcp.push((tcp.clone(), socket));
-            }
-        }
-    }
-
-    // The workers: one thread and one single-threaded runtime each, serving their own sockets.
-    let linger = config.pipeline.drain_linger.0;
+    // The workers: one thread and one single-threaded runtime each, serving the sockets the
+    // control plane hands them (at start and on every reload that adds a listener).
     let mut threads = Vec::new();
-    let mut started = Vec::new();
-    for (index, plan) in plans.into_iter().enumerate() {
-        let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+    let mut senders = Vec::new();
+    for index in 0..workers.get() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let signals = WorkerSignals {
-            shutdown: shutdown_rx.clone(),
             drained: drained_rx.clone(),
-            linger,
+            linger: config.pipeline.drain_linger.0,
+            drain_timeout: config.pipeline.drain_timeout.0,
         };
         let pipelines = pipelines.clone();
         let thread = std::thread::Builder::new()
             .name(format!("spooky-worker-{index}"))
-            .spawn(move || worker(index, plan, pipelines, signals, up_tx))
+            .spawn(move || worker(index, rx, pipelines, signals))
             .map_err(RunError::Runtime)?;
         threads.push(thread);
-        started.push(up_rx);
+        senders.push(tx);
     }
-    let stop_workers = || {
-        let _ = shutdown_tx.send(true);
-        let _ = drained_tx.send(true);
-    };
-    for up in started {
-        match up.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                stop_workers();
-                return Err(e);
+    let mut served = BTreeMap::new();
+    for l in &config.listeners {
+        let started = listeners::load_certs(l)
+            .map_err(RunError::from)
+            .and_then(|c| listeners::prepare(l, &config.stages, c, workers));
+        let started = match started {
+            Ok(r) => r.serve(&senders).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(s) => {
+                served.insert(l.name.clone(), s);
             }
-            Err(_) => {
-                stop_workers();
-                return Err(RunError::WorkerGone);
+            Err(e) => {
+                let _ = drained_tx.send(true);
+                return Err(e);
             }
         }
     }
 
-    let reloader = Arc::new(reloader);
-    reloader.watch();
-    let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|source| RunError::Token {
-                    path: f.clone(),
-                    source,
-                })?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let token = read_token(&config)?;
+    let admin_bind = config.admin.as_ref().map(|a| a.bind);
+    let pipeline_name = config.pipeline.name.clone();
+    let drain_timeout = config.pipeline.drain_timeout.0;
+    let control = Arc::new(Control::new(
+        file.to_path_buf(),
+        config,
+        pipelines.clone(),
+        senders,
+        served,
+    ));
     let state = Arc::new(AdminState {
         prometheus,
         pipelines: pipelines.clone(),
         ready: AtomicBool::new(false),
         token,
-        certs: reloader.clone(),
+        control: control.clone(),
+        version: env!("CARGO_PKG_VERSION"),
     });
-    if let Some(a) = &config.admin {
-        let tcp = tokio::net::TcpListener::bind(a.bind)
+    if let Some(bind) = admin_bind {
+        let tcp = tokio::net::TcpListener::bind(bind)
             .await
-            .map_err(|source| RunError::Admin {
-                addr: a.bind,
-                source,
-            })?;
+            .map_err(|source| RunError::Admin { addr: bind, source })?;
         let addr = tcp.local_addr().map_err(RunError::LocalAddr)?;
         println!("listening listener=admin protocol=http1 addr={addr}");
         tokio::spawn(admin::serve(tcp, state.clone()));
     }
     state.ready.store(true, Ordering::Release);
-    tracing::info!(pipeline = %config.pipeline.name, file = %config.file, workers, "ready");
-    println!("ready pipeline={} workers={workers}", config.pipeline.name);
+    tracing::info!(pipeline = %pipeline_name, file = %file.display(), workers, "ready");
+    println!("ready pipeline={pipeline_name} workers={workers}");
 
-    wait_for_shutdown(&reloader).await?;
-    let deadline = config.pipeline.drain_timeout.0;
+    wait_for_shutdown(&control).await?;
+    let deadline = drain_timeout;
     tracing::info!(
         live = pipelines.drain().live(),
         ?deadline,
         "shutting down: draining"
     );
     // Listeners learn first, so that once /ready answers 503 no new connection is taken.
-    let _ = shutdown_tx.send(true);
+    control.stop_listeners().await;
     state.ready.store(false, Ordering::Release);
     pipelines.drain().close();
     if tokio::time::timeout(deadline, pipelines.drain().wait())
@@ -260,30 +218,38 @@ async fn serve(config: Config, workers: NonZeroUsize) -> Result<(), RunError> {
     Ok(())
 }
 
-/// One worker's sockets: its UDP socket of each HTTP/3 listener and TCP socket of each TCP
-/// listener, with the listener each serves.
-#[derive(Default)]
-struct WorkerPlan {
-    h3: Vec<(Arc<H3Listener>, std::net::UdpSocket)>,
-    tcp: Vec<(TcpListenerRt, std::net::TcpListener)>,
+/// The admin token, from `admin.token_file`.
+fn read_token(config: &Config) -> Result<Option<String>, RunError> {
+    match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(f) => Ok(Some(
+            std::fs::read_to_string(f)
+                .map_err(|source| RunError::Token {
+                    path: f.clone(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        )),
+        None => Ok(None),
+    }
 }
 
-/// What the daemon tells its workers: stop accepting (`shutdown`), then, once the pipeline
-/// drained or the drain deadline passed, close connections after `linger` (`drained`).
+/// What the daemon tells its workers: once the pipeline drained or the drain deadline
+/// passed, close connections after `linger` (`drained`).
 struct WorkerSignals {
-    shutdown: watch::Receiver<bool>,
     drained: watch::Receiver<bool>,
     linger: Duration,
+    /// How long a removed HTTP/3 listener's connections get to finish before it closes.
+    drain_timeout: Duration,
 }
 
-/// A worker thread: its own single-threaded runtime serving its own sockets. Reports on `up`
-/// once it serves (or why it cannot), and returns once its connections are closed.
+/// A worker thread: its own single-threaded runtime serving the sockets it is handed, until
+/// the daemon has drained; returns once its connections are closed.
 fn worker(
     index: usize,
-    plan: WorkerPlan,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<ServeCmd>,
     pipelines: Pipelines,
     mut signals: WorkerSignals,
-    up: tokio::sync::oneshot::Sender<Result<(), RunError>>,
 ) {
     spooky_stages::workers::enter(index);
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -292,58 +258,65 @@ fn worker(
     {
         Ok(r) => r,
         Err(e) => {
-            let _ = up.send(Err(RunError::Runtime(e)));
+            // Every command's sender learns it through its dropped `up`.
+            tracing::error!(worker = index, error = %e, "cannot start a worker runtime");
             return;
         }
     };
     runtime.block_on(async move {
-        let mut endpoints = Vec::new();
-        let mut tcp_listeners = Vec::new();
-        for (listener, socket) in plan.h3 {
-            match listener.endpoint(socket) {
-                Ok(e) => endpoints.push((listener, e)),
-                Err(e) => {
-                    let _ = up.send(Err(e.into()));
-                    return;
-                }
-            }
-        }
-        for (listener, socket) in plan.tcp {
-            match tokio::net::TcpListener::from_std(socket) {
-                Ok(t) => tcp_listeners.push((listener, t)),
-                Err(e) => {
-                    let _ = up.send(Err(RunError::Runtime(e)));
-                    return;
-                }
-            }
-        }
+        let mut endpoints: Vec<quinn::Endpoint> = Vec::new();
         let mut h3_tasks = Vec::new();
-        for (listener, endpoint) in &endpoints {
-            h3_tasks.push(tokio::spawn(listener.clone().serve(
-                endpoint.clone(),
-                pipelines.clone(),
-                signals.shutdown.clone(),
-            )));
-        }
         let mut tcp_tasks = Vec::new();
-        for (listener, socket) in tcp_listeners {
-            tcp_tasks.push(tokio::spawn(listener.serve(
-                socket,
-                pipelines.clone(),
-                signals.shutdown.clone(),
-            )));
+        let mut open = true;
+        loop {
+            let cmd = tokio::select! {
+                c = cmds.recv(), if open => c,
+                _ = signals.drained.wait_for(|d| *d) => break,
+            };
+            let Some(cmd) = cmd else {
+                open = false;
+                continue;
+            };
+            let ServeCmd { h3, tcp, stop, up } = cmd;
+            let mut started = Ok(());
+            if let Some((cell, socket)) = h3 {
+                match cell.load().endpoint(socket) {
+                    Ok(e) => {
+                        h3_tasks.push(tokio::spawn(H3Listener::serve(
+                            cell,
+                            e.clone(),
+                            pipelines.clone(),
+                            stop.clone(),
+                        )));
+                        tokio::spawn(close_when_removed(
+                            e.clone(),
+                            stop.clone(),
+                            signals.drain_timeout,
+                        ));
+                        endpoints.push(e);
+                    }
+                    Err(e) => started = Err(e.into()),
+                }
+            }
+            if let Some((listener, socket)) = tcp {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(t) => tcp_tasks.push(tokio::spawn(listener.serve(
+                        t,
+                        pipelines.clone(),
+                        stop.clone(),
+                    ))),
+                    Err(e) => started = Err(RunError::Runtime(e)),
+                }
+            }
+            let _ = up.send(started);
         }
-        if up.send(Ok(())).is_err() {
-            return;
-        }
-        let _ = signals.drained.wait_for(|d| *d).await;
         let linger = signals.linger;
         // QUIC drops unsent stream data on close: give responses just finished time to reach
         // their clients (or the clients time to close) before closing what is left.
-        for (_, e) in &endpoints {
+        for e in &endpoints {
             let _ = tokio::time::timeout(linger, e.wait_idle()).await;
         }
-        for (_, e) in &endpoints {
+        for e in &endpoints {
             e.close(quinn::VarInt::from_u32(0x100), b"shutdown"); // H3_NO_ERROR
         }
         for t in h3_tasks {
@@ -360,77 +333,30 @@ fn worker(
                 );
             }
         }
-        for (_, e) in &endpoints {
+        for e in &endpoints {
             let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
         }
     });
 }
 
-/// A listener's sockets, one of each kind it serves per worker, all on `addr`.
-struct ListenerSockets {
-    addr: SocketAddr,
-    udp: Vec<std::net::UdpSocket>,
-    tcp: Vec<std::net::TcpListener>,
+/// A listener removed by a reload: once its connections finished (they were sent GOAWAY),
+/// or after `deadline`, its QUIC endpoint closes and its UDP socket is released. (At
+/// shutdown the worker closes every endpoint itself.)
+async fn close_when_removed(
+    endpoint: quinn::Endpoint,
+    mut stop: watch::Receiver<bool>,
+    deadline: Duration,
+) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(deadline, endpoint.wait_idle()).await;
+    endpoint.close(quinn::VarInt::from_u32(0x100), b"listener removed");
 }
 
-/// Binds a listener's UDP (h3) and TCP (h2, http1) sockets, one each per worker, on the same
-/// port number. With port 0, the TCP side takes the port the UDP side got; if that TCP port is
-/// taken, both try again.
-fn bind_listener(l: &ListenerConfig, workers: NonZeroUsize) -> Result<ListenerSockets, RunError> {
-    let wants_h3 = l.protocols.contains(&Protocol::H3);
-    let wants_tcp = l.protocols.iter().any(|p| *p != Protocol::H3);
-    let reuse = workers.get() > 1;
-    let err = |transport: &'static str, addr: SocketAddr| {
-        let name = l.name.clone();
-        move |source| BindError::Bind {
-            listener: name,
-            transport,
-            addr,
-            source,
-        }
-    };
-    let attempts = if l.bind.port() == 0 && wants_h3 && wants_tcp {
-        16
-    } else {
-        1
-    };
-    let mut attempt = 1;
-    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
-    let mut addr = l.bind;
-    // The first socket of each kind settles the port.
-    loop {
-        if wants_h3 {
-            let first = sockets::udp(l.bind, reuse).map_err(err("UDP", l.bind))?;
-            addr = first.local_addr().map_err(RunError::LocalAddr)?;
-            udp = vec![first];
-        }
-        if !wants_tcp {
-            break;
-        }
-        match sockets::tcp(addr, reuse) {
-            Ok(first) => {
-                addr = first.local_addr().map_err(RunError::LocalAddr)?;
-                tcp = vec![first];
-                break;
-            }
-            // The TCP port was taken: try another pair, or give up with its error.
-            Err(e) if attempt >= attempts => return Err(err("TCP", addr)(e).into()),
-            Err(_) => attempt += 1,
-        }
-    }
-    for _ in 1..workers.get() {
-        if wants_h3 {
-            udp.push(sockets::udp(addr, reuse).map_err(err("UDP", addr))?);
-        }
-        if wants_tcp {
-            tcp.push(sockets::tcp(addr, reuse).map_err(err("TCP", addr))?);
-        }
-    }
-    Ok(ListenerSockets { addr, udp, tcp })
-}
-
-/// Waits for SIGTERM or SIGINT; reloads certificates on every SIGHUP meanwhile.
-async fn wait_for_shutdown(reloader: &CertReloader) -> Result<(), RunError> {
+/// Waits for SIGTERM or SIGINT; reloads the whole configuration (certificates included) on
+/// every SIGHUP meanwhile.
+async fn wait_for_shutdown(control: &Control) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
@@ -446,8 +372,8 @@ async fn wait_for_shutdown(reloader: &CertReloader) -> Result<(), RunError> {
                 return Ok(());
             }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading certificates");
-                let _ = reloader.reload_all();
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = control.reload("signal").await;
             }
         }
     }

@@ -20,6 +20,11 @@ impl PerClient {
         })
     }
 
+    /// Connections one address may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// A slot for one more connection from `ip`, or `None` when it holds `limit` already.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);

@@ -5,6 +5,7 @@
 pub mod client_limit;
 pub mod h3;
 pub mod sockets;
+pub mod swap;
 pub mod tcp;
 
 /// What can go wrong binding a listener.

@@ -262,6 +262,14 @@ pub struct AdminConfig {
     /// A file holding the bearer token that control endpoints (`POST /certs/reload`) require;
     /// absent: control endpoints are disabled.
     pub token_file: Option<PathBuf>,
+    /// `GET /ready` answers 503 while an upstream has no backend in balancing (every one
+    /// unhealthy, ejected or disabled); `false`: ready as soon as the listeners are bound.
+    #[serde(default = "default_true")]
+    pub ready_needs_backends: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[stages.*]`, resolved.

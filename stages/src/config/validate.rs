@@ -211,6 +211,29 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
 }
 
 fn admin(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    if let Some(a) = &config.admin {
+        if !a.bind.ip().is_loopback() && a.token_file.is_none() {
+            cx.push(
+                Some(span_at(root, &["admin", "bind"])),
+                "admin.bind",
+                format!("{} is reachable from other machines: set admin.token_file (control endpoints need its token), or bind 127.0.0.1", a.bind),
+            );
+        }
+        if let Some(l) = config
+            .listeners
+            .iter()
+            .find(|l| l.bind == a.bind && a.bind.port() != 0)
+        {
+            cx.push(
+                Some(span_at(root, &["admin", "bind"])),
+                "admin.bind",
+                format!(
+                    "the same address as listener \"{}\": each needs its own",
+                    l.name
+                ),
+            );
+        }
+    }
     if let Some(path) = config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
         let problem = match std::fs::read_to_string(path) {
             Ok(t) if t.trim().len() < 16 => {

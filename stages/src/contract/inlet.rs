@@ -117,6 +117,16 @@ impl Inlet {
         self.concurrency.in_use() + self.room.as_ref().map_or(0, Cap::in_use)
     }
 
+    /// Exchanges waiting in its room.
+    pub fn waiting(&self) -> usize {
+        self.room.as_ref().map_or(0, Cap::in_use)
+    }
+
+    /// Places in its room.
+    pub fn room(&self) -> usize {
+        self.room.as_ref().map_or(0, Cap::limit)
+    }
+
     /// Refuses everyone waiting and everyone after (the generation stops).
     pub fn close(&self) {
         self.concurrency.close();

@@ -45,12 +45,13 @@ impl Pipelines {
     /// (it lives until its last exchange ends and every handle to it is dropped).
     pub fn swap(&self, next: Arc<Pipeline>) -> Arc<Pipeline> {
         let keep = next.pools();
+        let backends = next.backend_keys();
         let old = {
             let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
             std::mem::replace(&mut *cur, next)
         };
         old.stop();
-        self.shared.registry.retain(&keep);
+        self.shared.registry.retain(&keep, &backends);
         old
     }
 

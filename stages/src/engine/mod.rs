@@ -156,6 +156,18 @@ impl RecordSink for Recorder {
     }
 }
 
+/// One stage's bounds and use, as `/status` shows them.
+#[derive(Debug, serde::Serialize)]
+pub struct StageStatus {
+    pub stage: &'static str,
+    /// Exchanges in the stage now, and its `concurrency`.
+    pub inflight: usize,
+    pub concurrency: usize,
+    /// Exchanges waiting in its inlet now, and its `queue`.
+    pub waiting: usize,
+    pub queue: usize,
+}
+
 /// A running pipeline: everything built from one config generation.
 pub struct Pipeline {
     name: String,
@@ -430,6 +442,53 @@ impl Pipeline {
             .iter()
             .flat_map(|u| u.backends.iter().map(|b| b.pool.clone()))
             .collect()
+    }
+
+    /// Each stage's bounds and use now (`/status`).
+    pub fn stage_status(&self) -> Vec<StageStatus> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            let mut push = |stage: &'static str, inlet: &Inlet| {
+                if inlet.is_pass() {
+                    return;
+                }
+                out.push(StageStatus {
+                    stage,
+                    inflight: inlet.concurrency().in_use(),
+                    concurrency: inlet.concurrency().limit(),
+                    waiting: inlet.waiting(),
+                    queue: inlet.room(),
+                });
+            };
+            match &s.stage {
+                AnyStage::Attempts(h) => {
+                    push(s.kind.name(), &s.inlet);
+                    for (kind, inlet) in [StageKind::Select, StageKind::Dispatch]
+                        .into_iter()
+                        .zip(h.inlets())
+                    {
+                        push(kind.name(), inlet);
+                    }
+                }
+                _ => push(s.kind.name(), &s.inlet),
+            }
+        }
+        out
+    }
+
+    /// `(upstream, backend URL)` of every backend (the registry keeps their health).
+    pub fn backend_keys(&self) -> Vec<(String, String)> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.backends.iter().map(|b| (u.name.clone(), b.name.clone())))
+            .collect()
+    }
+
+    /// The upstreams, by name order.
+    pub fn upstreams(&self) -> Vec<&Arc<Upstream>> {
+        let mut v: Vec<_> = self.upstreams.iter().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Runs a new exchange through the chain; `permit` is from [`Pipeline::ingress_cap`].

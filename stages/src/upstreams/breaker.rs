@@ -128,6 +128,15 @@ impl BackendBreaker {
         self.breaker.state() == BreakerState::Open
     }
 
+    /// `closed`, `open` or `half-open` (`/status`).
+    pub fn state_name(&self) -> &'static str {
+        match self.breaker.state() {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+
     /// Reports an attempt's outcome.
     pub fn outcome(&self, ticket: Ticket, ok: bool) {
         let now = now_ns();

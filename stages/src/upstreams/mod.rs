@@ -30,6 +30,11 @@ use registry::{PoolKey, Registry};
 /// One backend of an upstream.
 pub struct Backend {
     pub name: String,
+    /// Its id (`id`, or the URL's `host:port`): the membership API's and `/status`'s name.
+    pub id: String,
+    pub weight: u32,
+    /// `enabled = false`: out of balancing (drained).
+    pub enabled: bool,
     pub addr: BackendAddr,
     pub cap: Cap,
     pub metrics: BackendMetrics,
@@ -115,7 +120,8 @@ impl Upstream {
         let mut backends = Vec::new();
         let ejected = Arc::new(outlier::Ejected::default());
         let outlier_config = config.outlier.clone().map(Arc::new);
-        for b in &config.backends {
+        let ids = config::backend_ids(&config.backends);
+        for (b, id) in config.backends.iter().zip(ids) {
             let addr = BackendAddr::parse(&b.url)?;
             let key = PoolKey {
                 tls: addr.is_tls().then(|| config.tls.clone()),
@@ -130,9 +136,12 @@ impl Upstream {
                 BackendProtocol::H2 | BackendProtocol::H2c => false,
             };
             backends.push(Backend {
+                id,
+                weight: b.weight.get(),
+                enabled: b.enabled,
                 http1,
                 latency: PeakEwma::default(),
-                health: health::Health::new(name, &b.url),
+                health: registry.health(name, &b.url),
                 outlier: outlier_config.as_ref().map(|c| {
                     outlier::Outlier::new(
                         c.clone(),

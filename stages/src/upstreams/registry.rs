@@ -13,6 +13,7 @@ use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::client::{self, BackendClient, ClientSettings};
 use crate::upstreams::config::{BackendProtocol, UpstreamTls};
 use crate::upstreams::error::UpstreamError;
+use crate::upstreams::health::Health;
 use crate::upstreams::tls;
 
 /// What identifies a backend's connections.
@@ -26,8 +27,11 @@ pub struct PoolKey {
 }
 
 /// Pools by key; cheap to clone a client out of (hyper-util's client shares its pool).
+/// Backends' health is kept here too, by upstream and URL, so a new generation (a reload, a
+/// membership change) does not send traffic to a backend its checks took out.
 pub struct Registry {
     pools: Mutex<HashMap<PoolKey, BackendClient>>,
+    health: Mutex<HashMap<(String, String), Arc<Health>>>,
     /// Each backend gets a pool per worker.
     workers: NonZeroUsize,
 }
@@ -37,6 +41,7 @@ impl Registry {
     pub fn new(workers: NonZeroUsize) -> Arc<Registry> {
         Arc::new(Registry {
             pools: Mutex::default(),
+            health: Mutex::default(),
             workers,
         })
     }
@@ -68,10 +73,21 @@ impl Registry {
         Ok(built)
     }
 
-    /// Forgets the pools no key in `keep` names (after a generation swap).
-    pub fn retain(&self, keep: &[PoolKey]) {
+    /// The health of `backend` (its URL) of `upstream`, shared by every generation.
+    pub fn health(&self, upstream: &str, backend: &str) -> Arc<Health> {
+        let mut all = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        all.entry((upstream.to_string(), backend.to_string()))
+            .or_insert_with(|| Health::new(upstream, backend))
+            .clone()
+    }
+
+    /// Forgets the pools no key in `keep` names, and the health of backends no generation
+    /// has (after a generation swap).
+    pub fn retain(&self, keep: &[PoolKey], backends: &[(String, String)]) {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         pools.retain(|k, _| keep.contains(k));
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health.retain(|k, _| backends.contains(k));
     }
 
     /// Pools known.

@@ -21,6 +21,7 @@ use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::body::H3Body;
 use crate::adapters::h3::guard::{self, GuardedConn};
 use crate::adapters::h3::sink::H3Sink;
+use crate::adapters::swap::Swap;
 use crate::body::RequestBody;
 use crate::config::{ListenerConfig, StagesConfig};
 use crate::contract::exchange::{
@@ -124,16 +125,30 @@ impl H3Listener {
         })
     }
 
-    /// Accepts connections on `endpoint` until it is closed. Once `shutdown` turns true, every
+    /// Takes over what must outlive a settings change from the listener it replaces: the
+    /// connection cap (open connections keep their places; the limit becomes this one's) and
+    /// the per-client counts when their limit is unchanged.
+    pub fn carry_over(&mut self, prev: &H3Listener) {
+        let limit = self.connections.limit();
+        self.connections = prev.connections.clone();
+        self.connections.set_limit(limit);
+        if let (Some(a), Some(b)) = (&self.per_client, &prev.per_client)
+            && a.limit() == b.limit()
+        {
+            self.per_client = prev.per_client.clone();
+        }
+    }
+
+    /// Accepts connections on `endpoint` until it is closed; each connection is served with
+    /// the settings in `cell` when it arrives. Once `shutdown` turns true, every
     /// new connection is refused at once (QUIC CONNECTION_REFUSED) while the connections
     /// already open are asked to finish (HTTP/3 GOAWAY) and drain.
     pub async fn serve(
-        self: Arc<Self>,
+        cell: Arc<Swap<H3Listener>>,
         endpoint: quinn::Endpoint,
         pipelines: Pipelines,
         shutdown: watch::Receiver<bool>,
     ) {
-        let this = self;
         let mut draining = shutdown.clone();
         let mut refusing = false;
         loop {
@@ -145,6 +160,8 @@ impl H3Listener {
                 }
             };
             let Some(incoming) = incoming else { break };
+            // The listener's settings as of now (a reload may have replaced them).
+            let this = cell.load();
             // A connection that raced the shutdown signal in `select!` is refused too.
             refusing |= *draining.borrow();
             if refusing {

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::adapters::BindError;
 use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::server::until_true;
+use crate::adapters::swap::Swap;
 use crate::adapters::tcp::body::HyperBody;
 use crate::adapters::tcp::conn_clock::ConnClock;
 use crate::adapters::tcp::h1_guard::{H1Guard, Refusal, Refusals};
@@ -55,7 +56,7 @@ use crate::tls::{self, CertStore};
 /// What every request of a listener needs.
 struct Shared {
     name: String,
-    tls: Option<tls::ServerConfigCell<TlsAcceptor>>,
+    tls: Option<Arc<tls::ServerConfigCell<TlsAcceptor>>>,
     connections: Cap,
     per_client: Option<Arc<PerClient>>,
     alt_svc: Option<HeaderValue>,
@@ -72,7 +73,8 @@ struct Shared {
 /// Each worker accepts on its own socket ([`TcpListenerRt::serve`]).
 #[derive(Clone)]
 pub struct TcpListenerRt {
-    shared: Arc<Shared>,
+    /// Its settings, replaceable by a reload (each connection keeps the ones it started with).
+    shared: Arc<Swap<Shared>>,
 }
 
 impl TcpListenerRt {
@@ -94,10 +96,13 @@ impl TcpListenerRt {
                     alpn.push(b"http/1.1".to_vec());
                 }
                 let resolver = store.clone();
-                Some(tls::ServerConfigCell::new(store, move |verifier| {
-                    tls::tcp_server_crypto(resolver.clone(), verifier, alpn.clone())
-                        .map(|c| TlsAcceptor::from(Arc::new(c)))
-                })?)
+                Some(Arc::new(tls::ServerConfigCell::new(
+                    store,
+                    move |verifier| {
+                        tls::tcp_server_crypto(resolver.clone(), verifier, alpn.clone())
+                            .map(|c| TlsAcceptor::from(Arc::new(c)))
+                    },
+                )?))
             }
             None => None,
         };
@@ -110,7 +115,7 @@ impl TcpListenerRt {
             (AltSvc::Value(v), _) => Some(HeaderValue::from_str(v).map_err(BindError::AltSvc)?),
         };
         Ok(TcpListenerRt {
-            shared: Arc::new(Shared {
+            shared: Swap::new(Arc::new(Shared {
                 name: listener.name.clone(),
                 tls,
                 connections: Cap::new(listener.max_connections.get()),
@@ -125,8 +130,36 @@ impl TcpListenerRt {
                 header_timeout: stages.ingress.header_timeout.0,
                 idle_timeout: listener.idle_timeout.0,
                 forward_header: tls::forward_header(&listener.tls)?,
-            }),
+            })),
         })
+    }
+
+    /// Serves new connections with `next`'s settings from now on, keeping the connection
+    /// cap (open connections keep their places; the limit becomes `next`'s) and the
+    /// per-client counts when their limit is unchanged.
+    pub fn update(&self, next: &TcpListenerRt) {
+        let prev = self.shared.load();
+        let new = next.shared.load();
+        let per_client = match (&new.per_client, &prev.per_client) {
+            (Some(a), Some(b)) if a.limit() == b.limit() => prev.per_client.clone(),
+            _ => new.per_client.clone(),
+        };
+        let connections = prev.connections.clone();
+        connections.set_limit(new.connections.limit());
+        self.shared.store(Arc::new(Shared {
+            name: new.name.clone(),
+            tls: new.tls.clone(),
+            connections,
+            per_client,
+            alt_svc: new.alt_svc.clone(),
+            redirect: new.redirect,
+            protocols: new.protocols.clone(),
+            max_streams: new.max_streams,
+            read_ahead: new.read_ahead,
+            header_timeout: new.header_timeout,
+            idle_timeout: new.idle_timeout,
+            forward_header: new.forward_header.clone(),
+        }));
     }
 
     /// Accepts connections on `listener` (made from [`sockets::tcp`](crate::adapters::sockets::tcp)
@@ -156,17 +189,19 @@ impl TcpListenerRt {
             let Ok((stream, remote)) = accepted else {
                 continue;
             };
-            let Ok(permit) = self.shared.connections.try_acquire() else {
-                counter!(LISTENER_HANDSHAKES, "listener" => self.shared.name.clone(), "result" => "refused").increment(1);
+            // The listener's settings as of now (a reload may have replaced them).
+            let shared = self.shared.load();
+            let Ok(permit) = shared.connections.try_acquire() else {
+                counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "result" => "refused").increment(1);
                 continue;
             };
-            let Ok(slot) = client_limit::slot(&self.shared.per_client, remote.ip()) else {
-                counter!(LISTENER_HANDSHAKES, "listener" => self.shared.name.clone(), "result" => "per_client_limit").increment(1);
+            let Ok(slot) = client_limit::slot(&shared.per_client, remote.ip()) else {
+                counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "result" => "per_client_limit").increment(1);
                 continue;
             };
-            let clock = ConnClock::new(self.shared.header_timeout, self.shared.idle_timeout);
+            let clock = ConnClock::new(shared.header_timeout, shared.idle_timeout);
             let _ = stream.set_nodelay(true);
-            let (shared, pipelines) = (self.shared.clone(), pipelines.clone());
+            let (shared, pipelines) = (shared.clone(), pipelines.clone());
             let Ok(live) = open.enter() else { break };
             let held = Held {
                 _permit: permit,
