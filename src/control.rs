@@ -233,7 +233,11 @@ impl Control {
                 Ok(c) => {
                     loaded.insert(l.name.clone(), c);
                 }
-                Err(e) => bad.push(format!("listeners.{}.tls: {e}", l.name)),
+                Err(e) => {
+                    counter!(spooky_stages::metrics::CONTROL_RELOADS, "kind" => "certs", "result" => "error")
+                        .increment(1);
+                    bad.push(format!("listeners.{}.tls: {e}", l.name));
+                }
             }
         }
         if !bad.is_empty() {

@@ -241,6 +241,10 @@ impl Served {
         if let (Some(store), Some(certs)) = (&self.certs, loaded.certs) {
             store.replace(certs);
             store.set_client_verifier(loaded.verifier);
+            if matches!(self.config.tls, spooky_stages::config::TlsSetting::Files(_)) {
+                metrics::counter!(spooky_stages::metrics::CONTROL_RELOADS, "kind" => "certs", "result" => "ok")
+                    .increment(1);
+            }
         }
     }
 }

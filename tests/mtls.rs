@@ -240,9 +240,11 @@ async fn the_client_ca_is_reloaded_with_the_certificates() {
     // A broken client CA file is refused as a whole: the new CA keeps serving.
     std::fs::write(&ca_path, "not a certificate").expect("write");
     proxy.sighup();
-    let refused = [("kind", "certs"), ("result", "error")];
+    // SIGHUP reloads the whole configuration, which checks the file first: the reload is
+    // refused as invalid and nothing changes.
+    let refused = [("trigger", "file"), ("outcome", "invalid")];
     proxy
-        .wait_metric("spooky_control_reloads_total", &refused, |v| v == 1.0)
+        .wait_metric("spooky_config_reloads_total", &refused, |v| v == 1.0)
         .await;
     accepted(&over_tcp(&proxy, &roots, new_id()).await, "new.example");
     accepted(&over_quic(&proxy, &roots, new_id()).await, "new.example");
