@@ -14,6 +14,8 @@ pub struct Proxy {
     pub tcp_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     child: Child,
+    /// The pipeline file it runs (tests rewrite it, then reload).
+    pub file: std::path::PathBuf,
     _dir: TempDir,
     log: std::path::PathBuf,
 }
@@ -129,6 +131,7 @@ impl Proxy {
             tcp_addr: tcp,
             admin_addr: admin.expect("proxy printed no admin address"),
             child,
+            file,
             _dir: dir,
             log,
         }
@@ -151,6 +154,36 @@ impl Proxy {
             .unwrap_or_default();
         self.admin("POST", path, &format!("{auth}content-length: 0\r\n"))
             .await
+    }
+
+    /// Any admin call with an optional bearer token and JSON body: (status, body).
+    pub async fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let auth = token
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let mut s = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .expect("admin connect");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("admin write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("admin read");
+        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     async fn admin(&self, method: &str, path: &str, extra: &str) -> (u16, String) {

@@ -13,7 +13,11 @@ use crate::engine::{BuildError, Pipeline, Shared};
 /// The current generation, and what every generation shares.
 #[derive(Clone)]
 pub struct Pipelines {
-    current: Arc<RwLock<Arc<Pipeline>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: RwLock<Arc<Pipeline>>,
     shared: Shared,
 }
 
@@ -23,22 +27,39 @@ impl Pipelines {
         let shared = Shared::new(config.pipeline.workers.resolve());
         let first = Pipeline::build(config, &shared)?;
         Ok(Pipelines {
-            current: Arc::new(RwLock::new(first)),
-            shared,
+            inner: Arc::new(Inner {
+                current: RwLock::new(first),
+                shared,
+            }),
         })
     }
 
     /// The generation new exchanges run on.
     pub fn current(&self) -> Arc<Pipeline> {
-        self.current
+        self.inner
+            .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    /// A new exchange's generation and its ingress permit, waiting while ingress is full;
+    /// `None` once shutting down. A generation swapped out while this waited has closed its
+    /// ingress: the wait goes on with the new one (a reload refuses no request).
+    pub async fn enter(&self) -> Option<(Arc<Pipeline>, spooky_sync::Permit)> {
+        loop {
+            let pipeline = self.current();
+            match pipeline.ingress_cap().acquire().await {
+                Ok(p) => return Some((pipeline, p)),
+                Err(_) if !Arc::ptr_eq(&pipeline, &self.current()) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Builds a generation from `config` with the shared pools, without serving it yet.
     pub fn build(&self, config: &Config) -> Result<Arc<Pipeline>, BuildError> {
-        Pipeline::build(config, &self.shared)
+        Pipeline::build(config, &self.inner.shared)
     }
 
     /// Makes `next` the current generation and stops the one it replaces, which is returned
@@ -47,21 +68,25 @@ impl Pipelines {
         let keep = next.pools();
         let backends = next.backend_keys();
         let old = {
-            let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            let mut cur = self
+                .inner
+                .current
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             std::mem::replace(&mut *cur, next)
         };
         old.stop();
-        self.shared.registry.retain(&keep, &backends);
+        self.inner.shared.registry.retain(&keep, &backends);
         old
     }
 
     /// Live exchanges of every generation (graceful shutdown waits for them).
     pub fn drain(&self) -> &spooky_sync::Drain {
-        &self.shared.drain
+        &self.inner.shared.drain
     }
 
     /// Backend pools known to the registry.
     pub fn pools(&self) -> usize {
-        self.shared.registry.len()
+        self.inner.shared.registry.len()
     }
 }

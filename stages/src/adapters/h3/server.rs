@@ -281,12 +281,11 @@ impl H3Listener {
             };
             // Backpressure: no next stream until ingress has room for this one. The
             // generation is taken per exchange: a swap applies to the next request.
-            let pipeline = pipelines.current();
-            let permit = tokio::select! {
-                p = pipeline.ingress_cap().acquire() => p,
+            let entered = tokio::select! {
+                p = pipelines.enter() => p,
                 _ = conn.closed() => break,
             };
-            let (Ok(permit), Ok(guard)) = (permit, live.enter()) else {
+            let (Some((pipeline, permit)), Ok(guard)) = (entered, live.enter()) else {
                 // Shutting down: this stream was never processed.
                 reject_unprocessed(resolver);
                 break;

@@ -390,7 +390,7 @@ async fn serve_http<I>(
         let clock = clock.clone();
         service_fn(move |req| {
             let busy = clock.request_started();
-            let served = handle(shared.clone(), pipelines.current(), req, peer.clone());
+            let served = handle(shared.clone(), pipelines.clone(), req, peer.clone());
             async move { served.await.map(|resp| resp.map(|b| b.hold(busy))) }
         })
     };
@@ -441,7 +441,7 @@ async fn serve_http<I>(
 /// One HTTP/1.1 or HTTP/2 request through the pipeline (the generation current when it came).
 async fn handle(
     shared: Arc<Shared>,
-    pipeline: Arc<crate::engine::Pipeline>,
+    pipelines: Pipelines,
     req: Request<Incoming>,
     peer: Peer,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -451,7 +451,7 @@ async fn handle(
     if let Some(port) = shared.redirect {
         return Ok(add_alt_svc(&shared, redirect(&req, port)));
     }
-    let Ok(permit) = pipeline.ingress_cap().acquire().await else {
+    let Some((pipeline, permit)) = pipelines.enter().await else {
         return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
     };
     let (tx, rx) = oneshot::channel();
