@@ -67,7 +67,7 @@ pub async fn handle(control: &Control, method: &Method, path: &str, body: &[u8])
             change(control, name, Some(id), |u, i| patch(u, i, &p)).await
         }
         (&Method::DELETE, ["upstreams", name, "backends", id]) => {
-            change(control, name, Some(id), |u, i| remove(u, i)).await
+            change(control, name, Some(id), remove).await
         }
         (_, ["upstreams"] | ["upstreams", _, "backends"] | ["upstreams", _, "backends", _]) => {
             error(
@@ -80,6 +80,7 @@ pub async fn handle(control: &Control, method: &Method, path: &str, body: &[u8])
     }
 }
 
+#[allow(clippy::result_large_err)]
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
     serde_json::from_slice(body).map_err(|e| {
         error(

@@ -79,3 +79,27 @@ fn version() {
     assert_eq!(code, 0);
     assert_eq!(out.trim(), format!("spooky {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn check_diff_prints_what_a_reload_would_change() {
+    let dir = TempDir::new();
+    let new = dir.0.join("new.toml");
+    let text = std::fs::read_to_string(QUICKSTART).expect("quickstart");
+    std::fs::write(
+        &new,
+        text.replace("capacity = 1024", "capacity = 512")
+            + "\n[[routes]]\nname = \"extra\"\nmatch = { path_prefix = \"/extra\" }\nrespond = { status = 204 }\n",
+    )
+    .expect("write");
+    let new = new.display().to_string();
+    let (code, out, err) = spooky(&["check", "--diff", QUICKSTART, &new]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "+ route extra"), "{out}");
+    assert!(out.lines().any(|l| l == "~ stage queue"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (code, out, _) = spooky(&["check", "--diff", QUICKSTART, QUICKSTART]);
+    assert_eq!((code, out.trim()), (0, "no changes"));
+    let (code, _, err) = spooky(&["check", "--diff", QUICKSTART, "/nonexistent.toml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent.toml: cannot read"), "{err}");
+}

@@ -164,7 +164,11 @@ async fn twenty_reloads_under_h3_and_h2_load_fail_nothing_and_drop_old_generatio
     );
     // Generation i: a route named for it, the backend alternating, stage bounds changing.
     let nth = |i: usize| {
-        let backend = if i % 2 == 0 { a.url() } else { b.url() };
+        let backend = if i.is_multiple_of(2) {
+            a.url()
+        } else {
+            b.url()
+        };
         config(
             &dir,
             &cert,
