@@ -24,6 +24,7 @@ use spooky_stages::engine::Pipeline;
 use tokio::sync::mpsc;
 
 use crate::diff::Diff;
+use crate::dns::{self, Dns};
 use crate::listeners::{self, Change, ServeCmd, Served};
 use crate::reload::CertReloader;
 use crate::run::RunError;
@@ -91,6 +92,9 @@ pub struct Live {
 
 pub struct Control {
     pub file: PathBuf,
+    /// Hostname backends' resolved addresses (DNS refresh).
+    pub dns: Arc<Dns>,
+    dns_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub pipelines: Pipelines,
     workers: Vec<mpsc::UnboundedSender<ServeCmd>>,
     worker_count: NonZeroUsize,
@@ -114,6 +118,7 @@ pub struct Draining {
 impl Control {
     pub fn new(
         file: PathBuf,
+        dns: Arc<Dns>,
         config: Config,
         pipelines: Pipelines,
         workers: Vec<mpsc::UnboundedSender<ServeCmd>>,
@@ -122,13 +127,15 @@ impl Control {
         let worker_count = NonZeroUsize::new(workers.len()).unwrap_or(NonZeroUsize::MIN);
         let (reloader, watches) = certs_of(&listeners);
         for outcome in ["ok", "invalid", "failed"] {
-            for trigger in ["file", "api"] {
+            for trigger in ["file", "api", "dns"] {
                 counter!(CONFIG_RELOADS, "trigger" => trigger, "outcome" => outcome).absolute(0);
             }
         }
         gauge!(CONFIG_GENERATION).set(1.0);
         Control {
             file,
+            dns,
+            dns_tasks: Mutex::default(),
             pipelines,
             workers,
             worker_count,
@@ -175,9 +182,14 @@ impl Control {
     }
 
     /// Reloads the configuration file; `trigger` is `"signal"` or `"api"` (for logs).
-    pub async fn reload(&self, trigger: &'static str) -> Result<Reloaded, Refused> {
-        let mut live = self.live.lock().await;
-        let result = self.reload_locked(&mut live).await;
+    pub async fn reload(self: &Arc<Self>, trigger: &'static str) -> Result<Reloaded, Refused> {
+        let result = {
+            let mut live = self.live.lock().await;
+            self.reload_locked(&mut live).await
+        };
+        if result.is_ok() {
+            self.start_dns().await;
+        }
         let outcome = match &result {
             Ok(r) => {
                 tracing::info!(
@@ -264,9 +276,11 @@ impl Control {
         if !taken.is_empty() {
             return Err(Refused::Conflict(taken));
         }
+        // Hostnames the new file refreshes are resolved before it is served.
+        resolve_all(&self.dns, &new, true).await;
         let next = self
             .pipelines
-            .build(&new)
+            .build(&self.dns.expand(&new))
             .map_err(|e| Refused::Failed(vec![e.to_string()]))?;
 
         // From here on, the new configuration is served.
@@ -311,6 +325,7 @@ impl Control {
             w.abort();
         }
         (live.reloader, live.watches) = certs_of(&live.listeners);
+        self.dns.retain(&new);
         live.file_config = new.clone();
         live.config = new;
         live.overlay.clear();
@@ -325,7 +340,7 @@ impl Control {
     pub fn apply(&self, live: &mut Live, config: Config, change: String) -> Result<u64, Refused> {
         let next = self
             .pipelines
-            .build(&config)
+            .build(&self.dns.expand(&config))
             .map_err(|e| Refused::Failed(vec![e.to_string()]))?;
         self.swap(next);
         live.config = config;
@@ -333,6 +348,70 @@ impl Control {
         live.overlay.push(change);
         counter!(CONFIG_RELOADS, "trigger" => "api", "outcome" => "ok").increment(1);
         Ok(self.generation())
+    }
+
+    /// Serves the running configuration again with the addresses DNS refresh just found.
+    async fn dns_changed(&self, upstream: &str) {
+        let live = self.live.lock().await;
+        let outcome = match self.pipelines.build(&self.dns.expand(&live.config)) {
+            Ok(next) => {
+                self.swap(next);
+                tracing::info!(
+                    upstream,
+                    generation = self.generation(),
+                    "DNS answer changed: members updated"
+                );
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(upstream, error = %e, "DNS answer changed, but the generation could not be built");
+                "failed"
+            }
+        };
+        counter!(CONFIG_RELOADS, "trigger" => "dns", "outcome" => outcome).increment(1);
+    }
+
+    /// (Re)starts one refresh task per upstream with `dns_refresh` and hostname backends.
+    pub async fn start_dns(self: &Arc<Self>) {
+        let config = self.live.lock().await.file_config.clone();
+        let mut tasks = self
+            .dns_tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        for (name, u) in &config.upstreams {
+            let (urls, Some(policy)) = (dns::names(u), u.dns_refresh) else {
+                continue;
+            };
+            if urls.is_empty() {
+                continue;
+            }
+            let resolver = match dns::resolver(u) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(upstream = %name, error = %e, "no DNS refresh");
+                    continue;
+                }
+            };
+            let this = Arc::downgrade(self);
+            let name = name.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut wait = dns::next_refresh(policy, None);
+                loop {
+                    tokio::time::sleep(wait).await;
+                    let Some(control) = this.upgrade() else {
+                        return;
+                    };
+                    let (changed, ttl) = refresh(&control.dns, &resolver, &name, &urls).await;
+                    wait = dns::next_refresh(policy, ttl);
+                    if changed {
+                        control.dns_changed(&name).await;
+                    }
+                }
+            }));
+        }
     }
 
     fn swap(&self, next: Arc<Pipeline>) {
@@ -351,6 +430,69 @@ impl Control {
             s.stop();
         }
     }
+}
+
+/// Resolves every refreshed hostname of `config` (only those not known yet when `new_only`).
+pub async fn resolve_all(dns: &Dns, config: &Config, new_only: bool) {
+    for (name, u) in &config.upstreams {
+        let urls = dns::names(u);
+        if urls.is_empty() {
+            continue;
+        }
+        let urls: Vec<String> = if new_only {
+            let known = dns.expand(config);
+            urls.into_iter()
+                .filter(|url| {
+                    known.upstreams[name]
+                        .backends
+                        .iter()
+                        .any(|b| &b.url == url && b.address.is_none())
+                })
+                .collect()
+        } else {
+            urls
+        };
+        if urls.is_empty() {
+            continue;
+        }
+        match dns::resolver(u) {
+            Ok(r) => {
+                refresh(dns, &r, name, &urls).await;
+            }
+            Err(e) => tracing::error!(upstream = %name, error = %e, "cannot resolve backends"),
+        }
+    }
+}
+
+/// Resolves `urls` of `upstream` once: whether an answer changed the members, and the
+/// shortest TTL seen. A failed name keeps its last good addresses.
+async fn refresh(
+    dns: &Dns,
+    resolver: &dns::Tokio,
+    upstream: &str,
+    urls: &[String],
+) -> (bool, Option<std::time::Duration>) {
+    let (mut changed, mut failed, mut ttl) = (false, false, None::<std::time::Duration>);
+    for url in urls {
+        match dns::lookup(resolver, url).await {
+            Ok((ips, t)) => {
+                changed |= dns.set(upstream, url, ips);
+                ttl = Some(ttl.map_or(t, |x| x.min(t)));
+            }
+            Err(e) => {
+                failed = true;
+                tracing::warn!(upstream, backend = %url, error = %e, "DNS refresh failed: keeping the last good addresses");
+            }
+        }
+    }
+    let outcome = match (failed, changed) {
+        (true, _) => "failed",
+        (false, true) => "changed",
+        (false, false) => "unchanged",
+    };
+    counter!(dns::DNS_REFRESHES, "upstream" => upstream.to_string(), "outcome" => outcome)
+        .increment(1);
+    (changed, ttl)
 }
 
 /// The certificate reloader of `listeners`, with its file watches started.

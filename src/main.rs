@@ -16,6 +16,7 @@ mod admin;
 mod check;
 mod control;
 mod diff;
+mod dns;
 mod listeners;
 mod membership;
 mod reload;

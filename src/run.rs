@@ -22,6 +22,7 @@ use spooky_stages::engine::BuildError;
 
 use crate::admin::{self, AdminState};
 use crate::control::Control;
+use crate::dns::Dns;
 use crate::listeners::{self, ServeCmd};
 use crate::{EXIT_BAD_CONFIG, EXIT_FAILED};
 
@@ -112,7 +113,10 @@ async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(),
             upkeep.run_upkeep();
         }
     });
-    let pipelines = Pipelines::start(&config)?;
+    // Hostname backends with DNS refresh are resolved before the first generation.
+    let dns = Arc::new(Dns::default());
+    crate::control::resolve_all(&dns, &config, false).await;
+    let pipelines = Pipelines::start(&dns.expand(&config))?;
     let (drained_tx, drained_rx) = watch::channel(false);
 
     // The workers: one thread and one single-threaded runtime each, serving the sockets the
@@ -160,11 +164,13 @@ async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(),
     let drain_timeout = config.pipeline.drain_timeout.0;
     let control = Arc::new(Control::new(
         file.to_path_buf(),
+        dns,
         config,
         pipelines.clone(),
         senders,
         served,
     ));
+    control.start_dns().await;
     let state = Arc::new(AdminState {
         prometheus,
         pipelines: pipelines.clone(),
@@ -356,7 +362,7 @@ async fn close_when_removed(
 
 /// Waits for SIGTERM or SIGINT; reloads the whole configuration (certificates included) on
 /// every SIGHUP meanwhile.
-async fn wait_for_shutdown(control: &Control) -> Result<(), RunError> {
+async fn wait_for_shutdown(control: &Arc<Control>) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;

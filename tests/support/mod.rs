@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod dns;
 pub mod fault;
 pub mod frames;
 pub mod named;

@@ -37,9 +37,12 @@ impl Drop for Named {
 
 impl Named {
     pub async fn start(name: &'static str, delay: Duration) -> Named {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Named::start_on(name, delay, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// [`Named::start`] on a chosen address.
+    pub async fn start_on(name: &'static str, delay: Duration, at: SocketAddr) -> Named {
+        let listener = tokio::net::TcpListener::bind(at).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(AtomicUsize::new(0));
         let counter = seen.clone();
@@ -94,6 +97,10 @@ impl Named {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn seen(&self) -> usize {

@@ -20,8 +20,8 @@ pub use crate::stages::WhenFull;
 pub use crate::stages::route::RouteConfig;
 pub use crate::tls::config::{CertificateConfig, ClientAuth, TlsConfig, TlsSetting};
 pub use crate::upstreams::config::{
-    BackendConfig, BackendProtocol, Balance, UpstreamConfig, UpstreamTls, Verify, backend_ids,
-    default_backend_inflight, default_upstream_inflight,
+    BackendConfig, BackendProtocol, Balance, DnsRefresh, UpstreamConfig, UpstreamTls, Verify,
+    backend_ids, default_backend_inflight, default_upstream_inflight,
 };
 
 /// One stage of the chain.

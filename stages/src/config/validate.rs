@@ -534,6 +534,24 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 format!("fallback is read by balance = \"consistent-hash\" or \"sticky-cid\", not \"{}\"", u.balance.name()),
             );
         }
+        let hostnames = u.backends.iter().any(|b| {
+            b.address.is_none()
+                && crate::upstreams::addr::BackendAddr::parse(&b.url).is_ok_and(|a| a.is_hostname())
+        });
+        if u.dns_refresh.is_some() && !hostnames {
+            cx.warn(
+                Some(at_key("dns_refresh")),
+                &format!("upstreams.{name}.dns_refresh"),
+                "no backend URL names a host by name (or each has an address): nothing to refresh",
+            );
+        }
+        if u.dns_resolver.is_some() && u.dns_refresh.is_none() {
+            cx.warn(
+                Some(at_key("dns_resolver")),
+                &format!("upstreams.{name}.dns_resolver"),
+                "dns_resolver is used by dns_refresh, which is not set: connections resolve with the system's resolver",
+            );
+        }
         if !u.backends.is_empty() && u.backends.iter().all(|b| !b.enabled) {
             cx.warn(
                 Some(at_key("backends")),

@@ -12,6 +12,8 @@ use crate::upstreams::error::UpstreamError;
 pub struct BackendAddr {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// Where to connect instead of the authority's host (`address`, or a DNS-refreshed member).
+    pub connect: Option<std::net::SocketAddr>,
 }
 
 impl BackendAddr {
@@ -34,11 +36,18 @@ impl BackendAddr {
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(UpstreamError::Path(url.to_string()));
         }
-        Ok(BackendAddr { scheme, authority })
+        Ok(BackendAddr {
+            scheme,
+            authority,
+            connect: None,
+        })
     }
 
     /// `host:port` to connect to (port from the scheme when absent).
     pub fn connect_addr(&self) -> String {
+        if let Some(a) = self.connect {
+            return a.to_string();
+        }
         let port = self
             .authority
             .port_u16()
@@ -48,6 +57,23 @@ impl BackendAddr {
                 80
             });
         format!("{}:{port}", self.authority.host())
+    }
+
+    /// Whether the URL names its host by a name (not an IP address).
+    pub fn is_hostname(&self) -> bool {
+        let host = self.authority.host().trim_matches(['[', ']']);
+        host.parse::<std::net::IpAddr>().is_err()
+    }
+
+    /// The port to connect to (from the scheme when the URL has none).
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
     }
 
     /// Whether the backend is reached over TLS.

@@ -75,7 +75,49 @@ pub struct UpstreamConfig {
     /// Retries of this upstream's exchanges (absent: `[stages.hedge-retry] retries`, connect
     /// failures only).
     pub retry: Option<super::retry::RetryConfig>,
+    /// Backends named by a hostname become one member per resolved address, resolved at
+    /// start and again every `dns_refresh` (`"30s"`), or when the answer's TTL runs out
+    /// (`"ttl"`); absent: the name is resolved by each new connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh: Option<DnsRefresh>,
+    /// The DNS server asked (`"10.0.0.2:53"`); absent: the system's (`/etc/resolv.conf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_resolver: Option<std::net::SocketAddr>,
     pub backends: Vec<BackendConfig>,
+}
+
+/// `dns_refresh`: a fixed interval, or the answer's TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsRefresh {
+    Every(std::time::Duration),
+    Ttl,
+}
+
+impl<'de> Deserialize<'de> for DnsRefresh {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "ttl" {
+            return Ok(DnsRefresh::Ttl);
+        }
+        match crate::units::parse_duration(&s) {
+            Ok(d) if d >= std::time::Duration::from_millis(100) => Ok(DnsRefresh::Every(d)),
+            Ok(_) => Err(serde::de::Error::custom(format!(
+                "dns_refresh \"{s}\": at least \"100ms\""
+            ))),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "{e} (or \"ttl\": when the answer expires)"
+            ))),
+        }
+    }
+}
+
+impl serde::Serialize for DnsRefresh {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DnsRefresh::Ttl => s.serialize_str("ttl"),
+            DnsRefresh::Every(d) => s.collect_str(&crate::units::Dur(*d)),
+        }
+    }
 }
 
 /// Whether backend certificates are verified.
@@ -132,6 +174,10 @@ pub struct BackendConfig {
     /// What the membership API and `/status` call it (default: the URL's `host:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Connect to this address instead of resolving the URL's host, which still names the
+    /// backend in `Host` and TLS (SNI, certificate). DNS refresh fills it in per member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub protocol: BackendProtocol,
     #[serde(default = "default_weight")]
@@ -160,10 +206,21 @@ impl BackendConfig {
         BackendConfig {
             url: url.to_string(),
             id: None,
+            address: None,
             protocol: BackendProtocol::default(),
             weight: default_weight(),
             max_inflight: default_backend_inflight(),
             enabled: true,
+        }
+    }
+}
+
+impl BackendConfig {
+    /// Its name in metrics and health: the URL, with `@address` when it has one.
+    pub fn label(&self) -> String {
+        match self.address {
+            Some(a) => format!("{}@{a}", self.url),
+            None => self.url.clone(),
         }
     }
 }

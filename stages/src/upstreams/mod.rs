@@ -23,7 +23,7 @@ use crate::metrics::BackendMetrics;
 use addr::BackendAddr;
 use balance::{Balancer, Loads, PeakEwma};
 use client::{BackendClient, ClientSettings};
-use config::{BackendProtocol, Balance, UpstreamConfig};
+use config::{BackendConfig, BackendProtocol, Balance, UpstreamConfig};
 use error::UpstreamError;
 use registry::{PoolKey, Registry};
 
@@ -122,7 +122,9 @@ impl Upstream {
         let outlier_config = config.outlier.clone().map(Arc::new);
         let ids = config::backend_ids(&config.backends);
         for (b, id) in config.backends.iter().zip(ids) {
-            let addr = BackendAddr::parse(&b.url)?;
+            let mut addr = BackendAddr::parse(&b.url)?;
+            addr.connect = b.address;
+            let label = b.label();
             let key = PoolKey {
                 tls: addr.is_tls().then(|| config.tls.clone()),
                 addr: addr.clone(),
@@ -141,32 +143,34 @@ impl Upstream {
                 enabled: b.enabled,
                 http1,
                 latency: PeakEwma::default(),
-                health: registry.health(name, &b.url),
+                health: registry.health(name, &label),
                 outlier: outlier_config.as_ref().map(|c| {
                     outlier::Outlier::new(
                         c.clone(),
                         config.backends.len(),
                         ejected.clone(),
                         name,
-                        &b.url,
+                        &label,
                     )
                 }),
                 breaker: config
                     .breaker
                     .as_ref()
-                    .map(|c| breaker::BackendBreaker::new(c, name, &b.url)),
-                metrics: BackendMetrics::new(name, &b.url),
-                name: b.url.clone(),
+                    .map(|c| breaker::BackendBreaker::new(c, name, &label)),
+                metrics: BackendMetrics::new(name, &label),
+                name: label,
                 addr,
                 cap: Cap::new(b.max_inflight.get()),
                 client,
                 pool: key,
             });
         }
+        let labels: Vec<String> = config.backends.iter().map(BackendConfig::label).collect();
         let members: Vec<(&str, u32, bool)> = config
             .backends
             .iter()
-            .map(|b| (b.url.as_str(), b.weight.get(), b.enabled))
+            .zip(&labels)
+            .map(|(b, l)| (l.as_str(), b.weight.get(), b.enabled))
             .collect();
         let hash_key = match config.balance {
             Balance::StickyCid => Some(HashKey::QuicCid),
