@@ -42,9 +42,18 @@ pub struct AdminState {
     pub version: &'static str,
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+/// Serves the admin listener until `stop` turns true (handed over to a new process).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let state = state.clone();
@@ -124,11 +133,17 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Answer {
             Ok(r) => json_answer(StatusCode::OK, &json!(r)),
             Err(e) => refused(&e),
         },
-        (&Method::POST, "/restart") => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "restart with socket inheritance is not implemented yet: restart the service (connections are drained on SIGTERM)",
-            &[],
-        ),
+        (&Method::POST, "/restart") => match control.restart("api").await {
+            Ok(pid) => json_answer(
+                StatusCode::OK,
+                &json!({ "pid": pid, "previous_pid": std::process::id(), "status": "the new process is ready; this one drains and exits" }),
+            ),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "restart failed: this process goes on serving",
+                &[e],
+            ),
+        },
         (&Method::GET, "/status") => {
             json_answer(StatusCode::OK, &crate::status::status(state).await)
         }

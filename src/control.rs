@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -103,6 +104,15 @@ pub struct Control {
     generation: AtomicU64,
     /// Generations swapped out, while some exchange still holds them.
     retired: Mutex<Vec<(u64, Weak<Pipeline>)>>,
+    /// This process's tag and what it inherited.
+    pub process: Mutex<listeners::Process>,
+    /// The admin listener (another handle, for a restart to hand over).
+    pub admin_socket: Mutex<Option<std::net::TcpListener>>,
+    /// Set once a restart handed everything over: the daemon then drains and exits.
+    pub handed_over: tokio::sync::Notify,
+    restarting: std::sync::atomic::AtomicBool,
+    /// Turns true when the admin listener must stop accepting (handed over).
+    pub admin_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// A generation that was swapped out and still has exchanges.
@@ -123,11 +133,12 @@ impl Control {
         pipelines: Pipelines,
         workers: Vec<mpsc::UnboundedSender<ServeCmd>>,
         listeners: BTreeMap<String, Served>,
+        process: listeners::Process,
     ) -> Control {
         let worker_count = NonZeroUsize::new(workers.len()).unwrap_or(NonZeroUsize::MIN);
         let (reloader, watches) = certs_of(&listeners);
         for outcome in ["ok", "invalid", "failed"] {
-            for trigger in ["file", "api", "dns"] {
+            for trigger in ["file", "api", "dns", "restart"] {
                 counter!(CONFIG_RELOADS, "trigger" => trigger, "outcome" => outcome).absolute(0);
             }
         }
@@ -150,6 +161,11 @@ impl Control {
             started: Instant::now(),
             generation: AtomicU64::new(1),
             retired: Mutex::default(),
+            process: Mutex::new(process),
+            admin_socket: Mutex::default(),
+            handed_over: tokio::sync::Notify::new(),
+            restarting: std::sync::atomic::AtomicBool::new(false),
+            admin_stop: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -268,7 +284,11 @@ impl Control {
             let Some(certs) = loaded.remove(name) else {
                 continue;
             };
-            match listeners::prepare(l, &new.stages, certs, self.worker_count) {
+            let prepared = {
+                let mut process = self.process.lock().unwrap_or_else(PoisonError::into_inner);
+                listeners::prepare(l, &new.stages, certs, self.worker_count, &mut process)
+            };
+            match prepared {
                 Ok(r) => ready.push((name.clone(), r)),
                 Err(e) => taken.push(e.to_string()),
             }
@@ -422,6 +442,96 @@ impl Control {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((retired_gen, Arc::downgrade(&old)));
+    }
+
+    /// Restart with socket inheritance: starts a new process of this binary on every socket
+    /// this one serves, waits until it is ready, then retires this one's QUIC sockets (their
+    /// datagrams now come through the new process) and hands over: the daemon drains and
+    /// exits. The new process's pid.
+    pub async fn restart(&self, trigger: &'static str) -> Result<u32, String> {
+        use std::sync::atomic::Ordering::AcqRel;
+        if self.restarting.swap(true, AcqRel) {
+            return Err("a restart is already under way".into());
+        }
+        let result = self.restart_inner().await;
+        let outcome = match &result {
+            Ok(pid) => {
+                tracing::info!(
+                    trigger,
+                    pid,
+                    "restart: the new process is ready; this one stops accepting, drains and exits"
+                );
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "restart failed: this process goes on serving");
+                self.restarting.store(false, Ordering::Release);
+                "failed"
+            }
+        };
+        counter!(CONFIG_RELOADS, "trigger" => "restart", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn restart_inner(&self) -> Result<u32, String> {
+        let live = self.live.lock().await;
+        let mut sockets = Vec::new();
+        let mut inboxes = BTreeMap::new();
+        let dup = |e: std::io::Error| format!("socket: {e}");
+        for (name, s) in &live.listeners {
+            for u in &s.sockets.udp {
+                sockets.push((
+                    format!("{name}/udp"),
+                    OwnedFd::from(u.try_clone().map_err(dup)?),
+                ));
+            }
+            for t in &s.sockets.tcp {
+                sockets.push((
+                    format!("{name}/tcp"),
+                    OwnedFd::from(t.try_clone().map_err(dup)?),
+                ));
+            }
+            let addrs = s
+                .steered
+                .iter()
+                .map(|st| st.inbox())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(dup)?;
+            if !addrs.is_empty() {
+                inboxes.insert(name.clone(), addrs);
+            }
+        }
+        if let Some(admin) = &*self
+            .admin_socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            sockets.push((
+                "admin/tcp".into(),
+                OwnedFd::from(admin.try_clone().map_err(dup)?),
+            ));
+        }
+        let tag = self
+            .process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tag;
+        let handover = crate::restart::Handover {
+            sockets,
+            tag,
+            inboxes,
+            workers: self.worker_count.get(),
+        };
+        let pid = crate::restart::spawn(&self.file, handover).await?;
+        // From now on the new process reads the shared sockets: ours read their inboxes.
+        for s in live.listeners.values() {
+            for st in &s.steered {
+                st.retire();
+            }
+        }
+        let _ = self.admin_stop.send(true);
+        self.handed_over.notify_one();
+        Ok(pid)
     }
 
     /// Stops every listener (shutdown).

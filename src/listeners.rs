@@ -15,6 +15,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use spooky_stages::adapters::h3::server::H3Listener;
+use spooky_stages::adapters::h3::steer::{SteeredSocket, Steering};
 use spooky_stages::adapters::swap::Swap;
 use spooky_stages::adapters::tcp::server::TcpListenerRt;
 use spooky_stages::adapters::{BindError, sockets};
@@ -22,15 +23,17 @@ use spooky_stages::config::{ListenerConfig, Protocol, StagesConfig};
 use spooky_stages::tls::{self, CertStore, Certs};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::restart::Inherited;
 use crate::run::RunError;
 
 /// What a worker is asked to serve: one listener's sockets of that worker.
 pub struct ServeCmd {
-    pub h3: Option<(Arc<Swap<H3Listener>>, std::net::UdpSocket)>,
+    pub h3: Option<(Arc<Swap<H3Listener>>, std::net::UdpSocket, Arc<Steering>)>,
     pub tcp: Option<(TcpListenerRt, std::net::TcpListener)>,
     /// Turns true when the listener is removed (or the daemon shuts down).
     pub stop: watch::Receiver<bool>,
-    pub up: oneshot::Sender<Result<(), RunError>>,
+    /// Serving: the QUIC endpoint's steered socket, if any.
+    pub up: oneshot::Sender<Result<Option<Arc<SteeredSocket>>, RunError>>,
 }
 
 /// A listener being served.
@@ -41,6 +44,11 @@ pub struct Served {
     pub tcp: Option<TcpListenerRt>,
     pub certs: Option<Arc<CertStore>>,
     stop: watch::Sender<bool>,
+    /// How its QUIC datagrams are steered, and each worker's steered socket (in order).
+    pub steering: Option<Arc<Steering>>,
+    pub steered: Vec<Arc<SteeredSocket>>,
+    /// Its sockets, kept to hand over at a restart (the workers own the originals).
+    pub sockets: ListenerSockets,
 }
 
 impl Served {
@@ -54,6 +62,12 @@ impl Served {
 pub struct Ready {
     served: Served,
     sockets: ListenerSockets,
+}
+
+/// What a process is: its tag (connection IDs) and what it inherited.
+pub struct Process {
+    pub tag: u8,
+    pub inherited: Inherited,
 }
 
 /// Certificates loaded for a listener (checked before anything changes).
@@ -76,12 +90,38 @@ pub fn prepare(
     stages: &StagesConfig,
     loaded: Loaded,
     workers: NonZeroUsize,
+    process: &mut Process,
 ) -> Result<Ready, RunError> {
     let certs = loaded.certs.map(CertStore::new);
     if let Some(store) = &certs {
         store.set_client_verifier(loaded.verifier);
     }
-    let sockets = bind_listener(l, workers)?;
+    let (udp, tcp) = process.inherited.take(&l.name, l.bind);
+    let sockets = if udp.is_empty() && tcp.is_empty() {
+        bind_listener(l, workers)?
+    } else {
+        let addr = udp
+            .first()
+            .map(std::net::UdpSocket::local_addr)
+            .or_else(|| tcp.first().map(std::net::TcpListener::local_addr))
+            .transpose()
+            .map_err(RunError::LocalAddr)?
+            .unwrap_or(l.bind);
+        tracing::info!(listener = %l.name, %addr, udp = udp.len(), tcp = tcp.len(), "serving inherited sockets");
+        ListenerSockets { addr, udp, tcp }
+    };
+    let steering = match sockets.udp.is_empty() {
+        true => None,
+        false => {
+            let s = Steering::new(process.tag).map_err(RunError::LocalAddr)?;
+            if let Some((tag, inboxes)) = &process.inherited.predecessor
+                && let Some(mine) = inboxes.get(&l.name)
+            {
+                s.set_predecessor(*tag, mine.clone());
+            }
+            Some(s)
+        }
+    };
     let (h3, tcp) = build(
         l,
         stages,
@@ -91,6 +131,7 @@ pub fn prepare(
     )?;
     let h3 = h3.map(|h| Swap::new(Arc::new(h)));
     let (stop, _) = watch::channel(false);
+    let kept = sockets.try_clone().map_err(RunError::LocalAddr)?;
     Ok(Ready {
         served: Served {
             config: l.clone(),
@@ -99,6 +140,9 @@ pub fn prepare(
             tcp,
             certs,
             stop,
+            steering,
+            steered: Vec::new(),
+            sockets: kept,
         },
         sockets,
     })
@@ -139,14 +183,23 @@ impl Ready {
         self,
         workers: &[mpsc::UnboundedSender<ServeCmd>],
     ) -> Result<Served, RunError> {
-        let Ready { served, sockets } = self;
+        let Ready {
+            mut served,
+            sockets,
+        } = self;
         let mut udp = sockets.udp.into_iter();
         let mut tcp = sockets.tcp.into_iter();
         let mut ups = Vec::new();
         for w in workers {
             let (up, up_rx) = oneshot::channel();
+            let h3 = match (&served.h3, udp.next(), &served.steering) {
+                (Some(cell), Some(socket), Some(steering)) => {
+                    Some((cell.clone(), socket, steering.clone()))
+                }
+                _ => None,
+            };
             let cmd = ServeCmd {
-                h3: served.h3.clone().zip(udp.next()),
+                h3,
                 tcp: served.tcp.clone().zip(tcp.next()),
                 stop: served.stop.subscribe(),
                 up,
@@ -155,7 +208,9 @@ impl Ready {
             ups.push(up_rx);
         }
         for up in ups {
-            up.await.map_err(|_| RunError::WorkerGone)??;
+            if let Some(steered) = up.await.map_err(|_| RunError::WorkerGone)?? {
+                served.steered.push(steered);
+            }
         }
         for kind in [("h3", served.h3.is_some()), ("tcp", served.tcp.is_some())] {
             if kind.1 {
@@ -254,6 +309,25 @@ pub struct ListenerSockets {
     pub addr: SocketAddr,
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
+}
+
+impl ListenerSockets {
+    /// Another handle on each socket (the same sockets).
+    fn try_clone(&self) -> std::io::Result<ListenerSockets> {
+        Ok(ListenerSockets {
+            addr: self.addr,
+            udp: self
+                .udp
+                .iter()
+                .map(std::net::UdpSocket::try_clone)
+                .collect::<Result<_, _>>()?,
+            tcp: self
+                .tcp
+                .iter()
+                .map(std::net::TcpListener::try_clone)
+                .collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 /// Binds a listener's UDP (h3) and TCP (h2, http1) sockets, one each per worker, on the same

@@ -23,10 +23,14 @@ use spooky_stages::engine::BuildError;
 use crate::admin::{self, AdminState};
 use crate::control::Control;
 use crate::dns::Dns;
-use crate::listeners::{self, ServeCmd};
+use crate::listeners::{self, Process, ServeCmd};
+use crate::restart::Inherited;
 use crate::{EXIT_BAD_CONFIG, EXIT_FAILED};
 
 pub fn run(file: &Path) -> ExitCode {
+    // Sockets handed over by a process this one replaces (a restart), read before any
+    // thread starts.
+    let inherited = Inherited::from_env();
     let config = match config::load(file) {
         Ok(c) => c,
         Err(errors) => {
@@ -37,7 +41,14 @@ pub fn run(file: &Path) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let workers = config.pipeline.workers.resolve();
+    // A restart keeps the worker count: the sockets it inherits are per worker.
+    let workers = inherited
+        .workers
+        .unwrap_or_else(|| config.pipeline.workers.resolve());
+    let process = Process {
+        tag: inherited.tag.unwrap_or_else(crate::restart::fresh_tag),
+        inherited,
+    };
     // The control runtime (signals, admin, certificate reload, drain); the listeners are
     // served by the workers' own runtimes.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -50,7 +61,7 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(serve(config, file, workers)) {
+    match runtime.block_on(serve(config, file, workers, process)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -97,7 +108,12 @@ pub enum RunError {
     WorkerGone,
 }
 
-async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(), RunError> {
+async fn serve(
+    config: Config,
+    file: &Path,
+    workers: NonZeroUsize,
+    mut process: Process,
+) -> Result<(), RunError> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
         .map_err(RunError::Metrics)?
@@ -142,7 +158,7 @@ async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(),
     for l in &config.listeners {
         let started = listeners::load_certs(l)
             .map_err(RunError::from)
-            .and_then(|c| listeners::prepare(l, &config.stages, c, workers));
+            .and_then(|c| listeners::prepare(l, &config.stages, c, workers, &mut process));
         let started = match started {
             Ok(r) => r.serve(&senders).await,
             Err(e) => Err(e),
@@ -159,9 +175,17 @@ async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(),
     }
 
     let token = read_token(&config)?;
-    let admin_bind = config.admin.as_ref().map(|a| a.bind);
+    let admin = match config.admin.as_ref().map(|a| a.bind) {
+        Some(bind) => Some(match process.inherited.admin(bind) {
+            Some(inherited) => inherited,
+            None => std::net::TcpListener::bind(bind)
+                .map_err(|source| RunError::Admin { addr: bind, source })?,
+        }),
+        None => None,
+    };
     let pipeline_name = config.pipeline.name.clone();
     let drain_timeout = config.pipeline.drain_timeout.0;
+    let linger = config.pipeline.drain_linger.0;
     let control = Arc::new(Control::new(
         file.to_path_buf(),
         dns,
@@ -169,6 +193,7 @@ async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(),
         pipelines.clone(),
         senders,
         served,
+        process,
     ));
     control.start_dns().await;
     let state = Arc::new(AdminState {
@@ -179,19 +204,36 @@ async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(),
         control: control.clone(),
         version: env!("CARGO_PKG_VERSION"),
     });
-    if let Some(bind) = admin_bind {
-        let tcp = tokio::net::TcpListener::bind(bind)
-            .await
-            .map_err(|source| RunError::Admin { addr: bind, source })?;
-        let addr = tcp.local_addr().map_err(RunError::LocalAddr)?;
+    if let Some(admin) = admin {
+        let addr = admin.local_addr().map_err(RunError::LocalAddr)?;
+        *control
+            .admin_socket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(admin.try_clone().map_err(RunError::LocalAddr)?);
+        admin.set_nonblocking(true).map_err(RunError::LocalAddr)?;
+        let tcp = tokio::net::TcpListener::from_std(admin)
+            .map_err(|source| RunError::Admin { addr, source })?;
         println!("listening listener=admin protocol=http1 addr={addr}");
-        tokio::spawn(admin::serve(tcp, state.clone()));
+        tokio::spawn(admin::serve(
+            tcp,
+            state.clone(),
+            control.admin_stop.subscribe(),
+        ));
     }
     state.ready.store(true, Ordering::Release);
     tracing::info!(pipeline = %pipeline_name, file = %file.display(), workers, "ready");
     println!("ready pipeline={pipeline_name} workers={workers}");
+    // A process this one replaces stops accepting once it hears this.
+    control
+        .process
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .inherited
+        .ready();
+    crate::notify::ready();
 
-    wait_for_shutdown(&control).await?;
+    let handed_over = wait_for_shutdown(&control).await?;
     let deadline = drain_timeout;
     tracing::info!(
         live = pipelines.drain().live(),
@@ -201,6 +243,12 @@ async fn serve(config: Config, file: &Path, workers: NonZeroUsize) -> Result<(),
     // Listeners learn first, so that once /ready answers 503 no new connection is taken.
     control.stop_listeners().await;
     state.ready.store(false, Ordering::Release);
+    if handed_over {
+        // Handed over: the new process takes every new connection. Requests that crossed
+        // our GOAWAY (or `connection: close`) on the wire are still served for a grace of
+        // `drain_linger` before late ones are refused.
+        tokio::time::sleep(linger).await;
+    }
     pipelines.drain().close();
     if tokio::time::timeout(deadline, pipelines.drain().wait())
         .await
@@ -285,9 +333,11 @@ fn worker(
             };
             let ServeCmd { h3, tcp, stop, up } = cmd;
             let mut started = Ok(());
-            if let Some((cell, socket)) = h3 {
-                match cell.load().endpoint(socket) {
-                    Ok(e) => {
+            let mut steered = None;
+            if let Some((cell, socket, steering)) = h3 {
+                match cell.load().endpoint(socket, &steering, index) {
+                    Ok((e, s)) => {
+                        steered = Some(s);
                         h3_tasks.push(tokio::spawn(H3Listener::serve(
                             cell,
                             e.clone(),
@@ -314,7 +364,7 @@ fn worker(
                     Err(e) => started = Err(RunError::Runtime(e)),
                 }
             }
-            let _ = up.send(started);
+            let _ = up.send(started.map(|()| steered));
         }
         let linger = signals.linger;
         // QUIC drops unsent stream data on close: give responses just finished time to reach
@@ -360,26 +410,35 @@ async fn close_when_removed(
     endpoint.close(quinn::VarInt::from_u32(0x100), b"listener removed");
 }
 
-/// Waits for SIGTERM or SIGINT; reloads the whole configuration (certificates included) on
-/// every SIGHUP meanwhile.
-async fn wait_for_shutdown(control: &Arc<Control>) -> Result<(), RunError> {
+/// Waits for SIGTERM or SIGINT, or for a restart to hand over (`true`); reloads the whole
+/// configuration (certificates included) on every SIGHUP meanwhile, and restarts on SIGUSR2.
+async fn wait_for_shutdown(control: &Arc<Control>) -> Result<bool, RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(RunError::Signal)?;
     loop {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!("SIGTERM");
-                return Ok(());
+                return Ok(false);
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT");
-                return Ok(());
+                return Ok(false);
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = control.reload("signal").await;
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: restarting with socket inheritance");
+                let _ = control.restart("signal").await;
+            }
+            () = control.handed_over.notified() => {
+                tracing::info!("handed over to the new process: draining");
+                return Ok(true);
             }
         }
     }

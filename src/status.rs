@@ -26,6 +26,7 @@ pub async fn status(state: &AdminState) -> Value {
         .collect();
     json!({
         "version": state.version,
+        "pid": std::process::id(),
         "pipeline": current.name(),
         "uptime_seconds": control.started.elapsed().as_secs(),
         "generation": control.generation(),

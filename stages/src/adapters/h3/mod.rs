@@ -5,3 +5,4 @@ pub mod body;
 pub mod guard;
 pub mod server;
 pub mod sink;
+pub mod steer;

@@ -21,6 +21,7 @@ use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::body::H3Body;
 use crate::adapters::h3::guard::{self, GuardedConn};
 use crate::adapters::h3::sink::H3Sink;
+use crate::adapters::h3::steer::{SteeredSocket, Steering, TaggedCids};
 use crate::adapters::swap::Swap;
 use crate::body::RequestBody;
 use crate::config::{ListenerConfig, StagesConfig};
@@ -107,22 +108,37 @@ impl H3Listener {
     }
 
     /// A QUIC endpoint of this listener on `socket` (a bound UDP socket, see
-    /// [`sockets::udp`](crate::adapters::sockets::udp)). It lives on the calling worker's
-    /// runtime, which must be running.
-    pub fn endpoint(&self, socket: std::net::UdpSocket) -> Result<quinn::Endpoint, BindError> {
+    /// [`sockets::udp`](crate::adapters::sockets::udp)), read through `steering` (its
+    /// connection IDs name this process and `worker`); also the steered socket, to retire it
+    /// at a restart. It lives on the calling worker's runtime, which must be running.
+    pub fn endpoint(
+        &self,
+        socket: std::net::UdpSocket,
+        steering: &Arc<Steering>,
+        worker: usize,
+    ) -> Result<(quinn::Endpoint, Arc<SteeredSocket>), BindError> {
         let addr = socket.local_addr();
-        quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some((*self.server.get()).clone()),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|source| BindError::Bind {
+        let bind_error = |source| BindError::Bind {
             listener: self.name.clone(),
             transport: "UDP",
-            addr: addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            addr: addr
+                .as_ref()
+                .copied()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
             source,
-        })
+        };
+        let steered = SteeredSocket::new(socket, steering.clone()).map_err(bind_error)?;
+        let mut config = quinn::EndpointConfig::default();
+        let tag = steering.tag;
+        config.cid_generator(move || Box::new(TaggedCids::new(tag, worker)));
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            config,
+            Some((*self.server.get()).clone()),
+            steered.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
+        Ok((endpoint, steered))
     }
 
     /// Takes over what must outlive a settings change from the listener it replaces: the
