@@ -90,6 +90,14 @@ pub fn dcid_route(packet: &[u8]) -> Option<(u8, u8)> {
     Some((*packet.get(at)?, *packet.get(at + 1)?))
 }
 
+/// Whether a datagram is a long-header Initial or 0-RTT packet (whose destination ID the
+/// client may have chosen).
+fn is_initial(packet: &[u8]) -> bool {
+    packet
+        .first()
+        .is_some_and(|b| b & 0x80 != 0 && (b >> 4) & 0x3 <= 1)
+}
+
 /// This process's tag, and where its predecessor's connections go.
 pub struct Steering {
     pub tag: u8,
@@ -124,7 +132,7 @@ impl Steering {
             .unwrap_or_else(PoisonError::into_inner) = Some((tag, inboxes));
     }
 
-    /// What to do with a datagram: deliver it here, or forward it (to where).
+    /// What to do with a datagram: deliver it here, forward it (to where), or drop it.
     fn route(&self, packet: &[u8]) -> Route {
         let Some((tag, worker)) = dcid_route(packet) else {
             return Route::Here;
@@ -132,19 +140,31 @@ impl Steering {
         if tag == self.tag {
             return Route::Here;
         }
-        let pred = self
+        if let Some((t, inboxes)) = &*self
             .predecessor
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match &*pred {
-            Some((t, inboxes)) if *t == tag => inboxes
+            .unwrap_or_else(PoisonError::into_inner)
+            && *t == tag
+        {
+            // Its connection (or its handshake in progress): the predecessor's.
+            return inboxes
                 .get(usize::from(worker))
                 .copied()
-                .map_or(Route::Drop, Route::Forward),
-            // Another process's connection (a successor's, while both read), or a stale
-            // tag: not ours to answer.
-            _ => Route::Drop,
+                .map_or(Route::Drop, Route::Forward);
         }
+        if is_initial(packet) {
+            // A client-chosen destination ID that happens to be 8 bytes long: a new
+            // connection, ours.
+            return Route::Here;
+        }
+        if tag == self.tag.wrapping_add(1) {
+            // The successor's connection, read while both of us read the socket: not ours to
+            // answer (a reset would kill it); QUIC retransmits.
+            return Route::Drop;
+        }
+        // A connection nobody here knows (of a process long gone): quinn answers it with a
+        // stateless reset, so the client learns at once.
+        Route::Here
     }
 
     fn forward(&self, to: SocketAddr, from: SocketAddr, packet: &[u8]) {
@@ -340,18 +360,32 @@ mod tests {
     }
 
     #[test]
-    fn the_predecessors_datagrams_are_forwarded_and_strangers_dropped() {
+    fn the_predecessors_datagrams_are_forwarded_the_successors_dropped_new_ones_kept() {
         let s = Steering::new(2).expect("steering");
-        let packet = |tag: u8, worker: u8| [vec![0x40, tag, worker], vec![0; 30]].concat();
-        assert!(matches!(s.route(&packet(2, 0)), Route::Here));
-        assert!(matches!(s.route(&packet(1, 0)), Route::Drop));
+        let short = |tag: u8, worker: u8| [vec![0x40, tag, worker], vec![0; 30]].concat();
+        // An Initial with an 8-byte destination ID the client chose.
+        let initial = |tag: u8| [vec![0xc0, 0, 0, 0, 1, 8, tag, 0], vec![0; 30]].concat();
+        assert!(matches!(s.route(&short(2, 0)), Route::Here));
+        assert!(
+            matches!(s.route(&short(3, 0)), Route::Drop),
+            "the successor's"
+        );
+        assert!(
+            matches!(s.route(&short(9, 0)), Route::Here),
+            "unknown: quinn resets it"
+        );
+        assert!(
+            matches!(s.route(&initial(3)), Route::Here),
+            "a new connection"
+        );
         let inbox: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         s.set_predecessor(1, vec![inbox]);
-        assert!(matches!(s.route(&packet(1, 0)), Route::Forward(a) if a == inbox));
+        assert!(matches!(s.route(&short(1, 0)), Route::Forward(a) if a == inbox));
+        assert!(matches!(s.route(&initial(1)), Route::Forward(a) if a == inbox));
         assert!(
-            matches!(s.route(&packet(1, 5)), Route::Drop),
+            matches!(s.route(&short(1, 5)), Route::Drop),
             "no such worker"
         );
-        assert!(matches!(s.route(&packet(3, 0)), Route::Drop));
+        assert!(matches!(s.route(&initial(7)), Route::Here));
     }
 }
