@@ -60,6 +60,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         src: &src,
         errors: Vec::new(),
         warnings: Vec::new(),
+        extra_keys: &[],
     };
     let table = root.get_ref();
     for (key, _) in table.iter() {
@@ -97,9 +98,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     }
     let stages = cx.stages(table.get("stages"));
 
-    let Some(pipeline) = pipeline else {
-        return Err(cx.finish());
-    };
+    // A broken [pipeline] (already reported) must not hide the rest of the file: the rest is
+    // checked against a stand-in with the whole chain, whose own findings are dropped.
+    let stand_in = pipeline.is_none();
+    let pipeline = pipeline.unwrap_or_else(|| PipelineConfig {
+        name: String::new(),
+        chain: StageKind::ALL
+            .iter()
+            .map(|k| k.name().to_string())
+            .collect(),
+        drain_timeout: model::default_drain_timeout(),
+        drain_linger: model::default_drain_linger(),
+        workers: crate::units::Workers::Auto,
+    });
     let mut config = Config {
         file: file.to_string(),
         pipeline,
@@ -111,7 +122,25 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         upstreams,
         warnings: Vec::new(),
     };
+    if let Some(dir) = Path::new(file)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        resolve_paths(&mut config, dir);
+    }
+    let before = cx.errors.len();
     validate::validate(&mut cx, &root, &mut config);
+    if stand_in {
+        let mut i = before;
+        while i < cx.errors.len() {
+            if cx.errors[i].key.starts_with("pipeline") {
+                cx.errors.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return Err(cx.finish());
+    }
     if cx.errors.is_empty() {
         cx.warnings.sort_by_key(|e| (e.line, e.column));
         config.warnings = cx.warnings;
@@ -121,11 +150,49 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// Relative file paths (certificates, keys, CAs, the token) are relative to the config
+/// file's directory, not to wherever the daemon was started: made absolute here, so errors
+/// and `/config` show the path that is read.
+fn resolve_paths(config: &mut Config, dir: &Path) {
+    let fix = |p: &mut std::path::PathBuf| {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    };
+    for l in &mut config.listeners {
+        if let TlsSetting::Files(t) = &mut l.tls {
+            t.cert.iter_mut().for_each(fix);
+            t.key.iter_mut().for_each(fix);
+            t.client_ca.iter_mut().for_each(fix);
+            for c in &mut t.certificates {
+                fix(&mut c.cert);
+                fix(&mut c.key);
+            }
+        }
+    }
+    if let Some(a) = &mut config.admin {
+        a.token_file.iter_mut().for_each(fix);
+    }
+    for u in config.upstreams.values_mut() {
+        let t = &mut u.tls;
+        for p in [
+            &mut t.ca_file,
+            &mut t.ca_dir,
+            &mut t.client_cert,
+            &mut t.client_key,
+        ] {
+            p.iter_mut().for_each(fix);
+        }
+    }
+}
+
 /// Collects errors while walking one document.
 pub(crate) struct Cx<'a> {
     pub src: &'a Source<'a>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
+    /// Keys a table takes besides its own (a stage table's common keys), for "did you mean".
+    extra_keys: &'static [&'static str],
 }
 
 impl Cx<'_> {
@@ -165,7 +232,11 @@ impl Cx<'_> {
                     }
                     let span = e.span().unwrap_or_else(|| current.span());
                     let DeValue::Table(t) = current.get_ref() else {
-                        self.push(Some(span), key, friendly(e.message().trim()));
+                        self.push(
+                            Some(span),
+                            key,
+                            friendly(e.message().trim(), self.extra_keys),
+                        );
                         return None;
                     };
                     // The entry at fault: its key or its value holds the error's position.
@@ -174,13 +245,17 @@ impl Cx<'_> {
                     };
                     let at_fault = t.iter().find(|(k, v)| inside(k.span()) || inside(v.span()));
                     let Some((k, _)) = at_fault else {
-                        self.push(Some(span), key, friendly(e.message().trim()));
+                        self.push(
+                            Some(span),
+                            key,
+                            friendly(e.message().trim(), self.extra_keys),
+                        );
                         return None;
                     };
                     self.push(
                         Some(span),
                         &format!("{key}.{}", k.get_ref()),
-                        friendly(e.message().trim()),
+                        friendly(e.message().trim(), self.extra_keys),
                     );
                     let k: String = k.get_ref().to_string();
                     let mut rest = t.clone();
@@ -268,6 +343,7 @@ impl Cx<'_> {
                     when_full: raw.when_full.unwrap_or(d.when_full),
                 };
             }
+            self.extra_keys = &["queue", "concurrency", "when_full"];
             match kind {
                 StageKind::Ingress => self.de(&own, &key).map(|c| out.ingress = c),
                 StageKind::Admission => self.de(&own, &key).map(|c| out.admission = c),
@@ -278,19 +354,60 @@ impl Cx<'_> {
                 StageKind::Dispatch => self.de(&own, &key).map(|c| out.dispatch = c),
                 StageKind::Egress => self.de(&own, &key).map(|c| out.egress = c),
             };
+            self.extra_keys = &[];
         }
         out
     }
 }
 
-/// Serde's wording, with what was expected where it is terse.
-fn friendly(message: &str) -> String {
-    match message {
-        "invalid socket address syntax" => {
-            "invalid socket address: expected IP:PORT, e.g. \"127.0.0.1:8443\"".to_string()
-        }
-        m => m.to_string(),
+/// Serde's wording, said in config terms: "did you mean" for a misspelled key (among
+/// `extra` keys too: a stage table's `queue`, `concurrency`, `when_full`), numbers described
+/// as a config writer knows them.
+fn friendly(message: &str, extra: &[&str]) -> String {
+    if message == "invalid socket address syntax" {
+        return "invalid socket address: expected IP:PORT, e.g. \"127.0.0.1:8443\"".to_string();
     }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let quoted: Vec<&str> = rest.split('`').step_by(2).collect();
+        let (field, known) = quoted.split_first().unwrap_or((&"", &[]));
+        let mut candidates: Vec<&str> = known.to_vec();
+        candidates.extend(extra.iter().copied().filter(|e| !known.contains(e)));
+        let mut out = format!("unknown key `{field}`");
+        out.push_str(&validate::did_you_mean(field, candidates.iter().copied()));
+        if candidates.is_empty() {
+            out.push_str(": this table takes no keys");
+        } else {
+            let list: Vec<String> = candidates.iter().map(|c| format!("`{c}`")).collect();
+            out.push_str(&format!(", expected one of {}", list.join(", ")));
+        }
+        return out;
+    }
+    let mut m = message.to_string();
+    for (rust, plain) in [
+        (
+            "expected a nonzero usize",
+            "expected a positive integer (1 or more)",
+        ),
+        (
+            "expected a nonzero u32",
+            "expected a positive integer (1 or more)",
+        ),
+        (
+            "expected a nonzero u64",
+            "expected a positive integer (1 or more)",
+        ),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("invalid type: integer", "invalid value: the number"),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    m
 }
 
 /// The span of the value at a key path (`["routes", "1", "upstream"]`), or of the nearest

@@ -135,14 +135,14 @@ fn zero_capacities_are_refused() {
         &t,
         line_of(&t, "capacity = 0"),
         "stages.queue.capacity",
-        "nonzero",
+        "expected a positive integer",
     );
     let t = GOOD.replace("[admin]", "[stages.dispatch]\nconcurrency = 0\n\n[admin]");
     one(
         &t,
         line_of(&t, "concurrency = 0"),
         "stages.dispatch.concurrency",
-        "nonzero",
+        "expected a positive integer",
     );
 }
 
@@ -183,7 +183,7 @@ fn unknown_keys_are_refused() {
         &t,
         line_of(&t, "deadlnie"),
         "stages.queue.deadlnie",
-        "unknown field `deadlnie`",
+        "unknown key `deadlnie` (did you mean \"deadline\"?)",
     );
     let t = format!("{GOOD}\n[extras]\nx = 1\n");
     one(&t, line_of(&t, "[extras]"), "extras", "unknown section");
@@ -400,4 +400,99 @@ fn retries_and_hedges_without_the_attempt_loop_are_warned_about() {
     // With hedge-retry in the chain, no warning.
     let text = text.replace("\"select\", ", "\"select\", \"hedge-retry\", ");
     assert!(parse("p.toml", &text).expect("valid").warnings.is_empty());
+}
+
+/// The mistakes a new user makes, each said in config terms, none hiding another.
+#[test]
+fn errors_people_hit_are_said_plainly_and_none_hides_another() {
+    // A typo in [pipeline] still lets the undefined upstream below be found.
+    let text = GOOD
+        .replace("chain = ", "chian = ")
+        .replace("upstream = \"app\"", "upstream = \"ap\"");
+    let errs = errors(&text);
+    let all = errs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("pipeline.chian: unknown key `chian` (did you mean \"chain\"?)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("routes[0].upstream"),
+        "the typo hid the route's error: {all}"
+    );
+    // A stage table: the common keys are candidates too.
+    let e = one(
+        &GOOD.replace("capacity = 10", "capacity = 10\nconcurency = 4"),
+        line_of(
+            &GOOD.replace("capacity = 10", "capacity = 10\nconcurency = 4"),
+            "concurency",
+        ),
+        "stages.queue.concurency",
+        "(did you mean \"concurrency\"?)",
+    );
+    assert!(e.message.contains("`when_full`"), "{e}");
+    // Numbers in words a config writer uses.
+    let zero = GOOD.replace("capacity = 10", "capacity = 0");
+    let e = one(
+        &zero,
+        line_of(&zero, "capacity = 0"),
+        "stages.queue.capacity",
+        "expected a positive integer (1 or more)",
+    );
+    assert!(!e.message.contains("usize"), "{e}");
+    // Two listeners on one address, and the admin on a listener's TCP address.
+    let twice = GOOD.replace(
+        "[admin]",
+        "[[listeners]]\nname = \"again\"\nbind = \"127.0.0.1:8443\"\n\n[admin]",
+    );
+    one(
+        &twice,
+        line_of(&twice, "name = \"again\"") + 1,
+        "listeners[1].bind",
+        "UDP 127.0.0.1:8443 is listener \"edge\"'s already",
+    );
+    let admin = GOOD
+        .replace(
+            "bind = \"127.0.0.1:8443\"",
+            "bind = \"127.0.0.1:8443\"\nprotocols = [\"h3\", \"h2\"]",
+        )
+        .replace("bind = \"127.0.0.1:9901\"", "bind = \"127.0.0.1:8443\"");
+    one(
+        &admin,
+        line_of(&admin, "[admin]") + 1,
+        "admin.bind",
+        "the same address as listener \"edge\"",
+    );
+    // tls = "off" with the default protocols says what to change.
+    let off = GOOD.replace(
+        "bind = \"127.0.0.1:8443\"",
+        "bind = \"127.0.0.1:8443\"\ntls = \"off\"",
+    );
+    one(
+        &off,
+        line_of(&off, "tls = \"off\""),
+        "listeners[0].tls",
+        "protocols must be [\"http1\"]",
+    );
+}
+
+#[test]
+fn relative_paths_are_the_config_files_directorys() {
+    let dir = std::env::temp_dir().join(format!("spooky-rel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let text = GOOD.replace("bind = \"127.0.0.1:8443\"", "bind = \"127.0.0.1:8443\"\ntls = { cert = \"certs/missing.pem\", key = \"certs/missing.key\" }");
+    let file = dir.join("p.toml");
+    let errs = match parse(&file.display().to_string(), &text) {
+        Ok(_) => panic!("the files do not exist"),
+        Err(e) => e.0,
+    };
+    let want = dir.join("certs/missing.pem").display().to_string();
+    assert!(
+        errs.iter().any(|e| e.message.contains(&want)),
+        "the resolved path in: {errs:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

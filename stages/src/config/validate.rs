@@ -102,8 +102,29 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
         );
     }
     let mut names = BTreeSet::new();
+    let mut bound: BTreeMap<(&str, std::net::SocketAddr), &str> = BTreeMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let idx = i.to_string();
+        // Two listeners on one address and transport: the second could not bind.
+        let transports = [
+            ("UDP", l.protocols.contains(&Protocol::H3)),
+            ("TCP", l.protocols.iter().any(|p| *p != Protocol::H3)),
+        ];
+        for (transport, used) in transports {
+            if !used || l.bind.port() == 0 {
+                continue;
+            }
+            if let Some(other) = bound.insert((transport, l.bind), l.name.as_str()) {
+                cx.push(
+                    Some(span_at(root, &["listeners", &idx, "bind"])),
+                    &format!("listeners[{i}].bind"),
+                    format!(
+                        "{transport} {} is listener \"{other}\"'s already: each listener needs its own address",
+                        l.bind
+                    ),
+                );
+            }
+        }
         if !names.insert(l.name.as_str()) {
             let span = span_at(root, &["listeners", &idx, "name"]);
             cx.push(
@@ -219,11 +240,9 @@ fn admin(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 format!("{} is reachable from other machines: set admin.token_file (control endpoints need its token), or bind 127.0.0.1", a.bind),
             );
         }
-        if let Some(l) = config
-            .listeners
-            .iter()
-            .find(|l| l.bind == a.bind && a.bind.port() != 0)
-        {
+        if let Some(l) = config.listeners.iter().find(|l| {
+            l.bind == a.bind && a.bind.port() != 0 && l.protocols.iter().any(|p| *p != Protocol::H3)
+        }) {
             cx.push(
                 Some(span_at(root, &["admin", "bind"])),
                 "admin.bind",
@@ -649,7 +668,7 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
 }
 
 /// `" (did you mean \"x\"?)"` for the closest candidate within two edits, else `""`.
-fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
     candidates
         .map(|c| (edit_distance(word, c), c))
         .filter(|(d, _)| *d <= 2)
