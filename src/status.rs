@@ -21,6 +21,7 @@ pub async fn status(state: &AdminState) -> Value {
                 "protocols": s.config.protocols,
                 "h3": s.h3.is_some(),
                 "tcp": s.tcp.is_some(),
+                "certificates": s.certs.as_ref().map(|c| c.summary()).unwrap_or_default(),
             })
         })
         .collect();

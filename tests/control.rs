@@ -574,6 +574,9 @@ async fn control_endpoints_need_the_token_and_ready_needs_a_backend() {
             .is_some_and(|s| s.iter().any(|s| s["stage"] == "dispatch"))
     );
     assert_eq!(status["upstreams"][0]["backends"][0]["state"], "up");
+    let cert = &status["listeners"][0]["certificates"][0];
+    assert!(cert["names"].to_string().contains("localhost"), "{cert}");
+    assert!(cert["days_left"].as_i64().is_some_and(|d| d > 0), "{cert}");
     let (_, cfg) = proxy.admin_call("GET", "/config", Some(TOKEN), "").await;
     let cfg = json(&cfg);
     assert_eq!(

@@ -232,6 +232,23 @@ impl Certs {
         })
     }
 
+    /// Each certificate served (once, however many names pick it): subject, DNS names and
+    /// expiry (`/status`).
+    pub fn summary(&self) -> Vec<CertSummary> {
+        let mut seen: Vec<&Arc<CertifiedKey>> = Vec::new();
+        for ck in std::iter::once(&self.default)
+            .chain(self.exact.values())
+            .chain(self.wildcard.values())
+        {
+            if !seen.iter().any(|s| Arc::ptr_eq(s, ck)) {
+                seen.push(ck);
+            }
+        }
+        seen.into_iter()
+            .filter_map(|ck| CertSummary::of(ck.cert.first()?))
+            .collect()
+    }
+
     /// The certificate for a server name: exact, then the wildcard for its parent domain (a
     /// TLS wildcard stands for exactly one label, RFC 6125 §6.4.3), then the default.
     pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
@@ -247,6 +264,51 @@ impl Certs {
             return c.clone();
         }
         self.default.clone()
+    }
+}
+
+/// A served certificate as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertSummary {
+    pub subject: String,
+    pub names: Vec<String>,
+    /// Seconds since the epoch, and days from now (negative once expired).
+    pub not_after_unix: i64,
+    pub days_left: i64,
+}
+
+impl CertSummary {
+    fn of(der: &CertificateDer<'_>) -> Option<CertSummary> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                        x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                            Some(format!("{ip:?}"))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let not_after = cert.validity().not_after.timestamp();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Some(CertSummary {
+            subject: cert.subject().to_string(),
+            names,
+            not_after_unix: not_after,
+            days_left: (not_after - now).div_euclid(86_400),
+        })
     }
 }
 
@@ -287,6 +349,11 @@ impl CertStore {
     /// Serves `certs` to new handshakes from now on.
     pub fn replace(&self, certs: Certs) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certs);
+    }
+
+    /// What the certificates served now are (`/status`).
+    pub fn summary(&self) -> Vec<CertSummary> {
+        self.certs().summary()
     }
 
     fn certs(&self) -> Arc<Certs> {
