@@ -475,6 +475,11 @@ impl Control {
 
     async fn restart_inner(&self) -> Result<u32, String> {
         let live = self.live.lock().await;
+        let steered: Vec<_> = live
+            .listeners
+            .values()
+            .flat_map(|s| s.steered.iter().cloned())
+            .collect();
         let mut sockets = Vec::new();
         let mut inboxes = BTreeMap::new();
         let dup = |e: std::io::Error| format!("socket: {e}");
@@ -522,12 +527,12 @@ impl Control {
             inboxes,
             workers: self.worker_count.get(),
         };
+        // Not held while the new process starts: /ready and /status go on answering.
+        drop(live);
         let pid = crate::restart::spawn(&self.file, handover).await?;
         // From now on the new process reads the shared sockets: ours read their inboxes.
-        for s in live.listeners.values() {
-            for st in &s.steered {
-                st.retire();
-            }
+        for st in &steered {
+            st.retire();
         }
         let _ = self.admin_stop.send(true);
         self.handed_over.notify_one();
