@@ -40,6 +40,8 @@ pub struct AdminState {
     pub token: Option<String>,
     pub control: Arc<Control>,
     pub version: &'static str,
+    /// The stages' counters at the previous `/status`, for rates.
+    pub last_stage_totals: std::sync::Mutex<Option<crate::status::StageTotals>>,
 }
 
 /// Serves the admin listener until `stop` turns true (handed over to a new process).

@@ -203,6 +203,7 @@ async fn serve(
         token,
         control: control.clone(),
         version: env!("CARGO_PKG_VERSION"),
+        last_stage_totals: std::sync::Mutex::default(),
     });
     if let Some(admin) = admin {
         let addr = admin.local_addr().map_err(RunError::LocalAddr)?;

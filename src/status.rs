@@ -6,6 +6,12 @@ use spooky_stages::upstreams::{Backend, Upstream};
 
 use crate::admin::AdminState;
 
+/// When the stages' counters were read, and their values by stage.
+pub type StageTotals = (
+    std::time::Instant,
+    std::collections::BTreeMap<&'static str, [f64; 3]>,
+);
+
 /// Version, uptime, generation (and the ones still draining), listeners, stages, upstreams.
 pub async fn status(state: &AdminState) -> Value {
     let control = &state.control;
@@ -36,9 +42,77 @@ pub async fn status(state: &AdminState) -> Value {
         "ready": state.ready.load(std::sync::atomic::Ordering::Acquire),
         "live_exchanges": state.pipelines.drain().live(),
         "listeners": listeners,
-        "stages": current.stage_status(),
+        "stages": stages(state, &current),
         "upstreams": upstreams(&current),
     })
+}
+
+/// Each stage's bounds and use now, with its counters (received, emitted, rejected) and their
+/// rates per second since the previous `/status` (null on the first; read from the metrics
+/// recorder, so the data path counts nothing more for it).
+fn stages(state: &AdminState, p: &Pipeline) -> Value {
+    let text = state.prometheus.render();
+    let now = std::time::Instant::now();
+    let mut totals = std::collections::BTreeMap::new();
+    for s in p.stage_status() {
+        let count = |name: &str| sample(&text, name, p.name(), s.stage);
+        totals.insert(
+            s.stage,
+            [
+                count("spooky_stage_received_total"),
+                count("spooky_stage_emitted_total"),
+                count("spooky_stage_rejected_total"),
+            ],
+        );
+    }
+    let mut last = state
+        .last_stage_totals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let out = p
+        .stage_status()
+        .into_iter()
+        .map(|s| {
+            let t = totals.get(s.stage).copied().unwrap_or_default();
+            let rates = last.as_ref().and_then(|(at, prev)| {
+                let dt = now.duration_since(*at).as_secs_f64();
+                let p: &[f64; 3] = prev.get(s.stage)?;
+                (dt > 0.0).then(|| {
+                    json!({
+                        "received": ((t[0] - p[0]) / dt).max(0.0),
+                        "emitted": ((t[1] - p[1]) / dt).max(0.0),
+                        "rejected": ((t[2] - p[2]) / dt).max(0.0),
+                    })
+                })
+            });
+            json!({
+                "stage": s.stage,
+                "inflight": s.inflight,
+                "concurrency": s.concurrency,
+                "waiting": s.waiting,
+                "queue": s.queue,
+                "received": t[0],
+                "emitted": t[1],
+                "rejected": t[2],
+                "per_second": rates,
+            })
+        })
+        .collect();
+    *last = Some((now, totals));
+    Value::Array(out)
+}
+
+/// The sum of the samples of `name` for one pipeline and stage in Prometheus text.
+fn sample(text: &str, name: &str, pipeline: &str, stage: &str) -> f64 {
+    let (p, s) = (
+        format!("pipeline=\"{pipeline}\""),
+        format!("stage=\"{stage}\""),
+    );
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| l.contains(&p) && l.contains(&s))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Every upstream of the running generation with its backends' state.

@@ -574,6 +574,32 @@ async fn control_endpoints_need_the_token_and_ready_needs_a_backend() {
             .is_some_and(|s| s.iter().any(|s| s["stage"] == "dispatch"))
     );
     assert_eq!(status["upstreams"][0]["backends"][0]["state"], "up");
+    // Stage counters and, from the second /status on, their rates.
+    let mut client = Client::open("h2", &proxy, &cert).await;
+    for _ in 0..3 {
+        assert_eq!(
+            client.send("GET", "https://localhost/x", &[]).await.status,
+            200
+        );
+    }
+    let (_, again) = proxy.admin_call("GET", "/status", Some(TOKEN), "").await;
+    let again = json(&again);
+    let ingress = &again["stages"][0];
+    assert_eq!(ingress["stage"], "ingress");
+    assert!(
+        ingress["received"].as_f64().is_some_and(|n| n >= 3.0),
+        "{ingress}"
+    );
+    assert!(
+        ingress["per_second"]["received"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{ingress}"
+    );
+    assert!(
+        status["stages"][0]["per_second"].is_null(),
+        "no rate before a previous /status"
+    );
     let cert = &status["listeners"][0]["certificates"][0];
     assert!(cert["names"].to_string().contains("localhost"), "{cert}");
     assert!(cert["days_left"].as_i64().is_some_and(|d| d > 0), "{cert}");
