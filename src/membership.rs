@@ -12,8 +12,7 @@
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use spooky_stages::config::{BackendConfig, BackendProtocol, UpstreamConfig, backend_ids};
-use spooky_stages::upstreams::addr::BackendAddr;
+use spooky_stages::config::{BackendConfig, UpstreamConfig, backend_ids};
 
 use crate::admin::{Answer, error, json_answer};
 use crate::control::Control;
@@ -142,7 +141,6 @@ async fn change(
             &json!({ "generation": generation, "change": change }),
         ),
         Err(e) => {
-            metrics::counter!(crate::control::CONFIG_RELOADS, "trigger" => "api", "outcome" => e.outcome()).increment(1);
             let status =
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             error(status, "refused: nothing changed", e.errors())
@@ -163,28 +161,15 @@ fn check_weight(w: u32) -> Result<(), Problem> {
 }
 
 fn add(u: &mut UpstreamConfig, b: BackendConfig) -> Result<String, Problem> {
-    let addr = BackendAddr::parse(&b.url).map_err(|e| bad(format!("url: {e}")))?;
-    match (addr.is_tls(), b.protocol) {
-        (true, BackendProtocol::H2c) => {
-            return Err(bad(
-                "protocol: h2c is HTTP/2 without TLS: use an http:// URL".into(),
-            ));
-        }
-        (false, BackendProtocol::H2) => {
-            return Err(bad(
-                "protocol: HTTP/2 without TLS is protocol = \"h2c\"".into()
-            ));
-        }
-        _ => {}
+    let problems: Vec<String> = b
+        .problems()
+        .into_iter()
+        .map(|(k, m)| format!("{k}: {m}"))
+        .collect();
+    if !problems.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, problems));
     }
     check_weight(b.weight.get())?;
-    if let Some(id) = &b.id
-        && (id.is_empty() || id.contains(['/', '?', '#', ' ']))
-    {
-        return Err(bad(format!(
-            "id \"{id}\": expected a non-empty name without '/', '?', '#' or spaces"
-        )));
-    }
     let before = backend_ids(&u.backends);
     u.backends.push(b);
     let ids = backend_ids(&u.backends);

@@ -7,8 +7,7 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use super::{
-    AltSvc, BackendProtocol, Balance, Config, Cx, Protocol, Redirect, StageKind, TlsSetting,
-    Verify, span_at,
+    AltSvc, Balance, Config, Cx, Protocol, Redirect, StageKind, TlsSetting, Verify, span_at,
 };
 
 pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
@@ -553,11 +552,7 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 format!("fallback is read by balance = \"consistent-hash\" or \"sticky-cid\", not \"{}\"", u.balance.name()),
             );
         }
-        let hostnames = u.backends.iter().any(|b| {
-            b.address.is_none()
-                && crate::upstreams::addr::BackendAddr::parse(&b.url).is_ok_and(|a| a.is_hostname())
-        });
-        if u.dns_refresh.is_some() && !hostnames {
+        if u.dns_refresh.is_some() && !u.backends.iter().any(|b| b.resolves_by_name()) {
             cx.warn(
                 Some(at_key("dns_refresh")),
                 &format!("upstreams.{name}.dns_refresh"),
@@ -582,21 +577,23 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
         let mut ids = BTreeMap::new();
         for (i, b) in u.backends.iter().enumerate() {
             let at = |k: &str| span_at(root, &["upstreams", name, "backends", &i.to_string(), k]);
-            if let Some(id) = &b.id {
-                let key = format!("upstreams.{name}.backends[{i}].id");
-                if id.is_empty() || id.contains(['/', '?', '#', ' ']) {
-                    cx.push(
-                        Some(at("id")),
-                        &key,
-                        format!("\"{id}\": expected a non-empty name without '/', '?', '#' or spaces (it goes in admin URLs)"),
-                    );
-                } else if let Some(first) = ids.insert(id.as_str(), i) {
-                    cx.push(
-                        Some(at("id")),
-                        &key,
-                        format!("the same id as backends[{first}]: ids name one backend each"),
-                    );
-                }
+            let problems = b.problems();
+            for (k, message) in &problems {
+                cx.push(
+                    Some(at(k)),
+                    &format!("upstreams.{name}.backends[{i}].{k}"),
+                    message.clone(),
+                );
+            }
+            if let Some(id) = &b.id
+                && !problems.iter().any(|(k, _)| *k == "id")
+                && let Some(first) = ids.insert(id.as_str(), i)
+            {
+                cx.push(
+                    Some(at("id")),
+                    &format!("upstreams.{name}.backends[{i}].id"),
+                    format!("the same id as backends[{first}]: ids name one backend each"),
+                );
             }
             if let Some(first) = urls.insert(b.url.as_str(), i) {
                 cx.warn(
@@ -604,31 +601,6 @@ fn upstreams(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                     &format!("upstreams.{name}.backends[{i}].url"),
                     format!("the same URL as backends[{first}]: it gets twice the share (use weight instead)"),
                 );
-            }
-            match crate::upstreams::addr::BackendAddr::parse(&b.url) {
-                Err(e) => cx.push(
-                    Some(at("url")),
-                    &format!("upstreams.{name}.backends[{i}].url"),
-                    e.to_string(),
-                ),
-                Ok(addr) => {
-                    let bad = match (addr.is_tls(), b.protocol) {
-                        (true, BackendProtocol::H2c) => {
-                            Some("h2c is HTTP/2 without TLS: use an http:// URL")
-                        }
-                        (false, BackendProtocol::H2) => {
-                            Some("HTTP/2 without TLS is protocol = \"h2c\"")
-                        }
-                        _ => None,
-                    };
-                    if let Some(msg) = bad {
-                        cx.push(
-                            Some(at("protocol")),
-                            &format!("upstreams.{name}.backends[{i}].protocol"),
-                            msg,
-                        );
-                    }
-                }
             }
         }
         let tls = &u.tls;

@@ -216,6 +216,42 @@ impl BackendConfig {
 }
 
 impl BackendConfig {
+    /// Problems of the backend on its own, as (key, message): its URL, a protocol that does
+    /// not fit the URL, an id that cannot go in an admin URL. Config validation and the
+    /// membership API both ask.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.contains(['/', '?', '#', ' ']))
+        {
+            out.push((
+                "id",
+                format!("\"{id}\": expected a non-empty name without '/', '?', '#' or spaces (it goes in admin URLs)"),
+            ));
+        }
+        match super::addr::BackendAddr::parse(&self.url) {
+            Err(e) => out.push(("url", e.to_string())),
+            Ok(addr) => match (addr.is_tls(), self.protocol) {
+                (true, BackendProtocol::H2c) => out.push((
+                    "protocol",
+                    "h2c is HTTP/2 without TLS: use an http:// URL".into(),
+                )),
+                (false, BackendProtocol::H2) => out.push((
+                    "protocol",
+                    "HTTP/2 without TLS is protocol = \"h2c\"".into(),
+                )),
+                _ => {}
+            },
+        }
+        out
+    }
+
+    /// Whether its URL names the host by a name that DNS refresh resolves (no `address`).
+    pub fn resolves_by_name(&self) -> bool {
+        self.address.is_none()
+            && super::addr::BackendAddr::parse(&self.url).is_ok_and(|a| a.is_hostname())
+    }
+
     /// Its name in metrics and health: the URL, with `@address` when it has one.
     pub fn label(&self) -> String {
         match self.address {
