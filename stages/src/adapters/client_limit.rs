@@ -6,6 +6,25 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// What a listener whose settings a reload replaced keeps of the previous ones: the
+/// connection cap (open connections keep their places; the limit becomes the new one) and the
+/// per-client counts when their limit is unchanged.
+pub fn carry_over(
+    connections: &mut spooky_sync::Cap,
+    per_client: &mut Option<Arc<PerClient>>,
+    prev_connections: &spooky_sync::Cap,
+    prev_per_client: &Option<Arc<PerClient>>,
+) {
+    let limit = connections.limit();
+    *connections = prev_connections.clone();
+    connections.set_limit(limit);
+    if let (Some(a), Some(b)) = (&*per_client, prev_per_client)
+        && a.limit() == b.limit()
+    {
+        *per_client = prev_per_client.clone();
+    }
+}
+
 /// Connections open per client address on one listener.
 pub struct PerClient {
     limit: usize,

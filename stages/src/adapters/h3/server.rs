@@ -145,14 +145,12 @@ impl H3Listener {
     /// connection cap (open connections keep their places; the limit becomes this one's) and
     /// the per-client counts when their limit is unchanged.
     pub fn carry_over(&mut self, prev: &H3Listener) {
-        let limit = self.connections.limit();
-        self.connections = prev.connections.clone();
-        self.connections.set_limit(limit);
-        if let (Some(a), Some(b)) = (&self.per_client, &prev.per_client)
-            && a.limit() == b.limit()
-        {
-            self.per_client = prev.per_client.clone();
-        }
+        client_limit::carry_over(
+            &mut self.connections,
+            &mut self.per_client,
+            &prev.connections,
+            &prev.per_client,
+        );
     }
 
     /// Accepts connections on `endpoint` until it is closed; each connection is served with

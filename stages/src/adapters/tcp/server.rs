@@ -54,6 +54,7 @@ use crate::metrics::{
 use crate::tls::{self, CertStore};
 
 /// What every request of a listener needs.
+#[derive(Clone)]
 struct Shared {
     name: String,
     tls: Option<Arc<tls::ServerConfigCell<TlsAcceptor>>>,
@@ -139,27 +140,14 @@ impl TcpListenerRt {
     /// per-client counts when their limit is unchanged.
     pub fn update(&self, next: &TcpListenerRt) {
         let prev = self.shared.load();
-        let new = next.shared.load();
-        let per_client = match (&new.per_client, &prev.per_client) {
-            (Some(a), Some(b)) if a.limit() == b.limit() => prev.per_client.clone(),
-            _ => new.per_client.clone(),
-        };
-        let connections = prev.connections.clone();
-        connections.set_limit(new.connections.limit());
-        self.shared.store(Arc::new(Shared {
-            name: new.name.clone(),
-            tls: new.tls.clone(),
-            connections,
-            per_client,
-            alt_svc: new.alt_svc.clone(),
-            redirect: new.redirect,
-            protocols: new.protocols.clone(),
-            max_streams: new.max_streams,
-            read_ahead: new.read_ahead,
-            header_timeout: new.header_timeout,
-            idle_timeout: new.idle_timeout,
-            forward_header: new.forward_header.clone(),
-        }));
+        let mut new = Shared::clone(&next.shared.load());
+        client_limit::carry_over(
+            &mut new.connections,
+            &mut new.per_client,
+            &prev.connections,
+            &prev.per_client,
+        );
+        self.shared.store(Arc::new(new));
     }
 
     /// Accepts connections on `listener` (made from [`sockets::tcp`](crate::adapters::sockets::tcp)
