@@ -358,10 +358,13 @@ impl Control {
 
     /// Builds a generation from `config` (a membership change) and serves it.
     pub fn apply(&self, live: &mut Live, config: Config, change: String) -> Result<u64, Refused> {
-        let next = self
-            .pipelines
-            .build(&self.dns.expand(&config))
-            .map_err(|e| Refused::Failed(vec![e.to_string()]))?;
+        let next = match self.pipelines.build(&self.dns.expand(&config)) {
+            Ok(next) => next,
+            Err(e) => {
+                counter!(CONFIG_RELOADS, "trigger" => "api", "outcome" => "failed").increment(1);
+                return Err(Refused::Failed(vec![e.to_string()]));
+            }
+        };
         self.swap(next);
         live.config = config;
         tracing::info!(generation = self.generation(), change = %change, "membership changed");
@@ -550,23 +553,10 @@ impl Control {
 /// Resolves every refreshed hostname of `config` (only those not known yet when `new_only`).
 pub async fn resolve_all(dns: &Dns, config: &Config, new_only: bool) {
     for (name, u) in &config.upstreams {
-        let urls = dns::names(u);
-        if urls.is_empty() {
-            continue;
+        let mut urls = dns::names(u);
+        if new_only {
+            urls.retain(|url| !dns.knows(name, url));
         }
-        let urls: Vec<String> = if new_only {
-            let known = dns.expand(config);
-            urls.into_iter()
-                .filter(|url| {
-                    known.upstreams[name]
-                        .backends
-                        .iter()
-                        .any(|b| &b.url == url && b.address.is_none())
-                })
-                .collect()
-        } else {
-            urls
-        };
         if urls.is_empty() {
             continue;
         }

@@ -40,8 +40,7 @@ pub fn names(u: &UpstreamConfig) -> Vec<String> {
     let mut urls: Vec<String> = u
         .backends
         .iter()
-        .filter(|b| b.address.is_none())
-        .filter(|b| BackendAddr::parse(&b.url).is_ok_and(|a| a.is_hostname()))
+        .filter(|b| b.resolves_by_name())
         .map(|b| b.url.clone())
         .collect();
     urls.dedup();
@@ -109,6 +108,14 @@ impl Dns {
         }
         all.insert(key, ips);
         true
+    }
+
+    /// Whether `url` of `upstream` has resolved before.
+    pub fn knows(&self, upstream: &str, url: &str) -> bool {
+        self.resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&(upstream.to_string(), url.to_string()))
     }
 
     /// Forgets names no upstream of `config` refreshes any more.

@@ -48,15 +48,7 @@ impl BackendAddr {
         if let Some(a) = self.connect {
             return a.to_string();
         }
-        let port = self
-            .authority
-            .port_u16()
-            .unwrap_or(if self.scheme == Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
-        format!("{}:{port}", self.authority.host())
+        format!("{}:{}", self.authority.host(), self.port())
     }
 
     /// Whether the URL names its host by a name (not an IP address).
