@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::backend::Backend;
 use support::named::{Client, Named};
-use support::proxy::{Proxy, pipeline_with};
+use support::proxy::{Proxy, app_upstream, pipeline_with};
 use support::{TempDir, TestCert};
 
 const TOKEN: &str = "control-plane-token-0123456789";
@@ -362,10 +362,7 @@ async fn membership_changes_under_load_fail_nothing_and_drain_finishes_in_flight
         Named::start("b", Duration::ZERO).await,
     );
     let held = Backend::start().await;
-    let rest = format!(
-        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n{}",
-        upstream(&[a.url()])
-    );
+    let rest = app_upstream(&a.url());
     let proxy = Proxy::start(&config(&dir, &cert, &rest));
     let load = Load::start(&proxy, &cert, &["h3", "h2"], "/load").await;
     load.progress(10).await;
@@ -526,10 +523,7 @@ async fn control_endpoints_need_the_token_and_ready_needs_a_backend() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let a = Named::start("a", Duration::ZERO).await;
-    let rest = format!(
-        "[[routes]]\nname = \"app\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n{}",
-        upstream(&[a.url()])
-    );
+    let rest = app_upstream(&a.url());
     let proxy = Proxy::start(&config(&dir, &cert, &rest));
     for path in ["/health", "/ready", "/metrics"] {
         assert_eq!(

@@ -144,16 +144,12 @@ impl Proxy {
 
     /// `GET` on the admin listener: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        self.admin("GET", path, "").await
+        self.admin_call("GET", path, None, "").await
     }
 
     /// `POST` on the admin listener with an optional bearer token: (status, body).
     pub async fn admin_post(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        let auth = token
-            .map(|t| format!("authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        self.admin("POST", path, &format!("{auth}content-length: 0\r\n"))
-            .await
+        self.admin_call("POST", path, token, "").await
     }
 
     /// Any admin call with an optional bearer token and JSON body: (status, body).
@@ -175,24 +171,6 @@ impl Proxy {
             "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes()).await.expect("admin write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("admin read");
-        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    }
-
-    async fn admin(&self, method: &str, path: &str, extra: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin_addr)
-            .await
-            .expect("admin connect");
-        let req =
-            format!("{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n{extra}\r\n");
         s.write_all(req.as_bytes()).await.expect("admin write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("admin read");
