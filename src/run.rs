@@ -412,13 +412,15 @@ async fn close_when_removed(
 }
 
 /// Waits for SIGTERM or SIGINT, or for a restart to hand over (`true`); reloads the whole
-/// configuration (certificates included) on every SIGHUP meanwhile, and restarts on SIGUSR2.
+/// configuration (certificates included) on every SIGHUP meanwhile, reopens the access log on
+/// SIGUSR1, and restarts on SIGUSR2.
 async fn wait_for_shutdown(control: &Arc<Control>) -> Result<bool, RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let mut usr2 = signal(SignalKind::user_defined2()).map_err(RunError::Signal)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(RunError::Signal)?;
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -432,6 +434,10 @@ async fn wait_for_shutdown(control: &Arc<Control>) -> Result<bool, RunError> {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = control.reload("signal").await;
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                spooky_stages::access_log::reopen_all();
             }
             _ = usr2.recv() => {
                 tracing::info!("SIGUSR2: restarting with socket inheritance");

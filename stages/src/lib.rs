@@ -20,8 +20,10 @@
 //! * [`upstreams`] — backends, their pooled clients, TLS towards them, balancing.
 //! * [`tls`] — listeners' certificates (SNI, reload, mTLS).
 //! * [`config`] — the pipeline TOML, parsed and validated with file:line:column errors.
+//! * [`access_log`] — one line per exchange from its record, written off the data path.
 //! * [`body`], [`http`], [`units`], [`metrics`], [`workers`] — leaves every layer may use.
 
+pub mod access_log;
 pub mod adapters;
 pub mod body;
 pub mod config;

@@ -73,6 +73,15 @@ pub const BODY_REPLAY_OVERFLOW: &str = "spooky_request_body_replay_overflow_tota
 /// per end-of-exchange record, so it equals the exchanges started.
 pub const EXCHANGES_ENDED: &str = "spooky_exchanges_ended_total";
 
+/// Access-log lines handed to the writer.
+pub const ACCESS_LOG_LINES: &str = "spooky_access_log_lines_total";
+/// Access-log lines dropped because the writer was behind (the data path never waits).
+pub const ACCESS_LOG_DROPPED: &str = "spooky_access_log_dropped_total";
+/// Access-log files reopened (SIGUSR1).
+pub const ACCESS_LOG_REOPENS: &str = "spooky_access_log_reopens_total";
+/// Access-log writes, flushes or reopens that failed.
+pub const ACCESS_LOG_ERRORS: &str = "spooky_access_log_errors_total";
+
 /// Buckets for every `_seconds` histogram: few and deliberate, 100 µs to 10 s.
 pub const SECONDS_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,

@@ -257,7 +257,8 @@ impl Proxy {
         self.signal("-HUP");
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal by name (`-USR1`).
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()

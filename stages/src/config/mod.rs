@@ -19,13 +19,14 @@ pub(crate) use error::Source;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 
-const TOP_LEVEL: [&str; 6] = [
+const TOP_LEVEL: [&str; 7] = [
     "pipeline",
     "listeners",
     "admin",
     "stages",
     "routes",
     "upstreams",
+    "access_log",
 ];
 
 /// Reads and validates a pipeline file.
@@ -97,6 +98,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
     let stages = cx.stages(table.get("stages"));
+    let access_log = table
+        .get("access_log")
+        .and_then(|v| cx.de(v, "access_log"))
+        .unwrap_or_default();
 
     // A broken [pipeline] (already reported) must not hide the rest of the file: the rest is
     // checked against a stand-in with the whole chain, whose own findings are dropped.
@@ -120,6 +125,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         stages,
         routes,
         upstreams,
+        access_log,
         warnings: Vec::new(),
     };
     if let Some(dir) = Path::new(file)
@@ -172,6 +178,12 @@ fn resolve_paths(config: &mut Config, dir: &Path) {
     }
     if let Some(a) = &mut config.admin {
         a.token_file.iter_mut().for_each(fix);
+    }
+    if let Some(crate::access_log::Dest::File(mut p)) =
+        crate::access_log::Dest::parse(&config.access_log.path)
+    {
+        fix(&mut p);
+        config.access_log.path = p.display().to_string();
     }
     for u in config.upstreams.values_mut() {
         let t = &mut u.tls;

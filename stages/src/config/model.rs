@@ -323,6 +323,7 @@ pub struct Config {
     pub stages: StagesConfig,
     pub routes: Vec<RouteConfig>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub access_log: crate::access_log::Config,
     /// Valid, but probably not what was meant (`spooky check` prints them; `run` logs them).
     pub warnings: Vec<super::ConfigError>,
 }
@@ -375,13 +376,14 @@ impl serde::Serialize for StagesConfig {
 impl serde::Serialize for Config {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(6))?;
+        let mut m = s.serialize_map(Some(7))?;
         m.serialize_entry("pipeline", &self.pipeline)?;
         m.serialize_entry("listeners", &self.listeners)?;
         m.serialize_entry("admin", &self.admin)?;
         m.serialize_entry("stages", &self.stages)?;
         m.serialize_entry("routes", &self.routes)?;
         m.serialize_entry("upstreams", &self.upstreams)?;
+        m.serialize_entry("access_log", &self.access_log)?;
         m.end()
     }
 }

@@ -336,6 +336,27 @@ fn reference_toml_documents_the_defaults() {
         u.backends[0].max_inflight,
         model::default_backend_inflight()
     );
+    assert_eq!(c.access_log, crate::access_log::Config::default());
+    assert!(c.routes[0].access_log);
+}
+
+#[test]
+fn access_log_keys_are_checked() {
+    let t = GOOD.replace(
+        "[admin]",
+        "[access_log]\npath = \"stdout\"\nformat = \"yaml\"\n\n[admin]",
+    );
+    one(
+        &t,
+        line_of(&t, "yaml"),
+        "access_log.format",
+        "expected `json` or `text`",
+    );
+    let t = GOOD.replace(
+        "[admin]",
+        "[access_log]\npath = \"stdout\"\nsample = 1.5\n\n[admin]",
+    );
+    one(&t, line_of(&t, "1.5"), "access_log.sample", "from 0 to 1");
 }
 
 #[test]

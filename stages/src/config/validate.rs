@@ -14,6 +14,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mu
     config.chain = chain(cx, root, &config.pipeline.chain);
     listeners(cx, root, config);
     admin(cx, root, config);
+    access_log(cx, root, config);
     stages(cx, root, config);
     routes(cx, root, config);
     upstreams(cx, root, config);
@@ -227,6 +228,17 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 "Alt-Svc is sent on TCP responses: add \"h2\" or \"http1\" to protocols",
             );
         }
+    }
+}
+
+fn access_log(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    let sample = config.access_log.sample;
+    if !(0.0..=1.0).contains(&sample) {
+        cx.push(
+            Some(span_at(root, &["access_log", "sample"])),
+            "access_log.sample",
+            format!("{sample} is not a share: expected a number from 0 to 1"),
+        );
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Client {
     pub conn: u64,
     /// The TLS server name the client asked for (lower case), when it sent one.
     pub sni: Option<Arc<str>>,
+    /// The TLS version (`TLSv1.3`), when encrypted.
+    pub tls_version: Option<&'static str>,
     /// The client's address as believed: the peer's, or, when the peer is a trusted proxy
     /// (`[stages.ingress] trusted_proxies`), the one its `X-Forwarded-For` reports.
     pub ip: std::net::IpAddr,
@@ -84,6 +86,7 @@ impl Client {
             forward_header: None,
             conn: next_conn(),
             sni: None,
+            tls_version: None,
             ip: addr.ip(),
             trusted_peer: false,
         }
@@ -208,6 +211,19 @@ impl AttemptError {
         }
     }
 
+    /// A short code (the access log's attempt outcome).
+    pub fn code(self) -> &'static str {
+        match self {
+            AttemptError::Connect => "connect_failed",
+            AttemptError::ConnectTimeout => "connect_timeout",
+            AttemptError::Reset => "reset",
+            AttemptError::Timeout => "timeout",
+            AttemptError::Status(_) => "bad_status",
+            AttemptError::Answered(_) => "retried_status",
+            AttemptError::Protocol => "protocol_error",
+        }
+    }
+
     /// Whether another backend may be tried: nothing reached the backend.
     pub fn nothing_sent(self) -> bool {
         matches!(self, AttemptError::Connect | AttemptError::ConnectTimeout)
@@ -319,6 +335,8 @@ pub struct ExchangeState {
     pub started: Instant,
     /// What happened to it, emitted once when it ends.
     pub record: Record,
+    /// `x-request-id`: the client's when valid, else made by ingress; forwarded and returned.
+    pub request_id: Option<http::HeaderValue>,
 }
 
 impl Drop for Exchange {
@@ -363,6 +381,7 @@ impl Exchange {
             response: None,
             started,
             record: Record::new(id, protocol, started),
+            request_id: None,
         }))
     }
 
@@ -411,6 +430,33 @@ impl Exchange {
         st.record.route = st.decided.route.clone();
         st.record.upstream = st.decided.upstream.clone();
         st.record.backend = st.decided.backend;
+        if let Some(d) = &mut st.record.details {
+            d.client_ip = st.client.ip;
+            st.record.failed.clone_from(&st.decided.attempts);
+            st.record.request_id.clone_from(&st.request_id);
+        }
+    }
+
+    /// Takes the client's and the request's facts for the access log (before any stage ran).
+    pub fn keep_details(&mut self) {
+        let st = &mut *self.0;
+        st.record.details = Some(Box::new(crate::contract::record::Details {
+            client: st.client.addr,
+            client_ip: st.client.ip,
+            tls: st.client.tls_version,
+            sni: st.client.sni.clone(),
+            identity: st.client.identity.clone(),
+            method: st.head.method.clone(),
+            uri: st.head.uri.clone(),
+            host: st.head.headers.get(http::header::HOST).cloned(),
+        }));
+    }
+
+    /// Writes the exchange's `x-request-id` on a response going to the client.
+    pub fn stamp(&self, headers: &mut http::HeaderMap) {
+        if let Some(id) = &self.request_id {
+            headers.insert(crate::http::request_id::X_REQUEST_ID, id.clone());
+        }
     }
 
     /// What the exchange holds until its response's last byte is gone: its permits and its
@@ -423,6 +469,7 @@ impl Exchange {
             Record::new(st.id, st.client.protocol, st.started),
         );
         record.status = Some(status);
+        record.head_at = Some(st.started.elapsed());
         End {
             permits: std::mem::take(&mut st.permits),
             record: Some(record),

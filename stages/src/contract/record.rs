@@ -16,7 +16,7 @@ use http::StatusCode;
 use smallvec::SmallVec;
 
 use crate::body::BytesIn;
-use crate::contract::exchange::ClientProtocol;
+use crate::contract::exchange::{Attempt, ClientProtocol};
 use crate::contract::reason::Reason;
 use crate::contract::route::Route;
 use crate::upstreams::Upstream;
@@ -75,7 +75,47 @@ pub struct Record {
     /// Response-body bytes handed to the client.
     pub bytes_out: u64,
     pub outcome: Option<Outcome>,
+    /// When the response head was handed to the client (time to first byte).
+    pub head_at: Option<Duration>,
+    /// The request's `x-request-id` (taken or made by ingress).
+    pub request_id: Option<http::HeaderValue>,
+    /// The client and request facts the access log prints: taken only when a log is on, so
+    /// a proxy without one copies nothing.
+    pub details: Option<Box<Details>>,
+    /// The failed attempts, in order (with `details` only).
+    pub failed: SmallVec<[Attempt; 2]>,
     sink: Option<Arc<dyn RecordSink>>,
+}
+
+/// Who asked and what, as the client sent it (before any rewrite).
+pub struct Details {
+    pub client: std::net::SocketAddr,
+    /// The client as believed (a trusted proxy's `X-Forwarded-For`).
+    pub client_ip: std::net::IpAddr,
+    /// `TLSv1.2`, `TLSv1.3`; none on plain TCP.
+    pub tls: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
+    pub identity: Option<Arc<crate::tls::identity::ClientIdentity>>,
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub host: Option<http::HeaderValue>,
+}
+
+impl Details {
+    /// `:authority`, or `Host`.
+    pub fn authority(&self) -> Option<&str> {
+        match self.uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => self.host.as_ref().and_then(|h| h.to_str().ok()),
+        }
+    }
+
+    /// The request target's path and query.
+    pub fn path(&self) -> &str {
+        self.uri
+            .path_and_query()
+            .map_or(self.uri.path(), |p| p.as_str())
+    }
 }
 
 impl Record {
@@ -94,6 +134,10 @@ impl Record {
             bytes_in: None,
             bytes_out: 0,
             outcome: None,
+            head_at: None,
+            request_id: None,
+            details: None,
+            failed: SmallVec::new(),
             sink: None,
         }
     }
@@ -132,6 +176,11 @@ impl Record {
     /// The backend's name, when one was chosen.
     pub fn backend_name(&self) -> Option<&str> {
         self.upstream.as_ref()?.backend_name(self.backend?)
+    }
+
+    /// When the exchange started, by the wall clock.
+    pub fn wall_start(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() - self.started.elapsed()
     }
 
     /// How long the exchange took.

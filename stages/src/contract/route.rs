@@ -208,4 +208,6 @@ pub struct Route {
     pub rate_limited: metrics::Counter,
     /// Exchanges of this route waiting in the queue stage.
     pub waiting: Cap,
+    /// Its exchanges are written to the access log (`access_log`).
+    pub access_log: bool,
 }

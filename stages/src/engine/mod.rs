@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use spooky_sync::{Cap, Drain, Permit};
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, StageKind, StageSettings};
 use crate::contract::exchange::Exchange;
 use crate::contract::flow::{Flow, Reply};
@@ -105,12 +106,15 @@ pub enum BuildError {
     Routes(#[source] crate::stages::route::RouteError),
     #[error("pipeline.chain: {0}")]
     Chain(&'static str),
+    #[error("access_log.path: cannot open \"{0}\": {1}")]
+    AccessLog(String, #[source] std::io::Error),
 }
 
-/// Turns end-of-exchange records into the request metrics.
+/// Turns end-of-exchange records into the request metrics and the access log.
 struct Recorder {
     requests: RequestMetrics,
     ended: [metrics::Counter; 4],
+    access_log: Option<AccessLog>,
 }
 
 const OUTCOMES: [Outcome; 4] = [
@@ -121,8 +125,9 @@ const OUTCOMES: [Outcome; 4] = [
 ];
 
 impl Recorder {
-    fn new(pipeline: &str) -> Recorder {
+    fn new(pipeline: &str, access_log: Option<AccessLog>) -> Recorder {
         Recorder {
+            access_log,
             requests: RequestMetrics::new(pipeline),
             ended: OUTCOMES.map(|o| {
                 metrics::counter!(crate::metrics::EXCHANGES_ENDED, "pipeline" => pipeline.to_string(), "outcome" => o.label())
@@ -131,8 +136,21 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Records `ex` when it ends, with the facts the access log needs when there is one.
+    fn take(self: &Arc<Self>, ex: &mut Exchange) {
+        if self.access_log.is_some() {
+            ex.keep_details();
+        }
+        ex.record.emit_to(self.clone());
+    }
+}
+
 impl RecordSink for Recorder {
     fn emit(&self, r: &Record) {
+        if let Some(log) = &self.access_log {
+            log.log(r);
+        }
         if let Some(status) = r.status {
             self.requests.record(status, r.started);
         }
@@ -140,8 +158,10 @@ impl RecordSink for Recorder {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.ended[i].increment(1);
         }
-        tracing::trace!(
+        tracing::debug!(
             exchange = r.id,
+            request_id = r.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            route = r.route.as_ref().map(|x| x.name.as_str()),
             protocol = r.protocol.label(),
             status = r.status.map(|s| s.as_u16()),
             reason = r.reason.map(|r| r.label()),
@@ -242,6 +262,8 @@ impl Pipeline {
     /// Builds one generation of the chain, its pools taken from `shared.registry`.
     pub fn build(config: &Config, shared: &Shared) -> Result<Arc<Pipeline>, BuildError> {
         let name = config.pipeline.name.clone();
+        let access_log = AccessLog::open(&config.access_log)
+            .map_err(|e| BuildError::AccessLog(config.access_log.path.clone(), e))?;
         let st = &config.stages;
         let mut upstreams = HashMap::new();
         let settings = st.dispatch.client_settings();
@@ -360,7 +382,7 @@ impl Pipeline {
             .flat_map(|u| u.start_health_checks())
             .collect();
         Ok(Arc::new(Pipeline {
-            recorder: Arc::new(Recorder::new(&name)),
+            recorder: Arc::new(Recorder::new(&name, access_log)),
             name,
             slots,
             drain: shared.drain.clone(),
@@ -493,7 +515,7 @@ impl Pipeline {
 
     /// Runs a new exchange through the chain; `permit` is from [`Pipeline::ingress_cap`].
     pub async fn run(self: Arc<Self>, mut ex: Exchange, permit: Permit) {
-        ex.record.emit_to(self.recorder.clone());
+        self.recorder.take(&mut ex);
         self.run_chain(ex, permit).await
     }
 
@@ -539,7 +561,7 @@ impl Pipeline {
                     }
                     ex.record.mark_at(name, t1);
                     drop(held);
-                    return self.reject(ex, r).await;
+                    return self.reject(ex, name, r).await;
                 }
                 Flow::Abandon(mut ex, reason) => {
                     if !slot.stage.counts_rejections() {
@@ -549,7 +571,9 @@ impl Pipeline {
                     ex.record.reason = Some(reason);
                     tracing::debug!(
                         exchange = ex.id,
+                        request_id = ex.request_id.as_ref().and_then(|v| v.to_str().ok()),
                         stage = name,
+                        route = ex.decided.route.as_ref().map(|r| r.name.as_str()),
                         reason = reason.label(),
                         "exchange abandoned"
                     );
@@ -573,7 +597,7 @@ impl Pipeline {
             }
             held = match next.inlet.enter(&mut ex, held.take()).await {
                 Entered::Run(p) => Some(p),
-                Entered::Refused(r) => return self.reject(ex, r).await,
+                Entered::Refused(r) => return self.reject(ex, next.kind.name(), r).await,
                 Entered::Cancelled => return,
             };
         }
@@ -581,25 +605,29 @@ impl Pipeline {
 
     /// Refuses an exchange before it enters the chain (e.g. while draining).
     pub async fn refuse(&self, mut ex: Exchange, r: Reason) {
-        ex.record.emit_to(self.recorder.clone());
-        self.reject(ex, r).await
+        self.recorder.take(&mut ex);
+        self.reject(ex, "ingress", r).await
     }
 
     /// Writes a proxy-made response and ends the exchange.
     async fn reply(&self, mut ex: Exchange, reply: Reply) {
         let end = ex.end(reply.status);
-        let resp = reply.into_response().map(|b| b.ending(end));
+        let mut resp = reply.into_response().map(|b| b.ending(end));
+        ex.stamp(resp.headers_mut());
         // Delivered or not, the record in the body tells.
         let _ = ex.responder.send(resp).await;
     }
 
     /// Answers a refusal the way the client's protocol and kind (gRPC) expect.
-    async fn reject(&self, mut ex: Exchange, r: Reason) {
+    async fn reject(&self, mut ex: Exchange, stage: &'static str, r: Reason) {
         tracing::debug!(
             exchange = ex.id,
+            request_id = ex.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            stage,
+            route = ex.decided.route.as_ref().map(|r| r.name.as_str()),
             status = r.status().as_u16(),
             reason = r.label(),
-            "exchange rejected"
+            "exchange refused"
         );
         ex.record.reason = Some(r);
         if ex.responder.head_sent() {

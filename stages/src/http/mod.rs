@@ -8,3 +8,4 @@ pub mod headers;
 pub mod host;
 pub mod key;
 pub mod path;
+pub mod request_id;

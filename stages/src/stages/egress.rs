@@ -75,6 +75,7 @@ impl Egress {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        ex.stamp(&mut parts.headers);
         if self.via == Via::On {
             append_via(&mut parts.headers, "1.1");
         }

@@ -17,6 +17,7 @@ use crate::contract::flow::{Flow, Reply};
 use crate::contract::reason::{ALLOWED_METHODS, Reason};
 use crate::http::forwarded::{Cidr, client_behind, trusted};
 use crate::http::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
+use crate::http::request_id::{self, X_REQUEST_ID};
 use crate::units::{Dur, Size};
 
 /// `[stages.ingress]`.
@@ -51,6 +52,14 @@ pub struct Config {
     /// (client-ip keys) and `forwarded = "append"` adds to it. Empty: no peer is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// `x-request-id`: keep the client's (when plausible) or make one, forward it and return
+    /// it on the response; `false` leaves the header alone.
+    #[serde(default = "default_request_id")]
+    pub request_id: bool,
+}
+
+fn default_request_id() -> bool {
+    true
 }
 
 fn default_read_ahead() -> Size {
@@ -80,6 +89,7 @@ impl Default for Config {
             merge_slashes: MergeSlashes::default(),
             encoded_slashes: EncodedSlashes::default(),
             trusted_proxies: Vec::new(),
+            request_id: default_request_id(),
         }
     }
 }
@@ -91,6 +101,7 @@ pub struct Ingress {
     /// `None`: paths are left as sent.
     path_rules: Option<path::Rules>,
     trusted_proxies: Vec<Cidr>,
+    request_id: bool,
 }
 
 impl Ingress {
@@ -103,6 +114,7 @@ impl Ingress {
                 encoded_slashes: config.encoded_slashes,
             }),
             trusted_proxies: config.trusted_proxies.clone(),
+            request_id: config.request_id,
         }
     }
 
@@ -123,6 +135,15 @@ impl Ingress {
     }
 
     pub fn decide(&self, mut ex: Exchange) -> Flow {
+        if self.request_id {
+            let headers = &mut ex.head.headers;
+            let id = match headers.get(X_REQUEST_ID) {
+                Some(v) if request_id::valid(v) => v.clone(),
+                _ => request_id::generate(),
+            };
+            headers.insert(X_REQUEST_ID, id.clone());
+            ex.request_id = Some(id);
+        }
         let peer = ex.client.addr.ip();
         if trusted(&self.trusted_proxies, peer) {
             ex.client.trusted_peer = true;

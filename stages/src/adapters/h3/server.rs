@@ -241,6 +241,7 @@ impl H3Listener {
             identity: tls::identity_of(peer.as_deref().map(Vec::as_slice), remote),
             forward_header: self.forward_header.clone(),
             sni,
+            tls_version: Some("TLSv1.3"),
             ..Client::new(remote, ClientProtocol::H3, true)
         };
         // One watcher per connection tells every exchange on it that the client is gone.

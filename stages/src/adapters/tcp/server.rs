@@ -266,6 +266,11 @@ async fn connection(
                     .map(|n| Arc::from(n.to_ascii_lowercase())),
                 identity: tls::identity_of(session.peer_certificates(), remote),
                 forward_header: shared.forward_header.clone(),
+                tls_version: match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+                    Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+                    _ => Some("TLS"),
+                },
             };
             if peer.h2 {
                 serve_http(shared, TokioIo::new(tls), peer, clock, pipelines, shutdown).await;
@@ -285,6 +290,7 @@ async fn connection(
                 h1: None,
                 conn: next_conn(),
                 sni: None,
+                tls_version: None,
             };
             let (peer, refusals) = peer.guarded();
             let stream = H1Guard::new(stream, refusals).with_clock(clock.clone());
@@ -327,6 +333,7 @@ struct Peer {
     conn: u64,
     /// The TLS server name, lower case.
     sni: Option<Arc<str>>,
+    tls_version: Option<&'static str>,
 }
 
 impl Peer {
@@ -457,6 +464,7 @@ async fn handle(
         forward_header: peer.forward_header,
         conn: peer.conn,
         sni: peer.sni,
+        tls_version: peer.tls_version,
         ..Client::new(peer.remote, protocol, peer.tls)
     };
     let origin = Origin {

@@ -80,6 +80,13 @@ pub struct RouteConfig {
     /// `timeouts = { response_head, total, request_body_idle, response_body_idle }`.
     #[serde(default)]
     pub timeouts: crate::contract::route::Timeouts,
+    /// `false`: this route's exchanges are left out of the access log.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `hedge = { … }`.

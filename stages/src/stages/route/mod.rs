@@ -174,6 +174,7 @@ impl RouteIndex {
                     .transpose()?,
                 rate_limited: metrics::counter!(crate::metrics::RATE_LIMITED, "route" => rc.name.clone()),
                 waiting: Cap::new(queue_capacity),
+                access_log: rc.access_log,
             });
             let hosts = rc
                 .matches
