@@ -183,7 +183,10 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Answer {
 fn metrics(state: &AdminState) -> Answer {
     state.pipelines.current().sample_gauges();
     state.prometheus.run_upkeep();
-    let mut r = text(StatusCode::OK, state.prometheus.render());
+    let mut r = text(
+        StatusCode::OK,
+        crate::exposition::render(&state.prometheus.render()),
+    );
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -30,10 +30,9 @@ use crate::listeners::{self, Change, ServeCmd, Served};
 use crate::reload::CertReloader;
 use crate::run::RunError;
 
-/// `spooky_config_reloads_total{trigger, outcome}`: file reloads and membership changes.
-pub const CONFIG_RELOADS: &str = "spooky_config_reloads_total";
-/// `spooky_config_generation`: the live generation number (1 at start).
-pub const CONFIG_GENERATION: &str = "spooky_config_generation";
+/// `spooky_config_reloads_total{trigger, outcome}` (file reloads and membership changes) and
+/// `spooky_config_generation` (the live generation number, 1 at start).
+pub use spooky_stages::metrics::{CONFIG_GENERATION, CONFIG_RELOADS};
 
 /// Why a reload (or a membership change) changed nothing.
 #[derive(Debug)]

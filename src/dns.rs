@@ -18,7 +18,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use spooky_stages::config::{BackendConfig, Config, DnsRefresh, UpstreamConfig};
 use spooky_stages::upstreams::addr::BackendAddr;
 
-pub const DNS_REFRESHES: &str = "spooky_dns_refreshes_total";
+pub use spooky_stages::metrics::DNS_REFRESHES;
 
 /// A TTL-driven refresh waits at least this long, and at most the longer one.
 const TTL_FLOOR: Duration = Duration::from_secs(1);

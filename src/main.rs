@@ -17,6 +17,7 @@ mod check;
 mod control;
 mod diff;
 mod dns;
+mod exposition;
 mod listeners;
 mod membership;
 mod notify;

@@ -119,6 +119,9 @@ async fn serve(
         .map_err(RunError::Metrics)?
         .install_recorder()
         .map_err(RunError::Metrics)?;
+    spooky_stages::metrics::describe();
+    metrics::gauge!(spooky_stages::metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
     // Histogram samples wait in the recorder until upkeep folds them into buckets: without it
     // they would pile up between scrapes (a few hundred bytes per request, unbounded).
     let upkeep = prometheus.clone();

@@ -78,12 +78,14 @@ async fn each_timeout_answers_with_its_own_status_and_reason() {
     };
     let status_of = |r: &spooky::h3client::Response| r.status.as_u16();
     // TLS to the backend never completes: connect timeout, 504 (the stage-wide policy would
-    // retry it, but select has no other backend and reports it).
+    // retry it, but select has no other backend). Counted where it happened: dispatch.
     assert_eq!(status_of(&get("/connect").await.expect("response")), 504);
-    assert_eq!(proxy.rejected("select", "connect_timeout").await, 1.0);
+    assert_eq!(proxy.rejected("dispatch", "connect_timeout").await, 1.0);
+    assert_eq!(proxy.rejected("select", "connect_timeout").await, 0.0);
     // No head within the route's response_head: 504 upstream_timeout.
     assert_eq!(status_of(&get("/head").await.expect("response")), 504);
-    assert_eq!(proxy.rejected("hedge-retry", "upstream_timeout").await, 1.0);
+    assert_eq!(proxy.rejected("dispatch", "upstream_timeout").await, 1.0);
+    assert_eq!(proxy.rejected("hedge-retry", "upstream_timeout").await, 0.0);
     // The route's total passes before the head: 504 total_timeout.
     assert_eq!(status_of(&get("/total").await.expect("response")), 504);
     assert_eq!(proxy.rejected("dispatch", "total_timeout").await, 1.0);

@@ -43,6 +43,10 @@ pub const REQUEST_DURATION: &str = "spooky_request_duration_seconds";
 pub const UPSTREAM_REQUESTS: &str = "spooky_upstream_requests_total";
 pub const UPSTREAM_LATENCY: &str = "spooky_upstream_response_seconds";
 pub const UPSTREAM_INFLIGHT: &str = "spooky_upstream_inflight";
+/// Connections open to a backend (all workers' pools).
+pub const UPSTREAM_CONNECTIONS: &str = "spooky_upstream_connections";
+/// Connections made to a backend, by `result`: `ok`, `failed`, `timeout`.
+pub const UPSTREAM_CONNECTS: &str = "spooky_upstream_connects_total";
 /// An upstream's inflight cap: the smaller of its `max_inflight` and its bulkhead share.
 pub const UPSTREAM_LIMIT: &str = "spooky_upstream_inflight_limit";
 pub const BACKEND_INFLIGHT: &str = "spooky_backend_inflight";
@@ -64,6 +68,7 @@ pub const LISTENER_TIMEOUTS: &str = "spooky_listener_timeouts_total";
 pub const HTTP1_REFUSED: &str = "spooky_http1_refused_total";
 /// HTTP/3 request heads refused for pseudo-header order or repeats, by listener and reason.
 pub const HTTP3_REFUSED: &str = "spooky_h3_refused_total";
+/// Certificate reloads, by `kind` (`certs`) and `result`.
 pub const CONTROL_RELOADS: &str = "spooky_control_reloads_total";
 /// gRPC responses cut short by the client's deadline after their head was sent.
 pub const GRPC_DEADLINE_CUT: &str = "spooky_grpc_deadline_cut_total";
@@ -82,10 +87,374 @@ pub const ACCESS_LOG_REOPENS: &str = "spooky_access_log_reopens_total";
 /// Access-log writes, flushes or reopens that failed.
 pub const ACCESS_LOG_ERRORS: &str = "spooky_access_log_errors_total";
 
-/// Buckets for every `_seconds` histogram: few and deliberate, 100 µs to 10 s.
-pub const SECONDS_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,
+/// Buckets for every `_seconds` histogram: sub-millisecond for the stages' own work, then 1 ms
+/// to 30 s without a gap (a 10 s response timeout and a 30 s total are both resolved).
+pub const SECONDS_BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 15.0, 20.0, 30.0,
 ];
+
+/// Routes' requests by status class (`1xx`…`5xx`).
+pub const ROUTE_REQUESTS: &str = "spooky_route_requests_total";
+/// Routes' exchanges Spooky refused or abandoned, by reason.
+pub const ROUTE_REFUSED: &str = "spooky_route_refused_total";
+/// Routes' time to the response head.
+pub const ROUTE_TTFB: &str = "spooky_route_ttfb_seconds";
+/// Routes' whole-exchange time.
+pub const ROUTE_DURATION: &str = "spooky_route_duration_seconds";
+/// 1, labelled with the version.
+pub const BUILD_INFO: &str = "spooky_build_info";
+/// Configuration generations served, by `trigger` and `outcome`.
+pub const CONFIG_RELOADS: &str = "spooky_config_reloads_total";
+/// The generation serving new exchanges.
+pub const CONFIG_GENERATION: &str = "spooky_config_generation";
+/// DNS refreshes of upstreams, by `outcome`.
+pub const DNS_REFRESHES: &str = "spooky_dns_refreshes_total";
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric Spooky exports, its kind and its `# HELP` text.
+pub const HELP: &[(&str, Kind, &str)] = &[
+    (
+        ACCESS_LOG_DROPPED,
+        Kind::Counter,
+        "Access-log lines dropped because the writer was behind (requests never wait for it).",
+    ),
+    (
+        ACCESS_LOG_ERRORS,
+        Kind::Counter,
+        "Access-log writes, flushes or reopens that failed.",
+    ),
+    (
+        ACCESS_LOG_LINES,
+        Kind::Counter,
+        "Access-log lines handed to the writer.",
+    ),
+    (
+        ACCESS_LOG_REOPENS,
+        Kind::Counter,
+        "Access-log files reopened (SIGUSR1).",
+    ),
+    (
+        ADMISSION_INFLIGHT,
+        Kind::Gauge,
+        "Exchanges holding an admission permit.",
+    ),
+    (
+        ADMISSION_LIMIT,
+        Kind::Gauge,
+        "The admission cap now (adaptive admission moves it).",
+    ),
+    (
+        ADMISSION_WAITING,
+        Kind::Gauge,
+        "Exchanges waiting for an admission permit.",
+    ),
+    (
+        BACKEND_BREAKER,
+        Kind::Gauge,
+        "A backend's circuit breaker: 0 closed, 1 open, 2 half-open.",
+    ),
+    (
+        BACKEND_EJECTED,
+        Kind::Gauge,
+        "1 while a backend is ejected as an outlier.",
+    ),
+    (
+        BACKEND_HEALTHY,
+        Kind::Gauge,
+        "1 while a backend's active health checks keep it in balancing.",
+    ),
+    (
+        BACKEND_INFLIGHT,
+        Kind::Gauge,
+        "Attempts in flight to a backend.",
+    ),
+    (
+        BODY_REPLAY_OVERFLOW,
+        Kind::Counter,
+        "Request bodies too large to keep for another attempt.",
+    ),
+    (
+        BREAKER_TRANSITIONS,
+        Kind::Counter,
+        "Circuit-breaker transitions, by the state entered.",
+    ),
+    (
+        BROWNOUT,
+        Kind::Gauge,
+        "Priority classes shed now by brownout (0: none).",
+    ),
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        "Always 1; the version is in the label.",
+    ),
+    (
+        CONFIG_GENERATION,
+        Kind::Gauge,
+        "The configuration generation serving new exchanges.",
+    ),
+    (
+        CONFIG_RELOADS,
+        Kind::Counter,
+        "Configuration generations tried, by trigger (file, api, dns, restart) and outcome (ok, invalid, failed).",
+    ),
+    (
+        CONTROL_RELOADS,
+        Kind::Counter,
+        "Certificate reloads, by result.",
+    ),
+    (
+        DNS_REFRESHES,
+        Kind::Counter,
+        "Upstream DNS refreshes, by outcome (changed, unchanged, failed).",
+    ),
+    (
+        EXCHANGES_ENDED,
+        Kind::Counter,
+        "Exchanges ended, by outcome (complete, cancelled, upstream_failed, reset).",
+    ),
+    (
+        EXCHANGES_LIVE,
+        Kind::Gauge,
+        "Exchanges alive now (any stage, or streaming their response).",
+    ),
+    (
+        GRPC_DEADLINE_CUT,
+        Kind::Counter,
+        "gRPC responses cut by the client's deadline after their head was sent.",
+    ),
+    (
+        HEALTH_CHECKS,
+        Kind::Counter,
+        "Active health checks, by result (pass, fail).",
+    ),
+    (
+        HEDGES,
+        Kind::Counter,
+        "Hedged attempts sent, by the backend they went to.",
+    ),
+    (
+        HEDGES_WON,
+        Kind::Counter,
+        "Hedged attempts whose response head came first.",
+    ),
+    (
+        HTTP1_REFUSED,
+        Kind::Counter,
+        "HTTP/1.1 request heads refused for ambiguous framing, by reason.",
+    ),
+    (
+        HTTP3_REFUSED,
+        Kind::Counter,
+        "HTTP/3 request heads refused for pseudo-header order or repeats, by reason.",
+    ),
+    (
+        LISTENER_CONNECTIONS,
+        Kind::Gauge,
+        "Client connections open, by listener and protocol (quic, tcp).",
+    ),
+    (
+        LISTENER_CONNECTIONS_TOTAL,
+        Kind::Counter,
+        "Client connections accepted, by listener and protocol.",
+    ),
+    (
+        LISTENER_HANDSHAKES,
+        Kind::Counter,
+        "Client handshakes, by listener, protocol (quic, tcp) and result (ok, error, timeout, refused, per_client_limit).",
+    ),
+    (
+        LISTENER_TIMEOUTS,
+        Kind::Counter,
+        "TCP connections closed by a timer (header, idle).",
+    ),
+    (
+        OUTLIER_EJECTIONS,
+        Kind::Counter,
+        "Outlier ejections of a backend.",
+    ),
+    (
+        RATE_LIMITED,
+        Kind::Counter,
+        "Requests a route's rate limit answered 429.",
+    ),
+    (
+        REQUESTS,
+        Kind::Counter,
+        "Responses sent to clients, by status class.",
+    ),
+    (
+        REQUEST_DURATION,
+        Kind::Histogram,
+        "Whole-exchange time of responses sent to clients.",
+    ),
+    (
+        RESPONSE_BODY_CUT,
+        Kind::Counter,
+        "Streamed responses cut, by reason (idle, total).",
+    ),
+    (
+        RETRIES,
+        Kind::Counter,
+        "Retries sent, by the backend whose attempt failed and the retry_on entry.",
+    ),
+    (
+        RETRY_BUDGET_EXHAUSTED,
+        Kind::Counter,
+        "Retries the retry budget refused.",
+    ),
+    (
+        ROUTE_DURATION,
+        Kind::Histogram,
+        "Whole-exchange time, by route.",
+    ),
+    (
+        ROUTE_QUEUE_WAITING,
+        Kind::Gauge,
+        "Exchanges of a route waiting in the queue stage.",
+    ),
+    (
+        ROUTE_REFUSED,
+        Kind::Counter,
+        "Exchanges Spooky refused or abandoned, by route and reason.",
+    ),
+    (
+        ROUTE_REQUESTS,
+        Kind::Counter,
+        "Responses sent to clients, by route and status class.",
+    ),
+    (
+        ROUTE_TTFB,
+        Kind::Histogram,
+        "Time to the response head, by route.",
+    ),
+    (
+        STAGE_EMITTED,
+        Kind::Counter,
+        "Exchanges a stage passed on or answered.",
+    ),
+    (STAGE_INFLIGHT, Kind::Gauge, "Exchanges in a stage now."),
+    (
+        STAGE_PROCESSING,
+        Kind::Histogram,
+        "Time an exchange spent in a stage.",
+    ),
+    (
+        STAGE_QUEUE_DEPTH,
+        Kind::Gauge,
+        "Exchanges waiting in a stage's inlet.",
+    ),
+    (
+        STAGE_QUEUE_WAIT,
+        Kind::Histogram,
+        "Time exchanges waited in a stage's inlet.",
+    ),
+    (
+        STAGE_RECEIVED,
+        Kind::Counter,
+        "Exchanges that reached a stage.",
+    ),
+    (
+        STAGE_REJECTED,
+        Kind::Counter,
+        "Exchanges a stage refused, by reason.",
+    ),
+    (
+        UPSTREAM_CONNECTIONS,
+        Kind::Gauge,
+        "Connections open to a backend.",
+    ),
+    (
+        UPSTREAM_CONNECTS,
+        Kind::Counter,
+        "Connections made to a backend, by result (ok, failed, timeout).",
+    ),
+    (
+        UPSTREAM_INFLIGHT,
+        Kind::Gauge,
+        "Exchanges past the queue stage for an upstream.",
+    ),
+    (
+        UPSTREAM_LATENCY,
+        Kind::Histogram,
+        "Time from sending an attempt to its response head, by backend.",
+    ),
+    (
+        UPSTREAM_LIMIT,
+        Kind::Gauge,
+        "An upstream's inflight cap (max_inflight or its bulkhead share).",
+    ),
+    (
+        UPSTREAM_REQUESTS,
+        Kind::Counter,
+        "Attempts to a backend, by status class or failure (connect_error, reset, timeout).",
+    ),
+    (
+        WORKER_CONNECTIONS,
+        Kind::Counter,
+        "Client connections served by each worker.",
+    ),
+];
+
+/// Gives every metric its `# HELP` (call once the recorder is installed).
+pub fn describe() {
+    for (name, kind, help) in HELP {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
+}
+
+/// Per-route request metrics, registered when the route is built.
+pub struct RouteMetrics {
+    route: String,
+    by_class: [Counter; 5],
+    ttfb: Histogram,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        let r = route.to_string();
+        RouteMetrics {
+            by_class: CLASSES.map(|c| counter!(ROUTE_REQUESTS, "route" => r.clone(), "class" => c)),
+            ttfb: histogram!(ROUTE_TTFB, "route" => r.clone()),
+            duration: histogram!(ROUTE_DURATION, "route" => r.clone()),
+            route: r,
+        }
+    }
+
+    /// One exchange of the route ended: its status (if a response went), Spooky's reason (if
+    /// it refused or abandoned it), its time to first byte and its whole time.
+    pub fn record(
+        &self,
+        status: Option<http::StatusCode>,
+        reason: Option<&'static str>,
+        ttfb: Option<std::time::Duration>,
+        total: std::time::Duration,
+    ) {
+        if let Some(s) = status {
+            self.by_class[class_index(s)].increment(1);
+        }
+        if let Some(t) = ttfb {
+            self.ttfb.record(t.as_secs_f64());
+        }
+        self.duration.record(total.as_secs_f64());
+        if let Some(reason) = reason {
+            counter!(ROUTE_REFUSED, "route" => self.route.clone(), "reason" => reason).increment(1);
+        }
+    }
+}
 
 /// The metrics every stage exports, registered once when the pipeline is built.
 #[derive(Clone)]
@@ -104,7 +473,7 @@ pub struct StageMetrics {
 impl StageMetrics {
     pub fn new(pipeline: &str, stage: &'static str) -> Self {
         let p = pipeline.to_string();
-        let m = StageMetrics {
+        StageMetrics {
             received: counter!(STAGE_RECEIVED, "pipeline" => p.clone(), "stage" => stage),
             emitted: counter!(STAGE_EMITTED, "pipeline" => p.clone(), "stage" => stage),
             queue_depth: gauge!(STAGE_QUEUE_DEPTH, "pipeline" => p.clone(), "stage" => stage),
@@ -113,10 +482,7 @@ impl StageMetrics {
             processing: histogram!(STAGE_PROCESSING, "pipeline" => p.clone(), "stage" => stage),
             pipeline: p,
             stage,
-        };
-        // Present from the start, so dashboards and tests see zeros rather than nothing.
-        m.rejected("none").increment(0);
-        m
+        }
     }
 
     /// The rejection counter for one reason.
@@ -185,5 +551,37 @@ impl BackendMetrics {
     pub fn response(&self, status: http::StatusCode, elapsed: std::time::Duration) {
         self.by_class[class_index(status)].increment(1);
         self.latency.record(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_named_here_has_help() {
+        let source = include_str!("metrics.rs");
+        let names: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split_once(": &str = \""))
+            .map(|(_, v)| v.trim_end_matches("\";"))
+            .collect();
+        assert!(names.len() > 50, "{names:?}");
+        for n in &names {
+            assert!(HELP.iter().any(|(h, _, _)| h == n), "{n} has no # HELP");
+        }
+        for (name, kind, help) in HELP {
+            assert!(!help.is_empty());
+            let counter = name.ends_with("_total");
+            assert_eq!(
+                counter,
+                *kind == Kind::Counter,
+                "{name}: counters end in _total"
+            );
+            if name.ends_with("_seconds") {
+                assert_eq!(*kind, Kind::Histogram, "{name}");
+            }
+        }
     }
 }

@@ -191,7 +191,7 @@ impl Inlet {
             Ok(p) => p,
             Err(TryAcquireError::Closed) => return Entered::Refused(Reason::ShuttingDown),
             Err(TryAcquireError::Full) if self.when_full == WhenFull::Shed => {
-                return Entered::Refused(Reason::QueueFull);
+                return Entered::Refused(Reason::InletFull);
             }
             Err(TryAcquireError::Full) => {
                 // The room is full: hold the previous stage until a place frees up.

@@ -56,8 +56,10 @@ pub enum Reason {
     AdmissionFull,
     /// A fused stage's concurrency (`shed`).
     ConcurrencyFull,
-    /// A stage's inlet, or the route's waiting room, is full.
+    /// The route's waiting room in the queue stage (`[stages.queue] capacity`) is full.
     QueueFull,
+    /// A stage's inlet (its `queue`) is full, with `when_full = "shed"`.
+    InletFull,
     /// Upstream capacity did not come within the queue deadline.
     QueueDeadline,
     /// The upstream's inflight cap, without a queue stage.
@@ -123,6 +125,7 @@ impl Reason {
             Reason::AdmissionFull => "admission_full",
             Reason::ConcurrencyFull => "concurrency_full",
             Reason::QueueFull => "queue_full",
+            Reason::InletFull => "inlet_full",
             Reason::QueueDeadline => "queue_deadline",
             Reason::UpstreamFull => "upstream_full",
             Reason::NoBackend => "no_backend",
@@ -167,6 +170,7 @@ impl Reason {
             Reason::AdmissionFull
             | Reason::ConcurrencyFull
             | Reason::QueueFull
+            | Reason::InletFull
             | Reason::QueueDeadline
             | Reason::UpstreamFull
             | Reason::NoBackend
@@ -209,6 +213,7 @@ impl Reason {
             Reason::AdmissionFull
             | Reason::ConcurrencyFull
             | Reason::QueueFull
+            | Reason::InletFull
             | Reason::QueueDeadline
             | Reason::UpstreamFull
             | Reason::Brownout
@@ -316,6 +321,7 @@ mod tests {
             Reason::AdmissionFull,
             Reason::ConcurrencyFull,
             Reason::QueueFull,
+            Reason::InletFull,
             Reason::QueueDeadline,
             Reason::UpstreamFull,
             Reason::NoBackend,

@@ -210,4 +210,6 @@ pub struct Route {
     pub waiting: Cap,
     /// Its exchanges are written to the access log (`access_log`).
     pub access_log: bool,
+    /// Its requests by status class and reason, time to first byte, whole time.
+    pub metrics: crate::metrics::RouteMetrics,
 }

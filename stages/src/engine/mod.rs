@@ -110,6 +110,32 @@ pub enum BuildError {
     AccessLog(String, #[source] std::io::Error),
 }
 
+/// The refusals a stage makes under overload or backend failure: registered at zero when the
+/// pipeline is built, so an alert on their rate has a series before the first one.
+fn refusals(kind: StageKind) -> &'static [Reason] {
+    match kind {
+        StageKind::Admission => &[
+            Reason::AdmissionFull,
+            Reason::Brownout,
+            Reason::ShuttingDown,
+        ],
+        StageKind::Route => &[Reason::NoRoute, Reason::RateLimited],
+        StageKind::Queue => &[Reason::QueueFull, Reason::QueueDeadline],
+        StageKind::Select => &[Reason::NoBackend, Reason::BreakerOpen],
+        StageKind::HedgeRetry => &[Reason::TotalTimeout],
+        StageKind::Dispatch => &[
+            Reason::UpstreamConnect,
+            Reason::ConnectTimeout,
+            Reason::UpstreamReset,
+            Reason::UpstreamTimeout,
+        ],
+        // Heads too large for max_header_bytes: a sizing problem, not only bad clients.
+        StageKind::Ingress => &[Reason::HeaderBytes],
+        // A backend's body broke mid-response.
+        StageKind::Egress => &[Reason::UpstreamBody],
+    }
+}
+
 /// Turns end-of-exchange records into the request metrics and the access log.
 struct Recorder {
     requests: RequestMetrics,
@@ -153,6 +179,14 @@ impl RecordSink for Recorder {
         }
         if let Some(status) = r.status {
             self.requests.record(status, r.started);
+        }
+        if let Some(route) = &r.route {
+            route.metrics.record(
+                r.status,
+                r.reason.map(Reason::label),
+                r.head_at,
+                r.duration(),
+            );
         }
         let outcome = r.outcome.unwrap_or(Outcome::Cancelled);
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
@@ -282,12 +316,14 @@ impl Pipeline {
         let inlet = |kind: StageKind| {
             let s: StageSettings = st.settings(kind);
             let queue = if Some(kind) == first { 0 } else { s.queue };
-            Inlet::new(
-                queue,
-                s.concurrency.get(),
-                s.when_full,
-                StageMetrics::new(&name, kind.name()),
-            )
+            let metrics = StageMetrics::new(&name, kind.name());
+            // The refusals alerts watch exist from the start, at zero.
+            let full = (queue > 0 && s.when_full == crate::stages::WhenFull::Shed)
+                .then_some(Reason::InletFull);
+            for r in refusals(kind).iter().chain(full.iter()) {
+                metrics.rejected(r.label()).increment(0);
+            }
+            Inlet::new(queue, s.concurrency.get(), s.when_full, metrics)
         };
         let mut select = None;
         let mut brownout = None;

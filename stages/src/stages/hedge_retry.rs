@@ -178,7 +178,14 @@ impl HedgeRetry {
                     ex.response = Some(*answer);
                     return Flow::Continue(ex);
                 }
-                count(m, |m| m.rejected(r.label()).increment(1));
+                // After a failed attempt select answers with that failure: it is counted
+                // where it happened (dispatch), not where the retry went.
+                let at = if ex.decided.attempts.is_empty() {
+                    m
+                } else {
+                    self.dispatch.inlet.metrics()
+                };
+                count(at, |m| m.rejected(r.label()).increment(1));
                 return Flow::Reject(ex, r);
             }
             count(m, |m| m.emitted.increment(1));
@@ -284,11 +291,8 @@ impl HedgeRetry {
             );
             if !again {
                 let r = failure.kind.reason();
-                // The policy's decision: counted under hedge-retry, or (without it in the
-                // chain) under dispatch, whose failure is then final.
-                count(self.metrics.as_ref().or(m), |m| {
-                    m.rejected(r.label()).increment(1)
-                });
+                // The attempt's failure, counted where it happened (dispatch).
+                count(m, |m| m.rejected(r.label()).increment(1));
                 return Flow::Reject(ex, r);
             }
             let wait = policy.backoff(u32::try_from(ex.decided.attempts.len()).unwrap_or(u32::MAX));

@@ -51,6 +51,7 @@ pub fn backend_client(
     protocol: BackendProtocol,
     tls: Option<Arc<rustls::ClientConfig>>,
     server_name: Option<&str>,
+    metrics: crate::upstreams::tls::ConnMetrics,
 ) -> Result<BackendClient, UpstreamError> {
     let tls = match (addr.is_tls(), tls) {
         (true, Some(cfg)) => {
@@ -67,7 +68,8 @@ pub fn backend_client(
         }
         _ => None,
     };
-    let connector = BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout);
+    let connector =
+        BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout, metrics);
     let per_worker = (0..workers.get())
         .map(|_| worker_client(settings, protocol, connector.clone()))
         .collect();

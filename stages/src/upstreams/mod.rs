@@ -131,7 +131,7 @@ impl Upstream {
                 protocol: b.protocol,
                 settings: *settings,
             };
-            let client = registry.client(&key, name)?;
+            let client = registry.client(&key, name, &label)?;
             let http1 = match b.protocol {
                 BackendProtocol::Http1 => true,
                 BackendProtocol::Auto => !addr.is_tls(),

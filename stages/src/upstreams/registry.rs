@@ -46,8 +46,15 @@ impl Registry {
         })
     }
 
-    /// The pool for `key`, built on first use. `upstream` names the upstream in errors.
-    pub fn client(&self, key: &PoolKey, upstream: &str) -> Result<BackendClient, UpstreamError> {
+    /// The pool for `key`, built on first use. `upstream` names the upstream in errors, and
+    /// with `backend` the pool's connection metrics (a pool two upstreams share keeps the
+    /// first one's names).
+    pub fn client(
+        &self,
+        key: &PoolKey,
+        upstream: &str,
+        backend: &str,
+    ) -> Result<BackendClient, UpstreamError> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = pools.get(key) {
             return Ok(c.clone());
@@ -68,6 +75,7 @@ impl Registry {
             key.protocol,
             tls,
             server_name,
+            crate::upstreams::tls::ConnMetrics::new(upstream, backend),
         )?;
         pools.insert(key.clone(), built.clone());
         Ok(built)

@@ -122,6 +122,37 @@ pub struct BackendConnector {
     addr: Arc<str>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
+    metrics: Arc<ConnMetrics>,
+}
+
+/// A pool's connections: open now, and connects by result.
+pub struct ConnMetrics {
+    open: metrics::Gauge,
+    ok: metrics::Counter,
+    failed: metrics::Counter,
+    timeout: metrics::Counter,
+}
+
+impl ConnMetrics {
+    /// The metrics of the pool `upstream`'s backend `backend` uses (registered at zero).
+    pub fn new(upstream: &str, backend: &str) -> ConnMetrics {
+        use crate::metrics::{UPSTREAM_CONNECTIONS, UPSTREAM_CONNECTS};
+        let (u, b) = (upstream.to_string(), backend.to_string());
+        let connects = |result: &'static str| {
+            let c = metrics::counter!(UPSTREAM_CONNECTS, "upstream" => u.clone(), "backend" => b.clone(), "result" => result);
+            c.increment(0);
+            c
+        };
+        let open =
+            metrics::gauge!(UPSTREAM_CONNECTIONS, "upstream" => u.clone(), "backend" => b.clone());
+        open.increment(0.0);
+        ConnMetrics {
+            ok: connects("ok"),
+            failed: connects("failed"),
+            timeout: connects("timeout"),
+            open,
+        }
+    }
 }
 
 impl BackendConnector {
@@ -129,11 +160,13 @@ impl BackendConnector {
         addr: &str,
         tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
         connect_timeout: Duration,
+        metrics: ConnMetrics,
     ) -> Self {
         BackendConnector {
             addr: addr.into(),
             tls: tls.map(|(cfg, name)| (TlsConnector::from(cfg), name)),
             connect_timeout,
+            metrics: Arc::new(metrics),
         }
     }
 }
@@ -150,47 +183,75 @@ impl tower_service::Service<Uri> for BackendConnector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(&*this.addr))
-                .await
-                .map_err(|_| ConnectError::TcpTimeout(this.addr.to_string()))?
-                .map_err(|source| ConnectError::Tcp {
-                    addr: this.addr.to_string(),
-                    source,
-                })?;
-            let _ = tcp.set_nodelay(true);
-            let stream = match this.tls {
-                None => BackendStream::Plain(tcp),
-                Some((connector, name)) => {
-                    let tls =
-                        tokio::time::timeout(this.connect_timeout, connector.connect(name, tcp))
-                            .await
-                            .map_err(|_| ConnectError::TlsTimeout(this.addr.to_string()))?
-                            .map_err(|source| ConnectError::Tls {
-                                addr: this.addr.to_string(),
-                                source,
-                            })?;
-                    BackendStream::Tls(Box::new(tls))
+            let m = this.metrics.clone();
+            let connected = this.connect().await;
+            match &connected {
+                Ok(_) => m.ok.increment(1),
+                Err(ConnectError::TcpTimeout(_) | ConnectError::TlsTimeout(_)) => {
+                    m.timeout.increment(1)
                 }
-            };
-            Ok(TokioIo::new(stream))
+                Err(_) => m.failed.increment(1),
+            }
+            let io = connected?;
+            m.open.increment(1.0);
+            Ok(TokioIo::new(BackendStream { io, metrics: m }))
         })
     }
 }
 
-/// A connection to a backend, plain or TLS.
-pub enum BackendStream {
+impl BackendConnector {
+    /// TCP, then TLS for `https://` backends, each within `connect_timeout`.
+    async fn connect(self) -> Result<Io, ConnectError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
+            .await
+            .map_err(|_| ConnectError::TcpTimeout(self.addr.to_string()))?
+            .map_err(|source| ConnectError::Tcp {
+                addr: self.addr.to_string(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(match self.tls {
+            None => Io::Plain(tcp),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| ConnectError::TlsTimeout(self.addr.to_string()))?
+                    .map_err(|source| ConnectError::Tls {
+                        addr: self.addr.to_string(),
+                        source,
+                    })?;
+                Io::Tls(Box::new(tls))
+            }
+        })
+    }
+}
+
+/// A connection to a backend, counted in its pool's open connections while it lives.
+pub struct BackendStream {
+    io: Io,
+    metrics: Arc<ConnMetrics>,
+}
+
+/// Plain or TLS.
+pub enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Drop for BackendStream {
+    fn drop(&mut self) {
+        self.metrics.open.decrement(1.0);
+    }
+}
+
 impl Connection for BackendStream {
     fn connected(&self) -> Connected {
-        match self {
-            BackendStream::Plain(_) => Connected::new(),
-            BackendStream::Tls(t) if t.get_ref().1.alpn_protocol() == Some(b"h2") => {
+        match &self.io {
+            Io::Plain(_) => Connected::new(),
+            Io::Tls(t) if t.get_ref().1.alpn_protocol() == Some(b"h2") => {
                 Connected::new().negotiated_h2()
             }
-            BackendStream::Tls(_) => Connected::new(),
+            Io::Tls(_) => Connected::new(),
         }
     }
 }
@@ -201,9 +262,9 @@ impl AsyncRead for BackendStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -214,23 +275,23 @@ impl AsyncWrite for BackendStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -239,16 +300,16 @@ impl AsyncWrite for BackendStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            BackendStream::Plain(s) => s.is_write_vectored(),
-            BackendStream::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 }

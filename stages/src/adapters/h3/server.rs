@@ -179,18 +179,18 @@ impl H3Listener {
             // A connection that raced the shutdown signal in `select!` is refused too.
             refusing |= *draining.borrow();
             if refusing {
-                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "refused").increment(1);
+                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "protocol" => "quic", "result" => "refused").increment(1);
                 incoming.refuse();
                 continue;
             }
             let Ok(permit) = this.connections.try_acquire() else {
-                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "refused").increment(1);
+                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "protocol" => "quic", "result" => "refused").increment(1);
                 incoming.refuse();
                 continue;
             };
             let Ok(slot) = client_limit::slot(&this.per_client, incoming.remote_address().ip())
             else {
-                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "result" => "per_client_limit").increment(1);
+                counter!(LISTENER_HANDSHAKES, "listener" => this.name.clone(), "protocol" => "quic", "result" => "per_client_limit").increment(1);
                 incoming.refuse();
                 continue;
             };
@@ -218,15 +218,16 @@ impl H3Listener {
         let conn = match accepted {
             Ok(c) => c,
             Err(e) => {
-                counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "error")
+                counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "protocol" => "quic", "result" => "error")
                     .increment(1);
                 tracing::debug!(%remote, error = %e, "handshake failed");
                 return;
             }
         };
-        counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "result" => "ok")
+        counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "protocol" => "quic", "result" => "ok")
             .increment(1);
-        counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => self.name.clone()).increment(1);
+        counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => self.name.clone(), "protocol" => "quic")
+            .increment(1);
         counter!(WORKER_CONNECTIONS, "worker" => crate::workers::current().to_string())
             .increment(1);
         let peer = conn.peer_identity().and_then(|any| {
@@ -253,7 +254,8 @@ impl H3Listener {
                 raise.raise();
             })
         };
-        let open = gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone());
+        let open =
+            gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone(), "protocol" => "quic");
         open.increment(1.0);
         let built = h3::server::builder()
             .max_field_section_size(self.max_field_section_size)

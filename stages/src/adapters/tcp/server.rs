@@ -180,11 +180,11 @@ impl TcpListenerRt {
             // The listener's settings as of now (a reload may have replaced them).
             let shared = self.shared.load();
             let Ok(permit) = shared.connections.try_acquire() else {
-                counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "result" => "refused").increment(1);
+                counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "protocol" => "tcp", "result" => "refused").increment(1);
                 continue;
             };
             let Ok(slot) = client_limit::slot(&shared.per_client, remote.ip()) else {
-                counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "result" => "per_client_limit").increment(1);
+                counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "protocol" => "tcp", "result" => "per_client_limit").increment(1);
                 continue;
             };
             let clock = ConnClock::new(shared.header_timeout, shared.idle_timeout);
@@ -236,18 +236,18 @@ async fn connection(
             let tls = match tokio::time::timeout_at(clock.first_head_deadline(), handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "error")
+                    counter!(LISTENER_HANDSHAKES, "listener" => name, "protocol" => "tcp", "result" => "error")
                         .increment(1);
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    counter!(LISTENER_HANDSHAKES, "listener" => name, "result" => "timeout")
+                    counter!(LISTENER_HANDSHAKES, "listener" => name, "protocol" => "tcp", "result" => "timeout")
                         .increment(1);
                     return;
                 }
             };
-            counter!(LISTENER_HANDSHAKES, "listener" => name.clone(), "result" => "ok")
+            counter!(LISTENER_HANDSHAKES, "listener" => name.clone(), "protocol" => "tcp", "result" => "ok")
                 .increment(1);
             let session = tls.get_ref().1;
             // ALPN decides; without ALPN, HTTP/1.1 unless the listener serves only h2.
@@ -360,9 +360,10 @@ async fn serve_http<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => shared.name.clone()).increment(1);
+    counter!(LISTENER_CONNECTIONS_TOTAL, "listener" => shared.name.clone(), "protocol" => "tcp")
+        .increment(1);
     counter!(WORKER_CONNECTIONS, "worker" => crate::workers::current().to_string()).increment(1);
-    let open = gauge!(LISTENER_CONNECTIONS, "listener" => shared.name.clone());
+    let open = gauge!(LISTENER_CONNECTIONS, "listener" => shared.name.clone(), "protocol" => "tcp");
     open.increment(1.0);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The connection's clock times heads and idleness; hyper's own header timer would also

@@ -175,6 +175,7 @@ impl RouteIndex {
                 rate_limited: metrics::counter!(crate::metrics::RATE_LIMITED, "route" => rc.name.clone()),
                 waiting: Cap::new(queue_capacity),
                 access_log: rc.access_log,
+                metrics: crate::metrics::RouteMetrics::new(&rc.name),
             });
             let hosts = rc
                 .matches
