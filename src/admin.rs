@@ -117,8 +117,20 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Answer {
         }
         _ => {}
     }
-    if let Err(resp) = authorize(state, &req) {
+    // The page and its data are read-only: open on an admin listener without a token (which
+    // config validation keeps on loopback), behind the token when there is one.
+    let read_only = method == Method::GET && matches!(path.as_str(), "/" | "/status");
+    if !(read_only && state.token.is_none())
+        && let Err(resp) = authorize(state, &req)
+    {
         return resp;
+    }
+    if path == "/" {
+        return if method == Method::GET {
+            page()
+        } else {
+            text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n")
+        };
     }
     let control = &state.control;
     match (&method, path.as_str()) {
@@ -245,10 +257,13 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Answer> 
     let deny = |status: StatusCode, msg: &str| {
         let mut r = error(status, msg, &[]);
         if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
+            // Basic too, so a browser asks for the token (as the password) for the page.
+            for scheme in ["Bearer", "Basic realm=\"spooky admin\", charset=\"UTF-8\""] {
+                r.headers_mut().append(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static(scheme),
+                );
+            }
         }
         r
     };
@@ -262,8 +277,8 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Answer> 
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(credential)
+        .unwrap_or_default();
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
@@ -272,6 +287,38 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Answer> 
             "missing or wrong bearer token",
         ))
     }
+}
+
+/// The token an `Authorization` value carries: `Bearer TOKEN`, or `Basic` with the token as
+/// the password (what a browser sends for the page; the user name is ignored).
+fn credential(value: &str) -> Option<String> {
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return Some(t.to_string());
+    }
+    use base64::Engine as _;
+    let raw = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    pair.split_once(':')
+        .map(|(_, password)| password.to_string())
+}
+
+/// `GET /`: the live pipeline page (one self-contained file, `src/page.html`).
+fn page() -> Answer {
+    let mut r = text(StatusCode::OK, include_str!("page.html"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        http::header::HeaderName::from_static("content-security-policy"),
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    );
+    r
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.

@@ -26,6 +26,7 @@ mod restart;
 mod route;
 mod run;
 mod status;
+mod top;
 
 /// Spooky: an HTTP/3-first edge proxy built as a pipeline of bounded stages.
 #[derive(Parser)]
@@ -74,6 +75,21 @@ enum Command {
         /// The client's address (client-ip keys).
         #[arg(long, default_value = "127.0.0.1")]
         client_ip: std::net::IpAddr,
+    },
+    /// A live view of a running instance: the stage chain and the backends, from its admin
+    /// listener's /status (q quits).
+    Top {
+        /// The instance's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// A file holding the admin token (when the instance has one).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Ask a running instance's /health; exit 0 when it answers ok (container health checks).
+    Health {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
     },
 }
 
@@ -132,10 +148,37 @@ fn main() -> ExitCode {
             };
             route::route(&file, &probe)
         }
+        (Some(Command::Top { admin, token_file }), _) => {
+            let token = match token_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim().to_string()),
+                Err(e) => {
+                    eprintln!("spooky top: cannot read the token file: {e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match top::run(admin, token) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("spooky top: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        (Some(Command::Health { admin }), _) => match top::get(admin, "/health", None) {
+            Ok((200, _)) => ExitCode::SUCCESS,
+            Ok((status, body)) => {
+                eprintln!("{admin}/health answered {status}: {}", body.trim());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         (Some(Command::Run { file }), _) | (None, Some(file)) => run::run(&file),
         (None, None) => {
             eprintln!(
-                "usage: spooky run FILE | spooky check FILE... | spooky route FILE METHOD URL | spooky --version"
+                "usage: spooky run FILE | spooky check FILE... | spooky route FILE METHOD URL | spooky top [--admin ADDR] | spooky --version"
             );
             ExitCode::from(EXIT_BAD_CONFIG)
         }

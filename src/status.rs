@@ -16,6 +16,7 @@ pub type StageTotals = (
 pub async fn status(state: &AdminState) -> Value {
     let control = &state.control;
     let current = state.pipelines.current();
+    let text = state.prometheus.render();
     let live = control.live.lock().await;
     let listeners: Vec<Value> = live
         .listeners
@@ -42,20 +43,19 @@ pub async fn status(state: &AdminState) -> Value {
         "ready": state.ready.load(std::sync::atomic::Ordering::Acquire),
         "live_exchanges": state.pipelines.drain().live(),
         "listeners": listeners,
-        "stages": stages(state, &current),
-        "upstreams": upstreams(&current),
+        "stages": stages(state, &current, &text),
+        "upstreams": upstreams_counted(&current, Some(&text)),
     })
 }
 
 /// Each stage's bounds and use now, with its counters (received, emitted, rejected) and their
 /// rates per second since the previous `/status` (null on the first; read from the metrics
 /// recorder, so the data path counts nothing more for it).
-fn stages(state: &AdminState, p: &Pipeline) -> Value {
-    let text = state.prometheus.render();
+fn stages(state: &AdminState, p: &Pipeline, text: &str) -> Value {
     let now = std::time::Instant::now();
     let mut totals = std::collections::BTreeMap::new();
     for s in p.stage_status() {
-        let count = |name: &str| sample(&text, name, p.name(), s.stage);
+        let count = |name: &str| sample(text, name, p.name(), s.stage);
         totals.insert(
             s.stage,
             [
@@ -117,17 +117,64 @@ fn sample(text: &str, name: &str, pipeline: &str, stage: &str) -> f64 {
 
 /// Every upstream of the running generation with its backends' state.
 pub fn upstreams(p: &Pipeline) -> Value {
-    Value::Array(p.upstreams().into_iter().map(|u| upstream(u)).collect())
+    upstreams_counted(p, None)
 }
 
-fn upstream(u: &Upstream) -> Value {
+/// [`upstreams`], with each backend's attempt totals when the metrics text is given.
+fn upstreams_counted(p: &Pipeline, text: Option<&str>) -> Value {
+    Value::Array(
+        p.upstreams()
+            .into_iter()
+            .map(|u| upstream(u, text))
+            .collect(),
+    )
+}
+
+fn upstream(u: &Upstream, text: Option<&str>) -> Value {
     json!({
         "name": u.name,
         "balance": u.balancer.algorithm().name(),
         "inflight": u.cap.in_use(),
         "max_inflight": u.cap.limit(),
-        "backends": u.backends.iter().map(backend).collect::<Vec<_>>(),
+        "backends": u.backends.iter().map(|b| {
+            let mut v = backend(b);
+            if let (Some(text), Some(obj)) = (text, v.as_object_mut()) {
+                let (requests, errors) = attempts(text, &u.name, &b.name);
+                obj.insert("requests".into(), json!(requests));
+                obj.insert("errors".into(), json!(errors));
+            }
+            v
+        }).collect::<Vec<_>>(),
     })
+}
+
+/// A backend's attempts and failed ones (a 5xx, or no answer) so far, from the metrics text.
+fn attempts(text: &str, upstream: &str, backend: &str) -> (f64, f64) {
+    let name = spooky_stages::metrics::UPSTREAM_REQUESTS;
+    let (u, b) = (
+        format!("upstream=\"{upstream}\""),
+        format!("backend=\"{backend}\""),
+    );
+    let mut all = (0.0, 0.0);
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| l.contains(&u) && l.contains(&b))
+    {
+        let v = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        all.0 += v;
+        if ["5xx", "connect_error", "reset", "timeout"]
+            .iter()
+            .any(|c| l.contains(&format!("class=\"{c}\"")))
+        {
+            all.1 += v;
+        }
+    }
+    all
 }
 
 fn backend(b: &Backend) -> Value {

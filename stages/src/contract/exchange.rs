@@ -472,7 +472,7 @@ impl Exchange {
         record.head_at = Some(st.started.elapsed());
         End {
             permits: std::mem::take(&mut st.permits),
-            record: Some(record),
+            record: Some(Box::new(record)),
         }
     }
 

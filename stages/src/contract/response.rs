@@ -76,7 +76,9 @@ pub struct TotalCut;
 #[derive(Default)]
 pub struct End {
     pub permits: Permits,
-    pub record: Option<Record>,
+    /// Boxed: the body carrying it is moved several times on its way out, a pointer is
+    /// cheaper to move than the record.
+    pub record: Option<Box<Record>>,
 }
 
 enum Inner {

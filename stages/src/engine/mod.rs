@@ -177,16 +177,15 @@ impl RecordSink for Recorder {
         if let Some(log) = &self.access_log {
             log.log(r);
         }
+        // One clock read for every figure of the exchange.
+        let took = r.duration();
         if let Some(status) = r.status {
-            self.requests.record(status, r.started);
+            self.requests.record(status, took);
         }
         if let Some(route) = &r.route {
-            route.metrics.record(
-                r.status,
-                r.reason.map(Reason::label),
-                r.head_at,
-                r.duration(),
-            );
+            route
+                .metrics
+                .record(r.status, r.reason.map(Reason::label), r.head_at, took);
         }
         let outcome = r.outcome.unwrap_or(Outcome::Cancelled);
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
@@ -204,7 +203,7 @@ impl RecordSink for Recorder {
             bytes_out = r.bytes_out,
             attempts = r.attempts,
             backend = r.backend_name(),
-            duration_us = r.duration().as_micros() as u64,
+            duration_us = took.as_micros() as u64,
             "exchange ended"
         );
     }
@@ -519,14 +518,13 @@ impl Pipeline {
                 });
             };
             match &s.stage {
+                // In the chain's declared order (select, hedge-retry, dispatch), though the
+                // attempt loop's own inlet is the one an exchange enters first.
                 AnyStage::Attempts(h) => {
+                    let [select, dispatch] = h.inlets();
+                    push(StageKind::Select.name(), select);
                     push(s.kind.name(), &s.inlet);
-                    for (kind, inlet) in [StageKind::Select, StageKind::Dispatch]
-                        .into_iter()
-                        .zip(h.inlets())
-                    {
-                        push(kind.name(), inlet);
-                    }
+                    push(StageKind::Dispatch.name(), dispatch);
                 }
                 _ => push(s.kind.name(), &s.inlet),
             }

@@ -16,22 +16,26 @@ pub fn valid(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| (0x21..=0x7e).contains(c))
 }
 
-/// A random UUID v4 (`8-4-4-4-12` lower-case hex).
+/// A random UUID v4 (`8-4-4-4-12` lower-case hex), marked sensitive so that HPACK and QPACK
+/// send it as a literal instead of filling their dynamic tables with values that never repeat.
 pub fn generate() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
     // Version 4, variant 10xx (RFC 9562 §5.4).
     n = (n & !(0xF << 76)) | (0x4 << 76);
     n = (n & !(0x3 << 62)) | (0x2 << 62);
-    let hex = format!("{n:032x}");
-    let s = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut out = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, c) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *c = HEX[((n >> (nibble * 4)) & 0xF) as usize];
+    }
+    let mut v = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    v.set_sensitive(true);
+    v
 }
 
 #[cfg(test)]

@@ -139,9 +139,12 @@ impl Ingress {
             let headers = &mut ex.head.headers;
             let id = match headers.get(X_REQUEST_ID) {
                 Some(v) if request_id::valid(v) => v.clone(),
-                _ => request_id::generate(),
+                _ => {
+                    let made = request_id::generate();
+                    headers.insert(X_REQUEST_ID, made.clone());
+                    made
+                }
             };
-            headers.insert(X_REQUEST_ID, id.clone());
             ex.request_id = Some(id);
         }
         let peer = ex.client.addr.ip();
