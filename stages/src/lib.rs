@@ -21,6 +21,7 @@
 //! * [`tls`] — listeners' certificates (SNI, reload, mTLS).
 //! * [`config`] — the pipeline TOML, parsed and validated with file:line:column errors.
 //! * [`access_log`] — one line per exchange from its record, written off the data path.
+//! * [`trace`] — sampled exchanges' spans over OTLP (the `otlp` feature).
 //! * [`body`], [`http`], [`units`], [`metrics`], [`workers`] — leaves every layer may use.
 
 pub mod access_log;
@@ -33,6 +34,7 @@ pub mod http;
 pub mod metrics;
 pub mod stages;
 pub mod tls;
+pub mod trace;
 pub mod units;
 pub mod upstreams;
 pub mod workers;

@@ -94,6 +94,9 @@ pub const SECONDS_BUCKETS: [f64; 19] = [
     5.0, 10.0, 15.0, 20.0, 30.0,
 ];
 
+/// Spans of traced exchanges, by `outcome`: `queued`, `dropped` (the exporter was behind),
+/// `exported`, `failed` (the collector refused or could not be reached).
+pub const OTLP_SPANS: &str = "spooky_otlp_spans_total";
 /// Routes' requests by status class (`1xx`…`5xx`).
 pub const ROUTE_REQUESTS: &str = "spooky_route_requests_total";
 /// Routes' exchanges Spooky refused or abandoned, by reason.
@@ -275,6 +278,11 @@ pub const HELP: &[(&str, Kind, &str)] = &[
         LISTENER_TIMEOUTS,
         Kind::Counter,
         "TCP connections closed by a timer (header, idle).",
+    ),
+    (
+        OTLP_SPANS,
+        Kind::Counter,
+        "Trace spans, by outcome (queued, dropped, exported, failed).",
     ),
     (
         OUTLIER_EJECTIONS,

@@ -19,7 +19,7 @@ pub(crate) use error::Source;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 
-const TOP_LEVEL: [&str; 7] = [
+const TOP_LEVEL: [&str; 8] = [
     "pipeline",
     "listeners",
     "admin",
@@ -27,6 +27,7 @@ const TOP_LEVEL: [&str; 7] = [
     "routes",
     "upstreams",
     "access_log",
+    "tracing",
 ];
 
 /// Reads and validates a pipeline file.
@@ -102,6 +103,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         .get("access_log")
         .and_then(|v| cx.de(v, "access_log"))
         .unwrap_or_default();
+    let tracing = table.get("tracing").and_then(|v| cx.de(v, "tracing"));
 
     // A broken [pipeline] (already reported) must not hide the rest of the file: the rest is
     // checked against a stand-in with the whole chain, whose own findings are dropped.
@@ -126,6 +128,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         routes,
         upstreams,
         access_log,
+        tracing,
         warnings: Vec::new(),
     };
     if let Some(dir) = Path::new(file)

@@ -324,6 +324,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub access_log: crate::access_log::Config,
+    /// `[tracing]`: OTLP traces (with the `otlp` feature).
+    pub tracing: Option<crate::trace::Config>,
     /// Valid, but probably not what was meant (`spooky check` prints them; `run` logs them).
     pub warnings: Vec<super::ConfigError>,
 }
@@ -376,7 +378,7 @@ impl serde::Serialize for StagesConfig {
 impl serde::Serialize for Config {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(7))?;
+        let mut m = s.serialize_map(Some(8))?;
         m.serialize_entry("pipeline", &self.pipeline)?;
         m.serialize_entry("listeners", &self.listeners)?;
         m.serialize_entry("admin", &self.admin)?;
@@ -384,6 +386,7 @@ impl serde::Serialize for Config {
         m.serialize_entry("routes", &self.routes)?;
         m.serialize_entry("upstreams", &self.upstreams)?;
         m.serialize_entry("access_log", &self.access_log)?;
+        m.serialize_entry("tracing", &self.tracing)?;
         m.end()
     }
 }

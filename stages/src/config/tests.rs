@@ -341,6 +341,39 @@ fn reference_toml_documents_the_defaults() {
 }
 
 #[test]
+fn tracing_keys_are_checked() {
+    let t = GOOD.replace(
+        "[admin]",
+        "[tracing]\notlp_endpoint = \"localhost:4317\"\n\n[admin]",
+    );
+    one(
+        &t,
+        line_of(&t, "localhost:4317"),
+        "tracing.otlp_endpoint",
+        "http://HOST:PORT",
+    );
+    let t = GOOD.replace(
+        "[admin]",
+        "[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 2\n\n[admin]",
+    );
+    one(
+        &t,
+        line_of(&t, "sample_ratio"),
+        "tracing.sample_ratio",
+        "from 0 to 1",
+    );
+    let t = GOOD.replace(
+        "[admin]",
+        "[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n\n[admin]",
+    );
+    let c = parse("p.toml", &t).expect("valid");
+    let warned = c.warnings.iter().any(|w| w.key == "tracing");
+    // Without the feature nothing is exported, and the operator is told so.
+    assert_eq!(warned, !crate::trace::BUILT, "{:?}", c.warnings);
+    assert_eq!(c.tracing.map(|t| t.sample_ratio), Some(0.01));
+}
+
+#[test]
 fn access_log_keys_are_checked() {
     let t = GOOD.replace(
         "[admin]",

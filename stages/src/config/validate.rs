@@ -15,6 +15,7 @@ pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mu
     listeners(cx, root, config);
     admin(cx, root, config);
     access_log(cx, root, config);
+    tracing(cx, root, config);
     stages(cx, root, config);
     routes(cx, root, config);
     upstreams(cx, root, config);
@@ -228,6 +229,40 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 "Alt-Svc is sent on TCP responses: add \"h2\" or \"http1\" to protocols",
             );
         }
+    }
+}
+
+fn tracing(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
+    let Some(t) = &config.tracing else { return };
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        cx.push(
+            Some(span_at(root, &["tracing", "sample_ratio"])),
+            "tracing.sample_ratio",
+            format!(
+                "{} is not a share: expected a number from 0 to 1",
+                t.sample_ratio
+            ),
+        );
+    }
+    let uri = t.otlp_endpoint.parse::<http::Uri>().ok();
+    if !uri.as_ref().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+    }) {
+        cx.push(
+            Some(span_at(root, &["tracing", "otlp_endpoint"])),
+            "tracing.otlp_endpoint",
+            format!(
+                "\"{}\" is not a collector address: expected http://HOST:PORT (OTLP/gRPC)",
+                t.otlp_endpoint
+            ),
+        );
+    }
+    if !crate::trace::BUILT {
+        cx.warn(
+            Some(span_at(root, &["tracing"])),
+            "tracing",
+            "this spooky was built without the `otlp` feature: no traces are exported (cargo build --release --features otlp)",
+        );
     }
 }
 

@@ -84,7 +84,43 @@ pub struct Record {
     pub details: Option<Box<Details>>,
     /// The failed attempts, in order (with `details` only).
     pub failed: SmallVec<[Attempt; 2]>,
+    /// The exchange's trace, when it is sampled for tracing (`[tracing]`).
+    pub trace: Option<Box<Trace>>,
     sink: Option<Arc<dyn RecordSink>>,
+}
+
+/// A sampled exchange's trace: its ids, and one span per attempt sent to a backend.
+pub struct Trace {
+    pub trace_id: [u8; 16],
+    /// The exchange's own span.
+    pub span_id: [u8; 8],
+    /// The client's span (its `traceparent`), when it sent one.
+    pub parent: Option<[u8; 8]>,
+    pub attempts: SmallVec<[AttemptSpan; 2]>,
+}
+
+/// One attempt to a backend, as a span: its id went to the backend in `traceparent`.
+pub struct AttemptSpan {
+    pub span_id: [u8; 8],
+    /// An index into the record's upstream's backends.
+    pub backend: usize,
+    /// Since the exchange started.
+    pub start: Duration,
+    pub end: Option<Duration>,
+    /// `response` with its status, or why it failed.
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+}
+
+impl Trace {
+    /// Ends the attempts still open at `at` with `outcome` (the attempt loop's result).
+    pub fn close_attempts(&mut self, at: Duration, outcome: &'static str, status: Option<u16>) {
+        for a in self.attempts.iter_mut().filter(|a| a.end.is_none()) {
+            a.end = Some(at);
+            a.outcome = outcome;
+            a.status = status;
+        }
+    }
 }
 
 /// Who asked and what, as the client sent it (before any rewrite).
@@ -138,6 +174,7 @@ impl Record {
             request_id: None,
             details: None,
             failed: SmallVec::new(),
+            trace: None,
             sink: None,
         }
     }

@@ -141,6 +141,7 @@ struct Recorder {
     requests: RequestMetrics,
     ended: [metrics::Counter; 4],
     access_log: Option<AccessLog>,
+    tracer: Option<crate::trace::Tracer>,
 }
 
 const OUTCOMES: [Outcome; 4] = [
@@ -151,9 +152,14 @@ const OUTCOMES: [Outcome; 4] = [
 ];
 
 impl Recorder {
-    fn new(pipeline: &str, access_log: Option<AccessLog>) -> Recorder {
+    fn new(
+        pipeline: &str,
+        access_log: Option<AccessLog>,
+        tracer: Option<crate::trace::Tracer>,
+    ) -> Recorder {
         Recorder {
             access_log,
+            tracer,
             requests: RequestMetrics::new(pipeline),
             ended: OUTCOMES.map(|o| {
                 metrics::counter!(crate::metrics::EXCHANGES_ENDED, "pipeline" => pipeline.to_string(), "outcome" => o.label())
@@ -165,7 +171,10 @@ impl Recorder {
 impl Recorder {
     /// Records `ex` when it ends, with the facts the access log needs when there is one.
     fn take(self: &Arc<Self>, ex: &mut Exchange) {
-        if self.access_log.is_some() {
+        if let Some(t) = &self.tracer {
+            ex.record.trace = t.sample(&ex.head.headers);
+        }
+        if self.access_log.is_some() || ex.record.trace.is_some() {
             ex.keep_details();
         }
         ex.record.emit_to(self.clone());
@@ -176,6 +185,9 @@ impl RecordSink for Recorder {
     fn emit(&self, r: &Record) {
         if let Some(log) = &self.access_log {
             log.log(r);
+        }
+        if let Some(t) = &self.tracer {
+            t.export(r);
         }
         // One clock read for every figure of the exchange.
         let took = r.duration();
@@ -417,7 +429,11 @@ impl Pipeline {
             .flat_map(|u| u.start_health_checks())
             .collect();
         Ok(Arc::new(Pipeline {
-            recorder: Arc::new(Recorder::new(&name, access_log)),
+            recorder: Arc::new(Recorder::new(
+                &name,
+                access_log,
+                crate::trace::Tracer::open(config.tracing.as_ref()),
+            )),
             name,
             slots,
             drain: shared.drain.clone(),

@@ -9,3 +9,4 @@ pub mod host;
 pub mod key;
 pub mod path;
 pub mod request_id;
+pub mod trace_context;

@@ -194,13 +194,30 @@ impl Dispatch {
         if let Some(idle) = timeouts.request_body_idle.map(|d| d.0).or(stage_idle) {
             ex.body.set_idle(idle);
         }
-        let req = {
+        let mut req = {
             let backend = &upstream.backends[idx];
             self.upstream_request(ex, &backend.addr, backend.http1)
                 .map_err(Failed::Refused)?
         };
         let started = Instant::now();
         ex.record.attempts += 1;
+        let since = started.saturating_duration_since(ex.started);
+        if let Some(trace) = ex.record.trace.as_mut() {
+            // A sampled exchange: the backend continues the trace under this attempt's span.
+            let span_id = crate::http::trace_context::new_span_id();
+            req.headers_mut().insert(
+                crate::http::trace_context::TRACEPARENT,
+                crate::http::trace_context::format(&trace.trace_id, &span_id),
+            );
+            trace.attempts.push(crate::contract::record::AttemptSpan {
+                span_id,
+                backend: idx,
+                start: since,
+                end: None,
+                outcome: "cancelled",
+                status: None,
+            });
+        }
         let mut head = self.response_timeout;
         for t in [per_try, timeouts.response_head.map(|d| d.0)]
             .into_iter()

@@ -227,6 +227,21 @@ impl HedgeRetry {
             let t1 = Instant::now();
             count(m, |m| m.processing.record((t1 - t0).as_secs_f64()));
             ex.record.mark_at("dispatch", t1);
+            if ex.record.trace.is_some() {
+                let (outcome, status) = match &sent {
+                    Ok(()) => (
+                        "response",
+                        ex.response.as_ref().map(|r| r.status().as_u16()),
+                    ),
+                    Err(Failed::Attempt(f)) => (f.kind.code(), None),
+                    Err(Failed::Refused(r)) => (r.label(), None),
+                    Err(Failed::Cancelled) => ("cancelled", None),
+                };
+                let at = t1.saturating_duration_since(ex.started);
+                if let Some(trace) = ex.record.trace.as_mut() {
+                    trace.close_attempts(at, outcome, status);
+                }
+            }
             if let Some(a) = &self.adaptive {
                 match &sent {
                     Ok(()) => a.sample(t1 - t0),
