@@ -168,7 +168,26 @@ async fn metrics_a_dashboard_needs() {
     assert!(text.contains(r#"le="15""#) && text.contains(r#"le="0.001""#));
     // Upstream connections: open ones pooled, connects by result.
     let app = [("upstream", "app")];
-    assert!(sample(&text, "spooky_upstream_connections", &app) >= 1.0);
+    let open = sample(&text, "spooky_upstream_connections", &app);
+    assert!(open >= 1.0);
+    // Idle: nothing in flight now, so every open connection is idle; one held request holds
+    // one of them.
+    assert_eq!(
+        sample(&text, "spooky_upstream_connections_idle", &app),
+        open
+    );
+    let mut holder = Client::open("h2", &proxy, &cert).await;
+    let held = tokio::spawn(async move { holder.send("GET", &url("/hold/m"), &[]).await.status });
+    backend.state.wait_held(1).await;
+    let (_, during) = proxy.admin_get("/metrics").await;
+    let open_now = sample(&during, "spooky_upstream_connections", &app);
+    assert_eq!(
+        sample(&during, "spooky_upstream_connections_idle", &app),
+        open_now - 1.0,
+        "{open_now} open, one busy"
+    );
+    backend.state.release(1);
+    assert_eq!(held.await.expect("held"), 200);
     assert!(
         sample(
             &text,

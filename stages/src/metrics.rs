@@ -45,6 +45,8 @@ pub const UPSTREAM_LATENCY: &str = "spooky_upstream_response_seconds";
 pub const UPSTREAM_INFLIGHT: &str = "spooky_upstream_inflight";
 /// Connections open to a backend (all workers' pools).
 pub const UPSTREAM_CONNECTIONS: &str = "spooky_upstream_connections";
+/// Connections open to a backend and carrying no request (open minus attempts in flight).
+pub const UPSTREAM_CONNECTIONS_IDLE: &str = "spooky_upstream_connections_idle";
 /// Connections made to a backend, by `result`: `ok`, `failed`, `timeout`.
 pub const UPSTREAM_CONNECTS: &str = "spooky_upstream_connects_total";
 /// An upstream's inflight cap: the smaller of its `max_inflight` and its bulkhead share.
@@ -379,6 +381,11 @@ pub const HELP: &[(&str, Kind, &str)] = &[
         UPSTREAM_CONNECTIONS,
         Kind::Gauge,
         "Connections open to a backend.",
+    ),
+    (
+        UPSTREAM_CONNECTIONS_IDLE,
+        Kind::Gauge,
+        "Connections open to a backend and carrying no request (exact for HTTP/1.1, a lower bound for HTTP/2).",
     ),
     (
         UPSTREAM_CONNECTS,

@@ -34,9 +34,16 @@ pub type WorkerClient = Client<BackendConnector, RequestBody>;
 #[derive(Clone)]
 pub struct BackendClient {
     per_worker: Arc<[WorkerClient]>,
+    /// Connections open in all workers' pools.
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl BackendClient {
+    /// Connections open to the backend now (every worker's pool).
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The calling worker's client.
     pub fn get(&self) -> &WorkerClient {
         &self.per_worker[crate::workers::current() % self.per_worker.len()]
@@ -68,12 +75,13 @@ pub fn backend_client(
         }
         _ => None,
     };
+    let open = metrics.open_now();
     let connector =
         BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout, metrics);
     let per_worker = (0..workers.get())
         .map(|_| worker_client(settings, protocol, connector.clone()))
         .collect();
-    Ok(BackendClient { per_worker })
+    Ok(BackendClient { per_worker, open })
 }
 
 fn worker_client(

@@ -128,6 +128,8 @@ pub struct BackendConnector {
 /// A pool's connections: open now, and connects by result.
 pub struct ConnMetrics {
     open: metrics::Gauge,
+    /// Open now, readable (the idle gauge is derived from it at scrape time).
+    open_now: Arc<std::sync::atomic::AtomicUsize>,
     ok: metrics::Counter,
     failed: metrics::Counter,
     timeout: metrics::Counter,
@@ -147,11 +149,19 @@ impl ConnMetrics {
             metrics::gauge!(UPSTREAM_CONNECTIONS, "upstream" => u.clone(), "backend" => b.clone());
         open.increment(0.0);
         ConnMetrics {
+            open_now: Arc::default(),
             ok: connects("ok"),
             failed: connects("failed"),
             timeout: connects("timeout"),
             open,
         }
+    }
+}
+
+impl ConnMetrics {
+    /// The pool's open connections, counted as they open and close.
+    pub fn open_now(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.open_now.clone()
     }
 }
 
@@ -194,6 +204,8 @@ impl tower_service::Service<Uri> for BackendConnector {
             }
             let io = connected?;
             m.open.increment(1.0);
+            m.open_now
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(TokioIo::new(BackendStream { io, metrics: m }))
         })
     }
@@ -241,6 +253,9 @@ pub enum Io {
 impl Drop for BackendStream {
     fn drop(&mut self) {
         self.metrics.open.decrement(1.0);
+        self.metrics
+            .open_now
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
