@@ -7,7 +7,8 @@
 #   BASE=bb84a50 ROUNDS=5 benches/ab.sh
 #   PROTO=h2 benches/ab.sh         # HTTP/2 over TLS in (h2load; nghttp2-client is installed)
 #
-# Knobs: BASE (a git revision) or BASE_BIN (a spooky binary built before), PROTO (h3|h2), ROUNDS, DURATION (h3), REQUESTS (h2),
+# Knobs: BASE (a git revision) or BASE_BIN (a spooky binary built before), EXTRA_B (TOML
+# appended to the working tree's pipeline), PROTO (h3|h2), ROUNDS, DURATION (h3), REQUESTS (h2),
 # CONNECTIONS, STREAMS, SIZE, PIN=1 (both proxies on CPU 0, backend and load generator on
 # CPU 1: steadier figures on a shared 2-core machine).
 set -euo pipefail
@@ -62,10 +63,17 @@ upstream = "app"
 backends = [ { url = "http://127.0.0.1:$port" } ]
 TOML
 
+# The working tree's pipeline may differ by EXTRA_B (TOML appended, e.g. a stage's keys), to
+# weigh a setting with BASE_BIN set to the same binary.
+cp "$work/bench.toml" "$work/bench-head.toml"
+printf '%b\n' "${EXTRA_B:-}" >> "$work/bench-head.toml"
+
 # Starts Spooky from binary $1 (output in $work/$2.out): sets $started_pid and $started_port.
 # Not in a subshell, so that its process joins $pids and is stopped on exit.
 start() {
-  SPOOKY_LOG=warn "${proxy_cpu[@]}" "$1" run "$work/bench.toml" > "$work/$2.out" &
+  local toml="$work/bench.toml"
+  if [ "$2" = head ]; then toml="$work/bench-head.toml"; fi
+  SPOOKY_LOG=warn "${proxy_cpu[@]}" "$1" run "$toml" > "$work/$2.out" &
   started_pid=$!
   pids+=($started_pid)
   wait_for "$work/$2.out" '^ready' || true
