@@ -102,16 +102,24 @@ fn stages(state: &AdminState, p: &Pipeline, text: &str) -> Value {
     Value::Array(out)
 }
 
-/// The sum of the samples of `name` for one pipeline and stage in Prometheus text.
-fn sample(text: &str, name: &str, pipeline: &str, stage: &str) -> f64 {
-    let (p, s) = (
-        format!("pipeline=\"{pipeline}\""),
-        format!("stage=\"{stage}\""),
-    );
+/// The samples of `name` in Prometheus text whose labels include every `key="value"` of
+/// `labels`: each sample's line and value.
+fn samples<'t>(
+    text: &'t str,
+    name: &'t str,
+    labels: &[(&str, &str)],
+) -> impl Iterator<Item = (&'t str, f64)> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| l.contains(&p) && l.contains(&s))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(move |l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| Some((l, l.rsplit(' ').next()?.parse::<f64>().ok()?)))
+}
+
+/// The sum of the samples of `name` for one pipeline and stage.
+fn sample(text: &str, name: &str, pipeline: &str, stage: &str) -> f64 {
+    samples(text, name, &[("pipeline", pipeline), ("stage", stage)])
+        .map(|(_, v)| v)
         .sum()
 }
 
@@ -150,22 +158,9 @@ fn upstream(u: &Upstream, text: Option<&str>) -> Value {
 
 /// A backend's attempts and failed ones (a 5xx, or no answer) so far, from the metrics text.
 fn attempts(text: &str, upstream: &str, backend: &str) -> (f64, f64) {
-    let name = spooky_stages::metrics::UPSTREAM_REQUESTS;
-    let (u, b) = (
-        format!("upstream=\"{upstream}\""),
-        format!("backend=\"{backend}\""),
-    );
+    let labels = [("upstream", upstream), ("backend", backend)];
     let mut all = (0.0, 0.0);
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| l.contains(&u) && l.contains(&b))
-    {
-        let v = l
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+    for (l, v) in samples(text, spooky_stages::metrics::UPSTREAM_REQUESTS, &labels) {
         all.0 += v;
         if ["5xx", "connect_error", "reset", "timeout"]
             .iter()
