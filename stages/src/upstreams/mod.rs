@@ -238,17 +238,22 @@ impl Upstream {
 
     /// Sets the upstream's and its backends' inflight gauges (scrape time).
     pub fn sample_gauges(&self) {
-        use crate::metrics::{BACKEND_INFLIGHT, UPSTREAM_CONNECTIONS_IDLE, UPSTREAM_INFLIGHT};
+        use crate::metrics::{
+            BACKEND_INFLIGHT, UPSTREAM_CONNECTIONS, UPSTREAM_CONNECTIONS_IDLE, UPSTREAM_INFLIGHT,
+        };
         metrics::gauge!(UPSTREAM_INFLIGHT, "upstream" => self.name.clone())
             .set(self.cap.in_use() as f64);
         for b in &self.backends {
             let inflight = b.cap.in_use();
             metrics::gauge!(BACKEND_INFLIGHT, "upstream" => self.name.clone(), "backend" => b.name.clone())
                 .set(inflight as f64);
+            let open = b.client.open();
+            metrics::gauge!(UPSTREAM_CONNECTIONS, "upstream" => self.name.clone(), "backend" => b.name.clone())
+                .set(open as f64);
             // Every attempt in flight holds a connection (HTTP/1.1: one each; HTTP/2: streams
             // share one, so this is a lower bound there).
             metrics::gauge!(UPSTREAM_CONNECTIONS_IDLE, "upstream" => self.name.clone(), "backend" => b.name.clone())
-                .set(b.client.open().saturating_sub(inflight) as f64);
+                .set(open.saturating_sub(inflight) as f64);
         }
     }
 }

@@ -125,10 +125,9 @@ pub struct BackendConnector {
     metrics: Arc<ConnMetrics>,
 }
 
-/// A pool's connections: open now, and connects by result.
+/// A pool's connections: open now (the open and idle gauges are set from it at scrape time),
+/// and connects by result.
 pub struct ConnMetrics {
-    open: metrics::Gauge,
-    /// Open now, readable (the idle gauge is derived from it at scrape time).
     open_now: Arc<std::sync::atomic::AtomicUsize>,
     ok: metrics::Counter,
     failed: metrics::Counter,
@@ -138,22 +137,18 @@ pub struct ConnMetrics {
 impl ConnMetrics {
     /// The metrics of the pool `upstream`'s backend `backend` uses (registered at zero).
     pub fn new(upstream: &str, backend: &str) -> ConnMetrics {
-        use crate::metrics::{UPSTREAM_CONNECTIONS, UPSTREAM_CONNECTS};
+        use crate::metrics::UPSTREAM_CONNECTS;
         let (u, b) = (upstream.to_string(), backend.to_string());
         let connects = |result: &'static str| {
             let c = metrics::counter!(UPSTREAM_CONNECTS, "upstream" => u.clone(), "backend" => b.clone(), "result" => result);
             c.increment(0);
             c
         };
-        let open =
-            metrics::gauge!(UPSTREAM_CONNECTIONS, "upstream" => u.clone(), "backend" => b.clone());
-        open.increment(0.0);
         ConnMetrics {
             open_now: Arc::default(),
             ok: connects("ok"),
             failed: connects("failed"),
             timeout: connects("timeout"),
-            open,
         }
     }
 }
@@ -203,7 +198,6 @@ impl tower_service::Service<Uri> for BackendConnector {
                 Err(_) => m.failed.increment(1),
             }
             let io = connected?;
-            m.open.increment(1.0);
             m.open_now
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(TokioIo::new(BackendStream { io, metrics: m }))
@@ -252,7 +246,6 @@ pub enum Io {
 
 impl Drop for BackendStream {
     fn drop(&mut self) {
-        self.metrics.open.decrement(1.0);
         self.metrics
             .open_now
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
