@@ -22,11 +22,13 @@
 //! * [`config`] — the pipeline TOML, parsed and validated with file:line:column errors.
 //! * [`access_log`] — one line per exchange from its record, written off the data path.
 //! * [`trace`] — sampled exchanges' spans over OTLP (the `otlp` feature).
-//! * [`body`], [`http`], [`units`], [`metrics`], [`workers`] — leaves every layer may use.
+//! * [`body`], [`by_key`], [`http`], [`units`], [`metrics`], [`workers`] — leaves every layer may
+//!   use.
 
 pub mod access_log;
 pub mod adapters;
 pub mod body;
+pub mod by_key;
 pub mod config;
 pub mod contract;
 pub mod engine;

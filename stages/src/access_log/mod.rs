@@ -107,15 +107,8 @@ impl AccessLog {
         if r.route.as_ref().is_some_and(|route| !route.access_log) {
             return false;
         }
-        failed(r) || self.threshold == u64::MAX || mix(r.id) < self.threshold
+        r.failed() || self.threshold == u64::MAX || mix(r.id) < self.threshold
     }
-}
-
-/// Refused, failed or cut: always logged, whatever the sample.
-fn failed(r: &Record) -> bool {
-    r.reason.is_some()
-        || r.status.is_some_and(|s| s.is_server_error())
-        || r.outcome != Some(Outcome::Complete)
 }
 
 /// Spreads exchange ids evenly over `u64` (splitmix64), so sampling by id is fair.

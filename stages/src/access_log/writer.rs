@@ -10,15 +10,15 @@
 //! the same file open); the thread ends when the last generation using it is gone, after
 //! writing what it was handed.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::by_key::ByKey;
 use crate::metrics::{ACCESS_LOG_DROPPED, ACCESS_LOG_ERRORS, ACCESS_LOG_LINES, ACCESS_LOG_REOPENS};
 
 /// Where lines go.
@@ -48,8 +48,7 @@ static REOPEN: AtomicU64 = AtomicU64::new(0);
 /// wakes for it at once.
 pub fn reopen_all() {
     REOPEN.fetch_add(1, Ordering::Relaxed);
-    let live = live().lock().unwrap_or_else(|p| p.into_inner());
-    for w in live.values().filter_map(Weak::upgrade) {
+    for w in LIVE.live() {
         // An empty line is the wake-up call; it is not written.
         let _ = w.tx.try_send(String::new());
     }
@@ -72,12 +71,8 @@ impl Writer {
     }
 }
 
-type Live = Mutex<HashMap<Dest, Weak<Writer>>>;
-
-fn live() -> &'static Live {
-    static LIVE: std::sync::OnceLock<Live> = std::sync::OnceLock::new();
-    LIVE.get_or_init(Default::default)
-}
+/// The running writers, by destination.
+static LIVE: ByKey<Dest, Writer> = ByKey::new();
 
 /// Registers the access-log counters at zero, so alerting sees them before the first line.
 pub fn describe() {
@@ -91,23 +86,18 @@ pub fn describe() {
 /// A file is opened (created, appended to) here, so a path that cannot be written is an
 /// error at start or reload, not a silent loss.
 pub fn open(dest: &Dest, buffer: usize) -> io::Result<Arc<Writer>> {
-    let mut live = live().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(w) = live.get(dest).and_then(Weak::upgrade) {
-        return Ok(w);
-    }
-    let sink = Sink::open(dest)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
-    std::thread::Builder::new()
-        .name("spooky-access-log".into())
-        .spawn(move || run(rx, sink))?;
-    let w = Arc::new(Writer {
-        tx,
-        lines: metrics::counter!(ACCESS_LOG_LINES),
-        dropped: metrics::counter!(ACCESS_LOG_DROPPED),
-    });
-    live.retain(|_, w| w.strong_count() > 0);
-    live.insert(dest.clone(), Arc::downgrade(&w));
-    Ok(w)
+    LIVE.get_or_make(dest, || {
+        let sink = Sink::open(dest)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
+        std::thread::Builder::new()
+            .name("spooky-access-log".into())
+            .spawn(move || run(rx, sink))?;
+        Ok(Arc::new(Writer {
+            tx,
+            lines: metrics::counter!(ACCESS_LOG_LINES),
+            dropped: metrics::counter!(ACCESS_LOG_DROPPED),
+        }))
+    })
 }
 
 /// Where the thread writes.

@@ -220,6 +220,14 @@ impl Record {
         std::time::SystemTime::now() - self.started.elapsed()
     }
 
+    /// Refused, failed or cut: a Spooky reason, a 5xx, or an ending other than complete
+    /// (always logged, whatever the sample; an error span in traces).
+    pub fn failed(&self) -> bool {
+        self.reason.is_some()
+            || self.status.is_some_and(|s| s.is_server_error())
+            || self.outcome != Some(Outcome::Complete)
+    }
+
     /// How long the exchange took.
     pub fn duration(&self) -> Duration {
         self.started.elapsed()

@@ -2,8 +2,7 @@
 //! thread per collector, which sends them in batches (up to 512 spans, at least every
 //! second). The data path only converts and `try_send`s.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -16,6 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use tokio::sync::mpsc;
 
 use super::Config;
+use crate::by_key::ByKey;
 use crate::contract::record::{Outcome, Record};
 use crate::http::trace_context::new_span_id;
 use crate::metrics::OTLP_SPANS;
@@ -32,42 +32,33 @@ pub struct Exporter {
     dropped: metrics::Counter,
 }
 
-type Live = Mutex<HashMap<(String, String), Weak<Exporter>>>;
-
-fn live() -> &'static Live {
-    static LIVE: std::sync::OnceLock<Live> = std::sync::OnceLock::new();
-    LIVE.get_or_init(Default::default)
-}
+/// The running exporters, by collector and service name.
+static LIVE: ByKey<(String, String), Exporter> = ByKey::new();
 
 impl Exporter {
     /// The exporter for `config`'s collector and service: the running one (shared by workers
     /// and generations), or a new thread.
     pub fn open(config: &Config) -> Arc<Exporter> {
         let key = (config.otlp_endpoint.clone(), config.service_name.clone());
-        let mut live = live().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = live.get(&key).and_then(Weak::upgrade) {
-            return e;
-        }
-        for outcome in ["queued", "dropped", "exported", "failed"] {
-            metrics::counter!(OTLP_SPANS, "outcome" => outcome).increment(0);
-        }
-        // Exchanges (each a handful of spans) waiting for the thread.
-        let (tx, rx) = mpsc::channel(config.buffer.get());
-        let endpoint = config.otlp_endpoint.clone();
-        let service = config.service_name.clone();
-        let spawned = std::thread::Builder::new()
-            .name("spooky-otlp".into())
-            .spawn(move || run(rx, endpoint, service));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "tracing: cannot start the OTLP exporter thread");
-        }
-        let e = Arc::new(Exporter {
-            tx,
-            queued: metrics::counter!(OTLP_SPANS, "outcome" => "queued"),
-            dropped: metrics::counter!(OTLP_SPANS, "outcome" => "dropped"),
+        let Ok(e) = LIVE.get_or_make(&key, || {
+            for outcome in ["queued", "dropped", "exported", "failed"] {
+                metrics::counter!(OTLP_SPANS, "outcome" => outcome).increment(0);
+            }
+            // Exchanges (each a handful of spans) waiting for the thread.
+            let (tx, rx) = mpsc::channel(config.buffer.get());
+            let (endpoint, service) = key.clone();
+            let spawned = std::thread::Builder::new()
+                .name("spooky-otlp".into())
+                .spawn(move || run(rx, endpoint, service));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "tracing: cannot start the OTLP exporter thread");
+            }
+            Ok::<_, std::convert::Infallible>(Arc::new(Exporter {
+                tx,
+                queued: metrics::counter!(OTLP_SPANS, "outcome" => "queued"),
+                dropped: metrics::counter!(OTLP_SPANS, "outcome" => "dropped"),
+            }))
         });
-        live.retain(|_, w| w.strong_count() > 0);
-        live.insert(key, Arc::downgrade(&e));
         e
     }
 
@@ -206,9 +197,7 @@ fn spans(r: &Record) -> Vec<Span> {
     let d = r.details.as_deref();
     let route = r.route.as_deref().map(|x| x.name.as_str());
     let method = d.map_or("", |d| d.method.as_str());
-    let failed = r.reason.is_some()
-        || r.status.is_some_and(|s| s.is_server_error())
-        || r.outcome != Some(Outcome::Complete);
+    let failed = r.failed();
     let mut attrs = vec![
         kv("http.request.method", method),
         kv("network.protocol.name", "http"),
