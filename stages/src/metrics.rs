@@ -274,7 +274,7 @@ pub const HELP: &[(&str, Kind, &str)] = &[
     (
         LISTENER_HANDSHAKES,
         Kind::Counter,
-        "Client handshakes, by listener, protocol (quic, tcp) and result (ok, error, timeout, refused, per_client_limit).",
+        "Client handshakes, by listener, protocol (quic, tcp) and result (ok, error, timeout, refused, per_client_limit, proxy_protocol: a bad or missing PROXY header, plain_http: plain HTTP sent to a TLS port, answered 400).",
     ),
     (
         LISTENER_TIMEOUTS,

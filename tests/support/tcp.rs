@@ -55,6 +55,21 @@ pub async fn tls_connect(
     std::io::Error,
 > {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tls_over(tcp, sni, cfg).await
+}
+
+/// TLS with `sni` over a connection already open (after a PROXY header, say).
+pub async fn tls_over(
+    tcp: tokio::net::TcpStream,
+    sni: &str,
+    cfg: rustls::ClientConfig,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        CertificateDer<'static>,
+    ),
+    std::io::Error,
+> {
     let name = ServerName::try_from(sni.to_string()).expect("server name");
     let tls = TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await?;
     let leaf = tls.get_ref().1.peer_certificates().expect("peer certs")[0].clone();
@@ -83,7 +98,16 @@ impl Sender {
         addr: SocketAddr,
         cfg: rustls::ClientConfig,
     ) -> Result<Sender, std::io::Error> {
-        let (tls, _) = tls_connect(addr, "localhost", cfg).await?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        Sender::over(tcp, cfg).await
+    }
+
+    /// [`Sender::connect_with`] over a connection already open.
+    pub async fn over(
+        tcp: tokio::net::TcpStream,
+        cfg: rustls::ClientConfig,
+    ) -> Result<Sender, std::io::Error> {
+        let (tls, _) = tls_over(tcp, "localhost", cfg).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {

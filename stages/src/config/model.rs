@@ -234,6 +234,25 @@ pub struct ListenerConfig {
     /// keep-alive closed, HTTP/2 GOAWAY), for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+    /// TCP: the PROXY protocol header (`"v1"` text, `"v2"` binary) that a load balancer in
+    /// front sends first, with the client's real address. Read only from `trusted_proxies`.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Who must send the PROXY header (address blocks); other peers are served as they are.
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::http::forwarded::Cidr>,
+}
+
+/// The PROXY protocol version a TCP listener expects from its trusted peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    /// `PROXY TCP4 1.2.3.4 5.6.7.8 1111 443\r\n`.
+    V1,
+    /// The binary header (signature `\r\n\r\n\0\r\nQUIT\n`).
+    V2,
 }
 
 fn default_redirect_port() -> u16 {

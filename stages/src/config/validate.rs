@@ -7,7 +7,8 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use super::{
-    AltSvc, Balance, Config, Cx, Protocol, Redirect, StageKind, TlsSetting, Verify, span_at,
+    AltSvc, Balance, Config, Cx, Protocol, ProxyProtocol, Redirect, StageKind, TlsSetting, Verify,
+    span_at,
 };
 
 pub(crate) fn validate(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &mut Config) {
@@ -220,6 +221,27 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
                 Some(at(&["redirect"])),
                 &format!("listeners[{i}].redirect"),
                 "redirects are for plaintext listeners (tls = \"off\")",
+            );
+        }
+        if l.proxy_protocol != ProxyProtocol::Off {
+            if !tcp {
+                cx.push(
+                    Some(at(&["proxy_protocol"])),
+                    &format!("listeners[{i}].proxy_protocol"),
+                    "the PROXY protocol is read on TCP: add \"h2\" or \"http1\" to protocols",
+                );
+            } else if l.trusted_proxies.is_empty() {
+                cx.push(
+                    Some(at(&["proxy_protocol"])),
+                    &format!("listeners[{i}].proxy_protocol"),
+                    "expected trusted_proxies beside it: the address blocks of the load balancers whose PROXY header is believed",
+                );
+            }
+        } else if !l.trusted_proxies.is_empty() {
+            cx.warn(
+                Some(at(&["trusted_proxies"])),
+                &format!("listeners[{i}].trusted_proxies"),
+                "has no effect without proxy_protocol = \"v1\" or \"v2\" (X-Forwarded-For is trusted by [stages.ingress] trusted_proxies)",
             );
         }
         if !tcp && l.alt_svc != AltSvc::Auto {

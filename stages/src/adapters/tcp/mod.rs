@@ -4,5 +4,6 @@
 pub mod body;
 pub mod conn_clock;
 pub mod h1_guard;
+pub mod preface;
 pub mod server;
 pub mod sink;

@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use metrics::{counter, gauge};
 use spooky_sync::{Cap, Permit};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
@@ -37,9 +38,10 @@ use crate::adapters::swap::Swap;
 use crate::adapters::tcp::body::HyperBody;
 use crate::adapters::tcp::conn_clock::ConnClock;
 use crate::adapters::tcp::h1_guard::{H1Guard, Refusal, Refusals};
+use crate::adapters::tcp::preface;
 use crate::adapters::tcp::sink::{HyperSink, ProxyBody};
 use crate::body::RequestBody;
-use crate::config::{AltSvc, ListenerConfig, Protocol, Redirect, StagesConfig};
+use crate::config::{AltSvc, ListenerConfig, Protocol, ProxyProtocol, Redirect, StagesConfig};
 use crate::contract::exchange::{
     Client, ClientProtocol, ContentLength, Exchange, Origin, next_conn,
 };
@@ -47,6 +49,7 @@ use crate::contract::flow::status_text;
 use crate::contract::reason::Reason;
 use crate::contract::responder::Responder;
 use crate::engine::generation::Pipelines;
+use crate::http::forwarded::{Cidr, trusted};
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
     LISTENER_TIMEOUTS, WORKER_CONNECTIONS,
@@ -68,6 +71,8 @@ struct Shared {
     header_timeout: Duration,
     idle_timeout: Duration,
     forward_header: Option<http::HeaderName>,
+    proxy_protocol: ProxyProtocol,
+    trusted_proxies: Vec<Cidr>,
 }
 
 /// A TCP listener: what every worker's accept loop of it shares (certificates, caps, limits).
@@ -131,6 +136,8 @@ impl TcpListenerRt {
                 header_timeout: stages.ingress.header_timeout.0,
                 idle_timeout: listener.idle_timeout.0,
                 forward_header: tls::forward_header(&listener.tls)?,
+                proxy_protocol: listener.proxy_protocol,
+                trusted_proxies: listener.trusted_proxies.clone(),
             })),
         })
     }
@@ -183,9 +190,16 @@ impl TcpListenerRt {
                 counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "protocol" => "tcp", "result" => "refused").increment(1);
                 continue;
             };
-            let Ok(slot) = client_limit::slot(&shared.per_client, remote.ip()) else {
-                counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "protocol" => "tcp", "result" => "per_client_limit").increment(1);
-                continue;
+            // Behind a load balancer the per-client limit is the real client's, known once
+            // the PROXY header is read.
+            let slot = if shared.expects_proxy_header(remote) {
+                None
+            } else {
+                let Ok(slot) = client_limit::slot(&shared.per_client, remote.ip()) else {
+                    counter!(LISTENER_HANDSHAKES, "listener" => shared.name.clone(), "protocol" => "tcp", "result" => "per_client_limit").increment(1);
+                    continue;
+                };
+                slot
             };
             let clock = ConnClock::new(shared.header_timeout, shared.idle_timeout);
             let _ = stream.set_nodelay(true);
@@ -219,18 +233,69 @@ struct Held {
     _live: spooky_sync::DrainGuard,
 }
 
+impl Shared {
+    /// Whether `peer` is a load balancer that must send a PROXY header first.
+    fn expects_proxy_header(&self, peer: SocketAddr) -> bool {
+        self.proxy_protocol != ProxyProtocol::Off && trusted(&self.trusted_proxies, peer.ip())
+    }
+
+    fn handshake_failed(&self, result: &'static str) {
+        counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "protocol" => "tcp", "result" => result)
+            .increment(1);
+    }
+}
+
 async fn connection(
     shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
-    remote: SocketAddr,
-    _held: Held,
+    mut stream: tokio::net::TcpStream,
+    mut remote: SocketAddr,
+    mut held: Held,
     clock: Arc<ConnClock>,
     pipelines: Pipelines,
     shutdown: watch::Receiver<bool>,
 ) {
     let name = shared.name.clone();
+    if shared.expects_proxy_header(remote) {
+        // The header counts against the time to the first request head.
+        let header = preface::read_proxy_header(&mut stream, shared.proxy_protocol);
+        match tokio::time::timeout_at(clock.first_head_deadline(), header).await {
+            Ok(Ok(client)) => {
+                if let Some(client) = client {
+                    remote = client;
+                }
+                let Ok(slot) = client_limit::slot(&shared.per_client, remote.ip()) else {
+                    shared.handshake_failed("per_client_limit");
+                    return;
+                };
+                held._slot = slot;
+            }
+            Ok(Err(e)) => {
+                shared.handshake_failed("proxy_protocol");
+                tracing::debug!(peer = %remote, error = %e, "PROXY header refused (connection closed)");
+                return;
+            }
+            Err(_) => return shared.handshake_failed("timeout"),
+        }
+    }
     match shared.tls.as_ref().map(|t| t.get()) {
         Some(acceptor) => {
+            // Plain HTTP to a TLS port gets a readable answer, not a TLS alert.
+            let first = tokio::time::timeout_at(
+                clock.first_head_deadline(),
+                preface::is_plain_http(&stream),
+            );
+            match first.await {
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => {
+                    shared.handshake_failed("plain_http");
+                    tracing::debug!(%remote, "plain HTTP on a TLS port: answered 400");
+                    let _ = stream.write_all(preface::PLAIN_HTTP_ANSWER).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Ok(Err(_)) => return shared.handshake_failed("error"),
+                Err(_) => return shared.handshake_failed("timeout"),
+            }
             // The handshake counts against the time to the first request head.
             let handshake = acceptor.accept(stream);
             let tls = match tokio::time::timeout_at(clock.first_head_deadline(), handshake).await {
