@@ -1,6 +1,7 @@
 //! A real HTTP/1.1 backend (hyper) with a handful of behaviours chosen by path:
 //!
 //! * `/echo…` — streams the request body straight back, as it arrives;
+//! * `/sum…` — reads the whole body, then answers its length, `Expect` and trailers;
 //! * `/hold…` — counts the arrival, then answers only when the test releases one hold;
 //! * `/trailers` — a chunked body followed by trailers;
 //! * `/drip…` — sends one chunk, then waits for a release before the rest;
@@ -142,6 +143,26 @@ async fn handle(
             .into_body()
             .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) });
         return Ok(Response::new(BoxBody::new(body)));
+    }
+    if path.starts_with("/sum") {
+        // Reads the whole body, then says how long it was, which `Expect` it was sent and
+        // which trailers came after it.
+        let expect = header(&req, "expect");
+        let Ok(all) = req.into_body().collect().await else {
+            return Ok(text("body failed\n"));
+        };
+        let trailers = all.trailers().map_or(String::new(), |t| {
+            let mut names: Vec<String> = t
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
+                .collect();
+            names.sort();
+            names.join(",")
+        });
+        let n = all.to_bytes().len();
+        return Ok(text(&format!(
+            "sum {n} expect={expect} trailers={trailers}\n"
+        )));
     }
     if path.starts_with("/hold") {
         st.held.fetch_add(1, Ordering::SeqCst);

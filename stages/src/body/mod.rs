@@ -22,41 +22,42 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// request is aborted rather than completed with a truncated body.
 #[derive(Debug)]
 pub struct ClientBodyError {
-    /// Bad framing (a chunk size that overflows or is not hex, data past a chunk, a bad
-    /// extension, a length that disagrees with the data); otherwise the client went away
-    /// (reset its stream, closed the connection mid-body).
-    pub malformed: bool,
-    /// The client sent nothing for the route's `request_body_idle` (408).
-    pub timed_out: bool,
+    pub fault: BodyFault,
     source: BoxError,
 }
 
+/// What went wrong with a client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Bad framing (a chunk size that overflows or is not hex, data past a chunk, a bad
+    /// extension, a length that disagrees with the data): 400; HTTP/3 H3_MESSAGE_ERROR.
+    Malformed,
+    /// The client sent nothing for the route's `request_body_idle` (408).
+    Idle,
+    /// The body outgrew the route's `max_request_body` (413).
+    TooLarge,
+    /// The client went away (reset its stream, closed the connection mid-body).
+    Gone,
+}
+
 impl ClientBodyError {
+    fn boxed(fault: BodyFault, source: BoxError) -> BoxError {
+        Box::new(ClientBodyError { fault, source })
+    }
+
     /// Bad framing: the client's error (400; HTTP/3 H3_MESSAGE_ERROR).
     pub fn malformed(source: BoxError) -> BoxError {
-        Box::new(ClientBodyError {
-            malformed: true,
-            timed_out: false,
-            source,
-        })
+        ClientBodyError::boxed(BodyFault::Malformed, source)
     }
 
     /// The client went quiet for longer than the body's idle limit.
     pub fn idle(after: std::time::Duration) -> BoxError {
-        Box::new(ClientBodyError {
-            malformed: false,
-            timed_out: true,
-            source: format!("nothing for {after:?}").into(),
-        })
+        ClientBodyError::boxed(BodyFault::Idle, format!("nothing for {after:?}").into())
     }
 
     /// The client went away mid-body.
     pub fn gone(source: BoxError) -> BoxError {
-        Box::new(ClientBodyError {
-            malformed: false,
-            timed_out: false,
-            source,
-        })
+        ClientBodyError::boxed(BodyFault::Gone, source)
     }
 
     /// The client's body error in `e`'s source chain, if the failure was the client's.
@@ -74,12 +75,11 @@ impl ClientBodyError {
 
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = if self.malformed {
-            "malformed request body"
-        } else if self.timed_out {
-            "client request body idle too long"
-        } else {
-            "client stopped sending its request body"
+        let what = match self.fault {
+            BodyFault::Malformed => "malformed request body",
+            BodyFault::Idle => "client request body idle too long",
+            BodyFault::TooLarge => "request body too large",
+            BodyFault::Gone => "client stopped sending its request body",
         };
         write!(f, "{what}: {}", self.source)
     }
@@ -154,6 +154,8 @@ pub struct RequestBody {
     replay: Option<replay::Replay>,
     /// The longest wait for the client's next frame (`request_body_idle`).
     idle: Option<idle::Idle>,
+    /// The most bytes the body may have (the route's `max_request_body`).
+    limit: Option<u64>,
 }
 
 impl RequestBody {
@@ -173,6 +175,7 @@ impl RequestBody {
             taken: false,
             replay: None,
             idle: None,
+            limit: None,
         }
     }
 
@@ -206,7 +209,13 @@ impl RequestBody {
             taken: false,
             replay: None,
             idle: None,
+            limit: None,
         }
+    }
+
+    /// Fails the body (413 `request_body_too_large`) once it has more than `max` bytes.
+    pub fn set_limit(&mut self, max: u64) {
+        self.limit = Some(max);
     }
 
     /// Takes the body out for forwarding, leaving an empty one behind; what it forwards is
@@ -315,7 +324,7 @@ impl RequestBody {
             match polled {
                 Poll::Ready(Ok(Some(chunk))) => {
                     self.received += chunk.len() as u64;
-                    if let Err(e) = check_length(self.declared, self.received, false) {
+                    if let Err(e) = check_length(self.declared, self.received, self.limit, false) {
                         // Answered when the body is forwarded (after what came before it).
                         self.state = State::Failed;
                         self.failure = Some(e);
@@ -332,7 +341,7 @@ impl RequestBody {
                     });
                 }
                 Poll::Ready(Ok(None)) => {
-                    match check_length(self.declared, self.received, true) {
+                    match check_length(self.declared, self.received, self.limit, true) {
                         Ok(()) => self.state = State::Trailers,
                         Err(e) => {
                             self.state = State::Failed;
@@ -343,7 +352,8 @@ impl RequestBody {
                 }
                 Poll::Ready(Err(e)) => {
                     self.state = State::Failed;
-                    let gone = ClientBodyError::find(&*e).is_none_or(|c| !c.malformed);
+                    let gone =
+                        ClientBodyError::find(&*e).is_none_or(|c| c.fault != BodyFault::Malformed);
                     self.failure = Some(e);
                     // A malformed body is answered when it is forwarded; a client that left
                     // cancels the exchange now.
@@ -358,11 +368,26 @@ impl RequestBody {
     }
 }
 
-/// RFC 9114 §4.1.2: a request whose DATA frames disagree with content-length is malformed.
-fn check_length(declared: Option<u64>, received: u64, at_end: bool) -> Result<(), BoxError> {
+/// What has been received so far against `content-length` (RFC 9114 §4.1.2: a request whose
+/// DATA frames disagree with it is malformed) and the route's `limit`.
+fn check_length(
+    declared: Option<u64>,
+    received: u64,
+    limit: Option<u64>,
+    at_end: bool,
+) -> Result<(), BoxError> {
     match declared {
-        Some(d) if received > d || (at_end && received != d) => Err(ClientBodyError::malformed(
-            format!("request body has {received} bytes but content-length is {d}").into(),
+        Some(d) if received > d || (at_end && received != d) => {
+            return Err(ClientBodyError::malformed(
+                format!("request body has {received} bytes but content-length is {d}").into(),
+            ));
+        }
+        _ => {}
+    }
+    match limit {
+        Some(max) if received > max => Err(ClientBodyError::boxed(
+            BodyFault::TooLarge,
+            format!("request body passed max_request_body ({max} bytes)").into(),
         )),
         _ => Ok(()),
     }
@@ -375,7 +400,7 @@ impl RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self;
         if let Some(chunk) = this.stash.take() {
-            if let Err(e) = check_length(this.declared, this.received, false) {
+            if let Err(e) = check_length(this.declared, this.received, this.limit, false) {
                 this.state = State::Failed;
                 return Poll::Ready(Some(Err(e)));
             }
@@ -402,7 +427,9 @@ impl RequestBody {
                     Poll::Ready(Ok(Some(chunk))) => {
                         this.read_pending = false;
                         this.received += chunk.len() as u64;
-                        if let Err(e) = check_length(this.declared, this.received, false) {
+                        if let Err(e) =
+                            check_length(this.declared, this.received, this.limit, false)
+                        {
                             this.state = State::Failed;
                             return Poll::Ready(Some(Err(e)));
                         }
@@ -410,7 +437,8 @@ impl RequestBody {
                     }
                     Poll::Ready(Ok(None)) => {
                         this.read_pending = false;
-                        if let Err(e) = check_length(this.declared, this.received, true) {
+                        if let Err(e) = check_length(this.declared, this.received, this.limit, true)
+                        {
                             this.state = State::Failed;
                             return Poll::Ready(Some(Err(e)));
                         }

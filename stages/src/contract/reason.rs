@@ -48,6 +48,11 @@ pub enum Reason {
     NoRoute,
     /// The client paused its request body longer than `request_body_idle` (408).
     RequestBodyTimeout,
+    /// `Expect` other than `100-continue` (417, RFC 9110 §10.1.1).
+    ExpectationFailed,
+    /// The request body is longer than the route's `max_request_body` (413): by its
+    /// `content-length` before anything is forwarded, or as it streams.
+    RequestBodyTooLarge,
     /// The route's rate limit (429, with `Retry-After` and `RateLimit-*`).
     RateLimited,
 
@@ -121,6 +126,8 @@ impl Reason {
             Reason::Unforwardable => "unforwardable",
             Reason::NoRoute => "no_route",
             Reason::RequestBodyTimeout => "request_body_timeout",
+            Reason::RequestBodyTooLarge => "request_body_too_large",
+            Reason::ExpectationFailed => "expectation_failed",
             Reason::RateLimited => "rate_limited",
             Reason::AdmissionFull => "admission_full",
             Reason::ConcurrencyFull => "concurrency_full",
@@ -187,6 +194,8 @@ impl Reason {
             | Reason::TotalTimeout
             | Reason::GrpcDeadline => StatusCode::GATEWAY_TIMEOUT,
             Reason::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reason::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             // Nobody reads it; the record and the logs do.
             Reason::Cancelled | Reason::ClientGone => StatusCode::BAD_REQUEST,
         }
@@ -264,7 +273,7 @@ impl Reason {
             | Reason::TotalTimeout
             | Reason::GrpcDeadline => grpc::Code::DeadlineExceeded,
             Reason::NoRoute => grpc::Code::Unimplemented,
-            Reason::RateLimited => grpc::Code::ResourceExhausted,
+            Reason::RateLimited | Reason::RequestBodyTooLarge => grpc::Code::ResourceExhausted,
             r if r.status().is_server_error() => grpc::Code::Unavailable,
             _ => grpc::Code::Internal,
         }
@@ -286,6 +295,8 @@ impl Reason {
             || self == Reason::ConnectUnsupported
             // The rest of the body may still arrive: the connection cannot be reused.
             || self == Reason::RequestBodyTimeout
+            || self == Reason::RequestBodyTooLarge
+            || self == Reason::ExpectationFailed
     }
 
     /// An `Allow` header (405).

@@ -210,6 +210,8 @@ pub struct Route {
     pub waiting: Cap,
     /// Its exchanges are written to the access log (`access_log`).
     pub access_log: bool,
+    /// The longest request body it takes, in bytes (`max_request_body`).
+    pub max_request_body: Option<u64>,
     /// Its requests by status class and reason, time to first byte, whole time.
     pub metrics: crate::metrics::RouteMetrics,
 }

@@ -11,7 +11,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use serde::Deserialize;
 
-use crate::body::{BoxError, ClientBodyError, RequestBody};
+use crate::body::{BodyFault, BoxError, ClientBodyError, RequestBody};
 use crate::contract::exchange::{AttemptError, AttemptFailure, Exchange, ExchangeState};
 use crate::contract::reason::Reason;
 use crate::http::headers::{append_via, strip_hop_by_hop};
@@ -316,14 +316,13 @@ impl Dispatch {
             }
             Ok(Err(e)) if ClientBodyError::find(&e).is_some() => {
                 // The client's body failed: the client's error, not the backend's.
-                let c = ClientBodyError::find(&e).map(|c| (c.malformed, c.timed_out));
+                let fault = ClientBodyError::find(&e).map(|c| c.fault);
                 tracing::debug!(exchange, error = %error_chain(&e), "client request body failed; upstream request aborted");
-                if c.is_some_and(|c| c.0) {
-                    Err(Failed::Refused(Reason::BadRequestBody))
-                } else if c.is_some_and(|c| c.1) {
-                    Err(Failed::Refused(Reason::RequestBodyTimeout))
-                } else {
-                    Err(Failed::Cancelled)
+                match fault {
+                    Some(BodyFault::Malformed) => Err(Failed::Refused(Reason::BadRequestBody)),
+                    Some(BodyFault::Idle) => Err(Failed::Refused(Reason::RequestBodyTimeout)),
+                    Some(BodyFault::TooLarge) => Err(Failed::Refused(Reason::RequestBodyTooLarge)),
+                    Some(BodyFault::Gone) | None => Err(Failed::Cancelled),
                 }
             }
             Ok(Err(e)) if e.is_connect() => {

@@ -161,6 +161,15 @@ impl Ingress {
             // No tunnels yet: refused on every protocol, never forwarded.
             return Flow::Reject(ex, Reason::ConnectUnsupported);
         }
+        if let Some(expect) = ex.head.headers.get(http::header::EXPECT) {
+            // RFC 9110 §10.1.1. `100-continue` is Spooky's to meet, not the backend's: the
+            // HTTP/1.1 server answers 100 when the body is first read (after the route's
+            // limits passed), so the backend is not asked to answer it again.
+            if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+                return Flow::Reject(ex, Reason::ExpectationFailed);
+            }
+            ex.head.headers.remove(http::header::EXPECT);
+        }
         if ex.content_length == ContentLength::Invalid {
             // RFC 9110 §8.6: one valid content-length or none.
             return Flow::Reject(ex, Reason::BadContentLength);

@@ -83,6 +83,9 @@ pub struct RouteConfig {
     /// `false`: this route's exchanges are left out of the access log.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// The longest request body this route takes (`"10MiB"`); longer ones are answered 413
+    /// (by `content-length` before anything is sent upstream, else as the body streams).
+    pub max_request_body: Option<crate::units::Size>,
 }
 
 fn yes() -> bool {

@@ -175,6 +175,7 @@ impl RouteIndex {
                 rate_limited: metrics::counter!(crate::metrics::RATE_LIMITED, "route" => rc.name.clone()),
                 waiting: Cap::new(queue_capacity),
                 access_log: rc.access_log,
+                max_request_body: rc.max_request_body.map(|s| s.0),
                 metrics: crate::metrics::RouteMetrics::new(&rc.name),
             });
             let hosts = rc
@@ -360,6 +361,15 @@ impl RouteStage {
                 ex.decided.reply_headers = Some(Box::new(limiter.headers(verdict)));
                 return Flow::Reject(ex, Reason::RateLimited);
             }
+        }
+        if let Some(max) = route.max_request_body {
+            if ex.content_length.get().is_some_and(|n| n > max) {
+                // Refused before a byte of it is read: with `Expect: 100-continue` the
+                // client never sends it.
+                ex.decided.route = Some(route.clone());
+                return Flow::Reject(ex, Reason::RequestBodyTooLarge);
+            }
+            ex.body.set_limit(max);
         }
         let sticky = match &route.action {
             Action::Split(s) => s
