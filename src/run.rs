@@ -262,6 +262,8 @@ async fn serve(
             cancelled = pipelines.drain().live(),
             "drain deadline passed: cancelling the rest"
         );
+        // Tunnels (WebSockets) never end by themselves: close them cleanly, both ways.
+        spooky_stages::contract::tunnel::close_all();
     } else {
         tracing::info!("drained");
     }

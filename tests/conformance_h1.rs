@@ -75,8 +75,9 @@ fn table() -> Vec<Probe> {
     // Methods and upgrades Spooky does not carry yet.
     probe("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405, true, Nothing),
     probe("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 200, false, Nothing),
-    probe("Upgrade is not forwarded", b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 200, false, Complete("GET /ws HTTP/1.1", b"")),
-    probe("a backend's 101 is a 502", b"GET /answer-101 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 502, false, Complete("GET /answer-101 HTTP/1.1", b"")),
+    probe("a WebSocket handshake on a route without websocket = true", b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 403, true, Nothing),
+    probe("another Upgrade is not forwarded", b"GET /h2c HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", 200, false, Complete("GET /h2c HTTP/1.1", b"")),
+    probe("a backend's 101 to a request without Upgrade is a 502", b"GET /answer-101 HTTP/1.1\r\nHost: a\r\n\r\n", 502, false, Complete("GET /answer-101 HTTP/1.1", b"")),
     // Heads.
     probe("absolute-form without Host", b"GET http://a/x HTTP/1.1\r\n\r\n", 400, true, Nothing),
     probe("no Host", b"GET /x HTTP/1.1\r\n\r\n", 400, true, Nothing),
@@ -207,7 +208,7 @@ async fn forwarded_requests_carry_te_in_connection_and_no_upgrade() {
     ));
     let answer = exchange(
         proxy.tcp_addr.expect("tcp"),
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade, close\r\nTE: trailers\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade, close\r\nTE: trailers\r\n\r\n",
     )
     .await;
     assert_eq!(statuses(&answer), vec![200]);

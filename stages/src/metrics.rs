@@ -29,6 +29,11 @@ pub const HEDGES_WON: &str = "spooky_hedges_won_total";
 /// Streamed responses cut (all pipelines) by `reason`: `idle` (the backend paused longer than
 /// `response_body_idle`) or `total` (the route's total timeout).
 pub const RESPONSE_BODY_CUT: &str = "spooky_response_body_cut_total";
+/// Tunnels (WebSocket) ended, by how (`closed`, `client_gone`, `upstream_failed`, `idle`,
+/// `lifetime`, `draining`).
+pub const TUNNELS_ENDED: &str = "spooky_tunnels_ended_total";
+/// Tunnels open now.
+pub const TUNNELS_OPEN: &str = "spooky_tunnels_open";
 /// Requests a route's rate limit answered 429.
 pub const RATE_LIMITED: &str = "spooky_rate_limited_total";
 /// Retries the budget refused (the failure went to the client).
@@ -311,6 +316,12 @@ pub const HELP: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Streamed responses cut, by reason (idle, total).",
     ),
+    (
+        TUNNELS_ENDED,
+        Kind::Counter,
+        "Tunnels (WebSocket) ended, by how: closed (both sides), client_gone, upstream_failed, idle, lifetime, draining.",
+    ),
+    (TUNNELS_OPEN, Kind::Gauge, "Tunnels (WebSocket) open now."),
     (
         RETRIES,
         Kind::Counter,

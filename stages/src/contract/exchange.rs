@@ -337,6 +337,8 @@ pub struct ExchangeState {
     pub record: Record,
     /// `x-request-id`: the client's when valid, else made by ingress; forwarded and returned.
     pub request_id: Option<http::HeaderValue>,
+    /// The tunnel the request asks for (set by ingress): a WebSocket.
+    pub tunnel: Option<crate::contract::tunnel::TunnelKind>,
 }
 
 impl Drop for Exchange {
@@ -382,6 +384,7 @@ impl Exchange {
             started,
             record: Record::new(id, protocol, started),
             request_id: None,
+            tunnel: None,
         }))
     }
 

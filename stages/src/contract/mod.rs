@@ -12,3 +12,4 @@ pub mod record;
 pub mod responder;
 pub mod response;
 pub mod route;
+pub mod tunnel;

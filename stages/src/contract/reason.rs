@@ -50,6 +50,8 @@ pub enum Reason {
     RequestBodyTimeout,
     /// `Expect` other than `100-continue` (417, RFC 9110 §10.1.1).
     ExpectationFailed,
+    /// A WebSocket handshake on a route without `websocket = true` (403).
+    WebSocketNotAllowed,
     /// The request body is longer than the route's `max_request_body` (413): by its
     /// `content-length` before anything is forwarded, or as it streams.
     RequestBodyTooLarge,
@@ -128,6 +130,7 @@ impl Reason {
             Reason::RequestBodyTimeout => "request_body_timeout",
             Reason::RequestBodyTooLarge => "request_body_too_large",
             Reason::ExpectationFailed => "expectation_failed",
+            Reason::WebSocketNotAllowed => "websocket_not_allowed",
             Reason::RateLimited => "rate_limited",
             Reason::AdmissionFull => "admission_full",
             Reason::ConcurrencyFull => "concurrency_full",
@@ -196,6 +199,7 @@ impl Reason {
             Reason::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
+            Reason::WebSocketNotAllowed => StatusCode::FORBIDDEN,
             // Nobody reads it; the record and the logs do.
             Reason::Cancelled | Reason::ClientGone => StatusCode::BAD_REQUEST,
         }
@@ -207,7 +211,7 @@ impl Reason {
         match self {
             Reason::HeaderCount | Reason::HeaderBytes => "http_request_error",
             Reason::NoRoute => "destination_not_found",
-            Reason::RateLimited => "http_request_denied",
+            Reason::RateLimited | Reason::WebSocketNotAllowed => "http_request_denied",
             Reason::NoBackend | Reason::BreakerOpen | Reason::UpstreamConnect => {
                 "destination_unavailable"
             }

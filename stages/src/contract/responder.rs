@@ -15,6 +15,7 @@ use crate::body::BoxError;
 use crate::contract::flow::{Reply, status_text};
 use crate::contract::reason::Reason;
 use crate::contract::response::ResponseBody;
+use crate::contract::tunnel::Tunnel;
 use crate::http::grpc;
 
 /// RFC 9209: which intermediary answered, and why (on every refusal Spooky answers itself).
@@ -59,6 +60,21 @@ pub trait ClientSink: Send + 'static {
     /// Ready when the client can no longer receive the response.
     fn poll_closed(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
         Poll::Pending
+    }
+
+    /// Answers with `head` (HTTP/1.1 `101`, HTTP/2 `200`) and turns the stream into
+    /// `tunnel`, pumped until it ends. A protocol that cannot carry one refuses (the tunnel
+    /// and its exchange end at once).
+    fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Sending<'_> {
+        let _ = head;
+        crate::contract::tunnel::finish(
+            tunnel.end,
+            &crate::contract::tunnel::Activity::default(),
+            crate::contract::tunnel::Ended::ClientGone,
+        );
+        Sending::Done(Err(SendError::ClientGone(
+            "this client's protocol carries no tunnel".into(),
+        )))
     }
 }
 
@@ -117,6 +133,19 @@ impl Responder {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Answers with `head` and runs `tunnel` on the client's stream (see
+    /// [`ClientSink::tunnel`]).
+    pub async fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Result<(), SendError> {
+        self.sent = true;
+        match self.sink.as_mut() {
+            Some(s) => match s.tunnel(head, tunnel) {
+                Sending::Done(r) => r,
+                Sending::Writing(f) => f.await,
+            },
+            None => Ok(()),
         }
     }
 

@@ -167,6 +167,8 @@ pub struct Timeouts {
     pub request_body_idle: Option<crate::units::Dur>,
     /// The longest the backend may pause its response body (the response is cut).
     pub response_body_idle: Option<crate::units::Dur>,
+    /// The longest a tunnel (WebSocket) may carry no byte either way before it is closed.
+    pub tunnel_idle: Option<crate::units::Dur>,
 }
 
 /// A route's class for brownout (`priority`): `critical` is never shed, `background` first.
@@ -212,6 +214,8 @@ pub struct Route {
     pub access_log: bool,
     /// The longest request body it takes, in bytes (`max_request_body`).
     pub max_request_body: Option<u64>,
+    /// Takes WebSocket handshakes (`websocket`).
+    pub websocket: bool,
     /// Its requests by status class and reason, time to first byte, whole time.
     pub metrics: crate::metrics::RouteMetrics,
 }

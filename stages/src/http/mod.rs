@@ -1,5 +1,5 @@
 //! HTTP semantics shared by every layer, with no state of their own: hop-by-hop headers, path
-//! normalization, host patterns, request keys and gRPC's conventions. Nothing here imports
+//! normalization, host patterns, request keys, gRPC's conventions and WebSocket handshakes. Nothing here imports
 //! another module of the crate.
 
 pub mod forwarded;
@@ -10,3 +10,4 @@ pub mod key;
 pub mod path;
 pub mod request_id;
 pub mod trace_context;
+pub mod upgrade;

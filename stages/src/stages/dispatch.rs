@@ -15,6 +15,7 @@ use crate::body::{BodyFault, BoxError, ClientBodyError, RequestBody};
 use crate::contract::exchange::{AttemptError, AttemptFailure, Exchange, ExchangeState};
 use crate::contract::reason::Reason;
 use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::http::upgrade;
 use crate::units::Dur;
 use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::client::ClientSettings;
@@ -278,9 +279,36 @@ impl Dispatch {
                 b.outcome(t, ok);
             }
         };
+        // A WebSocket handshake's key: the backend's 101 must carry its accept.
+        let key = req.headers().get(upgrade::SEC_WEBSOCKET_KEY).cloned();
+        let tunnel = req.headers().contains_key(http::header::UPGRADE);
         let sent = tokio::time::timeout(wait, backend.client.get().request(req)).await;
         let failed = |kind, source: BoxError| Failed::Attempt(AttemptFailure { kind, source });
         match sent {
+            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && tunnel => {
+                backend.metrics.response(resp.status(), started.elapsed());
+                let accepted = resp
+                    .headers()
+                    .get(upgrade::SEC_WEBSOCKET_ACCEPT)
+                    .is_some_and(|a| {
+                        key.as_ref().is_some_and(|k| {
+                            a.as_bytes() == upgrade::accept_for(k.as_bytes()).as_bytes()
+                        })
+                    });
+                if !accepted {
+                    breaker(false);
+                    return Err(failed(
+                        AttemptError::Status(resp.status()),
+                        "backend's 101 has no Sec-WebSocket-Accept matching the key".into(),
+                    ));
+                }
+                breaker(true);
+                Ok(Head {
+                    backend: idx,
+                    response: resp,
+                    permit,
+                })
+            }
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // Spooky forwards no Upgrade, so a 101 is a backend's error; it would reach the
                 // client without its Upgrade header and kill the connection.
@@ -442,9 +470,30 @@ impl Dispatch {
                 headers.insert(name.clone(), v);
             }
         }
-        // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send them.
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        if http1 {
+        if ex.tunnel.is_some() {
+            // RFC 6455 §4.1 towards an HTTP/1.1 backend, whatever the client spoke: an HTTP/2
+            // client's extended CONNECT has no key, so Spooky makes one (and checks the
+            // backend's accept against it).
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            if !headers.contains_key(upgrade::SEC_WEBSOCKET_KEY) {
+                headers.insert(upgrade::SEC_WEBSOCKET_KEY, upgrade::new_key());
+            }
+            if !headers.contains_key(upgrade::SEC_WEBSOCKET_VERSION) {
+                headers.insert(
+                    upgrade::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+        } else {
+            // HTTP/3 clients always take trailers; saying so lets an HTTP/1.1 backend send
+            // them.
+            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+        if http1 && ex.tunnel.is_none() {
             // RFC 9110 §10.1.4: TE is hop-by-hop, so its sender lists it in Connection. Not
             // towards HTTP/2 (connection fields are malformed there; hyper would drop the
             // TE it names). An `https://` backend on `auto` is HTTP/2 or HTTP/1.1 by ALPN,
@@ -467,6 +516,14 @@ impl Dispatch {
             .and_then(|r| r.edits.forwarded)
             .unwrap_or(self.forwarded);
         forwarding(&mut headers, ex, policy, self.forwarded_header)?;
+        if ex.tunnel.is_some() {
+            // The handshake has no body; the client's bytes flow once the tunnel is up.
+            let mut req = Request::new(RequestBody::empty());
+            *req.method_mut() = http::Method::GET;
+            *req.uri_mut() = uri;
+            *req.headers_mut() = headers;
+            return Ok(req);
+        }
         let st: &mut ExchangeState = ex;
         let body = st
             .body

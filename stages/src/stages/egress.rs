@@ -5,13 +5,20 @@
 use http::Response;
 use serde::Deserialize;
 
-use crate::contract::exchange::Exchange;
+use http::HeaderValue;
+use hyper_util::rt::TokioIo;
+
+use crate::body::RequestBody;
+use crate::contract::exchange::{ClientProtocol, Exchange};
 use crate::contract::flow::Flow;
 use crate::contract::reason::Reason;
 use crate::contract::responder::SendError;
 use crate::contract::response::{Deadline, ResponseBody};
+use crate::contract::tunnel::{Limits, Tunnel};
 use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::http::upgrade;
 use crate::units::Dur;
+use crate::upstreams::UpstreamBody;
 
 /// Whether the proxy adds itself to `Via` on responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -33,6 +40,14 @@ pub struct Config {
     /// limit); a route's `timeouts.response_body_idle` overrides it.
     #[serde(default = "default_body_idle")]
     pub response_body_idle: Dur,
+    /// The longest a tunnel (WebSocket) may carry no byte either way before it is closed
+    /// (`"0s"`: no limit); a route's `timeouts.tunnel_idle` overrides it.
+    #[serde(default = "default_tunnel_idle")]
+    pub tunnel_idle: Dur,
+}
+
+fn default_tunnel_idle() -> Dur {
+    Dur(std::time::Duration::from_secs(300))
 }
 
 fn default_body_idle() -> Dur {
@@ -44,6 +59,7 @@ impl Default for Config {
         Config {
             via: Via::default(),
             response_body_idle: default_body_idle(),
+            tunnel_idle: default_tunnel_idle(),
         }
     }
 }
@@ -54,6 +70,7 @@ pub struct Egress {
     deadline_cut: metrics::Counter,
     response_body_idle: Option<std::time::Duration>,
     total_cut: metrics::Counter,
+    tunnel_idle: Option<std::time::Duration>,
 }
 
 impl Egress {
@@ -61,6 +78,7 @@ impl Egress {
         Egress {
             via: config.via,
             response_body_idle: Some(config.response_body_idle.0).filter(|d| !d.is_zero()),
+            tunnel_idle: Some(config.tunnel_idle.0).filter(|d| !d.is_zero()),
             total_cut: metrics::counter!(crate::metrics::RESPONSE_BODY_CUT, "reason" => "total"),
             deadline_cut: metrics::counter!(
                 crate::metrics::GRPC_DEADLINE_CUT,
@@ -73,15 +91,11 @@ impl Egress {
         let Some(resp) = ex.response.take() else {
             return Flow::Reject(ex, Reason::ChainIncomplete);
         };
+        if ex.tunnel.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return self.tunnel(ex, resp).await;
+        }
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        ex.stamp(&mut parts.headers);
-        if self.via == Via::On {
-            append_via(&mut parts.headers, "1.1");
-        }
-        if let Some(route) = &ex.decided.route {
-            route.edits.response.apply(&mut parts.headers);
-        }
+        self.head(&ex, &mut parts.headers);
         let status = parts.status;
         // A gRPC deadline, or the route's total timeout, still bounds the streamed body.
         let deadline = match (ex.deadline, ex.total_deadline) {
@@ -114,6 +128,75 @@ impl Egress {
                 tracing::warn!(exchange = ex.id, error = %e, "upstream response body failed");
                 Flow::Abandon(ex, Reason::UpstreamBody)
             }
+        }
+    }
+
+    /// The response head's fields as the client gets them: hop-by-hop ones out, the request
+    /// id and `Via` in, the route's edits applied.
+    fn head(&self, ex: &Exchange, headers: &mut http::HeaderMap) {
+        strip_hop_by_hop(headers);
+        ex.stamp(headers);
+        if self.via == Via::On {
+            append_via(headers, "1.1");
+        }
+        if let Some(route) = &ex.decided.route {
+            route.edits.response.apply(headers);
+        }
+    }
+
+    /// The backend accepted a WebSocket (`101`): the client is answered on its protocol
+    /// (HTTP/1.1 `101` with the backend's accept; HTTP/2 `200`, RFC 8441 §5) and the two
+    /// connections become one tunnel.
+    async fn tunnel(&self, mut ex: Exchange, mut resp: Response<UpstreamBody>) -> Flow {
+        let upgrading = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let accept = parts.headers.remove(upgrade::SEC_WEBSOCKET_ACCEPT);
+        self.head(&ex, &mut parts.headers);
+        let upstream = match upgrading.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(exchange = ex.id, error = %e, "backend's WebSocket upgrade failed");
+                return Flow::Reject(ex, Reason::UpstreamUpgrade);
+            }
+        };
+        if ex.client.protocol == ClientProtocol::Http1 {
+            // The client's own key was forwarded: the backend's accept answers it.
+            let h = &mut parts.headers;
+            h.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Some(a) = accept {
+                h.insert(upgrade::SEC_WEBSOCKET_ACCEPT, a);
+            }
+        } else {
+            parts.status = http::StatusCode::OK;
+        }
+        let route = ex.decided.route.as_ref();
+        let limits = Limits {
+            idle: route
+                .and_then(|r| r.timeouts.tunnel_idle)
+                .map(|d| d.0)
+                .or(self.tunnel_idle),
+            until: ex.total_deadline.map(tokio::time::Instant::from_std),
+        };
+        ex.record.mark("egress");
+        let end = ex.end(parts.status);
+        let client_body = std::mem::replace(&mut ex.body, RequestBody::empty());
+        let tunnel = Tunnel {
+            upstream: Box::new(TokioIo::new(upstream)),
+            client_body,
+            limits,
+            end,
+        };
+        match ex
+            .responder
+            .tunnel(Response::from_parts(parts, ()), tunnel)
+            .await
+        {
+            Ok(()) => Flow::Done,
+            Err(_) => Flow::Abandon(ex, Reason::ClientGone),
         }
     }
 }

@@ -15,9 +15,11 @@ use serde::Deserialize;
 use crate::contract::exchange::{ClientProtocol, ContentLength, Exchange};
 use crate::contract::flow::{Flow, Reply};
 use crate::contract::reason::{ALLOWED_METHODS, Reason};
+use crate::contract::tunnel::TunnelKind;
 use crate::http::forwarded::{Cidr, client_behind, trusted};
 use crate::http::path::{self, EncodedSlashes, MergeSlashes, NormalizePath};
 use crate::http::request_id::{self, X_REQUEST_ID};
+use crate::http::upgrade;
 use crate::units::{Dur, Size};
 
 /// `[stages.ingress]`.
@@ -157,8 +159,18 @@ impl Ingress {
             ex.deadline = crate::http::grpc::timeout(&ex.head.headers)
                 .and_then(|t| ex.started.checked_add(t));
         }
-        if ex.head.method == http::Method::CONNECT {
-            // No tunnels yet: refused on every protocol, never forwarded.
+        let websocket = match ex.client.protocol {
+            ClientProtocol::Http1 => upgrade::http1_websocket(&ex.head.method, &ex.head.headers),
+            ClientProtocol::H2 => upgrade::h2_websocket(&ex.head.method, &ex.head.extensions),
+            // The h3 crate (0.0.8) knows no `:protocol = websocket` (RFC 9220): it refuses the
+            // request as malformed before it reaches the pipeline.
+            ClientProtocol::H3 => false,
+        };
+        if websocket {
+            ex.tunnel = Some(TunnelKind::WebSocket);
+        } else if ex.head.method == http::Method::CONNECT {
+            // No CONNECT tunnels yet: refused on every protocol, never forwarded; an extended
+            // CONNECT for another protocol too (RFC 8441 §4 leaves it to the server).
             return Flow::Reject(ex, Reason::ConnectUnsupported);
         }
         if let Some(expect) = ex.head.headers.get(http::header::EXPECT) {

@@ -266,6 +266,8 @@ impl<T> H1Guard<T> {
         let mut length = None;
         let mut te = TransferEncoding::default();
         let connect = req.method == Some("CONNECT");
+        // A WebSocket handshake, as the service will see it (`http::upgrade::http1_websocket`).
+        let (mut websocket, mut upgrade_listed) = (false, false);
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 lengths += 1;
@@ -274,6 +276,10 @@ impl<T> H1Guard<T> {
                     .and_then(|v| v.trim().parse::<u64>().ok());
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te.add(h.value);
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                websocket |= has_token(h.value, "websocket");
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                upgrade_listed |= has_token(h.value, "upgrade");
             }
         }
         let refusal = if req.path.is_some_and(|p| p.contains('#')) {
@@ -304,6 +310,16 @@ impl<T> H1Guard<T> {
         self.scan = match (te.present, length, lengths) {
             // CONNECT is answered 405 and the connection closed; what follows is not ours.
             _ if connect => Scan::Pass,
+            // What follows an accepted upgrade (101) is not HTTP; one that is not accepted
+            // closes the connection after its answer (the service says `connection: close`).
+            _ if websocket
+                && upgrade_listed
+                && req.method == Some("GET")
+                && !te.present
+                && length.is_none_or(|n| n == 0) =>
+            {
+                Scan::Pass
+            }
             (true, _, _) => Scan::Chunked(Chunk::Size { size: 0, digits: 0 }),
             // hyper answers 400 to a bad length.
             (false, None, 1) => Scan::Pass,
@@ -543,6 +559,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// Whether a comma-separated field value has `token` (ASCII case-insensitive).
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]

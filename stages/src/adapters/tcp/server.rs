@@ -39,7 +39,7 @@ use crate::adapters::tcp::body::HyperBody;
 use crate::adapters::tcp::conn_clock::ConnClock;
 use crate::adapters::tcp::h1_guard::{H1Guard, Refusal, Refusals};
 use crate::adapters::tcp::preface;
-use crate::adapters::tcp::sink::{HyperSink, ProxyBody};
+use crate::adapters::tcp::sink::{HyperSink, ProxyBody, Upgrade};
 use crate::body::RequestBody;
 use crate::config::{AltSvc, ListenerConfig, Protocol, ProxyProtocol, Redirect, StagesConfig};
 use crate::contract::exchange::{
@@ -50,6 +50,7 @@ use crate::contract::reason::Reason;
 use crate::contract::responder::Responder;
 use crate::engine::generation::Pipelines;
 use crate::http::forwarded::{Cidr, trusted};
+use crate::http::upgrade;
 use crate::metrics::{
     HTTP1_REFUSED, LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_HANDSHAKES,
     LISTENER_TIMEOUTS, WORKER_CONNECTIONS,
@@ -249,12 +250,13 @@ async fn connection(
     shared: Arc<Shared>,
     mut stream: tokio::net::TcpStream,
     mut remote: SocketAddr,
-    mut held: Held,
+    held: Held,
     clock: Arc<ConnClock>,
     pipelines: Pipelines,
     shutdown: watch::Receiver<bool>,
 ) {
     let name = shared.name.clone();
+    let mut held = held;
     if shared.expects_proxy_header(remote) {
         // The header counts against the time to the first request head.
         let header = preface::read_proxy_header(&mut stream, shared.proxy_protocol);
@@ -267,7 +269,10 @@ async fn connection(
                     shared.handshake_failed("per_client_limit");
                     return;
                 };
-                held._slot = slot;
+                held = Held {
+                    _slot: slot,
+                    ..held
+                };
             }
             Ok(Err(e)) => {
                 shared.handshake_failed("proxy_protocol");
@@ -277,6 +282,9 @@ async fn connection(
             Err(_) => return shared.handshake_failed("timeout"),
         }
     }
+    // Shared with tunnels on this connection: an upgraded HTTP/1.1 connection outlives
+    // hyper's serving of it, and keeps its places under the caps until the tunnel ends.
+    let held = Arc::new(held);
     match shared.tls.as_ref().map(|t| t.get()) {
         Some(acceptor) => {
             // Plain HTTP to a TLS port gets a readable answer, not a TLS alert.
@@ -330,6 +338,7 @@ async fn connection(
                     .server_name()
                     .map(|n| Arc::from(n.to_ascii_lowercase())),
                 identity: tls::identity_of(session.peer_certificates(), remote),
+                held: held.clone(),
                 forward_header: shared.forward_header.clone(),
                 tls_version: match session.protocol_version() {
                     Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
@@ -352,6 +361,7 @@ async fn connection(
                 h2: false,
                 identity: None,
                 forward_header: None,
+                held: held.clone(),
                 h1: None,
                 conn: next_conn(),
                 sni: None,
@@ -399,6 +409,8 @@ struct Peer {
     /// The TLS server name, lower case.
     sni: Option<Arc<str>>,
     tls_version: Option<&'static str>,
+    /// The connection's caps, held by tunnels too.
+    held: Arc<Held>,
 }
 
 impl Peer {
@@ -437,7 +449,11 @@ async fn serve_http<I>(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(None);
-    builder.http2().max_concurrent_streams(shared.max_streams);
+    builder
+        .http2()
+        .max_concurrent_streams(shared.max_streams)
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol();
     // ALPN decided for TLS; plaintext is HTTP/1.1 only (no h2c downstream). Never sniff: a
     // connection that says nothing must still be on a protocol with a timer.
     let builder = if peer.h2 {
@@ -449,13 +465,27 @@ async fn serve_http<I>(
         let shared = shared.clone();
         let peer = peer.clone();
         let clock = clock.clone();
-        service_fn(move |req| {
+        service_fn(move |mut req: Request<Incoming>| {
             let busy = clock.request_started();
-            let served = handle(shared.clone(), pipelines.clone(), req, peer.clone());
+            // A WebSocket handshake may become a tunnel: hyper's upgrade of it, and the
+            // connection kept busy (no idle timer) and counted for the tunnel's life.
+            let upgrade = (upgrade::http1_websocket(req.method(), req.headers())
+                || upgrade::h2_websocket(req.method(), req.extensions()))
+            .then(|| Upgrade {
+                on: hyper::upgrade::on(&mut req),
+                hold: Box::new((clock.request_started(), peer.held.clone())),
+            });
+            let served = handle(
+                shared.clone(),
+                pipelines.clone(),
+                req,
+                peer.clone(),
+                upgrade,
+            );
             async move { served.await.map(|resp| resp.map(|b| b.hold(busy))) }
         })
     };
-    let conn = builder.serve_connection(io, svc);
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     // The clock is watched from its own task: polled inside this select it would be polled
     // on every wakeup of the connection, which is several per request.
@@ -505,6 +535,7 @@ async fn handle(
     pipelines: Pipelines,
     req: Request<Incoming>,
     peer: Peer,
+    upgrade: Option<Upgrade>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     if let Some(why) = peer.refusal() {
         return Ok(add_alt_svc(&shared, refused(&shared, peer.remote, why)));
@@ -544,7 +575,13 @@ async fn handle(
         bodyless,
         shared.read_ahead,
     );
-    let responder = Responder::new(HyperSink::new(tx, protocol == ClientProtocol::Http1));
+    let http1 = protocol == ClientProtocol::Http1;
+    let handshake = upgrade.is_some();
+    let sink = HyperSink::new(tx, http1);
+    let responder = Responder::new(match upgrade {
+        Some(u) => sink.with_upgrade(u),
+        None => sink,
+    });
     let mut ex = Exchange::start(pipeline.next_id(), head, body, responder, origin);
     match pipeline.drain().enter() {
         Ok(guard) => {
@@ -557,11 +594,17 @@ async fn handle(
             pipeline.refuse(ex, Reason::ShuttingDown).await;
         }
     }
-    let resp = match rx.await {
+    let mut resp = match rx.await {
         Ok(resp) => resp.map(ProxyBody::from),
         // The exchange ended without an answer (its upstream body failed before the head).
         Err(_) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
     };
+    if handshake && http1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The guard stopped reading this connection's framing at the handshake (what follows
+        // a 101 is not HTTP): a handshake that was not accepted ends the connection.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(add_alt_svc(&shared, resp))
 }
 

@@ -14,12 +14,23 @@ use crate::adapters::tcp::conn_clock::Busy;
 use crate::body::BoxError;
 use crate::contract::responder::{ClientSink, SendError, Sending};
 use crate::contract::response::ResponseBody;
+use crate::contract::tunnel::{self, Activity, Ended, Tunnel};
+use hyper_util::rt::TokioIo;
 
 /// Hands the response to hyper's service future.
 pub struct HyperSink {
     tx: Option<oneshot::Sender<Response<ResponseBody>>>,
     /// HTTP/1.1: refusals that must close say `Connection: close`.
     http1: bool,
+    /// A request that may become a tunnel (WebSocket): hyper's upgrade of it.
+    upgrade: Option<Upgrade>,
+}
+
+/// hyper's upgrade of a request, and what the connection holds while a tunnel runs on it
+/// (its cap's permit and its timers' busy mark), kept for the tunnel's life.
+pub(crate) struct Upgrade {
+    pub on: hyper::upgrade::OnUpgrade,
+    pub hold: Box<dyn Send + 'static>,
 }
 
 impl HyperSink {
@@ -27,7 +38,14 @@ impl HyperSink {
         HyperSink {
             tx: Some(tx),
             http1,
+            upgrade: None,
         }
+    }
+
+    /// A sink whose request may be upgraded into a tunnel.
+    pub(crate) fn with_upgrade(mut self, upgrade: Upgrade) -> Self {
+        self.upgrade = Some(upgrade);
+        self
     }
 }
 
@@ -44,6 +62,42 @@ impl ClientSink for HyperSink {
 
     fn closes_by_header(&self) -> bool {
         self.http1
+    }
+
+    /// Hands hyper the `101` (HTTP/1.1) or `200` (HTTP/2 extended CONNECT); once hyper has
+    /// written it and given up the stream, the tunnel runs on its own task (a tunnel lives
+    /// for minutes or hours: it holds no stage's concurrency, only its exchange's permits).
+    fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Sending<'_> {
+        let Some(upgrade) = self.upgrade.take() else {
+            tunnel::finish(tunnel.end, &Activity::default(), Ended::ClientGone);
+            return Sending::Done(Err(SendError::ClientGone(
+                "request cannot be upgraded".into(),
+            )));
+        };
+        let resp = head.map(|()| ResponseBody::full(Bytes::new()));
+        let sent = match self.tx.take() {
+            Some(tx) => tx
+                .send(resp)
+                .map_err(|_| SendError::ClientGone("client gone".into())),
+            None => Err(SendError::ClientGone("response already sent".into())),
+        };
+        if let Err(e) = sent {
+            tunnel::finish(tunnel.end, &Activity::default(), Ended::ClientGone);
+            return Sending::Done(Err(e));
+        }
+        tokio::spawn(async move {
+            let _hold = upgrade.hold;
+            match upgrade.on.await {
+                Ok(io) => {
+                    tunnel::splice(TokioIo::new(io), tunnel).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client's upgrade failed");
+                    tunnel::finish(tunnel.end, &Activity::default(), Ended::ClientGone);
+                }
+            }
+        });
+        Sending::Done(Ok(()))
     }
 
     /// hyper dropped the request's service future: connection closed or HTTP/2 stream reset.

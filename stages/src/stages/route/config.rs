@@ -77,7 +77,7 @@ pub struct RouteConfig {
     /// `hedge = { delay = "50ms" }` or `{ delay = "p95" }`: a second attempt to another
     /// backend when the first has no response head after the delay.
     pub hedge: Option<HedgeConfig>,
-    /// `timeouts = { response_head, total, request_body_idle, response_body_idle }`.
+    /// `timeouts = { response_head, total, request_body_idle, response_body_idle, tunnel_idle }`.
     #[serde(default)]
     pub timeouts: crate::contract::route::Timeouts,
     /// `false`: this route's exchanges are left out of the access log.
@@ -86,6 +86,10 @@ pub struct RouteConfig {
     /// The longest request body this route takes (`"10MiB"`); longer ones are answered 413
     /// (by `content-length` before anything is sent upstream, else as the body streams).
     pub max_request_body: Option<crate::units::Size>,
+    /// Lets WebSocket handshakes through to this route's upstream (HTTP/1.1 `Upgrade`,
+    /// HTTP/2 extended CONNECT); elsewhere they are refused (403).
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 fn yes() -> bool {
@@ -355,6 +359,7 @@ impl RouteConfig {
             ("total", t.total),
             ("request_body_idle", t.request_body_idle),
             ("response_body_idle", t.response_body_idle),
+            ("tunnel_idle", t.tunnel_idle),
         ] {
             if value.is_some_and(|d| d.0.is_zero()) {
                 out.push(problem(&["timeouts", key], "expected a duration above 0"));

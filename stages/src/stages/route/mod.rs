@@ -176,6 +176,7 @@ impl RouteIndex {
                 waiting: Cap::new(queue_capacity),
                 access_log: rc.access_log,
                 max_request_body: rc.max_request_body.map(|s| s.0),
+                websocket: rc.websocket,
                 metrics: crate::metrics::RouteMetrics::new(&rc.name),
             });
             let hosts = rc
@@ -362,7 +363,11 @@ impl RouteStage {
                 return Flow::Reject(ex, Reason::RateLimited);
             }
         }
-        if let Some(max) = route.max_request_body {
+        if ex.tunnel.is_some() && !route.websocket {
+            ex.decided.route = Some(route.clone());
+            return Flow::Reject(ex, Reason::WebSocketNotAllowed);
+        }
+        if let Some(max) = route.max_request_body.filter(|_| ex.tunnel.is_none()) {
             if ex.content_length.get().is_some_and(|n| n > max) {
                 // Refused before a byte of it is read: with `Expect: 100-continue` the
                 // client never sends it.
