@@ -253,6 +253,7 @@ fn action(a: &Action) -> String {
             format!("split {}{sticky}", parts.join(", "))
         }
         Action::Redirect(r) => format!("redirect {}", r.status.as_u16()),
+        Action::Connect(p) => format!("connect{}", if p.udp { " (tcp, udp)" } else { " (tcp)" }),
     }
 }
 

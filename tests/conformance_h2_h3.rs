@@ -236,7 +236,7 @@ async fn h2_probes() {
         assert_eq!(reset, Some(1), "content-length {declared}");
     }
     assert!(backend.state.take().iter().all(|r| !r.complete));
-    // CONNECT: 405.
+    // CONNECT where no route has `connect`: 405, from the route stage.
     let connect = [(":method", "CONNECT"), (":authority", "example.com:443")];
     let (reset, answered) = h2_probe(
         &proxy,
@@ -245,7 +245,7 @@ async fn h2_probes() {
     )
     .await;
     assert!(answered && reset.is_none());
-    assert!(proxy.rejected("ingress", "connect_unsupported").await >= 1.0);
+    assert!(proxy.rejected("route", "connect_unsupported").await >= 1.0);
     // A path walk-around meets the access-control route; nothing reaches the backend.
     let (_, answered) = h2_probe(
         &proxy,

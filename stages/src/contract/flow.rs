@@ -16,6 +16,12 @@ pub enum Flow {
     Reject(Exchange, Reason),
     /// The client is gone (stream reset, connection closed): drop everything, answer nothing.
     Abandon(Exchange, Reason),
+    /// Open a CONNECT tunnel to the target the route's policy let through.
+    Connect(
+        Exchange,
+        std::sync::Arc<crate::contract::route::ConnectPolicy>,
+        crate::http::connect_allow::Target,
+    ),
     /// The exchange is finished (egress sent the whole response).
     Done,
 }

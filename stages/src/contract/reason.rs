@@ -52,6 +52,10 @@ pub enum Reason {
     ExpectationFailed,
     /// A WebSocket handshake on a route without `websocket = true` (403).
     WebSocketNotAllowed,
+    /// A CONNECT target the route's `connect.allow` does not let through (403).
+    ConnectDenied,
+    /// A CONNECT target could not be reached (502): refused, timed out, no address.
+    ConnectFailed,
     /// The request body is longer than the route's `max_request_body` (413): by its
     /// `content-length` before anything is forwarded, or as it streams.
     RequestBodyTooLarge,
@@ -131,6 +135,8 @@ impl Reason {
             Reason::RequestBodyTooLarge => "request_body_too_large",
             Reason::ExpectationFailed => "expectation_failed",
             Reason::WebSocketNotAllowed => "websocket_not_allowed",
+            Reason::ConnectDenied => "connect_denied",
+            Reason::ConnectFailed => "connect_failed",
             Reason::RateLimited => "rate_limited",
             Reason::AdmissionFull => "admission_full",
             Reason::ConcurrencyFull => "concurrency_full",
@@ -199,7 +205,8 @@ impl Reason {
             Reason::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
-            Reason::WebSocketNotAllowed => StatusCode::FORBIDDEN,
+            Reason::WebSocketNotAllowed | Reason::ConnectDenied => StatusCode::FORBIDDEN,
+            Reason::ConnectFailed => StatusCode::BAD_GATEWAY,
             // Nobody reads it; the record and the logs do.
             Reason::Cancelled | Reason::ClientGone => StatusCode::BAD_REQUEST,
         }
@@ -212,6 +219,8 @@ impl Reason {
             Reason::HeaderCount | Reason::HeaderBytes => "http_request_error",
             Reason::NoRoute => "destination_not_found",
             Reason::RateLimited | Reason::WebSocketNotAllowed => "http_request_denied",
+            Reason::ConnectDenied => "destination_ip_prohibited",
+            Reason::ConnectFailed => "destination_unavailable",
             Reason::NoBackend | Reason::BreakerOpen | Reason::UpstreamConnect => {
                 "destination_unavailable"
             }

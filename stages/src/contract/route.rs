@@ -18,6 +18,16 @@ pub enum Action {
     Upstream(Arc<Upstream>),
     Split(Split),
     Redirect(Redirect),
+    /// CONNECT tunnels to the targets the policy allows.
+    Connect(Arc<ConnectPolicy>),
+}
+
+/// A `connect` route's policy.
+pub struct ConnectPolicy {
+    pub allow: crate::http::connect_allow::Allow,
+    /// CONNECT-UDP (RFC 9298) too.
+    pub udp: bool,
+    pub connect_timeout: std::time::Duration,
 }
 
 /// Weighted upstreams: smooth weighted round-robin over them, or, with a sticky key, the

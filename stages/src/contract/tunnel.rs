@@ -1,6 +1,6 @@
 //! Tunnels: an exchange whose answer turns its stream into a byte pipe — a WebSocket after
 //! the backend's `101` (HTTP/1.1 `Upgrade`, or extended CONNECT with `:protocol = websocket`
-//! over HTTP/2, RFC 8441).
+//! over HTTP/2, RFC 8441), or a CONNECT to a target a route allows.
 //!
 //! The exchange stays live for the tunnel's whole life: its permits (caps, the drain guard)
 //! ride in its [`End`] until both directions closed, the tunnel sat idle for its limit, its
@@ -26,6 +26,8 @@ use crate::contract::response::End;
 pub enum TunnelKind {
     /// RFC 6455 over HTTP/1.1 `Upgrade: websocket`, or RFC 8441 extended CONNECT.
     WebSocket,
+    /// `CONNECT host:port` (RFC 9110 §9.3.6): a TCP connection to the target.
+    Connect,
 }
 
 /// A byte stream a tunnel can pump: a backend's upgraded connection, a client's.
@@ -120,6 +122,12 @@ impl Default for Activity {
 }
 
 impl Activity {
+    /// Something moved, `n` bytes counted in `count`.
+    pub fn moved(&self, count: &AtomicU64, n: usize) {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
@@ -150,8 +158,38 @@ where
         }
         into.write_all(&buf[..n]).await.map_err(|_| Side::Writer)?;
         into.flush().await.map_err(|_| Side::Writer)?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
+        activity.moved(count, n);
+    }
+}
+
+/// Copies the client's request body (HTTP/3 DATA frames) into `into` until it ends, then
+/// closes `into`'s sending half.
+pub async fn pump_body<W>(
+    body: &mut RequestBody,
+    mut into: W,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> Result<(), Side>
+where
+    W: AsyncWrite + Unpin,
+{
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await {
+            None => {
+                let _ = into.shutdown().await;
+                return Ok(());
+            }
+            Some(Err(_)) => return Err(Side::Reader),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                into.write_all(&data).await.map_err(|_| Side::Writer)?;
+                into.flush().await.map_err(|_| Side::Writer)?;
+                activity.moved(count, data.len());
+            }
+        }
     }
 }
 

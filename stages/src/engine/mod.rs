@@ -14,6 +14,7 @@
 //! one per exchange from a swappable handle, and a generation that was swapped out is dropped
 //! once its last exchange ends.
 
+mod connect;
 pub mod generation;
 
 use std::collections::HashMap;
@@ -244,6 +245,8 @@ pub struct Pipeline {
     next_id: Arc<AtomicU64>,
     /// This generation's health-check tasks, stopped with it.
     health_checks: Vec<tokio::task::JoinHandle<()>>,
+    /// `[stages.egress] tunnel_idle`, for CONNECT tunnels (which skip the later stages).
+    tunnel_idle: Option<std::time::Duration>,
 }
 
 impl Drop for Pipeline {
@@ -440,6 +443,7 @@ impl Pipeline {
             upstreams,
             next_id: shared.next_id.clone(),
             health_checks,
+            tunnel_idle: Some(config.stages.egress.tunnel_idle.0).filter(|d| !d.is_zero()),
         }))
     }
 
@@ -604,6 +608,28 @@ impl Pipeline {
                     ex.record.mark_at(name, t1);
                     drop(held);
                     return self.reply(ex, reply).await;
+                }
+                Flow::Connect(mut ex, policy, target) => {
+                    ex.record.mark_at(name, t1);
+                    drop(held);
+                    return match connect::dial(&policy, &target).await {
+                        Ok(stream) => {
+                            emitted(metrics);
+                            let (head, tunnel) = connect::tunnel(&mut ex, stream, self.tunnel_idle);
+                            // The tunnel ends the exchange, on whichever side it ends.
+                            let _ = ex.responder.tunnel(head, tunnel).await;
+                        }
+                        Err(unreached) => {
+                            rejected(metrics, unreached.reason);
+                            tracing::debug!(exchange = ex.id, target = %target.host, port = target.port, detail = %unreached.detail, "CONNECT target not reached");
+                            if let Some(v) = unreached.proxy_status() {
+                                let mut extra = http::HeaderMap::new();
+                                extra.insert("proxy-status", v);
+                                ex.decided.reply_headers = Some(Box::new(extra));
+                            }
+                            self.reject(ex, name, unreached.reason).await
+                        }
+                    };
                 }
                 Flow::Reject(mut ex, r) => {
                     if !slot.stage.counts_rejections() {

@@ -2,6 +2,7 @@
 //! normalization, host patterns, request keys, gRPC's conventions and WebSocket handshakes. Nothing here imports
 //! another module of the crate.
 
+pub mod connect_allow;
 pub mod forwarded;
 pub mod grpc;
 pub mod headers;

@@ -169,9 +169,15 @@ impl Ingress {
         if websocket {
             ex.tunnel = Some(TunnelKind::WebSocket);
         } else if ex.head.method == http::Method::CONNECT {
-            // No CONNECT tunnels yet: refused on every protocol, never forwarded; an extended
-            // CONNECT for another protocol too (RFC 8441 §4 leaves it to the server).
-            return Flow::Reject(ex, Reason::ConnectUnsupported);
+            if ex.client.protocol == ClientProtocol::H2
+                && upgrade::h2_extended_connect(&ex.head.extensions)
+            {
+                // An extended CONNECT for a protocol Spooky does not carry (RFC 8441 §4
+                // leaves the answer to the server).
+                return Flow::Reject(ex, Reason::ConnectUnsupported);
+            }
+            // A tunnel to `host:port`, for a route with `connect` to allow (else 405).
+            ex.tunnel = Some(TunnelKind::Connect);
         }
         if let Some(expect) = ex.head.headers.get(http::header::EXPECT) {
             // RFC 9110 §10.1.1. `100-continue` is Spooky's to meet, not the backend's: the
@@ -247,6 +253,23 @@ impl Ingress {
                 }
             }
             (None, None) => return Flow::Reject(ex, Reason::MissingAuthority),
+        }
+        if ex.tunnel == Some(TunnelKind::Connect) {
+            // RFC 9110 §9.3.6: the target is `host:port`, nothing else (a `/` path is let
+            // pass: the h3 crate's client sends one with every CONNECT).
+            let target = ex.head.uri.authority().map(|a| a.as_str());
+            if target
+                .and_then(crate::http::connect_allow::Target::parse)
+                .is_none()
+                || ex
+                    .head
+                    .uri
+                    .path_and_query()
+                    .is_some_and(|p| !matches!(p.as_str(), "" | "/"))
+            {
+                return Flow::Reject(ex, Reason::BadAuthority);
+            }
+            return Flow::Continue(ex);
         }
         if ex.head.uri.path() == "*" {
             // RFC 9110 §9.3.7: `OPTIONS *` asks about the server itself; answered here.
@@ -391,22 +414,31 @@ mod tests {
     }
 
     #[test]
-    fn connect_is_refused_and_options_star_answered() {
-        let (head, ()) = Request::connect("example.com:443")
-            .body(())
-            .expect("req")
-            .into_parts();
-        match Ingress::build(&Config::default()).decide(Exchange::detached(1, head)) {
-            Flow::Reject(_, r) => {
-                assert_eq!(
-                    (r.status(), r.label()),
-                    (StatusCode::METHOD_NOT_ALLOWED, "connect_unsupported")
-                );
-                assert_eq!(r.allow(), Some(ALLOWED_METHODS));
-                assert!(r.closes(), "HTTP/1.1 closes: tunnel bytes may follow");
-            }
-            _ => panic!("CONNECT must be refused"),
+    fn connect_is_a_tunnel_to_host_and_port_and_options_star_answered() {
+        let connect = |target: &str| {
+            let (head, ()) = Request::connect(target)
+                .header("host", target)
+                .body(())
+                .expect("req")
+                .into_parts();
+            Ingress::build(&Config::default()).decide(Exchange::detached(1, head))
+        };
+        match connect("example.com:443") {
+            Flow::Continue(ex) => assert_eq!(ex.tunnel, Some(TunnelKind::Connect)),
+            _ => panic!("CONNECT host:port goes on to the routes"),
         }
+        match connect("example.com") {
+            Flow::Reject(_, r) => assert_eq!(r, Reason::BadAuthority, "no port"),
+            _ => panic!("CONNECT without a port is refused"),
+        }
+        // Where no route takes it, it is refused 405, and HTTP/1.1 closes.
+        let r = Reason::ConnectUnsupported;
+        assert_eq!(
+            (r.status(), r.label()),
+            (StatusCode::METHOD_NOT_ALLOWED, "connect_unsupported")
+        );
+        assert_eq!(r.allow(), Some(ALLOWED_METHODS));
+        assert!(r.closes(), "HTTP/1.1 closes: tunnel bytes may follow");
         let (head, ()) = Request::options("*")
             .header("host", "a.example")
             .body(())

@@ -11,6 +11,8 @@ use http_body_util::BodyExt;
 use crate::contract::exchange::ConnGone;
 use crate::contract::responder::{ClientSink, SendError, Sending};
 use crate::contract::response::ResponseBody;
+use crate::contract::tunnel::{self, Activity, Ended, Side, Tunnel};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -96,9 +98,70 @@ impl H3Sink {
     }
 }
 
+impl H3Sink {
+    /// Answers `head` (`200`), then carries the client's DATA frames to the target and the
+    /// target's bytes back as DATA frames until the tunnel ends; a tunnel closed by a limit
+    /// or the drain ends the client's stream cleanly (FIN), one whose client failed resets it.
+    async fn run_tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Result<(), SendError> {
+        let Tunnel {
+            upstream,
+            mut client_body,
+            limits,
+            end,
+        } = tunnel;
+        let activity = Activity::default();
+        self.state = State::HeadSent;
+        if let Err(e) = self.stream.send_response(head).await {
+            tunnel::finish(end, &activity, Ended::ClientGone);
+            return Err(gone(e));
+        }
+        let (mut ur, mut uw) = tokio::io::split(upstream);
+        let stream = &mut self.stream;
+        let mut finished = false;
+        let ended = {
+            let up = tunnel::pump_body(&mut client_body, &mut uw, &activity.up, &activity);
+            let down = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = ur.read(&mut buf).await.map_err(|_| Side::Reader)?;
+                    if n == 0 {
+                        stream.finish().await.map_err(|_| Side::Writer)?;
+                        finished = true;
+                        return Ok(());
+                    }
+                    stream
+                        .send_data(Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .map_err(|_| Side::Writer)?;
+                    activity.moved(&activity.down, n);
+                }
+            };
+            tunnel::run(up, down, &activity, limits).await
+        };
+        if matches!(ended, Ended::Idle | Ended::Lifetime | Ended::Draining) {
+            let close = async {
+                let _ = uw.shutdown().await;
+                if !finished {
+                    let _ = self.stream.finish().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+            self.state = State::Finished;
+        } else if matches!(ended, Ended::Closed) {
+            self.state = State::Finished;
+        }
+        tunnel::finish(end, &activity, ended);
+        Ok(())
+    }
+}
+
 impl ClientSink for H3Sink {
     fn send(&mut self, resp: Response<ResponseBody>) -> Sending<'_> {
         Sending::Writing(Box::pin(self.write(resp)))
+    }
+
+    fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Sending<'_> {
+        Sending::Writing(Box::pin(self.run_tunnel(head, tunnel)))
     }
 
     fn reset_malformed(&mut self) -> bool {

@@ -467,10 +467,10 @@ async fn serve_http<I>(
         let clock = clock.clone();
         service_fn(move |mut req: Request<Incoming>| {
             let busy = clock.request_started();
-            // A WebSocket handshake may become a tunnel: hyper's upgrade of it, and the
+            // A WebSocket handshake or a CONNECT may become a tunnel: hyper's upgrade of it, and the
             // connection kept busy (no idle timer) and counted for the tunnel's life.
-            let upgrade = (upgrade::http1_websocket(req.method(), req.headers())
-                || upgrade::h2_websocket(req.method(), req.extensions()))
+            let upgrade = (req.method() == http::Method::CONNECT
+                || upgrade::http1_websocket(req.method(), req.headers()))
             .then(|| Upgrade {
                 on: hyper::upgrade::on(&mut req),
                 hold: Box::new((clock.request_started(), peer.held.clone())),
@@ -547,6 +547,7 @@ async fn handle(
         return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
     };
     let (tx, rx) = oneshot::channel();
+    let connect = req.method() == http::Method::CONNECT;
     let (head, body) = req.into_parts();
     let protocol = if head.version == Version::HTTP_2 {
         ClientProtocol::H2
@@ -599,9 +600,11 @@ async fn handle(
         // The exchange ended without an answer (its upstream body failed before the head).
         Err(_) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
     };
-    if handshake && http1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let accepted =
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+    if handshake && http1 && !accepted {
         // The guard stopped reading this connection's framing at the handshake (what follows
-        // a 101 is not HTTP): a handshake that was not accepted ends the connection.
+        // a 101 or a CONNECT's 200 is not HTTP): one that was not accepted ends the connection.
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -90,6 +90,27 @@ pub struct RouteConfig {
     /// HTTP/2 extended CONNECT); elsewhere they are refused (403).
     #[serde(default)]
     pub websocket: bool,
+    /// A CONNECT tunnel (egress proxy): the targets it may reach. An action, beside respond,
+    /// upstream, split and redirect.
+    pub connect: Option<ConnectConfig>,
+}
+
+/// `connect = { allow = [...], udp = false, connect_timeout = "5s" }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// `HOST:PORTS` entries (`crate::http::connect_allow`); default deny.
+    pub allow: Vec<String>,
+    /// CONNECT-UDP (RFC 9298) too.
+    #[serde(default)]
+    pub udp: bool,
+    /// The longest wait for the target's TCP connection (502 after it).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: crate::units::Dur,
+}
+
+fn default_connect_timeout() -> crate::units::Dur {
+    crate::units::Dur(std::time::Duration::from_secs(5))
 }
 
 fn yes() -> bool {
@@ -373,11 +394,29 @@ impl RouteConfig {
             self.upstream.is_some(),
             self.split.is_some(),
             self.redirect.is_some(),
+            self.connect.is_some(),
         ];
         match actions.iter().filter(|a| **a).count() {
             1 => {}
-            0 => out.push(problem(&[], format!("route \"{}\" has no action: expected one of respond, upstream, split, redirect", self.name))),
-            _ => out.push(problem(&[], format!("route \"{}\" has more than one action: expected exactly one of respond, upstream, split, redirect", self.name))),
+            0 => out.push(problem(&[], format!("route \"{}\" has no action: expected one of respond, upstream, split, redirect, connect", self.name))),
+            _ => out.push(problem(&[], format!("route \"{}\" has more than one action: expected exactly one of respond, upstream, split, redirect, connect", self.name))),
+        }
+        if let Some(c) = &self.connect {
+            if let Err((i, e)) = crate::http::connect_allow::Allow::parse(&c.allow) {
+                out.push(problem(&["connect", "allow", &i.to_string()], e));
+            }
+            if c.connect_timeout.0.is_zero() {
+                out.push(problem(
+                    &["connect", "connect_timeout"],
+                    "expected a duration above 0",
+                ));
+            }
+            if self.websocket {
+                out.push(problem(
+                    &["websocket"],
+                    "a connect route carries CONNECT tunnels, not WebSockets",
+                ));
+            }
         }
         if let Some(u) = &self.upstream
             && !upstreams(u)

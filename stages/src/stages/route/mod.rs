@@ -23,6 +23,7 @@ use crate::contract::exchange::Exchange;
 use crate::contract::flow::{Flow, Reply};
 use crate::contract::reason::Reason;
 use crate::contract::route::{Action, Edits, HeaderOps, Redirect, Route, Split};
+use crate::contract::tunnel::TunnelKind;
 use crate::http::host::{HostPattern, host_of};
 use crate::http::key::HashKey;
 use crate::stages::admission::Brownout;
@@ -74,6 +75,19 @@ impl RouteIndex {
                 _ => None,
             };
             let action = match (&rc.respond, &rc.upstream, &rc.split, &rc.redirect) {
+                (None, None, None, None) if rc.connect.is_some() => {
+                    let c = rc
+                        .connect
+                        .as_ref()
+                        .ok_or_else(|| invalid("connect".into()))?;
+                    let allow = crate::http::connect_allow::Allow::parse(&c.allow)
+                        .map_err(|(i, e)| invalid(format!("connect.allow[{i}]: {e}")))?;
+                    Action::Connect(Arc::new(crate::contract::route::ConnectPolicy {
+                        allow,
+                        udp: c.udp,
+                        connect_timeout: c.connect_timeout.0,
+                    }))
+                }
                 (Some(r), None, None, None) => {
                     let mut reply = reply_from(r).map_err(invalid)?;
                     header_ops(&rc.response_headers)
@@ -114,7 +128,8 @@ impl RouteIndex {
                 }),
                 _ => {
                     return Err(invalid(
-                        "expected exactly one of respond, upstream, split, redirect".into(),
+                        "expected exactly one of respond, upstream, split, redirect, connect"
+                            .into(),
                     ));
                 }
             };
@@ -233,7 +248,11 @@ fn reply_from(r: &RespondConfig) -> Result<Reply, String> {
 pub fn with_request<R>(ex: &Exchange, f: impl FnOnce(&Req<'_>) -> R) -> R {
     let authority = ex.head.uri.authority().map_or("", |a| a.as_str());
     let host = normalize_host(authority);
-    let path = crate::http::path::without_params(ex.head.uri.path());
+    // A CONNECT's target has no path; its routes match it as `/`.
+    let path = match ex.head.uri.path() {
+        "" => std::borrow::Cow::Borrowed("/"),
+        p => crate::http::path::without_params(p),
+    };
     f(&Req {
         host: &host,
         path: &path,
@@ -363,7 +382,30 @@ impl RouteStage {
                 return Flow::Reject(ex, Reason::RateLimited);
             }
         }
-        if ex.tunnel.is_some() && !route.websocket {
+        match (&route.action, ex.tunnel) {
+            (Action::Connect(policy), Some(TunnelKind::Connect)) => {
+                let target = ex
+                    .head
+                    .uri
+                    .authority()
+                    .and_then(|a| crate::http::connect_allow::Target::parse(a.as_str()));
+                ex.decided.route = Some(route.clone());
+                let Some(target) = target else {
+                    return Flow::Reject(ex, Reason::BadAuthority);
+                };
+                if !policy.allow.names(&target) {
+                    return Flow::Reject(ex, Reason::ConnectDenied);
+                }
+                return Flow::Connect(ex, policy.clone(), target);
+            }
+            // A tunnel route takes CONNECT only; CONNECT goes to tunnel routes only.
+            (Action::Connect(_), _) | (_, Some(TunnelKind::Connect)) => {
+                ex.decided.route = Some(route.clone());
+                return Flow::Reject(ex, Reason::ConnectUnsupported);
+            }
+            _ => {}
+        }
+        if ex.tunnel == Some(TunnelKind::WebSocket) && !route.websocket {
             ex.decided.route = Some(route.clone());
             return Flow::Reject(ex, Reason::WebSocketNotAllowed);
         }
@@ -408,6 +450,8 @@ impl RouteStage {
                 }
                 None => Flow::Reject(ex, Reason::NoBackend),
             },
+            // Taken above: only a CONNECT reaches a connect route's action.
+            Action::Connect(_) => Flow::Reject(ex, Reason::ConnectUnsupported),
         }
     }
 }
