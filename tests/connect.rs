@@ -285,3 +285,94 @@ fn a_bad_allowlist_is_a_config_error_naming_the_entry() {
         "file:line:column: {err}"
     );
 }
+
+/// A QUIC variable-length integer.
+fn varint(v: u64) -> Vec<u8> {
+    match v {
+        0..64 => vec![v as u8],
+        64..16_384 => (0x4000 | v as u16).to_be_bytes().to_vec(),
+        _ => (0x8000_0000 | v as u32).to_be_bytes().to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_udp_carries_datagrams_over_http3() {
+    // A UDP echo server.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let port = udp.local_addr().expect("addr").port();
+    let _echo = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&buf[..n], from).await;
+        }
+    });
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &cert.toml(),
+        &format!(
+            "[[routes]]\nname = \"egress\"\nmatch = {{ methods = [\"CONNECT\"] }}\nconnect = {{ allow = [\"127.0.0.1:{port}\"], udp = true }}\n"
+        ),
+    ));
+    let conn = connect(&cert.client(), &proxy).await;
+    let open = |port: u16| {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!(
+                "https://localhost/.well-known/masque/udp/127.0.0.1/{port}/"
+            ))
+            .header("capsule-protocol", "?1")
+            .body(())
+            .expect("request");
+        req.extensions_mut().insert(h3::ext::Protocol::CONNECT_UDP);
+        let mut send = conn.send.clone();
+        async move {
+            let mut stream = send.send_request(req).await.expect("CONNECT-UDP");
+            let resp = stream.recv_response().await.expect("head");
+            (resp, stream)
+        }
+    };
+    // A target not listed.
+    let (resp, _) = open(port.wrapping_add(1)).await;
+    assert_eq!(resp.status(), 403);
+
+    let (resp, mut stream) = open(port).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["capsule-protocol"], "?1");
+    let quarter = stream.id().into_inner() / 4;
+    let datagram = |context: u64, payload: &[u8]| {
+        let mut d = varint(quarter);
+        d.extend(varint(context));
+        d.extend_from_slice(payload);
+        Bytes::from(d)
+    };
+    // A datagram of an unknown context is dropped; the next one is carried.
+    conn.conn
+        .send_datagram(datagram(7, b"unknown context"))
+        .expect("send");
+    for i in 0..20u8 {
+        let payload = [b'd', i];
+        conn.conn
+            .send_datagram(datagram(0, &payload))
+            .expect("send");
+        let back = tokio::time::timeout(Duration::from_secs(10), conn.conn.read_datagram())
+            .await
+            .expect("an echo within 10 s")
+            .expect("datagram");
+        let mut want = varint(quarter);
+        want.push(0);
+        want.extend_from_slice(&payload);
+        assert_eq!(back.as_ref(), want.as_slice(), "datagram {i}");
+    }
+    // The client ends its stream: the tunnel ends, cleanly.
+    stream.finish().await.expect("finish");
+    proxy
+        .wait_metric("spooky_tunnels_ended_total", &[("how", "closed")], |v| {
+            v >= 1.0
+        })
+        .await;
+    proxy.assert_caps_zero().await;
+}

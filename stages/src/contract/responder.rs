@@ -15,7 +15,7 @@ use crate::body::BoxError;
 use crate::contract::flow::{Reply, status_text};
 use crate::contract::reason::Reason;
 use crate::contract::response::ResponseBody;
-use crate::contract::tunnel::Tunnel;
+use crate::contract::tunnel::{Tunnel, UdpTunnel};
 use crate::http::grpc;
 
 /// RFC 9209: which intermediary answered, and why (on every refusal Spooky answers itself).
@@ -74,6 +74,19 @@ pub trait ClientSink: Send + 'static {
         );
         Sending::Done(Err(SendError::ClientGone(
             "this client's protocol carries no tunnel".into(),
+        )))
+    }
+
+    /// Answers `head` and carries a CONNECT-UDP tunnel in HTTP Datagrams (HTTP/3 only).
+    fn udp_tunnel(&mut self, head: Response<()>, tunnel: UdpTunnel) -> Sending<'_> {
+        let _ = head;
+        crate::contract::tunnel::finish(
+            tunnel.end,
+            &crate::contract::tunnel::Activity::default(),
+            crate::contract::tunnel::Ended::ClientGone,
+        );
+        Sending::Done(Err(SendError::ClientGone(
+            "this client's protocol carries no datagrams".into(),
         )))
     }
 }
@@ -142,6 +155,22 @@ impl Responder {
         self.sent = true;
         match self.sink.as_mut() {
             Some(s) => match s.tunnel(head, tunnel) {
+                Sending::Done(r) => r,
+                Sending::Writing(f) => f.await,
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Answers with `head` and runs a CONNECT-UDP tunnel (see [`ClientSink::udp_tunnel`]).
+    pub async fn udp_tunnel(
+        &mut self,
+        head: Response<()>,
+        tunnel: UdpTunnel,
+    ) -> Result<(), SendError> {
+        self.sent = true;
+        match self.sink.as_mut() {
+            Some(s) => match s.udp_tunnel(head, tunnel) {
                 Sending::Done(r) => r,
                 Sending::Writing(f) => f.await,
             },

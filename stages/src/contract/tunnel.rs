@@ -28,6 +28,8 @@ pub enum TunnelKind {
     WebSocket,
     /// `CONNECT host:port` (RFC 9110 §9.3.6): a TCP connection to the target.
     Connect,
+    /// CONNECT-UDP (RFC 9298) over HTTP/3: UDP payloads in HTTP Datagrams (RFC 9297).
+    ConnectUdp,
 }
 
 /// A byte stream a tunnel can pump: a backend's upgraded connection, a client's.
@@ -52,6 +54,15 @@ pub struct Tunnel {
     pub client_body: RequestBody,
     pub limits: Limits,
     /// The exchange's permits and record, released when the tunnel ends.
+    pub end: End,
+}
+
+/// A CONNECT-UDP tunnel: a UDP socket connected to the target, and the exchange.
+pub struct UdpTunnel {
+    pub socket: tokio::net::UdpSocket,
+    /// The request stream: its end (or reset) ends the tunnel (RFC 9298 §3).
+    pub client_body: RequestBody,
+    pub limits: Limits,
     pub end: End,
 }
 
@@ -201,12 +212,11 @@ where
     D: Future<Output = Result<(), Side>>,
 {
     tokio::pin!(up, down);
-    let _open = OpenGauge::new();
+    let _open = OpenGauge::open();
     let (mut up_done, mut down_done) = (false, false);
-    let mut closing = closing();
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let limit = limited(activity, limits);
+    tokio::pin!(limit);
     loop {
-        let idle_at = limits.idle.map_or(far, |idle| activity.last() + idle);
         tokio::select! {
             r = &mut up, if !up_done => match r {
                 Ok(()) => up_done = true,
@@ -221,6 +231,22 @@ where
                 Err(Side::Reader) => return Ended::UpstreamFailed,
                 Err(Side::Writer) => return Ended::ClientGone,
             },
+            ended = &mut limit => return ended,
+        }
+        if up_done && down_done {
+            return Ended::Closed;
+        }
+    }
+}
+
+/// Completes when a limit ends the tunnel: no byte either way for `limits.idle`,
+/// `limits.until` passed, or the drain deadline ([`close_all`]).
+pub async fn limited(activity: &Activity, limits: Limits) -> Ended {
+    let mut closing = closing();
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    loop {
+        let idle_at = limits.idle.map_or(far, |idle| activity.last() + idle);
+        tokio::select! {
             () = tokio::time::sleep_until(idle_at), if limits.idle.is_some() => {
                 // Activity since the timer was set moves the deadline on.
                 if limits.idle.is_some_and(|idle| activity.last() + idle <= Instant::now()) {
@@ -231,9 +257,6 @@ where
                 return Ended::Lifetime;
             }
             _ = closing.wait_for(|c| *c) => return Ended::Draining,
-        }
-        if up_done && down_done {
-            return Ended::Closed;
         }
     }
 }
@@ -287,10 +310,11 @@ pub fn finish(mut end: End, activity: &Activity, ended: Ended) {
 }
 
 /// `spooky_tunnels_open`, up while a tunnel runs.
-struct OpenGauge(metrics::Gauge);
+pub struct OpenGauge(metrics::Gauge);
 
 impl OpenGauge {
-    fn new() -> Self {
+    /// Counts a tunnel open until this is dropped.
+    pub fn open() -> Self {
         let g = metrics::gauge!(crate::metrics::TUNNELS_OPEN);
         g.increment(1.0);
         OpenGauge(g)

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use crate::contract::exchange::Exchange;
 use crate::contract::reason::Reason;
 use crate::contract::route::ConnectPolicy;
-use crate::contract::tunnel::{Limits, Tunnel};
+use crate::contract::tunnel::{Limits, Tunnel, UdpTunnel};
 use crate::http::connect_allow::Target;
 
 /// Why a target could not be reached, as RFC 9209 names it.
@@ -47,8 +47,12 @@ impl Unreached {
     }
 }
 
-/// Resolves and dials `target` under `policy`.
-pub(super) async fn dial(policy: &ConnectPolicy, target: &Target) -> Result<TcpStream, Unreached> {
+/// The addresses `target` may be reached at under `policy`: resolved (within the connect
+/// timeout) and each checked again.
+async fn resolve(
+    policy: &ConnectPolicy,
+    target: &Target,
+) -> Result<Vec<std::net::SocketAddr>, Unreached> {
     let addrs: Vec<std::net::SocketAddr> = match target.ip {
         Some(ip) => vec![(ip, target.port).into()],
         None => {
@@ -72,6 +76,33 @@ pub(super) async fn dial(policy: &ConnectPolicy, target: &Target) -> Result<TcpS
             detail: format!("{} resolves only to addresses not allowed", target.host),
         });
     }
+    Ok(allowed)
+}
+
+/// A UDP socket connected to `target` under `policy` (CONNECT-UDP).
+async fn bind_udp(
+    policy: &ConnectPolicy,
+    target: &Target,
+) -> Result<tokio::net::UdpSocket, Unreached> {
+    let addr = resolve(policy, target).await?[0];
+    let local: std::net::SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| Unreached::failed("proxy_internal_error", e.to_string()))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| Unreached::failed("destination_ip_unroutable", format!("{addr}: {e}")))?;
+    Ok(socket)
+}
+
+/// Resolves and dials `target` under `policy`.
+async fn dial(policy: &ConnectPolicy, target: &Target) -> Result<TcpStream, Unreached> {
+    let allowed = resolve(policy, target).await?;
     let deadline = tokio::time::Instant::now() + policy.connect_timeout;
     let mut last = Unreached::failed("destination_unavailable", "no address");
     for addr in allowed {
@@ -98,12 +129,73 @@ pub(super) async fn dial(policy: &ConnectPolicy, target: &Target) -> Result<TcpS
     Err(last)
 }
 
-/// The tunnel's head (`200`) and its limits; the exchange's record and permits go with it.
-pub(super) fn tunnel(
+/// A tunnel ready to run, and the head that opens it.
+pub(super) enum Opened {
+    Tcp(Response<()>, Tunnel),
+    Udp(Response<()>, UdpTunnel),
+}
+
+/// Reaches `target` (a TCP connection, or for CONNECT-UDP a connected UDP socket) and
+/// prepares the tunnel; the exchange's record and permits go into it.
+pub(super) async fn open(
     ex: &mut Exchange,
-    upstream: TcpStream,
+    policy: &ConnectPolicy,
+    target: &Target,
     tunnel_idle: Option<Duration>,
-) -> (Response<()>, Tunnel) {
+) -> Result<Opened, Unreached> {
+    if ex.tunnel == Some(crate::contract::tunnel::TunnelKind::ConnectUdp) {
+        let socket = bind_udp(policy, target).await?;
+        let (head, tunnel) = udp_tunnel(ex, socket, tunnel_idle);
+        return Ok(Opened::Udp(head, tunnel));
+    }
+    let stream = dial(policy, target).await?;
+    let (head, parts) = tunnel(ex, stream, tunnel_idle);
+    Ok(Opened::Tcp(head, parts.tcp()))
+}
+
+/// A CONNECT-UDP tunnel's head (`200`, `capsule-protocol: ?1`) and the tunnel.
+fn udp_tunnel(
+    ex: &mut Exchange,
+    socket: tokio::net::UdpSocket,
+    tunnel_idle: Option<Duration>,
+) -> (Response<()>, UdpTunnel) {
+    let (mut head, t) = tunnel(ex, (), tunnel_idle);
+    head.headers_mut()
+        .insert("capsule-protocol", HeaderValue::from_static("?1"));
+    let tunnel = UdpTunnel {
+        socket,
+        client_body: t.client_body,
+        limits: t.limits,
+        end: t.end,
+    };
+    (head, tunnel)
+}
+
+/// The parts every tunnel of a CONNECT has, its upstream side aside.
+struct Parts<U> {
+    upstream: U,
+    client_body: crate::body::RequestBody,
+    limits: Limits,
+    end: crate::contract::response::End,
+}
+
+impl Parts<TcpStream> {
+    fn tcp(self) -> Tunnel {
+        Tunnel {
+            upstream: Box::new(self.upstream),
+            client_body: self.client_body,
+            limits: self.limits,
+            end: self.end,
+        }
+    }
+}
+
+/// The tunnel's head (`200`) and its limits; the exchange's record and permits go with it.
+fn tunnel<U>(
+    ex: &mut Exchange,
+    upstream: U,
+    tunnel_idle: Option<Duration>,
+) -> (Response<()>, Parts<U>) {
     let mut head = Response::new(());
     *head.status_mut() = StatusCode::OK;
     ex.stamp(head.headers_mut());
@@ -120,8 +212,8 @@ pub(super) fn tunnel(
     let client_body = std::mem::replace(&mut ex.body, crate::body::RequestBody::empty());
     (
         head,
-        Tunnel {
-            upstream: Box::new(upstream),
+        Parts {
+            upstream,
             client_body,
             limits,
             end,

@@ -247,6 +247,9 @@ pub struct Pipeline {
     health_checks: Vec<tokio::task::JoinHandle<()>>,
     /// `[stages.egress] tunnel_idle`, for CONNECT tunnels (which skip the later stages).
     tunnel_idle: Option<std::time::Duration>,
+    /// A route takes CONNECT-UDP: HTTP/3 connections announce extended CONNECT and HTTP
+    /// Datagrams (only then, so that a client of RFC 9220 WebSockets falls back to TCP).
+    connect_udp: bool,
 }
 
 impl Drop for Pipeline {
@@ -444,6 +447,10 @@ impl Pipeline {
             next_id: shared.next_id.clone(),
             health_checks,
             tunnel_idle: Some(config.stages.egress.tunnel_idle.0).filter(|d| !d.is_zero()),
+            connect_udp: config
+                .routes
+                .iter()
+                .any(|r| r.connect.as_ref().is_some_and(|c| c.udp)),
         }))
     }
 
@@ -471,6 +478,11 @@ impl Pipeline {
     /// Live exchanges, for graceful shutdown.
     pub fn drain(&self) -> &Drain {
         &self.drain
+    }
+
+    /// Whether a route takes CONNECT-UDP (HTTP/3 connections then announce datagrams).
+    pub fn connect_udp(&self) -> bool {
+        self.connect_udp
     }
 
     /// A fresh exchange id.
@@ -612,12 +624,15 @@ impl Pipeline {
                 Flow::Connect(mut ex, policy, target) => {
                     ex.record.mark_at(name, t1);
                     drop(held);
-                    return match connect::dial(&policy, &target).await {
-                        Ok(stream) => {
+                    return match connect::open(&mut ex, &policy, &target, self.tunnel_idle).await {
+                        // The tunnel ends the exchange, on whichever side it ends.
+                        Ok(connect::Opened::Tcp(head, tunnel)) => {
                             emitted(metrics);
-                            let (head, tunnel) = connect::tunnel(&mut ex, stream, self.tunnel_idle);
-                            // The tunnel ends the exchange, on whichever side it ends.
                             let _ = ex.responder.tunnel(head, tunnel).await;
+                        }
+                        Ok(connect::Opened::Udp(head, tunnel)) => {
+                            emitted(metrics);
+                            let _ = ex.responder.udp_tunnel(head, tunnel).await;
                         }
                         Err(unreached) => {
                             rejected(metrics, unreached.reason);

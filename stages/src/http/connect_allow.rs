@@ -64,6 +64,30 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The target of a CONNECT-UDP request (RFC 9298 §2), from its path in the default URI
+    /// template `/.well-known/masque/udp/{target_host}/{target_port}/`; an IPv6 host has its
+    /// colons percent-encoded.
+    pub fn from_masque_path(path: &str) -> Option<Target> {
+        let rest = path.strip_prefix("/.well-known/masque/udp/")?;
+        let mut parts = rest.split('/');
+        let (host, port) = (parts.next()?, parts.next()?);
+        if !matches!((parts.next(), parts.next()), (None | Some(""), None)) {
+            return None;
+        }
+        let host = host.replace("%3A", ":").replace("%3a", ":");
+        if host.contains('%') {
+            return None;
+        }
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Target::parse(&format!("{host}:{port}"))
+    }
+}
+
 fn ports(spec: &str) -> Option<(u16, u16)> {
     if spec == "*" {
         return Some((1, u16::MAX));
@@ -202,6 +226,26 @@ mod tests {
             "a@b:1",
         ] {
             assert!(Target::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connect_udp_targets_come_from_the_masque_path() {
+        let t = Target::from_masque_path("/.well-known/masque/udp/192.0.2.6/443/").expect("v4");
+        assert_eq!((t.host.as_str(), t.port), ("192.0.2.6", 443));
+        let t =
+            Target::from_masque_path("/.well-known/masque/udp/2001%3Adb8%3A%3A42/53/").expect("v6");
+        assert_eq!(t.ip, Some("2001:db8::42".parse().expect("ip")));
+        let t = Target::from_masque_path("/.well-known/masque/udp/example.com/53").expect("name");
+        assert_eq!((t.host.as_str(), t.ip), ("example.com", None));
+        for bad in [
+            "/.well-known/masque/udp/example.com/",
+            "/.well-known/masque/udp/example.com/0/",
+            "/.well-known/masque/udp/a/53/extra/",
+            "/masque/udp/a/53/",
+            "/.well-known/masque/udp/a%2Fb/53/",
+        ] {
+            assert!(Target::from_masque_path(bad).is_none(), "{bad}");
         }
     }
 

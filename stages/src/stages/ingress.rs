@@ -166,11 +166,18 @@ impl Ingress {
             // request as malformed before it reaches the pipeline.
             ClientProtocol::H3 => false,
         };
+        let h3_protocol = ex.head.extensions.get::<h3::ext::Protocol>().copied();
         if websocket {
             ex.tunnel = Some(TunnelKind::WebSocket);
+        } else if h3_protocol == Some(h3::ext::Protocol::CONNECT_UDP)
+            && ex.head.method == http::Method::CONNECT
+        {
+            // RFC 9298: the target is in the path (`/.well-known/masque/udp/HOST/PORT/`).
+            ex.tunnel = Some(TunnelKind::ConnectUdp);
         } else if ex.head.method == http::Method::CONNECT {
-            if ex.client.protocol == ClientProtocol::H2
-                && upgrade::h2_extended_connect(&ex.head.extensions)
+            if (ex.client.protocol == ClientProtocol::H2
+                && upgrade::h2_extended_connect(&ex.head.extensions))
+                || h3_protocol.is_some()
             {
                 // An extended CONNECT for a protocol Spooky does not carry (RFC 8441 §4
                 // leaves the answer to the server).

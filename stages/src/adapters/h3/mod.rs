@@ -2,6 +2,7 @@
 //! of h3's head parsing.
 
 pub mod body;
+pub mod datagrams;
 pub mod guard;
 pub mod server;
 pub mod sink;

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::adapters::BindError;
 use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::body::H3Body;
+use crate::adapters::h3::datagrams::Datagrams;
 use crate::adapters::h3::guard::{self, GuardedConn};
 use crate::adapters::h3::sink::H3Sink;
 use crate::adapters::h3::steer::{SteeredSocket, Steering, TaggedCids};
@@ -257,8 +258,13 @@ impl H3Listener {
         let open =
             gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone(), "protocol" => "quic");
         open.increment(1.0);
+        // CONNECT-UDP (RFC 9298) needs extended CONNECT and HTTP Datagrams announced.
+        let udp = pipelines.current().connect_udp();
+        let datagrams = udp.then(|| Datagrams::new(conn.clone()));
         let built = h3::server::builder()
             .max_field_section_size(self.max_field_section_size)
+            .enable_extended_connect(udp)
+            .enable_datagram(udp)
             .build::<_, Bytes>(GuardedConn::new(
                 conn.clone(),
                 self.guard_limit,
@@ -308,7 +314,7 @@ impl H3Listener {
                 break;
             };
             let limits = (self.header_timeout, self.read_ahead);
-            let who = (client.clone(), conn_gone.clone());
+            let who = (client.clone(), conn_gone.clone(), datagrams.clone());
             tokio::spawn(async move {
                 request(resolver, permit, pipeline, who, limits).await;
                 drop(guard);
@@ -320,6 +326,9 @@ impl H3Listener {
             _ = conn.closed() => {}
         }
         drop(h3conn);
+        if let Some(d) = &datagrams {
+            d.stop();
+        }
         watcher.abort();
         open.decrement(1.0);
     }
@@ -330,7 +339,7 @@ async fn request(
     resolver: Resolver,
     permit: Permit,
     pipeline: Arc<Pipeline>,
-    (client, conn_gone): (Client, ConnGone),
+    (client, conn_gone, datagrams): (Client, ConnGone, Option<Arc<Datagrams>>),
     (header_timeout, read_ahead): (Duration, usize),
 ) {
     let remote = client.addr;
@@ -366,6 +375,7 @@ async fn request(
             return;
         }
     };
+    let stream_id = stream.id().into_inner();
     let (send, recv) = stream.split();
     let (head, ()) = req.into_parts();
     let content_length = ContentLength::of(&head.headers);
@@ -385,7 +395,11 @@ async fn request(
         empty_upstream,
         read_ahead,
     );
-    let responder = Responder::new(H3Sink::new(send, conn_gone.clone()));
+    let mut sink = H3Sink::new(send, conn_gone.clone());
+    if let Some(d) = datagrams {
+        sink = sink.with_datagrams(d, stream_id);
+    }
+    let responder = Responder::new(sink);
     let origin = Origin {
         client,
         conn_gone: Some(conn_gone),

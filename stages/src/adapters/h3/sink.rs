@@ -11,7 +11,10 @@ use http_body_util::BodyExt;
 use crate::contract::exchange::ConnGone;
 use crate::contract::responder::{ClientSink, SendError, Sending};
 use crate::contract::response::ResponseBody;
-use crate::contract::tunnel::{self, Activity, Ended, Side, Tunnel};
+use std::sync::Arc;
+
+use crate::adapters::h3::datagrams::{self, Datagrams};
+use crate::contract::tunnel::{self, Activity, Ended, Side, Tunnel, UdpTunnel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -33,6 +36,9 @@ pub struct H3Sink {
     /// The connection's close, watched while the body streams (an idle backend body would
     /// otherwise hold the exchange after the client left).
     conn_gone: ConnGone,
+    /// The connection's HTTP Datagrams and this request's stream id (when a route takes
+    /// CONNECT-UDP).
+    datagrams: Option<(Arc<Datagrams>, u64)>,
 }
 
 fn gone(e: impl std::error::Error + Send + Sync + 'static) -> SendError {
@@ -45,7 +51,80 @@ impl H3Sink {
             stream,
             state: State::Fresh,
             conn_gone,
+            datagrams: None,
         }
+    }
+
+    /// A sink that can carry a CONNECT-UDP tunnel in the connection's datagrams.
+    pub(crate) fn with_datagrams(mut self, datagrams: Arc<Datagrams>, stream_id: u64) -> Self {
+        self.datagrams = Some((datagrams, stream_id));
+        self
+    }
+
+    /// Answers `head` (`200`, `capsule-protocol: ?1`), then carries UDP payloads both ways
+    /// as HTTP Datagrams with context ID 0 (RFC 9298 §5), until the client ends its request
+    /// stream or a limit ends the tunnel. Datagrams with another context ID are dropped
+    /// (§4); capsules on the stream are read and ignored (none is defined for UDP).
+    async fn run_udp(&mut self, head: Response<()>, tunnel: UdpTunnel) -> Result<(), SendError> {
+        let UdpTunnel {
+            socket,
+            mut client_body,
+            limits,
+            end,
+        } = tunnel;
+        let activity = Activity::default();
+        let Some((datagrams, stream_id)) = self.datagrams.clone() else {
+            tunnel::finish(end, &activity, Ended::ClientGone);
+            return Err(SendError::ClientGone(
+                "no datagrams on this connection".into(),
+            ));
+        };
+        let mut registration = datagrams.register(stream_id);
+        self.state = State::HeadSent;
+        if let Err(e) = self.stream.send_response(head).await {
+            tunnel::finish(end, &activity, Ended::ClientGone);
+            return Err(gone(e));
+        }
+        let _open = tunnel::OpenGauge::open();
+        let limit = tunnel::limited(&activity, limits);
+        tokio::pin!(limit);
+        let mut buf = vec![0u8; 65_536];
+        let ended = loop {
+            tokio::select! {
+                d = registration.rx.recv() => {
+                    let Some(d) = d else { break Ended::ClientGone };
+                    // Context ID 0 carries a UDP payload; others are unknown here.
+                    if let Some((0, at)) = datagrams::varint(&d) {
+                        // A connected UDP socket may report an earlier ICMP error; UDP
+                        // loses datagrams anyway.
+                        let _ = socket.send(&d[at..]).await;
+                        activity.moved(&activity.up, d.len() - at);
+                    }
+                }
+                r = socket.recv(&mut buf) => {
+                    let Ok(n) = r else { continue };
+                    let mut payload = Vec::with_capacity(n + 1);
+                    payload.push(0);
+                    payload.extend_from_slice(&buf[..n]);
+                    if datagrams.send(stream_id, &payload) {
+                        activity.moved(&activity.down, n);
+                    }
+                }
+                f = client_body.frame() => match f {
+                    None => break Ended::Closed,
+                    Some(Err(_)) => break Ended::ClientGone,
+                    Some(Ok(_capsules)) => {}
+                },
+                ended = &mut limit => break ended,
+            }
+        };
+        drop(registration);
+        if ended != Ended::ClientGone {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.finish()).await;
+            self.state = State::Finished;
+        }
+        tunnel::finish(end, &activity, ended);
+        Ok(())
     }
 
     async fn write(&mut self, resp: Response<ResponseBody>) -> Result<(), SendError> {
@@ -162,6 +241,10 @@ impl ClientSink for H3Sink {
 
     fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Sending<'_> {
         Sending::Writing(Box::pin(self.run_tunnel(head, tunnel)))
+    }
+
+    fn udp_tunnel(&mut self, head: Response<()>, tunnel: UdpTunnel) -> Sending<'_> {
+        Sending::Writing(Box::pin(self.run_udp(head, tunnel)))
     }
 
     fn reset_malformed(&mut self) -> bool {

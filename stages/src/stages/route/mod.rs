@@ -398,8 +398,26 @@ impl RouteStage {
                 }
                 return Flow::Connect(ex, policy.clone(), target);
             }
-            // A tunnel route takes CONNECT only; CONNECT goes to tunnel routes only.
-            (Action::Connect(_), _) | (_, Some(TunnelKind::Connect)) => {
+            (Action::Connect(policy), Some(TunnelKind::ConnectUdp)) if policy.udp => {
+                let target =
+                    crate::http::connect_allow::Target::from_masque_path(ex.head.uri.path());
+                ex.decided.route = Some(route.clone());
+                let Some(target) = target else {
+                    return Flow::Reject(
+                        ex,
+                        Reason::BadPath(crate::http::path::PathError::NotAbsolute),
+                    );
+                };
+                if !policy.allow.names(&target) {
+                    return Flow::Reject(ex, Reason::ConnectDenied);
+                }
+                return Flow::Connect(ex, policy.clone(), target);
+            }
+            // A tunnel route takes CONNECT only; CONNECT goes to tunnel routes only (and
+            // CONNECT-UDP to those with `udp = true`).
+            (Action::Connect(_), _)
+            | (_, Some(TunnelKind::Connect))
+            | (_, Some(TunnelKind::ConnectUdp)) => {
                 ex.decided.route = Some(route.clone());
                 return Flow::Reject(ex, Reason::ConnectUnsupported);
             }
