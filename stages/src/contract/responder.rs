@@ -67,28 +67,24 @@ pub trait ClientSink: Send + 'static {
     /// and its exchange end at once).
     fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Sending<'_> {
         let _ = head;
-        crate::contract::tunnel::finish(
-            tunnel.end,
-            &crate::contract::tunnel::Activity::default(),
-            crate::contract::tunnel::Ended::ClientGone,
-        );
-        Sending::Done(Err(SendError::ClientGone(
-            "this client's protocol carries no tunnel".into(),
-        )))
+        refuse_tunnel(tunnel.end, "this client's protocol carries no tunnel")
     }
 
     /// Answers `head` and carries a CONNECT-UDP tunnel in HTTP Datagrams (HTTP/3 only).
     fn udp_tunnel(&mut self, head: Response<()>, tunnel: UdpTunnel) -> Sending<'_> {
         let _ = head;
-        crate::contract::tunnel::finish(
-            tunnel.end,
-            &crate::contract::tunnel::Activity::default(),
-            crate::contract::tunnel::Ended::ClientGone,
-        );
-        Sending::Done(Err(SendError::ClientGone(
-            "this client's protocol carries no datagrams".into(),
-        )))
+        refuse_tunnel(tunnel.end, "this client's protocol carries no datagrams")
     }
+}
+
+/// A tunnel the sink cannot carry: its exchange ends now, as if the client had gone.
+fn refuse_tunnel(end: crate::contract::response::End, why: &'static str) -> Sending<'static> {
+    crate::contract::tunnel::finish(
+        end,
+        &crate::contract::tunnel::Activity::default(),
+        crate::contract::tunnel::Ended::ClientGone,
+    );
+    Sending::Done(Err(SendError::ClientGone(why.into())))
 }
 
 /// The client side of an exchange's response.
@@ -152,14 +148,7 @@ impl Responder {
     /// Answers with `head` and runs `tunnel` on the client's stream (see
     /// [`ClientSink::tunnel`]).
     pub async fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Result<(), SendError> {
-        self.sent = true;
-        match self.sink.as_mut() {
-            Some(s) => match s.tunnel(head, tunnel) {
-                Sending::Done(r) => r,
-                Sending::Writing(f) => f.await,
-            },
-            None => Ok(()),
-        }
+        self.open(|s| s.tunnel(head, tunnel)).await
     }
 
     /// Answers with `head` and runs a CONNECT-UDP tunnel (see [`ClientSink::udp_tunnel`]).
@@ -168,9 +157,17 @@ impl Responder {
         head: Response<()>,
         tunnel: UdpTunnel,
     ) -> Result<(), SendError> {
+        self.open(|s| s.udp_tunnel(head, tunnel)).await
+    }
+
+    /// Hands a tunnel to the sink (a detached responder drops it).
+    async fn open(
+        &mut self,
+        start: impl FnOnce(&mut Box<dyn ClientSink>) -> Sending<'_>,
+    ) -> Result<(), SendError> {
         self.sent = true;
         match self.sink.as_mut() {
-            Some(s) => match s.udp_tunnel(head, tunnel) {
+            Some(s) => match start(s) {
                 Sending::Done(r) => r,
                 Sending::Writing(f) => f.await,
             },
