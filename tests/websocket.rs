@@ -30,6 +30,8 @@ use support::{TempDir, TestCert};
 struct Echo {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<http::HeaderMap>>>,
+    /// The close codes the backend received.
+    closes: Arc<Mutex<Vec<u16>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,10 +48,13 @@ impl Echo {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let heads = Arc::new(Mutex::new(Vec::new()));
+        let closes = Arc::new(Mutex::new(Vec::new()));
         let seen = heads.clone();
+        let closed = closes.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let seen = seen.clone();
+                let closed = closed.clone();
                 tokio::spawn(async move {
                     #[allow(clippy::result_large_err)] // tungstenite's callback signature
                     let check = |req: &Request, resp: Response| {
@@ -65,6 +70,9 @@ impl Echo {
                         return;
                     };
                     while let Some(Ok(msg)) = ws.next().await {
+                        if let Message::Close(Some(f)) = &msg {
+                            closed.lock().expect("closes").push(u16::from(f.code));
+                        }
                         // tungstenite answers pings and closes by itself.
                         if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                             break;
@@ -73,7 +81,12 @@ impl Echo {
                 });
             }
         });
-        Echo { addr, heads, task }
+        Echo {
+            addr,
+            heads,
+            closes,
+            task,
+        }
     }
 
     fn last_head(&self) -> http::HeaderMap {
@@ -319,7 +332,7 @@ async fn refused_handshakes_are_normal_responses_and_the_connection_serves_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_and_the_drain_deadline_closes_the_rest() {
-    let (_echo, _dir, cert, mut proxy) = start(
+    let (echo, _dir, cert, mut proxy) = start(
         "timeouts = { tunnel_idle = \"300ms\" }",
         "drain_timeout = \"1s\"",
     )
@@ -336,7 +349,10 @@ async fn an_idle_tunnel_is_closed_and_the_drain_deadline_closes_the_rest() {
     let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .expect("closed by the idle limit within 10 s");
-    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    match end {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("expected Spooky's Close (1001), got {other:?}"),
+    }
     proxy
         .wait_metric("spooky_tunnels_ended_total", &[("how", "idle")], |v| {
             v >= 1.0
@@ -346,23 +362,32 @@ async fn an_idle_tunnel_is_closed_and_the_drain_deadline_closes_the_rest() {
     // Drain: a live tunnel keeps the process draining until the deadline, then is closed.
     let mut ws = ws_h2(&proxy, &cert, "/ws/drain").await.expect("websocket");
     let keep_talking = async {
-        // Traffic keeps the idle limit away until the drain deadline closes the tunnel.
+        // Traffic keeps the idle limit away until the drain deadline closes the tunnel; what
+        // ends it is Spooky's Close frame (1001, going away).
         loop {
             if ws.send(Message::text("ping")).await.is_err() {
-                return;
+                return None;
             }
             match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| f.code),
                 Ok(Some(Ok(_))) | Err(_) => {}
-                Ok(_) => return,
+                Ok(_) => return None,
             }
         }
     };
     proxy.sigterm();
-    tokio::time::timeout(Duration::from_secs(10), keep_talking)
+    let code = tokio::time::timeout(Duration::from_secs(10), keep_talking)
         .await
         .expect("the drain deadline closed the tunnel");
+    assert_eq!(code, Some(CloseCode::Away), "the client got a Close frame");
     let status = proxy.wait_exit();
     assert_eq!(status.code(), Some(0), "{}", proxy.log());
+    let closes = echo.closes.lock().expect("closes").clone();
+    assert_eq!(
+        closes.iter().filter(|c| **c == 1001).count(),
+        2,
+        "the backend got Spooky's Close at the idle limit and at the drain deadline: {closes:?}"
+    );
     assert!(
         proxy.log().contains("drain deadline passed"),
         "the tunnel held the drain to its deadline: {}",

@@ -5,8 +5,8 @@
 //! The exchange stays live for the tunnel's whole life: its permits (caps, the drain guard)
 //! ride in its [`End`] until both directions closed, the tunnel sat idle for its limit, its
 //! lifetime passed, or the drain deadline came ([`close_all`]). Each direction is pumped by
-//! its own future, so neither waits on the other (a client that sends without reading
-//! cannot stall what the backend sends it).
+//! its own future ([`pump_until`]), so neither waits on the other (a client that sends
+//! without reading cannot stall what the backend sends it).
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -55,6 +55,9 @@ pub struct Tunnel {
     pub limits: Limits,
     /// The exchange's permits and record, released when the tunnel ends.
     pub end: End,
+    /// A WebSocket: Spooky's own close is a Close frame (1001, going away) to both sides, at
+    /// a frame boundary, before the streams end.
+    pub websocket: bool,
 }
 
 /// A CONNECT-UDP tunnel: a UDP socket connected to the target, and the exchange.
@@ -149,27 +152,168 @@ impl Activity {
     }
 }
 
-/// Copies `from` into `into` until `from` ends, then closes `into`'s sending half.
-pub async fn pump<R, W>(
+/// Copies `from` into `into` until `from` ends, then closes `into`'s sending half; told to
+/// stop, closes `into` cleanly — for a WebSocket (`frames`) after finishing the frame in
+/// progress and sending a Close frame (1001, going away).
+pub async fn pump_until<R, W>(
     mut from: R,
     mut into: W,
     count: &AtomicU64,
     activity: &Activity,
+    mut stop: watch::Receiver<bool>,
+    mut frames: Option<Frames>,
 ) -> Result<(), Side>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut stopping = false;
     loop {
-        let n = from.read(&mut buf).await.map_err(|_| Side::Reader)?;
+        let n = if stopping {
+            from.read(&mut buf).await.map_err(|_| Side::Reader)?
+        } else {
+            tokio::select! {
+                r = from.read(&mut buf) => r.map_err(|_| Side::Reader)?,
+                () = async { drop(stop.wait_for(|s| *s).await) } => {
+                    stopping = true;
+                    if frames.as_ref().is_none_or(Frames::at_boundary) {
+                        return close(into, frames).await;
+                    }
+                    continue;
+                }
+            }
+        };
         if n == 0 {
             let _ = into.shutdown().await;
             return Ok(());
         }
-        into.write_all(&buf[..n]).await.map_err(|_| Side::Writer)?;
+        let upto = match frames.as_mut() {
+            Some(f) if stopping => f.advance(&buf[..n]),
+            Some(f) => {
+                f.feed(&buf[..n]);
+                n
+            }
+            None => n,
+        };
+        into.write_all(&buf[..upto])
+            .await
+            .map_err(|_| Side::Writer)?;
         into.flush().await.map_err(|_| Side::Writer)?;
-        activity.moved(count, n);
+        activity.moved(count, upto);
+        if stopping && frames.as_ref().is_some_and(Frames::at_boundary) {
+            return close(into, frames).await;
+        }
+    }
+}
+
+/// Ends `into` cleanly: a WebSocket Close frame first (when `frames`), then end of stream.
+async fn close<W: AsyncWrite + Unpin>(mut into: W, frames: Option<Frames>) -> Result<(), Side> {
+    if let Some(f) = frames {
+        let _ = into.write_all(&f.close_frame()).await;
+        let _ = into.flush().await;
+    }
+    let _ = into.shutdown().await;
+    Ok(())
+}
+
+/// Where a WebSocket byte stream's frame boundaries are (RFC 6455 §5.2), followed byte by
+/// byte without holding any of it, so that Spooky's own Close frame goes between frames.
+pub struct Frames {
+    header: [u8; 14],
+    have: usize,
+    need: usize,
+    /// Payload bytes left of the frame in progress.
+    left: u64,
+    /// Frames in this direction go to a server: masked (§5.3).
+    masked: bool,
+}
+
+impl Frames {
+    pub fn new(to_server: bool) -> Frames {
+        Frames {
+            header: [0; 14],
+            have: 0,
+            need: 2,
+            left: 0,
+            masked: to_server,
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.left == 0
+    }
+
+    /// Follows `data` up to the end of the frame in progress, or all of it; returns how much.
+    pub fn advance(&mut self, data: &[u8]) -> usize {
+        let mut used = 0;
+        while used < data.len() {
+            if self.left > 0 {
+                let n = (data.len() - used).min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                used += n;
+                if self.left == 0 {
+                    return used;
+                }
+                continue;
+            }
+            let take = (self.need - self.have).min(data.len() - used);
+            self.header[self.have..self.have + take].copy_from_slice(&data[used..used + take]);
+            self.have += take;
+            used += take;
+            let len7 = self.header[1] & 0x7f;
+            if self.have == 2 {
+                let ext = match len7 {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+                self.need = 2 + ext + mask;
+            }
+            if self.have >= 2 && self.have == self.need {
+                let h = &self.header;
+                self.left = match len7 {
+                    126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                    127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                    n => u64::from(n),
+                };
+                self.have = 0;
+                self.need = 2;
+                if self.left == 0 {
+                    return used;
+                }
+            }
+        }
+        used
+    }
+
+    /// Follows all of `data`.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = self.advance(data);
+            data = &data[n..];
+        }
+    }
+
+    /// A Close frame with status 1001 (going away), masked towards a server.
+    fn close_frame(&self) -> Vec<u8> {
+        let code = 1001u16.to_be_bytes();
+        if self.masked {
+            let key: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));
+            vec![
+                0x88,
+                0x82,
+                key[0],
+                key[1],
+                key[2],
+                key[3],
+                code[0] ^ key[0],
+                code[1] ^ key[1],
+            ]
+        } else {
+            vec![0x88, 0x02, code[0], code[1]]
+        }
     }
 }
 
@@ -211,6 +355,22 @@ where
     U: Future<Output = Result<(), Side>>,
     D: Future<Output = Result<(), Side>>,
 {
+    run_closing(up, down, activity, limits, None).await
+}
+
+/// [`run`]; when a limit ends the tunnel and `stop` is given, the directions are told to
+/// close cleanly ([`pump_until`]) and get a moment (bounded) to do it.
+pub async fn run_closing<U, D>(
+    up: U,
+    down: D,
+    activity: &Activity,
+    limits: Limits,
+    stop: Option<&watch::Sender<bool>>,
+) -> Ended
+where
+    U: Future<Output = Result<(), Side>>,
+    D: Future<Output = Result<(), Side>>,
+{
     tokio::pin!(up, down);
     let _open = OpenGauge::open();
     let (mut up_done, mut down_done) = (false, false);
@@ -231,7 +391,21 @@ where
                 Err(Side::Reader) => return Ended::UpstreamFailed,
                 Err(Side::Writer) => return Ended::ClientGone,
             },
-            ended = &mut limit => return ended,
+            ended = &mut limit => {
+                if let Some(stop) = stop {
+                    stop.send_replace(true);
+                    let closed = async {
+                        if !up_done {
+                            let _ = (&mut up).await;
+                        }
+                        if !down_done {
+                            let _ = (&mut down).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
+                }
+                return ended;
+            }
         }
         if up_done && down_done {
             return Ended::Closed;
@@ -270,22 +444,24 @@ pub async fn splice(client: impl Io, tunnel: Tunnel) -> Ended {
         limits,
         end,
         client_body,
+        websocket,
     } = tunnel;
     drop(client_body);
     let activity = Activity::default();
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
-    let ended = {
-        let up = pump(&mut cr, &mut uw, &activity.up, &activity);
-        let down = pump(&mut ur, &mut cw, &activity.down, &activity);
-        run(up, down, &activity, limits).await
-    };
-    if ended != Ended::Closed {
-        let shut = async {
-            let _ = tokio::join!(cw.shutdown(), uw.shutdown());
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), shut).await;
-    }
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    let (stop, stopped) = watch::channel(false);
+    let frames = |to_server: bool| websocket.then(|| Frames::new(to_server));
+    let up = pump_until(
+        cr,
+        uw,
+        &activity.up,
+        &activity,
+        stopped.clone(),
+        frames(true),
+    );
+    let down = pump_until(ur, cw, &activity.down, &activity, stopped, frames(false));
+    let ended = run_closing(up, down, &activity, limits, Some(&stop)).await;
     finish(end, &activity, ended);
     ended
 }
@@ -340,4 +516,47 @@ fn closing() -> watch::Receiver<bool> {
 /// halves are shut, so each end sees a clean end of stream rather than a reset).
 pub fn close_all() {
     closing_signal().send_replace(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_boundaries_are_followed_across_any_split() {
+        // A masked text frame "hi", a 300-byte binary frame (16-bit length), an empty ping.
+        let mut stream = vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+        stream.extend_from_slice(&[0x82, 0x7e, 0x01, 0x2c]);
+        stream.extend(std::iter::repeat_n(7u8, 300));
+        stream.extend_from_slice(&[0x89, 0x00]);
+        let ends = [8, 8 + 4 + 300, stream.len()];
+        for split in 1..stream.len() {
+            let mut f = Frames::new(false);
+            let mut at = 0;
+            let mut seen = Vec::new();
+            for chunk in [&stream[..split], &stream[split..]] {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let n = f.advance(rest);
+                    at += n;
+                    rest = &rest[n..];
+                    if f.at_boundary() {
+                        seen.push(at);
+                    }
+                }
+            }
+            assert_eq!(seen, ends, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn spookys_close_frames_are_masked_towards_servers() {
+        assert_eq!(
+            Frames::new(false).close_frame(),
+            vec![0x88, 0x02, 0x03, 0xe9]
+        );
+        let masked = Frames::new(true).close_frame();
+        assert_eq!(&masked[..2], &[0x88, 0x82]);
+        assert_eq!([masked[6] ^ masked[2], masked[7] ^ masked[3]], [0x03, 0xe9]);
+    }
 }

@@ -186,6 +186,7 @@ impl Parts<TcpStream> {
             client_body: self.client_body,
             limits: self.limits,
             end: self.end,
+            websocket: false,
         }
     }
 }

@@ -189,6 +189,7 @@ impl Egress {
             client_body,
             limits,
             end,
+            websocket: true,
         };
         match ex
             .responder

@@ -187,6 +187,7 @@ impl H3Sink {
             mut client_body,
             limits,
             end,
+            ..
         } = tunnel;
         let activity = Activity::default();
         self.state = State::HeadSent;
