@@ -394,3 +394,36 @@ async fn an_idle_tunnel_is_closed_and_the_drain_deadline_closes_the_rest() {
         proxy.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_answered_otherwise_closes_the_http1_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A plaintext listener that redirects everything: the handshake is answered 308, and the
+    // connection (whose framing the guard stopped following at the handshake) is closed.
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["http1"]"#,
+        "tls = \"off\"\nredirect = \"https\"",
+        "[[routes]]\nname = \"r\"\nrespond = { status = 200 }\n",
+    ));
+    let mut tcp = tokio::net::TcpStream::connect(proxy.tcp_addr.expect("tcp"))
+        .await
+        .expect("connect");
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("closed within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "nothing after it is read: {answer}"
+    );
+}

@@ -537,17 +537,39 @@ async fn handle(
     peer: Peer,
     upgrade: Option<Upgrade>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let handshake = upgrade.is_some() && req.version() != Version::HTTP_2;
+    let connect = req.method() == http::Method::CONNECT;
+    let mut resp = answer(shared, pipelines, req, peer, upgrade).await;
+    let accepted =
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+    if handshake && !accepted {
+        // The HTTP/1.1 guard stopped reading this connection's framing at the handshake (what
+        // follows a 101 or a CONNECT's 200 is not HTTP): whatever else answered it (the
+        // pipeline, a redirect, a refusal) ends the connection.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+/// The answer to one request (see [`handle`]).
+async fn answer(
+    shared: Arc<Shared>,
+    pipelines: Pipelines,
+    req: Request<Incoming>,
+    peer: Peer,
+    upgrade: Option<Upgrade>,
+) -> Response<ProxyBody> {
     if let Some(why) = peer.refusal() {
-        return Ok(add_alt_svc(&shared, refused(&shared, peer.remote, why)));
+        return add_alt_svc(&shared, refused(&shared, peer.remote, why));
     }
     if let Some(port) = shared.redirect {
-        return Ok(add_alt_svc(&shared, redirect(&req, port)));
+        return add_alt_svc(&shared, redirect(&req, port));
     }
     let Some((pipeline, permit)) = pipelines.enter().await else {
-        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     };
     let (tx, rx) = oneshot::channel();
-    let connect = req.method() == http::Method::CONNECT;
     let (head, body) = req.into_parts();
     let protocol = if head.version == Version::HTTP_2 {
         ClientProtocol::H2
@@ -576,9 +598,7 @@ async fn handle(
         bodyless,
         shared.read_ahead,
     );
-    let http1 = protocol == ClientProtocol::Http1;
-    let handshake = upgrade.is_some();
-    let sink = HyperSink::new(tx, http1);
+    let sink = HyperSink::new(tx, protocol == ClientProtocol::Http1);
     let responder = Responder::new(match upgrade {
         Some(u) => sink.with_upgrade(u),
         None => sink,
@@ -595,20 +615,12 @@ async fn handle(
             pipeline.refuse(ex, Reason::ShuttingDown).await;
         }
     }
-    let mut resp = match rx.await {
+    let resp = match rx.await {
         Ok(resp) => resp.map(ProxyBody::from),
         // The exchange ended without an answer (its upstream body failed before the head).
         Err(_) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
     };
-    let accepted =
-        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
-    if handshake && http1 && !accepted {
-        // The guard stopped reading this connection's framing at the handshake (what follows
-        // a 101 or a CONNECT's 200 is not HTTP): one that was not accepted ends the connection.
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    Ok(add_alt_svc(&shared, resp))
+    add_alt_svc(&shared, resp)
 }
 
 fn add_alt_svc(shared: &Shared, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
