@@ -161,6 +161,13 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             }
             TlsSetting::SelfSigned => {}
             TlsSetting::Files(t) => {
+                if t.early_data {
+                    cx.push(
+                        Some(at(&["tls", "early_data"])),
+                        &format!("listeners[{i}].tls.early_data"),
+                        "0-RTT is not available yet: expected false (every request is processed after the handshake)",
+                    );
+                }
                 let mut files = Vec::new();
                 match (&t.cert, &t.key) {
                     (Some(c), Some(k)) => {

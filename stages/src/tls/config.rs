@@ -76,6 +76,10 @@ pub struct TlsConfig {
     pub watch: bool,
     #[serde(default = "default_watch_interval")]
     pub watch_interval: Dur,
+    /// 0-RTT: requests in TLS early data. Only `false` for now (validation refuses `true`):
+    /// every request is processed after the handshake.
+    #[serde(default)]
+    pub early_data: bool,
 }
 
 pub(crate) fn default_watch_interval() -> Dur {

@@ -159,6 +159,9 @@ pub enum BackendProtocol {
     H2,
     /// HTTP/2 without TLS, prior knowledge (`http://` URLs).
     H2c,
+    /// HTTP/3 over QUIC (`https://` URLs): the name is kept for configs written for it, but
+    /// it is refused by validation until it is built.
+    H3,
 }
 
 pub fn default_upstream_inflight() -> NonZeroUsize {
@@ -239,6 +242,10 @@ impl BackendConfig {
                 (false, BackendProtocol::H2) => out.push((
                     "protocol",
                     "HTTP/2 without TLS is protocol = \"h2c\"".into(),
+                )),
+                (_, BackendProtocol::H3) => out.push((
+                    "protocol",
+                    "HTTP/3 to backends is not available yet: expected \"auto\", \"http1\", \"h2\" or \"h2c\"".into(),
                 )),
                 _ => {}
             },

@@ -135,7 +135,7 @@ impl Upstream {
             let http1 = match b.protocol {
                 BackendProtocol::Http1 => true,
                 BackendProtocol::Auto => !addr.is_tls(),
-                BackendProtocol::H2 | BackendProtocol::H2c => false,
+                BackendProtocol::H2 | BackendProtocol::H2c | BackendProtocol::H3 => false,
             };
             backends.push(Backend {
                 id,

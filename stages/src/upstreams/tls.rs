@@ -112,6 +112,8 @@ pub fn alpn_for(protocol: BackendProtocol) -> Vec<Vec<u8>> {
         BackendProtocol::H2 => vec![b"h2".to_vec()],
         BackendProtocol::Http1 => vec![b"http/1.1".to_vec()],
         BackendProtocol::H2c => Vec::new(),
+        // Refused by validation (not built yet).
+        BackendProtocol::H3 => vec![b"h3".to_vec()],
     }
 }
 

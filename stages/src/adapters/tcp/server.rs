@@ -475,6 +475,10 @@ async fn serve_http<I>(
                 on: hyper::upgrade::on(&mut req),
                 hold: Box::new((clock.request_started(), peer.held.clone())),
             });
+            let handshake = upgrade.is_some() && req.version() != Version::HTTP_2;
+            let connect = req.method() == http::Method::CONNECT;
+            // One future per request, moved several times on its way into hyper's task: no
+            // second async layer around it.
             let served = handle(
                 shared.clone(),
                 pipelines.clone(),
@@ -482,7 +486,11 @@ async fn serve_http<I>(
                 peer.clone(),
                 upgrade,
             );
-            async move { served.await.map(|resp| resp.map(|b| b.hold(busy))) }
+            async move {
+                let mut resp = served.await;
+                close_unless_upgraded(&mut resp, handshake, connect);
+                Ok::<_, Infallible>(resp.map(|b| b.hold(busy)))
+            }
         })
     };
     let conn = builder.serve_connection_with_upgrades(io, svc);
@@ -529,31 +537,21 @@ async fn serve_http<I>(
     open.decrement(1.0);
 }
 
-/// One HTTP/1.1 or HTTP/2 request through the pipeline (the generation current when it came).
-async fn handle(
-    shared: Arc<Shared>,
-    pipelines: Pipelines,
-    req: Request<Incoming>,
-    peer: Peer,
-    upgrade: Option<Upgrade>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let handshake = upgrade.is_some() && req.version() != Version::HTTP_2;
-    let connect = req.method() == http::Method::CONNECT;
-    let mut resp = answer(shared, pipelines, req, peer, upgrade).await;
-    let accepted =
-        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+/// A WebSocket handshake or CONNECT over HTTP/1.1 answered with anything but its 101/200
+/// ends the connection: the HTTP/1.1 guard stopped reading its framing at the handshake (what
+/// follows a 101 or a CONNECT's 200 is not HTTP), whatever answered it (the pipeline, a
+/// redirect, a refusal).
+fn close_unless_upgraded(resp: &mut Response<ProxyBody>, handshake: bool, connect: bool) {
+    let accepted = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (connect && resp.status().is_success());
     if handshake && !accepted {
-        // The HTTP/1.1 guard stopped reading this connection's framing at the handshake (what
-        // follows a 101 or a CONNECT's 200 is not HTTP): whatever else answered it (the
-        // pipeline, a redirect, a refusal) ends the connection.
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(resp)
 }
 
-/// The answer to one request (see [`handle`]).
-async fn answer(
+/// One HTTP/1.1 or HTTP/2 request through the pipeline (the generation current when it came).
+async fn handle(
     shared: Arc<Shared>,
     pipelines: Pipelines,
     req: Request<Incoming>,
