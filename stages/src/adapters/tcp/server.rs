@@ -542,8 +542,8 @@ async fn serve_http<I>(
 /// follows a 101 or a CONNECT's 200 is not HTTP), whatever answered it (the pipeline, a
 /// redirect, a refusal).
 fn close_unless_upgraded(resp: &mut Response<ProxyBody>, handshake: bool, connect: bool) {
-    let accepted = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        || (connect && resp.status().is_success());
+    let accepted =
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
     if handshake && !accepted {
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
