@@ -381,7 +381,7 @@ fn interface_keys_not_built_yet_are_refused_clearly() {
                 cert.cert_path.display(),
                 cert.key_path.display()
             ),
-            "[[routes]]\nname = \"r\"\nupstream = \"a\"\n\n[upstreams.a]\nbackends = [ { url = \"https://127.0.0.1:8443\", protocol = \"h3\" } ]\n",
+            "[[routes]]\nname = \"r\"\nupstream = \"a\"\n\n[upstreams.a]\nbackends = [ { url = \"http://127.0.0.1:8443\", protocol = \"h3\" } ]\n",
         ),
     )
     .expect("write");
@@ -392,7 +392,8 @@ fn interface_keys_not_built_yet_are_refused_clearly() {
         "{err}"
     );
     assert!(
-        err.contains("protocol") && err.contains("HTTP/3 to backends is not available yet"),
+        err.contains("protocol")
+            && err.contains("HTTP/3 runs over QUIC with TLS: use an https:// URL"),
         "{err}"
     );
 }

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod dns;
 pub mod fault;
 pub mod frames;
+pub mod h3_backend;
 pub mod named;
 pub mod proxy;
 pub mod raw_backend;

@@ -197,6 +197,17 @@ impl Dispatch {
         }
         let mut req = {
             let backend = &upstream.backends[idx];
+            if ex.tunnel.is_some()
+                && backend.pool.protocol == crate::upstreams::config::BackendProtocol::H3
+            {
+                // A WebSocket goes to an HTTP/1.1 backend (RFC 6455's handshake); extended
+                // CONNECT towards HTTP/3 backends is not built.
+                tracing::debug!(
+                    exchange = ex.id,
+                    "WebSocket towards an HTTP/3 backend refused"
+                );
+                return Err(Failed::Refused(Reason::UpstreamUpgrade));
+            }
             self.upstream_request(ex, &backend.addr, backend.http1)
                 .map_err(Failed::Refused)?
         };
@@ -282,7 +293,7 @@ impl Dispatch {
         // A WebSocket handshake's key: the backend's 101 must carry its accept.
         let key = req.headers().get(upgrade::SEC_WEBSOCKET_KEY).cloned();
         let tunnel = req.headers().contains_key(http::header::UPGRADE);
-        let sent = tokio::time::timeout(wait, backend.client.get().request(req)).await;
+        let sent = tokio::time::timeout(wait, backend.client.request(req)).await;
         let failed = |kind, source: BoxError| Failed::Attempt(AttemptFailure { kind, source });
         match sent {
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && tunnel => {
@@ -623,7 +634,12 @@ fn connect_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(c) = err.downcast_ref::<ConnectError>() {
-            return matches!(c, ConnectError::TcpTimeout(_) | ConnectError::TlsTimeout(_));
+            return matches!(
+                c,
+                ConnectError::TcpTimeout(_)
+                    | ConnectError::TlsTimeout(_)
+                    | ConnectError::QuicTimeout(_)
+            );
         }
         cur = err.source();
     }

@@ -1,18 +1,26 @@
-//! A backend's pooled HTTP client (hyper-util's legacy client over our own connector): its own
-//! pools, TLS settings and protocol. There is one pool per worker: a connection is made, driven
-//! and reused on the worker thread of the exchange that opened it, never handed across threads.
+//! A backend's pooled HTTP client: hyper-util's legacy client over our own connector for
+//! HTTP/1.1 and HTTP/2 (its own pools, TLS settings and protocol), or quinn + h3 for HTTP/3
+//! (`upstreams::h3`). There is one pool per worker: a connection is made, driven and reused on
+//! the worker thread of the exchange that opened it, never handed across threads.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, RequestBody};
 use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::config::BackendProtocol;
 use crate::upstreams::error::UpstreamError;
+use crate::upstreams::h3::{H3Backend, H3Body, H3Error};
 use crate::upstreams::tls::BackendConnector;
 
 /// How backend connections are made and pooled (from `[stages.dispatch]`).
@@ -29,13 +37,20 @@ pub const UPSTREAM_READ_AHEAD: usize = 64 * 1024;
 /// One worker's pooled client of a backend.
 pub type WorkerClient = Client<BackendConnector, RequestBody>;
 
-/// The pooled clients of one backend, one per worker; cheap to clone (hyper-util's client
-/// shares its pool).
+/// The pooled clients of one backend; cheap to clone (the pools are shared).
 #[derive(Clone)]
 pub struct BackendClient {
-    per_worker: Arc<[WorkerClient]>,
+    transport: Transport,
     /// Connections open in all workers' pools.
     open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Clone)]
+enum Transport {
+    /// HTTP/1.1 and HTTP/2: one hyper client per worker.
+    Hyper(Arc<[WorkerClient]>),
+    /// HTTP/3: a QUIC connection per worker.
+    H3(Arc<H3Backend>),
 }
 
 impl BackendClient {
@@ -44,9 +59,125 @@ impl BackendClient {
         self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The calling worker's client.
-    pub fn get(&self) -> &WorkerClient {
-        &self.per_worker[crate::workers::current() % self.per_worker.len()]
+    /// Sends `req` on the calling worker's pool; resolves to the response head.
+    pub fn request(&self, req: Request<RequestBody>) -> Sending {
+        match &self.transport {
+            Transport::Hyper(w) => {
+                Sending::Hyper(w[crate::workers::current() % w.len()].request(req))
+            }
+            Transport::H3(b) => Sending::H3(Box::pin(b.clone().request(b.worker_slot(), req))),
+        }
+    }
+
+    /// Sends a health check (from the control thread: HTTP/3 checks get a connection of
+    /// their own rather than one a worker drives).
+    pub fn probe(&self, req: Request<RequestBody>) -> Sending {
+        match &self.transport {
+            Transport::H3(b) => Sending::H3(Box::pin(b.clone().request(b.probe_slot(), req))),
+            Transport::Hyper(_) => self.request(req),
+        }
+    }
+}
+
+type H3Sending = Pin<Box<dyn Future<Output = Result<Response<H3Body>, H3Error>> + Send>>;
+
+/// A request on its way: resolves to the backend's response head.
+pub enum Sending {
+    Hyper(legacy::ResponseFuture),
+    /// Boxed: it would make every attempt's future as large as the HTTP/3 path's.
+    H3(H3Sending),
+}
+
+impl Future for Sending {
+    type Output = Result<Response<UpstreamBody>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::Hyper(f) => Pin::new(f).poll(cx).map(|r| {
+                r.map(|resp| resp.map(|b| UpstreamBody(Kind::Hyper(b))))
+                    .map_err(SendError::Hyper)
+            }),
+            Sending::H3(f) => f.as_mut().poll(cx).map(|r| {
+                r.map(|resp| resp.map(|b| UpstreamBody(Kind::H3(Box::new(b)))))
+                    .map_err(SendError::H3)
+            }),
+        }
+    }
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    Hyper(legacy::Error),
+    H3(H3Error),
+}
+
+impl SendError {
+    /// Nothing reached the backend: the connection was not made (or, over HTTP/3, refused
+    /// the stream).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Hyper(e) => e.is_connect(),
+            SendError::H3(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Hyper(e) => e.fmt(f),
+            SendError::H3(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Hyper(e) => e.source(),
+            SendError::H3(e) => e.source(),
+        }
+    }
+}
+
+/// A backend's response body, whatever the protocol.
+pub struct UpstreamBody(Kind);
+
+enum Kind {
+    Hyper(hyper::body::Incoming),
+    /// Boxed: response bodies move several times on their way out.
+    H3(Box<H3Body>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            Kind::H3(b) => Pin::new(b.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Hyper(b) => b.is_end_stream(),
+            Kind::H3(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Hyper(b) => b.size_hint(),
+            Kind::H3(b) => b.size_hint(),
+        }
     }
 }
 
@@ -76,12 +207,32 @@ pub fn backend_client(
         _ => None,
     };
     let open = metrics.open_now();
+    if protocol == BackendProtocol::H3 {
+        let (cfg, name) = tls
+            .ok_or_else(|| UpstreamError::Config("HTTP/3 backends need an https:// URL".into()))?;
+        let name = name.to_str().into_owned();
+        let backend = H3Backend::new(
+            workers.get(),
+            &addr.connect_addr(),
+            &name,
+            cfg,
+            settings,
+            metrics,
+        )?;
+        return Ok(BackendClient {
+            transport: Transport::H3(Arc::new(backend)),
+            open,
+        });
+    }
     let connector =
         BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout, metrics);
     let per_worker = (0..workers.get())
         .map(|_| worker_client(settings, protocol, connector.clone()))
         .collect();
-    Ok(BackendClient { per_worker, open })
+    Ok(BackendClient {
+        transport: Transport::Hyper(per_worker),
+        open,
+    })
 }
 
 fn worker_client(

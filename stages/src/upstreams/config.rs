@@ -159,8 +159,7 @@ pub enum BackendProtocol {
     H2,
     /// HTTP/2 without TLS, prior knowledge (`http://` URLs).
     H2c,
-    /// HTTP/3 over QUIC (`https://` URLs): the name is kept for configs written for it, but
-    /// it is refused by validation until it is built.
+    /// HTTP/3 over QUIC (`https://` URLs only).
     H3,
 }
 
@@ -243,9 +242,9 @@ impl BackendConfig {
                     "protocol",
                     "HTTP/2 without TLS is protocol = \"h2c\"".into(),
                 )),
-                (_, BackendProtocol::H3) => out.push((
+                (false, BackendProtocol::H3) => out.push((
                     "protocol",
-                    "HTTP/3 to backends is not available yet: expected \"auto\", \"http1\", \"h2\" or \"h2c\"".into(),
+                    "HTTP/3 runs over QUIC with TLS: use an https:// URL".into(),
                 )),
                 _ => {}
             },

@@ -62,6 +62,14 @@ pub enum ConnectError {
     },
     #[error("TLS handshake with {0} timed out")]
     TlsTimeout(String),
+    #[error("QUIC handshake with {0} timed out")]
+    QuicTimeout(String),
+    #[error("QUIC connection to {addr}")]
+    Quic {
+        addr: String,
+        #[source]
+        source: crate::body::BoxError,
+    },
     #[error("TLS handshake with {addr}")]
     Tls {
         addr: String,

@@ -186,7 +186,7 @@ pub async fn run(config: Arc<HealthConfig>, probe: Probe) {
             req.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let sent = tokio::time::timeout(config.timeout.0, probe.client.get().request(req)).await;
+        let sent = tokio::time::timeout(config.timeout.0, probe.client.probe(req)).await;
         let ok = match sent {
             Ok(Ok(resp)) => config.passes(resp.status()),
             _ => false,

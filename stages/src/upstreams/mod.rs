@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod h3;
 pub mod health;
 pub mod outlier;
 pub mod registry;
@@ -258,5 +259,4 @@ impl Upstream {
     }
 }
 
-/// A backend's response body (hyper's today; an HTTP/3 client's later).
-pub type UpstreamBody = hyper::body::Incoming;
+pub use client::UpstreamBody;

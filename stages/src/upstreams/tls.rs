@@ -112,7 +112,6 @@ pub fn alpn_for(protocol: BackendProtocol) -> Vec<Vec<u8>> {
         BackendProtocol::H2 => vec![b"h2".to_vec()],
         BackendProtocol::Http1 => vec![b"http/1.1".to_vec()],
         BackendProtocol::H2c => Vec::new(),
-        // Refused by validation (not built yet).
         BackendProtocol::H3 => vec![b"h3".to_vec()],
     }
 }
@@ -130,10 +129,10 @@ pub struct BackendConnector {
 /// A pool's connections: open now (the open and idle gauges are set from it at scrape time),
 /// and connects by result.
 pub struct ConnMetrics {
-    open_now: Arc<std::sync::atomic::AtomicUsize>,
-    ok: metrics::Counter,
-    failed: metrics::Counter,
-    timeout: metrics::Counter,
+    pub(crate) open_now: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) ok: metrics::Counter,
+    pub(crate) failed: metrics::Counter,
+    pub(crate) timeout: metrics::Counter,
 }
 
 impl ConnMetrics {

@@ -50,7 +50,10 @@ impl HyperSink {
 }
 
 impl ClientSink for HyperSink {
-    fn send(&mut self, resp: Response<ResponseBody>) -> Sending<'_> {
+    fn send(&mut self, mut resp: Response<ResponseBody>) -> Sending<'_> {
+        // The backend's version is not this hop's (hyper's HTTP/1.1 writer panics on
+        // HTTP/3.0, what an HTTP/3 backend's response carries); hyper's HTTP/2 ignores it.
+        *resp.version_mut() = http::Version::HTTP_11;
         let sent = match self.tx.take() {
             Some(tx) => tx
                 .send(resp)
