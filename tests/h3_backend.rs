@@ -351,3 +351,51 @@ async fn a_client_that_gives_up_mid_upload_resets_the_backend_stream() {
     );
     proxy.assert_caps_zero().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_reach_an_h3_backend() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let ca = Ca::new("spooky test CA");
+    let ca_file = dir.0.join("ca.pem");
+    ca.write(&ca_file);
+    let leaf = ca.issue(&dir, "backend", &["127.0.0.1"]);
+    let backend = H3Backend::start(&leaf, None).await;
+    let tls = format!("ca_file = \"{}\"", ca_file.display());
+    let toml = config(&tls, backend.addr).replace(
+        "[upstreams.app]\n",
+        "[upstreams.app]\nhealth = { path = \"/health\", interval = \"50ms\", jitter = \"10ms\", timeout = \"1s\", healthy = 1, unhealthy = 2 }\n",
+    );
+    let proxy = Proxy::start(&pipeline_with(r#"["h3"]"#, &cert.toml(), &toml));
+    let passes = || {
+        let proxy = &proxy;
+        async move {
+            let (_, metrics) = proxy.admin_get("/metrics").await;
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("spooky_health_checks_total{") && l.contains("result=\"pass\"")
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while passes().await < 3.0 {
+        assert!(
+            Instant::now() < until,
+            "no passing HTTP/3 health checks: {}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The checks share one connection of their own.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    let conn = connect(&cert.client(), &proxy).await;
+    assert_eq!(
+        conn.get(&url("/v")).await.expect("GET").status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
