@@ -72,6 +72,8 @@ impl H3Client {
             None => builder.with_no_client_auth(),
         };
         tls.alpn_protocols = vec![b"h3".to_vec()];
+        // Resumed connections may send 0-RTT data (only through `connect_early`).
+        tls.enable_early_data = true;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
@@ -90,6 +92,28 @@ impl H3Client {
     /// Connects and sets up HTTP/3.
     pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H3Conn, Error> {
         let conn = self.endpoint.connect(addr, server_name)?.await?;
+        H3Conn::over(conn).await
+    }
+
+    /// Resumes a session with `server_name` (an earlier connection's ticket) and sets up
+    /// HTTP/3 at once: requests sent before the handshake completes go in 0-RTT data. Fails
+    /// when there is no ticket to resume; the future resolves when the handshake completes,
+    /// `true` if the server accepted the 0-RTT data (if not, what was sent in it fails).
+    pub async fn connect_early(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<(H3Conn, quinn::ZeroRttAccepted), Error> {
+        let connecting = self.endpoint.connect(addr, server_name)?;
+        let (conn, accepted) = connecting
+            .into_0rtt()
+            .map_err(|_| "no session to resume: 0-RTT is not possible")?;
+        Ok((H3Conn::over(conn).await?, accepted))
+    }
+}
+
+impl H3Conn {
+    async fn over(conn: quinn::Connection) -> Result<H3Conn, Error> {
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
         let driver = tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
@@ -100,9 +124,7 @@ impl H3Client {
         });
         Ok(H3Conn { send, conn, driver })
     }
-}
 
-impl H3Conn {
     /// Sends a request with an optional body and reads the whole response.
     pub async fn request(&self, req: Request<()>, body: Option<Bytes>) -> Result<Response, Error> {
         let mut send = self.send.clone();

@@ -368,29 +368,20 @@ fn proxy_protocol_settings_are_checked() {
 }
 
 #[test]
-fn interface_keys_not_built_yet_are_refused_clearly() {
+fn an_h3_backend_needs_an_https_url() {
     let dir = TempDir::new();
-    let cert = TestCert::generate(&dir);
     let file = dir.0.join("p.toml");
     std::fs::write(
         &file,
         pipeline_with(
             r#"["h3"]"#,
-            &format!(
-                "tls = {{ cert = \"{}\", key = \"{}\", early_data = true }}",
-                cert.cert_path.display(),
-                cert.key_path.display()
-            ),
+            "",
             "[[routes]]\nname = \"r\"\nupstream = \"a\"\n\n[upstreams.a]\nbackends = [ { url = \"http://127.0.0.1:8443\", protocol = \"h3\" } ]\n",
         ),
     )
     .expect("write");
     let (code, _, err) = spooky(&["check", file.to_str().expect("utf-8")]);
     assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains("listeners[0].tls.early_data") && err.contains("0-RTT is not available yet"),
-        "{err}"
-    );
     assert!(
         err.contains("protocol")
             && err.contains("HTTP/3 runs over QUIC with TLS: use an https:// URL"),

@@ -213,6 +213,11 @@ impl RequestBody {
         }
     }
 
+    /// The length the client declared (`content-length`), if any.
+    pub fn declared(&self) -> Option<u64> {
+        self.declared
+    }
+
     /// Fails the body (413 `request_body_too_large`) once it has more than `max` bytes.
     pub fn set_limit(&mut self, max: u64) {
         self.limit = Some(max);

@@ -161,11 +161,24 @@ fn listeners(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             }
             TlsSetting::SelfSigned => {}
             TlsSetting::Files(t) => {
-                if t.early_data {
+                let early = if !t.early_data {
+                    None
+                } else if t.client_auth != crate::tls::config::ClientAuth::Off {
+                    Some(
+                        "0-RTT requests arrive before a client certificate is checked: early_data = true needs client_auth = \"off\"",
+                    )
+                } else if !l.protocols.contains(&Protocol::H3) {
+                    Some(
+                        "0-RTT is served over HTTP/3 (QUIC): early_data = true needs \"h3\" in protocols",
+                    )
+                } else {
+                    None
+                };
+                if let Some(why) = early {
                     cx.push(
                         Some(at(&["tls", "early_data"])),
                         &format!("listeners[{i}].tls.early_data"),
-                        "0-RTT is not available yet: expected false (every request is processed after the handshake)",
+                        why,
                     );
                 }
                 let mut files = Vec::new();

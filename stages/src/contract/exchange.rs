@@ -73,6 +73,38 @@ pub struct Client {
     pub ip: std::net::IpAddr,
     /// The peer is a trusted proxy: its forwarding headers are kept (`forwarded = "append"`).
     pub trusted_peer: bool,
+    /// A connection served from 0-RTT: whether (and when) its handshake completed.
+    pub handshake: Option<Handshake>,
+}
+
+/// The handshake of a connection that serves 0-RTT data: until it completes, what arrives
+/// may be a replay (RFC 8470).
+#[derive(Clone)]
+pub struct Handshake(tokio::sync::watch::Receiver<bool>);
+
+impl Handshake {
+    /// Follows `done`: `true` when the handshake completes, `false` if the connection
+    /// failed first.
+    pub fn after(done: impl std::future::Future<Output = bool> + Send + 'static) -> Handshake {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if done.await {
+                let _ = tx.send(true);
+            }
+        });
+        Handshake(rx)
+    }
+
+    /// The handshake has completed.
+    pub fn done(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits for the handshake; `false` if the connection failed first.
+    pub async fn wait(&self) -> bool {
+        let mut rx = self.0.clone();
+        rx.wait_for(|d| *d).await.is_ok()
+    }
 }
 
 impl Client {
@@ -89,6 +121,7 @@ impl Client {
             tls_version: None,
             ip: addr.ip(),
             trusted_peer: false,
+            handshake: None,
         }
     }
 }

@@ -226,6 +226,8 @@ pub struct Route {
     pub max_request_body: Option<u64>,
     /// Takes WebSocket handshakes (`websocket`).
     pub websocket: bool,
+    /// May be processed from 0-RTT data whatever the method (`early_data`).
+    pub early_data: bool,
     /// Its requests by status class and reason, time to first byte, whole time.
     pub metrics: crate::metrics::RouteMetrics,
 }

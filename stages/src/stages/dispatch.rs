@@ -24,6 +24,9 @@ use crate::upstreams::client::ClientSettings;
 /// that fails fast must not look fast. The peak is forgotten with the estimate's 10 s decay.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
+/// RFC 8470's `Early-Data`.
+const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
+
 /// How `X-Forwarded-*` and `Forwarded` are treated (a route may override it).
 pub use crate::http::forwarded::Policy as Forwarded;
 
@@ -472,6 +475,10 @@ impl Dispatch {
             headers.insert(http::header::HOST, host);
         }
         append_via(&mut headers, ex.client.protocol.via_version());
+        if ex.client.handshake.as_ref().is_some_and(|h| !h.done()) {
+            // RFC 8470 §5.1: forwarded before the handshake completed, from 0-RTT data.
+            headers.insert(EARLY_DATA, HeaderValue::from_static("1"));
+        }
         if let Some(name) = &ex.client.forward_header {
             // Never pass on what the client wrote there itself.
             headers.remove(name);

@@ -94,6 +94,17 @@ pub struct HedgeRetry {
     adaptive: Option<Arc<Adaptive>>,
 }
 
+/// A request that may be processed from 0-RTT data: GET, HEAD or OPTIONS declaring no body
+/// (no `content-length` above 0: an HTTP/3 request's end is not known before its body is
+/// read, and these methods are safe whatever they carry), or any request of a route with
+/// `early_data = true`.
+fn replayable_early(ex: &Exchange) -> bool {
+    use http::Method;
+    let safe = matches!(ex.head.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && ex.body.declared().unwrap_or(0) == 0;
+    safe || ex.decided.route.as_ref().is_some_and(|r| r.early_data)
+}
+
 impl HedgeRetry {
     /// The loop with `config`'s policy; `None`: the chain has no hedge-retry (one attempt).
     pub fn build(
@@ -133,6 +144,21 @@ impl HedgeRetry {
     /// says no more. `carried`: the previous stage's permit, let go once select admits the
     /// exchange.
     pub async fn process(&self, mut ex: Exchange, carried: Option<Permit>) -> Flow {
+        if let Some(h) = ex.client.handshake.clone()
+            && !h.done()
+            && !replayable_early(&ex)
+        {
+            // RFC 8470 §5.1: a request that may not be replayed waits for the handshake,
+            // which a replayed 0-RTT flight cannot complete.
+            tracing::debug!(exchange = ex.id, "0-RTT request waits for the handshake");
+            let completed = tokio::select! {
+                ok = h.wait() => ok,
+                () = ex.cancelled() => false,
+            };
+            if !completed {
+                return Flow::Abandon(ex, Reason::Cancelled);
+            }
+        }
         let mut carried = carried;
         let upstream = ex.decided.upstream.clone();
         let policy = upstream

@@ -76,8 +76,9 @@ pub struct TlsConfig {
     pub watch: bool,
     #[serde(default = "default_watch_interval")]
     pub watch_interval: Dur,
-    /// 0-RTT: requests in TLS early data. Only `false` for now (validation refuses `true`):
-    /// every request is processed after the handshake.
+    /// 0-RTT over HTTP/3: requests in TLS early data. Safe ones (GET, HEAD, OPTIONS without
+    /// a body, and routes with `early_data = true`) are processed at once and marked
+    /// `Early-Data: 1` upstream; the others wait for the handshake (RFC 8470).
     #[serde(default)]
     pub early_data: bool,
 }

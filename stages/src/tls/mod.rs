@@ -317,7 +317,8 @@ impl CertSummary {
 #[derive(Debug)]
 pub struct CertStore {
     current: RwLock<Arc<Certs>>,
-    /// The client-certificate verifier (mTLS), and how many times it was set.
+    /// The client-certificate verifier (mTLS), and a generation counting each time it or the
+    /// certificates were set: server configs are rebuilt when it moves.
     verifier: RwLock<(u64, Option<Arc<dyn ClientCertVerifier>>)>,
 }
 
@@ -346,9 +347,13 @@ impl CertStore {
             .clone()
     }
 
-    /// Serves `certs` to new handshakes from now on.
+    /// Serves `certs` to new handshakes from now on. The server configs are rebuilt too, and
+    /// with them their session caches: resumption (and 0-RTT) state rotates with the
+    /// certificates.
     pub fn replace(&self, certs: Certs) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certs);
+        let mut g = self.verifier.write().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
     }
 
     /// What the certificates served now are (`/status`).
@@ -468,17 +473,23 @@ fn server_crypto(
     Ok(cfg)
 }
 
-/// A TLS 1.3 server config offering ALPN `h3`.
+/// A TLS 1.3 server config offering ALPN `h3`; with `early_data`, resumed clients may send
+/// 0-RTT data (QUIC takes no other limit than `u32::MAX`: flow control bounds it).
 pub fn h3_server_crypto(
     store: Arc<CertStore>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    early_data: bool,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    server_crypto(
+    let mut cfg = server_crypto(
         store,
         verifier,
         &[&rustls::version::TLS13],
         vec![b"h3".to_vec()],
-    )
+    )?;
+    if early_data {
+        cfg.max_early_data_size = u32::MAX;
+    }
+    Ok(cfg)
 }
 
 /// A TLS 1.2/1.3 server config offering the given ALPN protocols (`h2`, `http/1.1`).

@@ -57,6 +57,8 @@ pub struct H3Listener {
     header_timeout: Duration,
     read_ahead: usize,
     forward_header: Option<http::HeaderName>,
+    /// `[listeners.tls] early_data`: connections are served from 0-RTT on.
+    early_data: bool,
 }
 
 impl H3Listener {
@@ -75,8 +77,10 @@ impl H3Listener {
         transport.max_idle_timeout(Some(idle));
         let transport = Arc::new(transport);
         let resolver = certs.clone();
+        let early_data =
+            matches!(&listener.tls, crate::tls::config::TlsSetting::Files(t) if t.early_data);
         let server = tls::ServerConfigCell::new(certs, move |verifier| {
-            let crypto = tls::h3_server_crypto(resolver.clone(), verifier)?;
+            let crypto = tls::h3_server_crypto(resolver.clone(), verifier, early_data)?;
             let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
                 .map_err(tls::TlsError::Quic)?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -105,6 +109,7 @@ impl H3Listener {
             header_timeout: stages.ingress.header_timeout.0,
             read_ahead: usize::try_from(stages.ingress.read_ahead.0).unwrap_or(usize::MAX),
             forward_header: tls::forward_header(&listener.tls)?,
+            early_data,
         })
     }
 
@@ -212,11 +217,30 @@ impl H3Listener {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let remote = incoming.remote_address();
+        // With 0-RTT on, the connection serves before the handshake completes (its requests
+        // came in early data, RFC 8470); `handshake` says when it has.
         let accepted = match incoming.accept_with(self.server.get()) {
-            Ok(connecting) => connecting.await,
+            Ok(connecting) if self.early_data => match connecting.into_0rtt() {
+                Ok((conn, done)) => {
+                    // On a server `done` resolves when the handshake completes or the
+                    // connection fails first, its value meaningless either way (quinn sets
+                    // it only for clients): the connection still open says which.
+                    let c = conn.clone();
+                    let completed = async move {
+                        done.await;
+                        c.close_reason().is_none()
+                    };
+                    Ok((
+                        conn,
+                        Some(crate::contract::exchange::Handshake::after(completed)),
+                    ))
+                }
+                Err(connecting) => connecting.await.map(|c| (c, None)),
+            },
+            Ok(connecting) => connecting.await.map(|c| (c, None)),
             Err(e) => Err(e),
         };
-        let conn = match accepted {
+        let (conn, handshake) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 counter!(LISTENER_HANDSHAKES, "listener" => self.name.clone(), "protocol" => "quic", "result" => "error")
@@ -244,6 +268,7 @@ impl H3Listener {
             forward_header: self.forward_header.clone(),
             sni,
             tls_version: Some("TLSv1.3"),
+            handshake,
             ..Client::new(remote, ClientProtocol::H3, true)
         };
         // One watcher per connection tells every exchange on it that the client is gone.

@@ -90,6 +90,11 @@ pub struct RouteConfig {
     /// HTTP/2 extended CONNECT); elsewhere they are refused (403).
     #[serde(default)]
     pub websocket: bool,
+    /// Requests of this route may be processed from 0-RTT data whatever their method (they
+    /// are safe to replay); elsewhere only GET, HEAD and OPTIONS without a body are, and the
+    /// others wait for the handshake (`[listeners.tls] early_data`).
+    #[serde(default)]
+    pub early_data: bool,
     /// A CONNECT tunnel (egress proxy): the targets it may reach. An action, beside respond,
     /// upstream, split and redirect.
     pub connect: Option<ConnectConfig>,

@@ -192,6 +192,7 @@ impl RouteIndex {
                 access_log: rc.access_log,
                 max_request_body: rc.max_request_body.map(|s| s.0),
                 websocket: rc.websocket,
+                early_data: rc.early_data,
                 metrics: crate::metrics::RouteMetrics::new(&rc.name),
             });
             let hosts = rc
