@@ -1,8 +1,9 @@
 //! WebSockets through Spooky to a real WebSocket server (tokio-tungstenite): over HTTP/1.1
-//! (`Upgrade`) and HTTP/2 (RFC 8441 extended CONNECT, a client built here from hyper's),
-//! text and binary messages, ping/pong, close codes, a 1 MiB message; refusals (a route
-//! that did not opt in, the backend's own non-101); the idle limit; the drain deadline; and
-//! HTTP/3's extended CONNECT, which the h3 crate cannot carry yet, refused by the RFC's rule.
+//! (`Upgrade`), HTTP/2 (RFC 8441 extended CONNECT, a client built here from hyper's) and
+//! HTTP/3 (RFC 9220 extended CONNECT, a client built here from h3's), text and binary
+//! messages, ping/pong, close codes, a 1 MiB message; refusals (a route that did not opt
+//! in, the backend's own non-101); the idle limit; the drain deadline; and `:protocol` on an
+//! HTTP/3 connection that did not announce extended CONNECT, malformed by the RFC's rule.
 
 mod support;
 
@@ -193,6 +194,66 @@ async fn ws_h2(
     Ok(WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Client, None).await)
 }
 
+/// A WebSocket over HTTP/3 (RFC 9220): extended CONNECT on a request stream whose DATA
+/// frames are carried to and from a local pipe the WebSocket runs on; the status when the
+/// proxy or the backend refused it.
+async fn ws_h3(
+    proxy: &Proxy,
+    cert: &TestCert,
+    path: &str,
+) -> Result<Ws<tokio::io::DuplexStream>, u16> {
+    use bytes::Buf;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let conn = support::connect(&cert.client(), proxy).await;
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://localhost{path}"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .expect("request");
+    req.extensions_mut().insert(h3::ext::Protocol::WEBSOCKET);
+    let mut send = conn.send.clone();
+    let mut stream = send.send_request(req).await.expect("extended CONNECT");
+    let resp = stream.recv_response().await.expect("response head");
+    if resp.status() != 200 {
+        return Err(resp.status().as_u16());
+    }
+    let (mine, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut up, mut down) = stream.split();
+    let (mut from_ws, mut to_ws) = tokio::io::split(theirs);
+    tokio::spawn(async move {
+        let _conn = conn;
+        let upward = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = from_ws.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    let _ = up.finish().await;
+                    return;
+                }
+                if up
+                    .send_data(Bytes::copy_from_slice(&buf[..n]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        };
+        let downward = async {
+            while let Ok(Some(mut chunk)) = down.recv_data().await {
+                let data = chunk.copy_to_bytes(chunk.remaining());
+                if to_ws.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to_ws.shutdown().await;
+        };
+        tokio::join!(upward, downward);
+    });
+    Ok(WebSocketStream::from_raw_socket(mine, Role::Client, None).await)
+}
+
 /// Text, binary (1 MiB), ping/pong and a close with a code, each echoed through the tunnel.
 async fn conversation<S>(mut ws: Ws<S>, what: &str)
 where
@@ -264,9 +325,20 @@ async fn websockets_over_http1_and_http2_echo_through_the_proxy() {
     assert_eq!(head["upgrade"], "websocket");
     conversation(ws, "h2").await;
 
+    let ws = ws_h3(&proxy, &cert, "/ws/chat")
+        .await
+        .expect("h3 websocket");
+    let head = echo.last_head();
+    assert!(
+        head.contains_key("sec-websocket-key"),
+        "RFC 9220: a key is made"
+    );
+    assert_eq!(head["upgrade"], "websocket");
+    conversation(ws, "h3").await;
+
     proxy
         .wait_metric("spooky_tunnels_ended_total", &[("how", "closed")], |v| {
-            v >= 2.0
+            v >= 3.0
         })
         .await;
     assert_eq!(proxy.metric("spooky_tunnels_open", &[]).await, 0.0);
@@ -296,10 +368,24 @@ async fn refused_handshakes_are_normal_responses_and_the_connection_serves_on() 
         other => panic!("expected the backend's 403, got {:?}", other.map(|_| ())),
     }
     assert_eq!(ws_h2(&proxy, &cert, "/ws/deny").await.err(), Some(403));
-    assert_eq!(proxy.rejected("route", "websocket_not_allowed").await, 2.0);
-    // HTTP/3: the h3 crate (0.0.8) has no `:protocol = websocket` and does not announce
-    // extended CONNECT; a client that sends it anyway is malformed (RFC 9114 §4.1.2) and its
-    // stream alone is reset.
+    assert_eq!(ws_h3(&proxy, &cert, "/other").await.err(), Some(403));
+    assert_eq!(ws_h3(&proxy, &cert, "/ws/deny").await.err(), Some(403));
+    assert_eq!(proxy.rejected("route", "websocket_not_allowed").await, 3.0);
+    proxy.assert_caps_zero().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_on_an_http3_connection_without_extended_connect_is_malformed() {
+    // No route takes WebSockets (or CONNECT-UDP): HTTP/3 connections do not announce extended
+    // CONNECT, and a client that sends `:protocol` anyway is malformed (RFC 9220 §3, RFC 9114
+    // §4.1.2): its stream alone is reset.
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3"]"#,
+        &cert.toml(),
+        "[[routes]]\nname = \"hi\"\nrespond = { status = 200, body = \"hi\" }\n",
+    ));
     let raw = H3Raw::connect(proxy.h3_addr, &cert.der).await;
     let answer = raw
         .send(
@@ -337,25 +423,33 @@ async fn an_idle_tunnel_is_closed_and_the_drain_deadline_closes_the_rest() {
         "drain_timeout = \"1s\"",
     )
     .await;
-    // Idle: nothing either way for 300 ms ends it; the client reads the end of the stream.
-    let mut ws = ws_http1(&proxy, &cert, "/ws/idle")
+    // Idle: nothing either way for 300 ms ends it; the client gets Spooky's Close (1001).
+    async fn idle_closes<S>(mut ws: Ws<S>, what: &str)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        ws.send(Message::text("one")).await.expect("send");
+        assert_eq!(
+            ws.next().await.expect("echo").expect("echo"),
+            Message::text("one")
+        );
+        let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("closed by the idle limit within 10 s");
+        match end {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away, "{what}"),
+            other => panic!("{what}: expected Spooky's Close (1001), got {other:?}"),
+        }
+    }
+    let ws = ws_http1(&proxy, &cert, "/ws/idle")
         .await
         .expect("websocket");
-    ws.send(Message::text("one")).await.expect("send");
-    assert_eq!(
-        ws.next().await.expect("echo").expect("echo"),
-        Message::text("one")
-    );
-    let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("closed by the idle limit within 10 s");
-    match end {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
-        other => panic!("expected Spooky's Close (1001), got {other:?}"),
-    }
+    idle_closes(ws, "http1").await;
+    let ws = ws_h3(&proxy, &cert, "/ws/idle").await.expect("websocket");
+    idle_closes(ws, "h3").await;
     proxy
         .wait_metric("spooky_tunnels_ended_total", &[("how", "idle")], |v| {
-            v >= 1.0
+            v >= 2.0
         })
         .await;
 
@@ -366,6 +460,14 @@ async fn an_idle_tunnel_is_closed_and_the_drain_deadline_closes_the_rest() {
         // ends it is Spooky's Close frame (1001, going away).
         loop {
             if ws.send(Message::text("ping")).await.is_err() {
+                // The tunnel closed while this was sent: the Close may be there to read.
+                while let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_secs(1), ws.next()).await
+                {
+                    if let Ok(Message::Close(f)) = m {
+                        return f.map(|f| f.code);
+                    }
+                }
                 return None;
             }
             match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
@@ -385,8 +487,8 @@ async fn an_idle_tunnel_is_closed_and_the_drain_deadline_closes_the_rest() {
     let closes = echo.closes.lock().expect("closes").clone();
     assert_eq!(
         closes.iter().filter(|c| **c == 1001).count(),
-        2,
-        "the backend got Spooky's Close at the idle limit and at the drain deadline: {closes:?}"
+        3,
+        "the backend got Spooky's Close at the idle limits and at the drain deadline: {closes:?}"
     );
     assert!(
         proxy.log().contains("drain deadline passed"),

@@ -24,7 +24,7 @@ use crate::contract::response::End;
 /// The tunnel an exchange asks for (set by ingress).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelKind {
-    /// RFC 6455 over HTTP/1.1 `Upgrade: websocket`, or RFC 8441 extended CONNECT.
+    /// RFC 6455 over HTTP/1.1 `Upgrade: websocket`, or extended CONNECT (RFC 8441, RFC 9220).
     WebSocket,
     /// `CONNECT host:port` (RFC 9110 §9.3.6): a TCP connection to the target.
     Connect,
@@ -345,6 +345,51 @@ where
                 activity.moved(count, data.len());
             }
         }
+    }
+}
+
+/// A request body (HTTP/3 DATA frames) read as a byte stream; trailers are skipped, a failed
+/// body reads as an error.
+pub struct BodyReader {
+    body: RequestBody,
+    /// What is left of the last frame read.
+    left: bytes::Bytes,
+}
+
+impl BodyReader {
+    pub fn new(body: RequestBody) -> BodyReader {
+        BodyReader {
+            body,
+            left: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl AsyncRead for BodyReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while self.left.is_empty() {
+            match std::task::ready!(http_body::Body::poll_frame(
+                std::pin::Pin::new(&mut self.body),
+                cx
+            )) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e.to_string()))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.left = data;
+                    }
+                }
+            }
+        }
+        let n = self.left.len().min(buf.remaining());
+        let chunk = self.left.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -250,6 +250,8 @@ pub struct Pipeline {
     /// A route takes CONNECT-UDP: HTTP/3 connections announce extended CONNECT and HTTP
     /// Datagrams (only then, so that a client of RFC 9220 WebSockets falls back to TCP).
     connect_udp: bool,
+    /// A route has `websocket = true`.
+    websocket: bool,
 }
 
 impl Drop for Pipeline {
@@ -451,6 +453,7 @@ impl Pipeline {
                 .routes
                 .iter()
                 .any(|r| r.connect.as_ref().is_some_and(|c| c.udp)),
+            websocket: config.routes.iter().any(|r| r.websocket),
         }))
     }
 
@@ -483,6 +486,12 @@ impl Pipeline {
     /// Whether a route takes CONNECT-UDP (HTTP/3 connections then announce datagrams).
     pub fn connect_udp(&self) -> bool {
         self.connect_udp
+    }
+
+    /// Whether a route takes WebSockets (HTTP/3 connections then announce extended CONNECT,
+    /// RFC 9220).
+    pub fn websocket(&self) -> bool {
+        self.websocket
     }
 
     /// A fresh exchange id.

@@ -159,14 +159,16 @@ impl Ingress {
             ex.deadline = crate::http::grpc::timeout(&ex.head.headers)
                 .and_then(|t| ex.started.checked_add(t));
         }
+        let h3_protocol = ex.head.extensions.get::<h3::ext::Protocol>().copied();
         let websocket = match ex.client.protocol {
             ClientProtocol::Http1 => upgrade::http1_websocket(&ex.head.method, &ex.head.headers),
             ClientProtocol::H2 => upgrade::h2_websocket(&ex.head.method, &ex.head.extensions),
-            // The h3 crate (0.0.8) knows no `:protocol = websocket` (RFC 9220): it refuses the
-            // request as malformed before it reaches the pipeline.
-            ClientProtocol::H3 => false,
+            // RFC 9220 (h3 parses `websocket` with Spooky's patch: vendor/README.md).
+            ClientProtocol::H3 => {
+                ex.head.method == http::Method::CONNECT
+                    && h3_protocol == Some(h3::ext::Protocol::WEBSOCKET)
+            }
         };
-        let h3_protocol = ex.head.extensions.get::<h3::ext::Protocol>().copied();
         if websocket {
             ex.tunnel = Some(TunnelKind::WebSocket);
         } else if h3_protocol == Some(h3::ext::Protocol::CONNECT_UDP)

@@ -283,12 +283,17 @@ impl H3Listener {
         let open =
             gauge!(LISTENER_CONNECTIONS, "listener" => self.name.clone(), "protocol" => "quic");
         open.increment(1.0);
-        // CONNECT-UDP (RFC 9298) needs extended CONNECT and HTTP Datagrams announced.
-        let udp = pipelines.current().connect_udp();
+        // CONNECT-UDP (RFC 9298) needs extended CONNECT and HTTP Datagrams announced;
+        // WebSockets (RFC 9220) extended CONNECT alone. Announced only when a route takes
+        // them, so that clients fall back to other ways otherwise.
+        let current = pipelines.current();
+        let udp = current.connect_udp();
+        let extended_connect = udp || current.websocket();
+        drop(current);
         let datagrams = udp.then(|| Datagrams::new(conn.clone()));
         let built = h3::server::builder()
             .max_field_section_size(self.max_field_section_size)
-            .enable_extended_connect(udp)
+            .enable_extended_connect(extended_connect)
             .enable_datagram(udp)
             .build::<_, Bytes>(GuardedConn::new(
                 conn.clone(),
@@ -338,7 +343,7 @@ impl H3Listener {
                 reject_unprocessed(resolver);
                 break;
             };
-            let limits = (self.header_timeout, self.read_ahead);
+            let limits = (self.header_timeout, self.read_ahead, extended_connect);
             let who = (client.clone(), conn_gone.clone(), datagrams.clone());
             tokio::spawn(async move {
                 request(resolver, permit, pipeline, who, limits).await;
@@ -365,7 +370,7 @@ async fn request(
     permit: Permit,
     pipeline: Arc<Pipeline>,
     (client, conn_gone, datagrams): (Client, ConnGone, Option<Arc<Datagrams>>),
-    (header_timeout, read_ahead): (Duration, usize),
+    (header_timeout, read_ahead, extended_connect): (Duration, usize, bool),
 ) {
     let remote = client.addr;
     let deadline = tokio::time::Instant::now() + header_timeout;
@@ -400,6 +405,15 @@ async fn request(
             return;
         }
     };
+    let mut stream = stream;
+    if !extended_connect && req.extensions().get::<h3::ext::Protocol>().is_some() {
+        // RFC 9220 §3 (RFC 8441 §4): `:protocol` on a connection that did not announce
+        // extended CONNECT makes the request malformed (RFC 9114 §4.1.2).
+        tracing::debug!(%remote, "`:protocol` without SETTINGS_ENABLE_CONNECT_PROTOCOL");
+        stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+        stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+        return;
+    }
     let stream_id = stream.id().into_inner();
     let (send, recv) = stream.split();
     let (head, ()) = req.into_parts();

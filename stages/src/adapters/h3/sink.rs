@@ -235,12 +235,89 @@ impl H3Sink {
     }
 }
 
+impl H3Sink {
+    /// Answers `head` (`200`, RFC 9220), then runs a WebSocket between the request stream and
+    /// the backend's upgraded connection as for the other protocols ([`tunnel::splice`]: a
+    /// Close frame 1001 each way between frames when Spooky ends it). The client's DATA
+    /// frames are read as a byte stream; what goes to the client passes a pipe into DATA
+    /// frames, so the frame-following copy writes to one `AsyncWrite` whatever the protocol.
+    async fn run_websocket(&mut self, head: Response<()>, tunnel: Tunnel) -> Result<(), SendError> {
+        let Tunnel {
+            upstream,
+            client_body,
+            limits,
+            end,
+            websocket,
+        } = tunnel;
+        self.state = State::HeadSent;
+        if let Err(e) = self.stream.send_response(head).await {
+            tunnel::finish(end, &Activity::default(), Ended::ClientGone);
+            return Err(gone(e));
+        }
+        let (mut pipe_out, pipe_in) = tokio::io::simplex(16 * 1024);
+        let client = tokio::io::join(tunnel::BodyReader::new(client_body), pipe_in);
+        let tunnel = Tunnel {
+            upstream,
+            client_body: crate::body::RequestBody::empty(),
+            limits,
+            end,
+            websocket,
+        };
+        let stream = &mut self.stream;
+        // To the client until the pipe ends (then FIN) or the client fails (the pipe's
+        // writer then fails and the tunnel ends).
+        let forward = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match pipe_out.read(&mut buf).await {
+                    Ok(0) | Err(_) => return stream.finish().await.is_ok(),
+                    Ok(n) => {
+                        if stream
+                            .send_data(Bytes::copy_from_slice(&buf[..n]))
+                            .await
+                            .is_err()
+                        {
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::pin!(forward);
+        let splice = tunnel::splice(client, tunnel);
+        tokio::pin!(splice);
+        let mut finished = None;
+        tokio::select! {
+            _ = &mut splice => {}
+            f = &mut forward => {
+                finished = Some(f);
+                splice.await;
+            }
+        }
+        let finished = match finished {
+            Some(f) => f,
+            // The tunnel is over and its pipe closed: what is left reaches the client, then
+            // FIN, unless the client does not read (bounded).
+            None => tokio::time::timeout(Duration::from_secs(1), forward)
+                .await
+                .unwrap_or(false),
+        };
+        if finished {
+            self.state = State::Finished;
+        }
+        Ok(())
+    }
+}
+
 impl ClientSink for H3Sink {
     fn send(&mut self, resp: Response<ResponseBody>) -> Sending<'_> {
         Sending::Writing(Box::pin(self.write(resp)))
     }
 
     fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Sending<'_> {
+        if tunnel.websocket {
+            return Sending::Writing(Box::pin(self.run_websocket(head, tunnel)));
+        }
         Sending::Writing(Box::pin(self.run_tunnel(head, tunnel)))
     }
 

@@ -87,7 +87,7 @@ pub struct RouteConfig {
     /// (by `content-length` before anything is sent upstream, else as the body streams).
     pub max_request_body: Option<crate::units::Size>,
     /// Lets WebSocket handshakes through to this route's upstream (HTTP/1.1 `Upgrade`,
-    /// HTTP/2 extended CONNECT); elsewhere they are refused (403).
+    /// HTTP/2 and HTTP/3 extended CONNECT); elsewhere they are refused (403).
     #[serde(default)]
     pub websocket: bool,
     /// Requests of this route may be processed from 0-RTT data whatever their method (they
