@@ -2,8 +2,9 @@
 //! (`Upgrade`), HTTP/2 (RFC 8441 extended CONNECT, a client built here from hyper's) and
 //! HTTP/3 (RFC 9220 extended CONNECT, a client built here from h3's), text and binary
 //! messages, ping/pong, close codes, a 1 MiB message; refusals (a route that did not opt
-//! in, the backend's own non-101); the idle limit; the drain deadline; and `:protocol` on an
-//! HTTP/3 connection that did not announce extended CONNECT, malformed by the RFC's rule.
+//! in, the backend's own non-101); the idle limit; the drain deadline; `:protocol` on an
+//! HTTP/3 connection that did not announce extended CONNECT, malformed by the RFC's rule; and
+//! an HTTP/2 backend reached by RFC 8441 extended CONNECT from every client protocol.
 
 mod support;
 
@@ -528,4 +529,136 @@ async fn a_handshake_answered_otherwise_closes_the_http1_connection() {
         1,
         "nothing after it is read: {answer}"
     );
+}
+
+type Seen = Arc<Mutex<Vec<(String, Option<String>, bool)>>>;
+
+/// An HTTP/2 (h2c) WebSocket echo backend (RFC 8441): announces extended CONNECT when
+/// `announce`, takes CONNECT with `:protocol = websocket` (`200`) and echoes messages.
+/// Records each request's method, `:protocol` and whether it had a `Sec-WebSocket-Key`.
+async fn h2_echo(announce: bool) -> (SocketAddr, Seen) {
+    use hyper::body::Incoming;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let s = s.clone();
+            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                let protocol = req
+                    .extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .map(|p| p.as_str().to_string());
+                s.lock().expect("seen").push((
+                    req.method().to_string(),
+                    protocol.clone(),
+                    req.headers().contains_key("sec-websocket-key"),
+                ));
+                if req.method() == http::Method::CONNECT && protocol.as_deref() == Some("websocket")
+                {
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(io) = on.await else { return };
+                        let mut ws =
+                            WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None)
+                                .await;
+                        while let Some(Ok(msg)) = ws.next().await {
+                            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
+                }
+            });
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            if announce {
+                builder.enable_connect_protocol();
+            }
+            tokio::spawn(async move {
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_reach_an_http2_backend_by_extended_connect() {
+    let (h2, seen) = h2_echo(true).await;
+    let (silent, _) = h2_echo(false).await;
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let ca = support::tls_backend::Ca::new("spooky test CA");
+    let ca_file = dir.0.join("ca.pem");
+    ca.write(&ca_file);
+    let leaf = ca.issue(&dir, "backend", &["localhost"]);
+    // An HTTPS backend on `auto` that picks h2 by ALPN: it sees a plain GET and answers 200.
+    let alpn_h2 = support::tls_backend::https_backend(&leaf, &[b"h2"]).await;
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h3", "h2", "http1"]"#,
+        &cert.toml(),
+        &format!(
+            r#"
+[[routes]]
+name = "h2"
+match = {{ path_prefix = "/ws" }}
+upstream = "h2"
+websocket = true
+
+[[routes]]
+name = "silent"
+match = {{ path_prefix = "/silent" }}
+upstream = "silent"
+websocket = true
+
+[[routes]]
+name = "alpn"
+match = {{ path_prefix = "/alpn" }}
+upstream = "alpn"
+websocket = true
+
+[upstreams.h2]
+backends = [ {{ url = "http://{h2}", protocol = "h2c" }} ]
+
+[upstreams.silent]
+backends = [ {{ url = "http://{silent}", protocol = "h2c" }} ]
+
+[upstreams.alpn]
+tls = {{ ca_file = "{}", server_name = "localhost" }}
+backends = [ {{ url = "https://{alpn_h2}" }} ]
+"#,
+            ca_file.display()
+        ),
+    ));
+    let ws = ws_http1(&proxy, &cert, "/ws/a").await.expect("http1");
+    conversation(ws, "http1 to h2").await;
+    let ws = ws_h2(&proxy, &cert, "/ws/b").await.expect("h2");
+    conversation(ws, "h2 to h2").await;
+    let ws = ws_h3(&proxy, &cert, "/ws/c").await.expect("h3");
+    conversation(ws, "h3 to h2").await;
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for (method, protocol, key) in &seen {
+        assert_eq!(method, "CONNECT", "{seen:?}");
+        assert_eq!(protocol.as_deref(), Some("websocket"), "{seen:?}");
+        assert!(!key, "no Sec-WebSocket-Key over HTTP/2: {seen:?}");
+    }
+
+    // A backend that does not announce extended CONNECT refuses it: the client gets a 502.
+    match ws_http1(&proxy, &cert, "/silent").await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), 502),
+        other => panic!("expected 502, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(ws_h2(&proxy, &cert, "/silent").await.err(), Some(502));
+    // A backend reached over HTTP/2 by ALPN got a plain GET and answered 200: over extended
+    // CONNECT a 200 would mean the tunnel is open, so it is a 502 there.
+    assert_eq!(ws_h2(&proxy, &cert, "/alpn").await.err(), Some(502));
+    assert_eq!(ws_h3(&proxy, &cert, "/alpn").await.err(), Some(502));
+    proxy.assert_caps_zero().await;
 }

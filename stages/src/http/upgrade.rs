@@ -45,6 +45,20 @@ pub fn h2_extended_connect(extensions: &http::Extensions) -> bool {
     extensions.get::<hyper::ext::Protocol>().is_some()
 }
 
+/// Turns the RFC 6455 handshake made for a backend into RFC 8441's extended CONNECT, for a
+/// backend known to speak HTTP/2: `CONNECT` with `:protocol = websocket`; `Upgrade`,
+/// `Connection` and `Sec-WebSocket-Key` go (HTTP/2 has none of them), the version,
+/// subprotocols and extensions stay.
+pub fn into_extended_connect<B>(req: &mut http::Request<B>) {
+    *req.method_mut() = Method::CONNECT;
+    let h = req.headers_mut();
+    h.remove(http::header::UPGRADE);
+    h.remove(http::header::CONNECTION);
+    h.remove(SEC_WEBSOCKET_KEY);
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+}
+
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
 pub fn new_key() -> HeaderValue {
     let mut raw = [0u8; 16];

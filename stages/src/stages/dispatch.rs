@@ -199,20 +199,26 @@ impl Dispatch {
             ex.body.set_idle(idle);
         }
         let mut req = {
+            use crate::upstreams::config::BackendProtocol;
             let backend = &upstream.backends[idx];
-            if ex.tunnel.is_some()
-                && backend.pool.protocol == crate::upstreams::config::BackendProtocol::H3
-            {
-                // A WebSocket goes to an HTTP/1.1 backend (RFC 6455's handshake); extended
-                // CONNECT towards HTTP/3 backends is not built.
+            let protocol = backend.pool.protocol;
+            if ex.tunnel.is_some() && protocol == BackendProtocol::H3 {
+                // A WebSocket goes to an HTTP/1.1 backend (RFC 6455's handshake) or an HTTP/2
+                // one (RFC 8441); extended CONNECT towards HTTP/3 backends is not built.
                 tracing::debug!(
                     exchange = ex.id,
                     "WebSocket towards an HTTP/3 backend refused"
                 );
                 return Err(Failed::Refused(Reason::UpstreamUpgrade));
             }
-            self.upstream_request(ex, &backend.addr, backend.http1)
-                .map_err(Failed::Refused)?
+            let mut req = self
+                .upstream_request(ex, &backend.addr, backend.http1)
+                .map_err(Failed::Refused)?;
+            if ex.tunnel.is_some() && matches!(protocol, BackendProtocol::H2 | BackendProtocol::H2c)
+            {
+                upgrade::into_extended_connect(&mut req);
+            }
+            req
         };
         let started = Instant::now();
         ex.record.attempts += 1;
@@ -296,9 +302,23 @@ impl Dispatch {
         // A WebSocket handshake's key: the backend's 101 must carry its accept.
         let key = req.headers().get(upgrade::SEC_WEBSOCKET_KEY).cloned();
         let tunnel = req.headers().contains_key(http::header::UPGRADE);
+        let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
         let sent = tokio::time::timeout(wait, backend.client.request(req)).await;
         let failed = |kind, source: BoxError| Failed::Attempt(AttemptFailure { kind, source });
         match sent {
+            Ok(Ok(mut resp)) if extended && resp.status().is_success() => {
+                // RFC 8441 §5: an HTTP/2 backend accepts a WebSocket with a 2xx. Marked as the
+                // switch it is, egress answers the client in its own protocol (an HTTP/1.1
+                // client's 101 with the accept for its own key).
+                backend.metrics.response(resp.status(), started.elapsed());
+                breaker(true);
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                Ok(Head {
+                    backend: idx,
+                    response: resp,
+                    permit,
+                })
+            }
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && tunnel => {
                 backend.metrics.response(resp.status(), started.elapsed());
                 let accepted = resp

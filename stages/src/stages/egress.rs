@@ -94,6 +94,16 @@ impl Egress {
         if ex.tunnel.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             return self.tunnel(ex, resp).await;
         }
+        if ex.tunnel == Some(crate::contract::tunnel::TunnelKind::WebSocket)
+            && resp.status().is_success()
+            && ex.client.protocol != ClientProtocol::Http1
+        {
+            // A backend that answered the handshake 2xx without switching (an HTTP/2 backend
+            // reached by ALPN, which saw a plain GET): over extended CONNECT a 2xx means the
+            // tunnel is open (RFC 8441 §5), so it must not reach the client as it is.
+            tracing::debug!(exchange = ex.id, status = %resp.status(), "WebSocket handshake answered without a switch");
+            return Flow::Reject(ex, Reason::UpstreamUpgrade);
+        }
         let (mut parts, body) = resp.into_parts();
         self.head(&ex, &mut parts.headers);
         let status = parts.status;
@@ -167,6 +177,11 @@ impl Egress {
                 HeaderValue::from_static("upgrade"),
             );
             h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            // An HTTP/2 backend (RFC 8441) has no accept: Spooky answers the client's key.
+            let accept = accept.or_else(|| {
+                let key = ex.head.headers.get(upgrade::SEC_WEBSOCKET_KEY)?;
+                HeaderValue::from_str(&upgrade::accept_for(key.as_bytes())).ok()
+            });
             if let Some(a) = accept {
                 h.insert(upgrade::SEC_WEBSOCKET_ACCEPT, a);
             }
