@@ -291,16 +291,20 @@ impl H3Listener {
         let extended_connect = udp || current.websocket();
         drop(current);
         let datagrams = udp.then(|| Datagrams::new(conn.clone()));
-        let built = h3::server::builder()
-            .max_field_section_size(self.max_field_section_size)
-            .enable_extended_connect(extended_connect)
-            .enable_datagram(udp)
-            .build::<_, Bytes>(GuardedConn::new(
-                conn.clone(),
-                self.guard_limit,
-                self.on_refuse.clone(),
-            ))
-            .await;
+        // Boxed: h3's setup future (4.2 KB) was the largest state of this one, which every
+        // idle connection's task carries for its whole life (docs/performance.md).
+        let built = Box::pin(
+            h3::server::builder()
+                .max_field_section_size(self.max_field_section_size)
+                .enable_extended_connect(extended_connect)
+                .enable_datagram(udp)
+                .build::<_, Bytes>(GuardedConn::new(
+                    conn.clone(),
+                    self.guard_limit,
+                    self.on_refuse.clone(),
+                )),
+        )
+        .await;
         let mut h3conn = match built {
             Ok(c) => c,
             Err(e) => {
