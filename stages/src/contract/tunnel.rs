@@ -317,37 +317,6 @@ impl Frames {
     }
 }
 
-/// Copies the client's request body (HTTP/3 DATA frames) into `into` until it ends, then
-/// closes `into`'s sending half.
-pub async fn pump_body<W>(
-    body: &mut RequestBody,
-    mut into: W,
-    count: &AtomicU64,
-    activity: &Activity,
-) -> Result<(), Side>
-where
-    W: AsyncWrite + Unpin,
-{
-    use http_body_util::BodyExt;
-    loop {
-        match body.frame().await {
-            None => {
-                let _ = into.shutdown().await;
-                return Ok(());
-            }
-            Some(Err(_)) => return Err(Side::Reader),
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                into.write_all(&data).await.map_err(|_| Side::Writer)?;
-                into.flush().await.map_err(|_| Side::Writer)?;
-                activity.moved(count, data.len());
-            }
-        }
-    }
-}
-
 /// A request body (HTTP/3 DATA frames) read as a byte stream; trailers are skipped, a failed
 /// body reads as an error.
 pub struct BodyReader {
@@ -394,23 +363,15 @@ impl AsyncRead for BodyReader {
 }
 
 /// Runs a tunnel's two directions (`up`: client → backend, `down`: backend → client) until
-/// both are done or a limit ends it; returns how it ended.
-pub async fn run<U, D>(up: U, down: D, activity: &Activity, limits: Limits) -> Ended
-where
-    U: Future<Output = Result<(), Side>>,
-    D: Future<Output = Result<(), Side>>,
-{
-    run_closing(up, down, activity, limits, None).await
-}
-
-/// [`run`]; when a limit ends the tunnel and `stop` is given, the directions are told to
-/// close cleanly ([`pump_until`]) and get a moment (bounded) to do it.
-pub async fn run_closing<U, D>(
+/// both are done or a limit ends it; returns how it ended. When a limit ends it, the
+/// directions are told (`stop`) to close cleanly ([`pump_until`]) and get a moment (bounded)
+/// to do it.
+async fn run_closing<U, D>(
     up: U,
     down: D,
     activity: &Activity,
     limits: Limits,
-    stop: Option<&watch::Sender<bool>>,
+    stop: &watch::Sender<bool>,
 ) -> Ended
 where
     U: Future<Output = Result<(), Side>>,
@@ -437,18 +398,16 @@ where
                 Err(Side::Writer) => return Ended::ClientGone,
             },
             ended = &mut limit => {
-                if let Some(stop) = stop {
-                    stop.send_replace(true);
-                    let closed = async {
-                        if !up_done {
-                            let _ = (&mut up).await;
-                        }
-                        if !down_done {
-                            let _ = (&mut down).await;
-                        }
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
-                }
+                stop.send_replace(true);
+                let closed = async {
+                    if !up_done {
+                        let _ = (&mut up).await;
+                    }
+                    if !down_done {
+                        let _ = (&mut down).await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
                 return ended;
             }
         }
@@ -506,7 +465,7 @@ pub async fn splice(client: impl Io, tunnel: Tunnel) -> Ended {
         frames(true),
     );
     let down = pump_until(ur, cw, &activity.down, &activity, stopped, frames(false));
-    let ended = run_closing(up, down, &activity, limits, Some(&stop)).await;
+    let ended = run_closing(up, down, &activity, limits, &stop).await;
     finish(end, &activity, ended);
     ended
 }

@@ -14,8 +14,8 @@ use crate::contract::response::ResponseBody;
 use std::sync::Arc;
 
 use crate::adapters::h3::datagrams::{self, Datagrams};
-use crate::contract::tunnel::{self, Activity, Ended, Side, Tunnel, UdpTunnel};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::contract::tunnel::{self, Activity, Ended, Tunnel, UdpTunnel};
+use tokio::io::AsyncReadExt;
 
 type H3Send = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -178,70 +178,13 @@ impl H3Sink {
 }
 
 impl H3Sink {
-    /// Answers `head` (`200`), then carries the client's DATA frames to the target and the
-    /// target's bytes back as DATA frames until the tunnel ends; a tunnel closed by a limit
-    /// or the drain ends the client's stream cleanly (FIN), one whose client failed resets it.
+    /// Answers `head` (`200`), then runs the tunnel (a CONNECT's, or a WebSocket's, RFC 9220)
+    /// between the request stream and the upstream side as the other protocols do
+    /// ([`tunnel::splice`]: when Spooky ends it, each side's stream ends cleanly, a WebSocket
+    /// after a Close frame 1001 between frames; a client that fails has its stream reset).
+    /// The client's DATA frames are read as a byte stream; what goes to the client passes a
+    /// pipe into DATA frames, so the copy writes to one `AsyncWrite` whatever the protocol.
     async fn run_tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Result<(), SendError> {
-        let Tunnel {
-            upstream,
-            mut client_body,
-            limits,
-            end,
-            ..
-        } = tunnel;
-        let activity = Activity::default();
-        self.state = State::HeadSent;
-        if let Err(e) = self.stream.send_response(head).await {
-            tunnel::finish(end, &activity, Ended::ClientGone);
-            return Err(gone(e));
-        }
-        let (mut ur, mut uw) = tokio::io::split(upstream);
-        let stream = &mut self.stream;
-        let mut finished = false;
-        let ended = {
-            let up = tunnel::pump_body(&mut client_body, &mut uw, &activity.up, &activity);
-            let down = async {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = ur.read(&mut buf).await.map_err(|_| Side::Reader)?;
-                    if n == 0 {
-                        stream.finish().await.map_err(|_| Side::Writer)?;
-                        finished = true;
-                        return Ok(());
-                    }
-                    stream
-                        .send_data(Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .map_err(|_| Side::Writer)?;
-                    activity.moved(&activity.down, n);
-                }
-            };
-            tunnel::run(up, down, &activity, limits).await
-        };
-        if matches!(ended, Ended::Idle | Ended::Lifetime | Ended::Draining) {
-            let close = async {
-                let _ = uw.shutdown().await;
-                if !finished {
-                    let _ = self.stream.finish().await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
-            self.state = State::Finished;
-        } else if matches!(ended, Ended::Closed) {
-            self.state = State::Finished;
-        }
-        tunnel::finish(end, &activity, ended);
-        Ok(())
-    }
-}
-
-impl H3Sink {
-    /// Answers `head` (`200`, RFC 9220), then runs a WebSocket between the request stream and
-    /// the backend's upgraded connection as for the other protocols ([`tunnel::splice`]: a
-    /// Close frame 1001 each way between frames when Spooky ends it). The client's DATA
-    /// frames are read as a byte stream; what goes to the client passes a pipe into DATA
-    /// frames, so the frame-following copy writes to one `AsyncWrite` whatever the protocol.
-    async fn run_websocket(&mut self, head: Response<()>, tunnel: Tunnel) -> Result<(), SendError> {
         let Tunnel {
             upstream,
             client_body,
@@ -315,9 +258,6 @@ impl ClientSink for H3Sink {
     }
 
     fn tunnel(&mut self, head: Response<()>, tunnel: Tunnel) -> Sending<'_> {
-        if tunnel.websocket {
-            return Sending::Writing(Box::pin(self.run_websocket(head, tunnel)));
-        }
         Sending::Writing(Box::pin(self.run_tunnel(head, tunnel)))
     }
 
