@@ -1,5 +1,6 @@
-//! A backend's pooled HTTP client: hyper-util's legacy client over our own connector for
-//! HTTP/1.1 and HTTP/2 (its own pools, TLS settings and protocol), or quinn + h3 for HTTP/3
+//! A backend's pooled HTTP client: our own pool of hyper connections for HTTP/1.1
+//! (`upstreams::h1`), hyper-util's legacy client over our connector for HTTP/2 and for
+//! `https://` backends on `auto` (HTTP/2 or HTTP/1.1 by ALPN), or quinn + h3 for HTTP/3
 //! (`upstreams::h3`). There is one pool per worker: a connection is made, driven and reused on
 //! the worker thread of the exchange that opened it, never handed across threads.
 
@@ -20,6 +21,7 @@ use crate::body::{BoxError, RequestBody};
 use crate::upstreams::addr::BackendAddr;
 use crate::upstreams::config::BackendProtocol;
 use crate::upstreams::error::UpstreamError;
+use crate::upstreams::h1::{H1Body, H1Error, H1Pool, H1Sending};
 use crate::upstreams::h3::{H3Backend, H3Body, H3Error};
 use crate::upstreams::tls::BackendConnector;
 
@@ -47,7 +49,9 @@ pub struct BackendClient {
 
 #[derive(Clone)]
 enum Transport {
-    /// HTTP/1.1 and HTTP/2: one hyper client per worker.
+    /// HTTP/1.1 only: our pool of hyper connections, a list per worker.
+    H1(Arc<H1Pool>),
+    /// HTTP/2, or either by ALPN: one hyper-util client per worker.
     Hyper(Arc<[WorkerClient]>),
     /// HTTP/3: a QUIC connection per worker.
     H3(Arc<H3Backend>),
@@ -62,6 +66,7 @@ impl BackendClient {
     /// Sends `req` on the calling worker's pool; resolves to the response head.
     pub fn request(&self, req: Request<RequestBody>) -> Sending {
         match &self.transport {
+            Transport::H1(p) => Sending::H1(p.request(p.worker_slot(), req)),
             Transport::Hyper(w) => {
                 Sending::Hyper(w[crate::workers::current() % w.len()].request(req))
             }
@@ -74,6 +79,7 @@ impl BackendClient {
     pub fn probe(&self, req: Request<RequestBody>) -> Sending {
         match &self.transport {
             Transport::H3(b) => Sending::H3(Box::pin(b.clone().request(b.probe_slot(), req))),
+            Transport::H1(p) => Sending::H1(p.request(p.probe_slot(), req)),
             Transport::Hyper(_) => self.request(req),
         }
     }
@@ -83,6 +89,7 @@ type H3Sending = Pin<Box<dyn Future<Output = Result<Response<H3Body>, H3Error>> 
 
 /// A request on its way: resolves to the backend's response head.
 pub enum Sending {
+    H1(H1Sending),
     Hyper(legacy::ResponseFuture),
     /// Boxed: it would make every attempt's future as large as the HTTP/3 path's.
     H3(H3Sending),
@@ -93,6 +100,10 @@ impl Future for Sending {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
+            Sending::H1(f) => f.as_mut().poll(cx).map(|r| {
+                r.map(|resp| resp.map(|b| UpstreamBody(Kind::H1(b))))
+                    .map_err(SendError::H1)
+            }),
             Sending::Hyper(f) => Pin::new(f).poll(cx).map(|r| {
                 r.map(|resp| resp.map(|b| UpstreamBody(Kind::Hyper(b))))
                     .map_err(SendError::Hyper)
@@ -108,6 +119,7 @@ impl Future for Sending {
 /// Why a request got no response head.
 #[derive(Debug)]
 pub enum SendError {
+    H1(H1Error),
     Hyper(legacy::Error),
     H3(H3Error),
 }
@@ -117,6 +129,7 @@ impl SendError {
     /// the stream).
     pub fn is_connect(&self) -> bool {
         match self {
+            SendError::H1(e) => e.is_connect(),
             SendError::Hyper(e) => e.is_connect(),
             SendError::H3(e) => e.is_connect(),
         }
@@ -126,6 +139,7 @@ impl SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SendError::H1(e) => e.fmt(f),
             SendError::Hyper(e) => e.fmt(f),
             SendError::H3(e) => e.fmt(f),
         }
@@ -135,6 +149,7 @@ impl std::fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            SendError::H1(e) => e.source(),
             SendError::Hyper(e) => e.source(),
             SendError::H3(e) => e.source(),
         }
@@ -145,6 +160,7 @@ impl std::error::Error for SendError {
 pub struct UpstreamBody(Kind);
 
 enum Kind {
+    H1(H1Body),
     Hyper(hyper::body::Incoming),
     /// Boxed: response bodies move several times on their way out.
     H3(Box<H3Body>),
@@ -159,6 +175,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
+            Kind::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
             Kind::Hyper(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BoxError::from))),
@@ -168,6 +187,7 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
+            Kind::H1(b) => b.is_end_stream(),
             Kind::Hyper(b) => b.is_end_stream(),
             Kind::H3(b) => b.is_end_stream(),
         }
@@ -175,6 +195,7 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
+            Kind::H1(b) => b.size_hint(),
             Kind::Hyper(b) => b.size_hint(),
             Kind::H3(b) => b.size_hint(),
         }
@@ -224,8 +245,19 @@ pub fn backend_client(
             open,
         });
     }
+    let http1_only = match protocol {
+        BackendProtocol::Http1 => true,
+        BackendProtocol::Auto => !addr.is_tls(),
+        BackendProtocol::H2 | BackendProtocol::H2c | BackendProtocol::H3 => false,
+    };
     let connector =
         BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout, metrics);
+    if http1_only {
+        return Ok(BackendClient {
+            transport: Transport::H1(Arc::new(H1Pool::new(workers.get(), settings, connector))),
+            open,
+        });
+    }
     let per_worker = (0..workers.get())
         .map(|_| worker_client(settings, protocol, connector.clone()))
         .collect();
@@ -249,9 +281,7 @@ fn worker_client(
     if matches!(protocol, BackendProtocol::H2c | BackendProtocol::H2) {
         builder.http2_only(true);
     }
-    // How much of a backend's response an HTTP/1.1 connection reads ahead of the client: a
-    // client that reads slowly holds at most this much here (hyper's default, about 400 KiB,
-    // made 1 000 slow readers of 1 MiB cost half a GiB).
+    // How much of a response an HTTP/1.1 connection (ALPN's choice) reads ahead (see h1).
     builder.http1_max_buf_size(UPSTREAM_READ_AHEAD);
     builder.build(connector)
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod h1;
 pub mod h3;
 pub mod health;
 pub mod outlier;

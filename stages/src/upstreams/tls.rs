@@ -188,25 +188,28 @@ impl tower_service::Service<Uri> for BackendConnector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            let m = this.metrics.clone();
-            let connected = this.connect().await;
-            match &connected {
-                Ok(_) => m.ok.increment(1),
-                Err(ConnectError::TcpTimeout(_) | ConnectError::TlsTimeout(_)) => {
-                    m.timeout.increment(1)
-                }
-                Err(_) => m.failed.increment(1),
-            }
-            let io = connected?;
-            m.open_now
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(TokioIo::new(BackendStream { io, metrics: m }))
-        })
+        Box::pin(async move { Ok(TokioIo::new(this.open().await?)) })
     }
 }
 
 impl BackendConnector {
+    /// A new connection to the backend, counted (connects by result, open while it lives).
+    pub async fn open(self) -> Result<BackendStream, ConnectError> {
+        let m = self.metrics.clone();
+        let connected = self.connect().await;
+        match &connected {
+            Ok(_) => m.ok.increment(1),
+            Err(ConnectError::TcpTimeout(_) | ConnectError::TlsTimeout(_)) => {
+                m.timeout.increment(1)
+            }
+            Err(_) => m.failed.increment(1),
+        }
+        let io = connected?;
+        m.open_now
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(BackendStream { io, metrics: m })
+    }
+
     /// TCP, then TLS for `https://` backends, each within `connect_timeout`.
     async fn connect(self) -> Result<Io, ConnectError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))

@@ -1,0 +1,236 @@
+//! The HTTP/1.1 backend pool: connections are kept and reused, a backend that closes after
+//! each response costs no request, idle connections close at `pool_idle_timeout`, and no more
+//! than `pool_max_idle_per_backend` stay open once their requests are done.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::proxy::{Proxy, pipeline};
+use support::{TempDir, TestCert, connect, url};
+use tokio::sync::{Notify, Semaphore};
+
+/// A hyper HTTP/1.1 backend that counts the connections it accepts and sees closed; `/hold`
+/// answers only when the test releases it.
+struct Counting {
+    addr: SocketAddr,
+    opened: AtomicUsize,
+    closed: AtomicUsize,
+    held: AtomicUsize,
+    changed: Notify,
+    releases: Semaphore,
+}
+
+impl Counting {
+    async fn start(keep_alive: bool) -> Arc<Counting> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let me = Arc::new(Counting {
+            addr: listener.local_addr().expect("addr"),
+            opened: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            changed: Notify::new(),
+            releases: Semaphore::new(0),
+        });
+        let st = me.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                st.bump(&st.opened);
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = {
+                        let st = st.clone();
+                        service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let st = st.clone();
+                            async move {
+                                if req.uri().path() == "/hold" {
+                                    st.bump(&st.held);
+                                    st.releases.acquire().await.expect("open").forget();
+                                }
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                    b"pooled",
+                                ))))
+                            }
+                        })
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                    st.bump(&st.closed);
+                });
+            }
+        });
+        me
+    }
+
+    fn bump(&self, n: &AtomicUsize) {
+        n.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn get(n: &AtomicUsize) -> usize {
+        n.load(Ordering::SeqCst)
+    }
+
+    async fn wait(&self, what: &str, f: impl Fn(&Counting) -> bool) {
+        support::wait_until(&self.changed, what, || f(self)).await;
+    }
+}
+
+fn proxy_to(cert: &TestCert, backend: &Counting, dispatch: &str) -> Proxy {
+    let rest = format!(
+        r#"
+[stages.dispatch]
+{dispatch}
+
+[[routes]]
+name = "app"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+
+[upstreams.app]
+backends = [ {{ url = "http://{}" }} ]
+"#,
+        backend.addr
+    );
+    Proxy::start(&pipeline(&cert.toml(), &rest))
+}
+
+async fn connects(proxy: &Proxy) -> f64 {
+    proxy
+        .metric(
+            "spooky_upstream_connects_total",
+            &[("upstream", "app"), ("result", "ok")],
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_backend_connection() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Counting::start(true).await;
+    let proxy = proxy_to(&cert, &backend, "");
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    for i in 0..20 {
+        let r = conn.get(&url(&format!("/r{i}"))).await.expect("GET");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(&r.body[..], b"pooled");
+    }
+    assert_eq!(
+        Counting::get(&backend.opened),
+        1,
+        "one connection served all 20"
+    );
+    assert_eq!(connects(&proxy).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_closes_after_each_response_costs_no_request() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Counting::start(false).await;
+    let proxy = proxy_to(&cert, &backend, "");
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    for i in 0..20 {
+        let r = conn.get(&url(&format!("/r{i}"))).await.expect("GET");
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        assert_eq!(&r.body[..], b"pooled");
+    }
+    assert_eq!(
+        Counting::get(&backend.opened),
+        20,
+        "a connection per request"
+    );
+    assert_eq!(
+        proxy
+            .metric("spooky_upstream_requests_total", &[("upstream", "app")])
+            .await,
+        20.0,
+        "no attempt failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_at_pool_idle_timeout_and_replaced() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Counting::start(true).await;
+    let proxy = proxy_to(&cert, &backend, r#"pool_idle_timeout = "400ms""#);
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    let r = conn.get(&url("/first")).await.expect("GET");
+    assert_eq!(r.status, StatusCode::OK);
+    let answered = Instant::now();
+    backend
+        .wait("the idle connection closed", |b| {
+            Counting::get(&b.closed) == 1
+        })
+        .await;
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(350),
+        "closed after {idle:?}, before the 400 ms idle timeout"
+    );
+    let r = conn.get(&url("/second")).await.expect("GET");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        Counting::get(&backend.opened),
+        2,
+        "a new connection after the timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_pool_max_idle_connections_stay_open() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Counting::start(true).await;
+    let proxy = proxy_to(&cert, &backend, "pool_max_idle_per_backend = 2");
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    let conn = &conn;
+    // Four requests at once need four connections.
+    let hold = url("/hold");
+    let held = futures::future::join_all((0..4).map(|_| conn.get(&hold)));
+    let release = async {
+        backend
+            .wait("4 held requests", |b| Counting::get(&b.held) == 4)
+            .await;
+        backend.releases.add_permits(4);
+    };
+    let (answers, ()) = tokio::join!(held, release);
+    for a in answers {
+        assert_eq!(a.expect("GET").status, StatusCode::OK);
+    }
+    assert_eq!(Counting::get(&backend.opened), 4);
+    // Two go back to the pool, the other two are closed.
+    backend
+        .wait("2 connections closed", |b| Counting::get(&b.closed) == 2)
+        .await;
+    // The two kept serve what follows.
+    for _ in 0..6 {
+        let r = conn.get(&url("/after")).await.expect("GET");
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(
+        Counting::get(&backend.opened),
+        4,
+        "the kept connections were reused"
+    );
+    assert_eq!(Counting::get(&backend.closed), 2);
+}
