@@ -349,10 +349,10 @@ impl H3Listener {
             };
             let limits = (self.header_timeout, self.read_ahead, extended_connect);
             let who = (client.clone(), conn_gone.clone(), datagrams.clone());
-            tokio::spawn(async move {
-                request(resolver, permit, pipeline, who, limits).await;
-                drop(guard);
-            });
+            // Not an async block around it: that would hold the request's future twice
+            // (captured, and as the future it awaits).
+            let request = request(resolver, permit, pipeline, who, limits);
+            tokio::spawn(futures::FutureExt::map(request, move |()| drop(guard)));
         }
         live.close();
         tokio::select! {
@@ -368,95 +368,127 @@ impl H3Listener {
     }
 }
 
-/// Reads one request head and runs its exchange.
-async fn request(
+/// Reads one request head and runs its exchange: the future of the stream's task.
+///
+/// Not an `async fn`, which would hold its arguments twice (as arguments and as its own
+/// locals), and with the head's reading boxed: that part (h3's resolver and its decoding
+/// future) is larger than the exchange's run, and a task's future is moved in full when it
+/// is spawned and written over when it ends. 8 400 bytes as one `async fn`; see
+/// docs/performance.md.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn request(
     resolver: Resolver,
     permit: Permit,
     pipeline: Arc<Pipeline>,
-    (client, conn_gone, datagrams): (Client, ConnGone, Option<Arc<Datagrams>>),
-    (header_timeout, read_ahead, extended_connect): (Duration, usize, bool),
-) {
-    let remote = client.addr;
-    let deadline = tokio::time::Instant::now() + header_timeout;
-    let mut resolver = resolver;
-    let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
-    let Ok(frame) = tokio::time::timeout_at(deadline, first).await else {
-        tracing::debug!(%remote, "request head timed out");
-        return reject_unprocessed(resolver);
-    };
-    let resolved = match resolver.accept_with_frame(frame) {
-        Ok(r) => {
-            // Decoding is synchronous (no dynamic QPACK table); only answering a head that is
-            // too large waits on the client, and only then is a second timer armed.
-            let resolving = r.resolve();
-            tokio::pin!(resolving);
-            match futures::poll!(resolving.as_mut()) {
-                std::task::Poll::Ready(r) => Ok(r),
-                std::task::Poll::Pending => tokio::time::timeout_at(deadline, resolving).await,
+    who: (Client, ConnGone, Option<Arc<Datagrams>>),
+    limits: (Duration, usize, bool),
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let Some(mut ex) = Box::pin(start(resolver, &pipeline, who, limits)).await else {
+            return;
+        };
+        match pipeline.drain().enter() {
+            Ok(guard) => ex.permits.drain = Some(guard),
+            Err(_) => {
+                drop(permit);
+                return Box::pin(pipeline.refuse(ex, Reason::ShuttingDown)).await;
             }
         }
-        Err(e) => Ok(Err(e)),
-    };
-    let (req, stream) = match resolved {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            // h3 has already answered a malformed head on the stream (RFC 9114 §4.1.2).
-            tracing::debug!(%remote, error = %e, "bad request head");
-            return;
-        }
-        Err(_) => {
+        pipeline.run(ex, permit).await;
+    }
+}
+
+/// Reads one request head into an exchange (none if the head never came, was malformed, or
+/// was refused on the stream).
+#[allow(clippy::manual_async_fn)] // not an async fn, like `request`
+fn start(
+    resolver: Resolver,
+    pipeline: &Pipeline,
+    (client, conn_gone, datagrams): (Client, ConnGone, Option<Arc<Datagrams>>),
+    (header_timeout, read_ahead, extended_connect): (Duration, usize, bool),
+) -> impl Future<Output = Option<Exchange>> + Send + '_ {
+    async move {
+        let remote = client.addr;
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        let mut resolver = resolver;
+        let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+        let Ok(frame) = tokio::time::timeout_at(deadline, first).await else {
             tracing::debug!(%remote, "request head timed out");
-            return;
+            reject_unprocessed(resolver);
+            return None;
+        };
+        let resolved = match resolver.accept_with_frame(frame) {
+            Ok(r) => {
+                // Decoding is synchronous (no dynamic QPACK table); only answering a head that is
+                // too large waits on the client, and only then is a second timer armed.
+                let resolving = r.resolve();
+                tokio::pin!(resolving);
+                match futures::poll!(resolving.as_mut()) {
+                    std::task::Poll::Ready(r) => Ok(r),
+                    std::task::Poll::Pending => tokio::time::timeout_at(deadline, resolving).await,
+                }
+            }
+            Err(e) => Ok(Err(e)),
+        };
+        let (req, stream) = match resolved {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                // h3 has already answered a malformed head on the stream (RFC 9114 §4.1.2).
+                tracing::debug!(%remote, error = %e, "bad request head");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "request head timed out");
+                return None;
+            }
+        };
+        let mut stream = stream;
+        if !extended_connect && req.extensions().get::<h3::ext::Protocol>().is_some() {
+            // RFC 9220 §3 (RFC 8441 §4): `:protocol` on a connection that did not announce
+            // extended CONNECT makes the request malformed (RFC 9114 §4.1.2).
+            tracing::debug!(%remote, "`:protocol` without SETTINGS_ENABLE_CONNECT_PROTOCOL");
+            stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+            stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+            return None;
         }
-    };
-    let mut stream = stream;
-    if !extended_connect && req.extensions().get::<h3::ext::Protocol>().is_some() {
-        // RFC 9220 §3 (RFC 8441 §4): `:protocol` on a connection that did not announce
-        // extended CONNECT makes the request malformed (RFC 9114 §4.1.2).
-        tracing::debug!(%remote, "`:protocol` without SETTINGS_ENABLE_CONNECT_PROTOCOL");
-        stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
-        stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
-        return;
-    }
-    let stream_id = stream.id().into_inner();
-    let (send, recv) = stream.split();
-    let (head, ()) = req.into_parts();
-    let content_length = ContentLength::of(&head.headers);
-    let bodyless_method = matches!(
-        head.method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::DELETE
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-    );
-    let empty_upstream = content_length == ContentLength::Length(0)
-        || (content_length == ContentLength::Absent && bodyless_method);
-    let body = RequestBody::streaming(
-        H3Body(recv),
-        content_length.get(),
-        empty_upstream,
-        read_ahead,
-    );
-    let mut sink = H3Sink::new(send, conn_gone.clone());
-    if let Some(d) = datagrams {
-        sink = sink.with_datagrams(d, stream_id);
-    }
-    let responder = Responder::new(sink);
-    let origin = Origin {
-        client,
-        conn_gone: Some(conn_gone),
-        content_length,
-    };
-    let mut ex = Exchange::start(pipeline.next_id(), head, body, responder, origin);
-    match pipeline.drain().enter() {
-        Ok(guard) => ex.permits.drain = Some(guard),
-        Err(_) => {
-            drop(permit);
-            return pipeline.refuse(ex, Reason::ShuttingDown).await;
+        let stream_id = stream.id().into_inner();
+        let (send, recv) = stream.split();
+        let (head, ()) = req.into_parts();
+        let content_length = ContentLength::of(&head.headers);
+        let bodyless_method = matches!(
+            head.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::DELETE
+                | http::Method::OPTIONS
+                | http::Method::TRACE
+        );
+        let empty_upstream = content_length == ContentLength::Length(0)
+            || (content_length == ContentLength::Absent && bodyless_method);
+        let body = RequestBody::streaming(
+            H3Body(recv),
+            content_length.get(),
+            empty_upstream,
+            read_ahead,
+        );
+        let mut sink = H3Sink::new(send, conn_gone.clone());
+        if let Some(d) = datagrams {
+            sink = sink.with_datagrams(d, stream_id);
         }
+        let responder = Responder::new(sink);
+        let origin = Origin {
+            client,
+            conn_gone: Some(conn_gone),
+            content_length,
+        };
+        Some(Exchange::start(
+            pipeline.next_id(),
+            head,
+            body,
+            responder,
+            origin,
+        ))
     }
-    pipeline.run(ex, permit).await;
 }
 
 /// RFC 9114 §8.1: a request refused before any processing is reset with H3_REQUEST_REJECTED

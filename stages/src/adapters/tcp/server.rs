@@ -555,74 +555,81 @@ fn close_unless_upgraded(resp: &mut Response<ProxyBody>, handshake: bool, connec
 }
 
 /// One HTTP/1.1 or HTTP/2 request through the pipeline (the generation current when it came).
-async fn handle(
+/// Not an `async fn`: one of those moves its arguments into locals of its own first, so its
+/// future holds them twice, and hyper moves this future several times per request (into its
+/// stream task, into the task's cell, and over it when it ends).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn handle(
     shared: Arc<Shared>,
     pipelines: Pipelines,
     req: Request<Incoming>,
     peer: Peer,
     upgrade: Option<Upgrade>,
-) -> Response<ProxyBody> {
-    if let Some(why) = peer.refusal() {
-        return add_alt_svc(&shared, refused(&shared, peer.remote, why));
-    }
-    if let Some(port) = shared.redirect {
-        return add_alt_svc(&shared, redirect(&req, port));
-    }
-    let Some((pipeline, permit)) = pipelines.enter().await else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-    };
-    let (tx, rx) = oneshot::channel();
-    let (head, body) = req.into_parts();
-    let protocol = if head.version == Version::HTTP_2 {
-        ClientProtocol::H2
-    } else {
-        ClientProtocol::Http1
-    };
-    let content_length = ContentLength::of(&head.headers);
-    let bodyless =
-        http_body::Body::is_end_stream(&body) || content_length == ContentLength::Length(0);
-    let client = Client {
-        identity: peer.identity,
-        forward_header: peer.forward_header,
-        conn: peer.conn,
-        sni: peer.sni,
-        tls_version: peer.tls_version,
-        ..Client::new(peer.remote, protocol, peer.tls)
-    };
-    let origin = Origin {
-        client,
-        conn_gone: None,
-        content_length,
-    };
-    let body = RequestBody::streaming(
-        HyperBody(body, None),
-        content_length.get(),
-        bodyless,
-        shared.read_ahead,
-    );
-    let sink = HyperSink::new(tx, protocol == ClientProtocol::Http1);
-    let responder = Responder::new(match upgrade {
-        Some(u) => sink.with_upgrade(u),
-        None => sink,
-    });
-    let mut ex = Exchange::start(pipeline.next_id(), head, body, responder, origin);
-    match pipeline.drain().enter() {
-        Ok(guard) => {
-            ex.permits.drain = Some(guard);
-            // Boxed: hyper moves service futures around; keep this one a pointer.
-            Box::pin(pipeline.clone().run(ex, permit)).await;
+) -> impl Future<Output = Response<ProxyBody>> + Send {
+    async move {
+        if let Some(why) = peer.refusal() {
+            return add_alt_svc(&shared, refused(&shared, peer.remote, why));
         }
-        Err(_) => {
-            drop(permit);
-            pipeline.refuse(ex, Reason::ShuttingDown).await;
+        if let Some(port) = shared.redirect {
+            return add_alt_svc(&shared, redirect(&req, port));
         }
+        let Some((pipeline, permit)) = pipelines.enter().await else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        };
+        let (tx, rx) = oneshot::channel();
+        let (head, body) = req.into_parts();
+        let protocol = if head.version == Version::HTTP_2 {
+            ClientProtocol::H2
+        } else {
+            ClientProtocol::Http1
+        };
+        let content_length = ContentLength::of(&head.headers);
+        let bodyless =
+            http_body::Body::is_end_stream(&body) || content_length == ContentLength::Length(0);
+        let client = Client {
+            identity: peer.identity,
+            forward_header: peer.forward_header,
+            conn: peer.conn,
+            sni: peer.sni,
+            tls_version: peer.tls_version,
+            ..Client::new(peer.remote, protocol, peer.tls)
+        };
+        let origin = Origin {
+            client,
+            conn_gone: None,
+            content_length,
+        };
+        let body = RequestBody::streaming(
+            HyperBody(body, None),
+            content_length.get(),
+            bodyless,
+            shared.read_ahead,
+        );
+        let sink = HyperSink::new(tx, protocol == ClientProtocol::Http1);
+        let responder = Responder::new(match upgrade {
+            Some(u) => sink.with_upgrade(u),
+            None => sink,
+        });
+        let mut ex = Exchange::start(pipeline.next_id(), head, body, responder, origin);
+        match pipeline.drain().enter() {
+            Ok(guard) => {
+                ex.permits.drain = Some(guard);
+                // Boxed: hyper moves service futures around; keep this one a pointer.
+                Box::pin(pipeline.clone().run(ex, permit)).await;
+            }
+            Err(_) => {
+                drop(permit);
+                // Boxed: rare, and as large as the rest of this future.
+                Box::pin(pipeline.refuse(ex, Reason::ShuttingDown)).await;
+            }
+        }
+        let resp = match rx.await {
+            Ok(resp) => resp.map(ProxyBody::from),
+            // The exchange ended without an answer (its upstream body failed before the head).
+            Err(_) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
+        };
+        add_alt_svc(&shared, resp)
     }
-    let resp = match rx.await {
-        Ok(resp) => resp.map(ProxyBody::from),
-        // The exchange ended without an answer (its upstream body failed before the head).
-        Err(_) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
-    };
-    add_alt_svc(&shared, resp)
 }
 
 fn add_alt_svc(shared: &Shared, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
