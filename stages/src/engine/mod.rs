@@ -598,6 +598,9 @@ impl Pipeline {
     async fn run_chain(&self, mut ex: Exchange, permit: Permit) {
         let mut held = Some(permit);
         let mut idx = 0;
+        // When the current stage began: the clock read that ended the stage before it, unless
+        // the exchange waited in between (one clock read per stage).
+        let mut began = Instant::now();
         loop {
             let slot = &self.slots[idx];
             let metrics = slot.inlet.metrics();
@@ -611,7 +614,7 @@ impl Pipeline {
             } else {
                 None
             };
-            let t0 = Instant::now();
+            let t0 = began;
             let flow = slot.stage.process(ex, carried).await;
             let t1 = Instant::now();
             if let Some(m) = metrics {
@@ -693,6 +696,7 @@ impl Pipeline {
             // one before it.
             if let Some(p) = next.inlet.try_enter() {
                 held = Some(p);
+                began = t1;
                 continue;
             }
             held = match next.inlet.enter(&mut ex, held.take()).await {
@@ -700,6 +704,7 @@ impl Pipeline {
                 Entered::Refused(r) => return self.reject(ex, next.kind.name(), r).await,
                 Entered::Cancelled => return,
             };
+            began = Instant::now();
         }
     }
 
