@@ -165,6 +165,77 @@ async fn a_backend_that_closes_after_each_response_costs_no_request() {
     );
 }
 
+/// A backend that answers one request per connection as if keeping it alive (no
+/// `Connection: close`), then closes it: the pool finds its connection closed and sends the
+/// next request on a new one. (Should the close race the next request's write instead, hyper
+/// hands the request back unsent and the pool sends it on another connection; that race
+/// cannot be forced from here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_closes_silently_after_each_response_costs_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsilent")
+                    .await;
+                // Dropped: closed without a word.
+            });
+        }
+    });
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let rest = format!(
+        r#"
+[[routes]]
+name = "app"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+
+[upstreams.app]
+backends = [ {{ url = "http://{addr}" }} ]
+"#
+    );
+    let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    for i in 0..20 {
+        let r = conn.get(&url(&format!("/r{i}"))).await.expect("GET");
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        assert_eq!(&r.body[..], b"silent");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        20,
+        "a connection per request"
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "spooky_upstream_requests_total",
+                &[("upstream", "app"), ("class", "2xx")],
+            )
+            .await,
+        20.0,
+        "every attempt answered, none failed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_at_pool_idle_timeout_and_replaced() {
     let dir = TempDir::new();
