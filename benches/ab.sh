@@ -7,7 +7,8 @@
 #   BASE=bb84a50 ROUNDS=5 benches/ab.sh
 #   PROTO=h2 benches/ab.sh         # HTTP/2 over TLS in (h2load; nghttp2-client is installed)
 #
-# Knobs: BASE (a git revision) or BASE_BIN (a spooky binary built before), EXTRA_B (TOML
+# Knobs: BASE (a git revision) or BASE_BIN (a spooky binary built before), HEAD_BIN (instead
+# of the working tree's build; target/release/spooky-bench must exist), EXTRA_B (TOML
 # appended to the working tree's pipeline), PROTO (h3|h2), ROUNDS, DURATION (h3), REQUESTS (h2),
 # CONNECTIONS, STREAMS, SIZE, PIN=1 (both proxies on CPU 0, backend and load generator on
 # CPU 1: steadier figures on a shared 2-core machine).
@@ -29,7 +30,8 @@ if [ "$PROTO" = h2 ]; then need h2load:nghttp2-client; fi
 
 bench_init
 
-cargo build --release --bins >&2
+# HEAD_BIN: a binary to weigh instead of the working tree's (no build; e.g. two saved builds).
+if [ -z "${HEAD_BIN:-}" ]; then cargo build --release --bins >&2; fi
 if [ -n "${BASE_BIN:-}" ]; then
   # A binary built before (e.g. target/ab-base/release/spooky from an earlier run): no rebuild.
   base_bin=$BASE_BIN base_rev=$BASE_BIN
@@ -37,7 +39,7 @@ else
   build_base "$BASE"
 fi
 A="$base_bin"
-B="$PWD/target/release/spooky"
+B="${HEAD_BIN:-$PWD/target/release/spooky}"
 BENCH="$PWD/target/release/spooky-bench"
 
 start_backend "$SIZE"
