@@ -245,14 +245,9 @@ pub fn backend_client(
             open,
         });
     }
-    let http1_only = match protocol {
-        BackendProtocol::Http1 => true,
-        BackendProtocol::Auto => !addr.is_tls(),
-        BackendProtocol::H2 | BackendProtocol::H2c | BackendProtocol::H3 => false,
-    };
     let connector =
         BackendConnector::new(&addr.connect_addr(), tls, settings.connect_timeout, metrics);
-    if http1_only {
+    if protocol.http1_only(addr.is_tls()) {
         return Ok(BackendClient {
             transport: Transport::H1(Arc::new(H1Pool::new(workers.get(), settings, connector))),
             open,

@@ -163,6 +163,18 @@ pub enum BackendProtocol {
     H3,
 }
 
+impl BackendProtocol {
+    /// Known to speak HTTP/1.1 and nothing else: `http1`, or `auto` on an `http://` URL
+    /// (`tls`: the URL is `https://`, where ALPN decides).
+    pub fn http1_only(self, tls: bool) -> bool {
+        match self {
+            BackendProtocol::Http1 => true,
+            BackendProtocol::Auto => !tls,
+            BackendProtocol::H2 | BackendProtocol::H2c | BackendProtocol::H3 => false,
+        }
+    }
+}
+
 pub fn default_upstream_inflight() -> NonZeroUsize {
     NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
 }

@@ -25,7 +25,7 @@ use crate::metrics::BackendMetrics;
 use addr::BackendAddr;
 use balance::{Balancer, Loads, PeakEwma};
 use client::{BackendClient, ClientSettings};
-use config::{BackendConfig, BackendProtocol, Balance, UpstreamConfig};
+use config::{BackendConfig, Balance, UpstreamConfig};
 use error::UpstreamError;
 use registry::{PoolKey, Registry};
 
@@ -134,11 +134,7 @@ impl Upstream {
                 settings: *settings,
             };
             let client = registry.client(&key, name, &label)?;
-            let http1 = match b.protocol {
-                BackendProtocol::Http1 => true,
-                BackendProtocol::Auto => !addr.is_tls(),
-                BackendProtocol::H2 | BackendProtocol::H2c | BackendProtocol::H3 => false,
-            };
+            let http1 = b.protocol.http1_only(addr.is_tls());
             backends.push(Backend {
                 id,
                 weight: b.weight.get(),
