@@ -144,7 +144,7 @@ impl H1Pool {
         while i > 0 {
             i -= 1;
             let (sender, since) = &idle.conns[i];
-            if sender.is_closed() || now.saturating_duration_since(*since) >= self.idle_timeout {
+            if spent(sender, *since, now, self.idle_timeout) {
                 idle.conns.swap_remove(i);
             } else if sender.is_ready() {
                 return Some(idle.conns.remove(i).0);
@@ -208,12 +208,17 @@ async fn reap(pool: Weak<H1Pool>, slot: usize, timeout: Duration) {
         let mut idle = lock(&pool.lists[slot]);
         let now = Instant::now();
         idle.conns
-            .retain(|(s, since)| !s.is_closed() && now.saturating_duration_since(*since) < timeout);
+            .retain(|(s, since)| !spent(s, *since, now, timeout));
         if idle.conns.is_empty() {
             idle.reaping = false;
             return;
         }
     }
+}
+
+/// An idle connection that is no use any more: closed, or idle since `since` for `timeout`.
+fn spent(sender: &Sender, since: Instant, now: Instant, timeout: Duration) -> bool {
+    sender.is_closed() || now.saturating_duration_since(since) >= timeout
 }
 
 fn lock(m: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
