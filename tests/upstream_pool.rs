@@ -89,7 +89,8 @@ impl Counting {
     }
 }
 
-fn proxy_to(cert: &TestCert, backend: &Counting, dispatch: &str) -> Proxy {
+/// A proxy whose one route goes to the backend at `backend`, with `dispatch` keys.
+fn proxy_to(cert: &TestCert, backend: SocketAddr, dispatch: &str) -> Proxy {
     let rest = format!(
         r#"
 [stages.dispatch]
@@ -101,11 +102,19 @@ match = {{ path_prefix = "/" }}
 upstream = "app"
 
 [upstreams.app]
-backends = [ {{ url = "http://{}" }} ]
-"#,
-        backend.addr
+backends = [ {{ url = "http://{backend}" }} ]
+"#
     );
     Proxy::start(&pipeline(&cert.toml(), &rest))
+}
+
+/// `n` GETs one after another, each answered 200 with `body`.
+async fn sequential_gets(conn: &spooky::h3client::H3Conn, n: usize, body: &[u8]) {
+    for i in 0..n {
+        let r = conn.get(&url(&format!("/r{i}"))).await.expect("GET");
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        assert_eq!(&r.body[..], body, "request {i}");
+    }
 }
 
 async fn connects(proxy: &Proxy) -> f64 {
@@ -122,14 +131,10 @@ async fn sequential_requests_reuse_one_backend_connection() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let backend = Counting::start(true).await;
-    let proxy = proxy_to(&cert, &backend, "");
+    let proxy = proxy_to(&cert, backend.addr, "");
     let client = cert.client();
     let conn = connect(&client, &proxy).await;
-    for i in 0..20 {
-        let r = conn.get(&url(&format!("/r{i}"))).await.expect("GET");
-        assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(&r.body[..], b"pooled");
-    }
+    sequential_gets(&conn, 20, b"pooled").await;
     assert_eq!(
         Counting::get(&backend.opened),
         1,
@@ -143,14 +148,10 @@ async fn a_backend_that_closes_after_each_response_costs_no_request() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let backend = Counting::start(false).await;
-    let proxy = proxy_to(&cert, &backend, "");
+    let proxy = proxy_to(&cert, backend.addr, "");
     let client = cert.client();
     let conn = connect(&client, &proxy).await;
-    for i in 0..20 {
-        let r = conn.get(&url(&format!("/r{i}"))).await.expect("GET");
-        assert_eq!(r.status, StatusCode::OK, "request {i}");
-        assert_eq!(&r.body[..], b"pooled");
-    }
+    sequential_gets(&conn, 20, b"pooled").await;
     assert_eq!(
         Counting::get(&backend.opened),
         20,
@@ -200,25 +201,10 @@ async fn a_backend_that_closes_silently_after_each_response_costs_no_request() {
     });
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
-    let rest = format!(
-        r#"
-[[routes]]
-name = "app"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-backends = [ {{ url = "http://{addr}" }} ]
-"#
-    );
-    let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
+    let proxy = proxy_to(&cert, addr, "");
     let client = cert.client();
     let conn = connect(&client, &proxy).await;
-    for i in 0..20 {
-        let r = conn.get(&url(&format!("/r{i}"))).await.expect("GET");
-        assert_eq!(r.status, StatusCode::OK, "request {i}");
-        assert_eq!(&r.body[..], b"silent");
-    }
+    sequential_gets(&conn, 20, b"silent").await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         20,
@@ -241,7 +227,7 @@ async fn an_idle_connection_is_closed_at_pool_idle_timeout_and_replaced() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let backend = Counting::start(true).await;
-    let proxy = proxy_to(&cert, &backend, r#"pool_idle_timeout = "400ms""#);
+    let proxy = proxy_to(&cert, backend.addr, r#"pool_idle_timeout = "400ms""#);
     let client = cert.client();
     let conn = connect(&client, &proxy).await;
     let r = conn.get(&url("/first")).await.expect("GET");
@@ -271,7 +257,7 @@ async fn no_more_than_pool_max_idle_connections_stay_open() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let backend = Counting::start(true).await;
-    let proxy = proxy_to(&cert, &backend, "pool_max_idle_per_backend = 2");
+    let proxy = proxy_to(&cert, backend.addr, "pool_max_idle_per_backend = 2");
     let client = cert.client();
     let conn = connect(&client, &proxy).await;
     let conn = &conn;
