@@ -1,7 +1,8 @@
 //! `spooky-bench`, the load tool the performance suite trusts: `get` sends a method, headers
 //! and a body, verifies the certificate when given a CA, and fails fast with a clear message
 //! on an `http://` URL or a port where nothing answers; `load` reports responses by status and
-//! Spooky's own refusals by reason, over HTTP/3, HTTP/2 and HTTP/1.1.
+//! Spooky's own refusals by reason, over HTTP/3, HTTP/2 and HTTP/1.1, and counts body bytes
+//! (raw QUIC downloads from `quic-serve` too).
 
 mod support;
 
@@ -176,4 +177,85 @@ async fn load_counts_responses_by_status_and_refusals_by_reason() {
         "{out}"
     );
     assert!(out.contains("reasons=-"), "{out}");
+    // Every body counted: 40 × "hi\n".
+    assert!(out.contains(" bytes=120 "), "{out}");
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_quic_downloads_are_counted_to_the_byte() {
+    use std::io::BufRead;
+    // Not a multiple of the server's 64 KiB chunks: the last write is a short one.
+    const SIZE: u64 = 100_000;
+    let mut server = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_spooky-bench"))
+            .args([
+                "quic-serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--size",
+                &SIZE.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run spooky-bench quic-serve"),
+    );
+    let stdout = server.0.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .expect("join")
+    .expect("read quic-serve's first line");
+    let addr = line
+        .trim()
+        .strip_prefix("quic listening on ")
+        .unwrap_or_else(|| panic!("quic-serve said: {line}"));
+    let (ok, out, err) = bench(args(&[
+        "load",
+        "--proto",
+        "quic",
+        "--url",
+        &format!("https://{addr}/"),
+        "--connections",
+        "2",
+        "--streams",
+        "3",
+        "--duration",
+        "20s",
+        "--max-requests",
+        "12",
+        "--machine",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains(" ok=12 ") && out.contains("errors=0"), "{out}");
+    assert!(out.contains(&format!(" bytes={} ", 12 * SIZE)), "{out}");
+    drop(server);
+
+    // Nothing there any more: a clear failure, not a hang.
+    let (ok, _, err) = bench(args(&[
+        "load",
+        "--proto",
+        "quic",
+        "--url",
+        &format!("https://{addr}/"),
+        "--max-requests",
+        "1",
+    ]))
+    .await;
+    assert!(!ok);
+    assert!(err.contains("no raw QUIC handshake"), "{err}");
 }

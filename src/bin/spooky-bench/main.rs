@@ -18,6 +18,14 @@
 //!   many HTTP/2 responses read no further than their head (64 KiB windows): slow readers.
 //! * `spooky-bench backend --addr 127.0.0.1:8080 --size 1024` — an HTTP/1.1 backend answering
 //!   every request with `size` bytes.
+//! * `spooky-bench quic-serve --addr 127.0.0.1:4434 --size 1048576` — raw QUIC, no HTTP/3:
+//!   every stream answered with `size` bytes; `load --proto quic --url https://127.0.0.1:4434/`
+//!   downloads from it. The floor an HTTP/3 download through Spooky is measured against.
+//!
+//! `load` also counts the body bytes of the responses: `bytes=` and `mib_s=` (MiB/s, as
+//! h2load counts) in `--machine` output, for download rates.
+
+mod quic;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -93,7 +101,8 @@ enum Command {
         #[arg(long)]
         machine: bool,
         /// The protocol of an https:// URL: h3 (QUIC), h2 or h1 (over TLS; with h1, each
-        /// stream is a connection of its own). An http:// URL is HTTP/1.1 in the clear.
+        /// stream is a connection of its own), or quic (raw streams to `quic-serve`, no
+        /// HTTP/3). An http:// URL is HTTP/1.1 in the clear.
         #[arg(long, value_enum, default_value_t = Proto::H3)]
         proto: Proto,
     },
@@ -123,6 +132,14 @@ enum Command {
         #[arg(long, default_value = "10s")]
         hold: String,
     },
+    /// Raw QUIC (no HTTP/3): answers every bidirectional stream with `size` bytes once the
+    /// client finished its side. Load it with `load --proto quic --url https://ADDR/`.
+    QuicServe {
+        #[arg(long, default_value = "127.0.0.1:4434")]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1024 * 1024)]
+        size: usize,
+    },
     /// An HTTP/1.1 backend answering every request with `size` bytes.
     Backend {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -141,10 +158,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The raw QUIC server stands where a one-worker proxy would: one thread.
+    let mut rt = if matches!(cli.command, Command::QuicServe { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match rt.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("runtime: {e}");
@@ -210,6 +230,7 @@ fn main() -> ExitCode {
                 let hold = spooky_stages::config::parse_duration(&hold).map_err(Error::from)?;
                 slow(&url, requests, hold).await
             }
+            Command::QuicServe { addr, size } => quic::serve(addr, size).await,
             Command::Backend {
                 addr,
                 size,
@@ -325,6 +346,7 @@ enum Proto {
     H3,
     H2,
     H1,
+    Quic,
 }
 
 /// One request on whichever protocol the URL names.
@@ -336,6 +358,8 @@ enum Conn {
     H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
     /// HTTP/1.1 over TLS: this task's own connection.
     H1Tls(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>),
+    /// Raw QUIC to `quic-serve`: a stream per request.
+    Quic(quinn::Connection),
 }
 
 /// A TLS connection (any certificate accepted) to `addr` offering `alpn`.
@@ -393,23 +417,27 @@ impl Conn {
                 tokio::spawn(conn);
                 Ok(Conn::H1Tls(Arc::new(tokio::sync::Mutex::new(send))))
             }
+            Proto::Quic => Ok(Conn::Quic(quic::connect(addr).await?)),
         }
     }
 }
 
-/// Closes the HTTP/3 connections among `conns` (TCP ones close when dropped).
+/// Closes the QUIC connections among `conns` (TCP ones close when dropped).
 fn close_h3(conns: &[Conn]) {
     for c in conns {
-        if let Conn::H3(h) = c {
-            h.close();
+        match c {
+            Conn::H3(h) => h.close(),
+            Conn::Quic(q) => q.close(0u32.into(), b"done"),
+            _ => {}
         }
     }
 }
 
-/// What came back: the status and, for Spooky's own refusals, their reason (the `details`
-/// of `Proxy-Status: spooky; …`).
+/// What came back: the status, the body's length and, for Spooky's own refusals, their
+/// reason (the `details` of `Proxy-Status: spooky; …`).
 struct Outcome {
     status: u16,
+    bytes: u64,
     reason: Option<String>,
 }
 
@@ -423,13 +451,19 @@ fn spooky_reason(headers: &http::HeaderMap) -> Option<String> {
     Some(details.trim_matches('"').to_string())
 }
 
-/// Reads a whole response: its outcome.
+/// Reads a whole response, counting its body rather than keeping it: its outcome.
 async fn whole(resp: http::Response<Incoming>) -> Result<Outcome, Error> {
-    let outcome = Outcome {
+    let mut outcome = Outcome {
         status: resp.status().as_u16(),
+        bytes: 0,
         reason: spooky_reason(resp.headers()),
     };
-    resp.into_body().collect().await?;
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            outcome.bytes += data.len() as u64;
+        }
+    }
     Ok(outcome)
 }
 
@@ -440,9 +474,15 @@ impl Conn {
                 let r = c.get(url).await?;
                 Ok(Outcome {
                     status: r.status.as_u16(),
+                    bytes: r.body.len() as u64,
                     reason: spooky_reason(&r.headers),
                 })
             }
+            Conn::Quic(c) => Ok(Outcome {
+                status: 200,
+                bytes: quic::fetch(c).await?,
+                reason: None,
+            }),
             Conn::H1(c) => whole(c.get(url.parse()?).await?).await,
             Conn::H2(send) => {
                 let mut send = send.clone();
@@ -474,6 +514,8 @@ struct Tally {
     by_status: BTreeMap<u16, u64>,
     by_reason: BTreeMap<String, u64>,
     errors: u64,
+    /// Body bytes of every response.
+    bytes: u64,
 }
 
 impl Tally {
@@ -486,6 +528,7 @@ impl Tally {
             *self.by_reason.entry(k).or_default() += v;
         }
         self.errors += other.errors;
+        self.bytes += other.bytes;
     }
 }
 
@@ -546,6 +589,7 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
                             tally.ok.push(from.elapsed());
                         }
                         *tally.by_status.entry(o.status).or_default() += 1;
+                        tally.bytes += o.bytes;
                         if let Some(r) = o.reason {
                             *tally.by_reason.entry(r).or_default() += 1;
                         }
@@ -578,6 +622,8 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
     };
     let rps = lat.len() as f64 / elapsed;
     let errors = all.errors;
+    let bytes = all.bytes;
+    let mib_s = bytes as f64 / 1_048_576.0 / elapsed;
     let max_us = lat.last().map_or(0, |d| d.as_micros());
     let statuses: Vec<String> = all
         .by_status
@@ -591,7 +637,7 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
         .collect();
     if machine {
         println!(
-            "rps={rps:.0} ok={} errors={errors} p50_us={} p90_us={} p99_us={} max_us={max_us} status={} reasons={}",
+            "rps={rps:.0} ok={} errors={errors} p50_us={} p90_us={} p99_us={} max_us={max_us} bytes={bytes} mib_s={mib_s:.1} status={} reasons={}",
             lat.len(),
             pct(0.5),
             pct(0.9),
@@ -613,6 +659,7 @@ async fn load(url: &str, plan: Plan, machine: bool) -> Result<(), Error> {
             println!("refused by spooky: {}", reasons.join("  "));
         }
         println!("req/s:    {rps:.0}");
+        println!("body:     {bytes} bytes, {mib_s:.1} MiB/s");
         println!(
             "latency:  p50 {}µs  p90 {}µs  p99 {}µs  max {max_us}µs{}",
             pct(0.5),
