@@ -1,6 +1,7 @@
 //! The HTTP/1.1 backend pool: connections are kept and reused, a backend that closes after
-//! each response costs no request, idle connections close at `pool_idle_timeout`, and no more
-//! than `pool_max_idle_per_backend` stay open once their requests are done.
+//! each response costs no request, idle connections close at `pool_idle_timeout`, no more
+//! than `pool_max_idle_per_backend` stay open once their requests are done, and an upload
+//! still going when its response has ended is carried to its end.
 
 mod support;
 
@@ -290,4 +291,143 @@ async fn no_more_than_pool_max_idle_connections_stay_open() {
         "the kept connections were reused"
     );
     assert_eq!(Counting::get(&backend.closed), 2);
+}
+
+/// Bytes `/big` answers with: more than every buffer between the backend and a client that
+/// is not reading (the client's stream window, the proxy's, the loopback sockets').
+const BIG: usize = 16 << 20;
+
+/// A backend that answers `/early` and `/big` at once, before reading the request body (with
+/// `early` and with `BIG` bytes), and reads the body meanwhile (reporting how it ended);
+/// anything else it answers `early`.
+async fn answers_before_the_body() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let big = Bytes::from(vec![b'z'; BIG]);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (tx, big) = (tx.clone(), big.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (tx, big) = (tx.clone(), big.clone());
+                    async move {
+                        let answer = match req.uri().path() {
+                            "/big" => big,
+                            _ => Bytes::from_static(b"early"),
+                        };
+                        if matches!(req.uri().path(), "/early" | "/big") {
+                            let mut body = req.into_body();
+                            tokio::spawn(async move {
+                                let mut got = 0;
+                                let end = loop {
+                                    match body.frame().await {
+                                        None => break Ok(got),
+                                        Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len()),
+                                        Some(Err(e)) => break Err(e.to_string()),
+                                    }
+                                };
+                                let _ = tx.send(end);
+                            });
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(answer)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The backend answers before the request body is all there, and the client sends the rest
+/// only after reading that answer: the upload still reaches the backend whole (the connection
+/// is still driven once its response is done, though no exchange is reading from it), and the
+/// pool serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_ends_before_its_request_body_leaves_nothing_stuck() {
+    let (addr, mut ends) = answers_before_the_body().await;
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let proxy = proxy_to(&cert, addr, "");
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    let req = Request::post(url("/early")).body(()).expect("request");
+    let mut stream = conn.send.clone().send_request(req).await.expect("POST");
+    stream
+        .send_data(Bytes::from(vec![b'a'; 1000]))
+        .await
+        .expect("first half");
+    let resp = stream.recv_response().await.expect("head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.expect("body") {
+        use bytes::Buf;
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert_eq!(body, b"early");
+    // The proxy reads on: the rest goes to the backend on the connection the answer came on.
+    stream
+        .send_data(Bytes::from(vec![b'b'; 1000]))
+        .await
+        .expect("second half");
+    stream.finish().await.expect("finish");
+    let end = tokio::time::timeout(Duration::from_secs(10), ends.recv())
+        .await
+        .expect("the backend's request body ended within 10 s")
+        .expect("reported");
+    assert_eq!(end, Ok(2000), "the whole upload reached the backend");
+    sequential_gets(&conn, 3, b"early").await;
+}
+
+/// Full duplex over HTTP/1.1: the backend answers with more than fits in every buffer on the
+/// way before it has the request body, and the client sends its whole upload before it reads
+/// a byte of the answer. The upload must still reach the backend while the answer waits:
+/// were the backend connection driven only as the answer is read, each side would wait for
+/// the other (docs/performance.md: a try at driving connections from the exchange's task
+/// failed here until requests with bodies were left to a connection task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_goes_on_while_the_answer_waits_for_the_client() {
+    const UP: usize = 2 << 20;
+    let (addr, mut ends) = answers_before_the_body().await;
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let proxy = proxy_to(&cert, addr, "");
+    let client = cert.client();
+    let conn = connect(&client, &proxy).await;
+    let req = Request::post(url("/big")).body(()).expect("request");
+    let mut stream = conn.send.clone().send_request(req).await.expect("POST");
+    let upload = async {
+        for _ in 0..UP / (64 << 10) {
+            stream
+                .send_data(Bytes::from(vec![b'u'; 64 << 10]))
+                .await
+                .expect("upload chunk");
+        }
+        stream.finish().await.expect("finish");
+    };
+    tokio::time::timeout(Duration::from_secs(20), upload)
+        .await
+        .expect("the whole upload went out within 20 s");
+    let end = tokio::time::timeout(Duration::from_secs(10), ends.recv())
+        .await
+        .expect("the backend's request body ended within 10 s")
+        .expect("reported");
+    assert_eq!(end, Ok(UP), "the whole upload reached the backend");
+    let resp = stream.recv_response().await.expect("head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut got = 0;
+    while let Some(chunk) = stream.recv_data().await.expect("body") {
+        use bytes::Buf;
+        got += chunk.remaining();
+    }
+    assert_eq!(got, BIG, "the whole answer came after");
 }
