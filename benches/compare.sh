@@ -207,15 +207,30 @@ offered() { # round name proto rate url
   record "$1" "$2" "$3" rate_ok "$(field ok "$out")"
 }
 
-# 1 MiB downloads over HTTP/2 (h2load -m 1: one at a time per connection), MB/s.
+# 1 MiB downloads over HTTP/2 (h2load -m 1: one at a time per connection) and, where the
+# proxy speaks it, over HTTP/3 (spooky-bench, the same 4 connections × 1), MiB/s (h2load's
+# "MB/s" counts in powers of 1024 too).
 download() { # round name
   local out mbs
+  if [[ " $(protocols_of "$2") " == *" h3 "* ]]; then
+    quic_download "$1" "$2" h3 "https://127.0.0.1:${port[$2]}/1m"
+  fi
   out=$("${LOAD[@]}" h2load -D "$SECS" -c 4 -m 1 "https://127.0.0.1:${port[$2]}/1m" 2>&1)
   # h2load prints its rate in B/s, KB/s, MB/s or GB/s (powers of 1024).
   mbs=$(sed -n 's/^finished in .*, \([0-9.]*\)\([KMG]*\)B\/s.*/\1 \2/p' <<<"$out" |
     awk '{ m = ($2 == "G") ? 1024 : ($2 == "M") ? 1 : ($2 == "K") ? 1 / 1024 : 1 / 1048576; printf "%.0f", $1 * m }')
   [ -n "$mbs" ] || echo "$2: no 1 MiB download rate: $(grep -E '^(finished|requests|status)' <<<"$out")" >&2
   record "$1" "$2" h2 download_mb_s "${mbs:-0}"
+}
+
+# A 1 MiB download rate over QUIC from spooky-bench load (PROTO h3 through a proxy, quic from
+# the raw quinn server), MiB/s.
+quic_download() { # round name proto url
+  local out
+  out=$("${LOAD[@]}" "$BIN/spooky-bench" load --proto "$3" --url "$4" --connections 4 \
+    --streams 1 --duration "${SECS}s" --machine)
+  [ "$(field errors "$out")" = 0 ] || echo "$2: $3 download errors: $out" >&2
+  record "$1" "$2" h3 download_mb_s "$(field mib_s "$out")"
 }
 
 # RSS (KiB) a fresh proxy gains while a spooky-bench command holds something open, in
@@ -264,6 +279,13 @@ for _ in $(seq 100); do
 done
 for n in $PEERS; do start_proxy "$n" 1; done
 for n in $PEERS; do wait_up "$n"; done
+# The floor for HTTP/3 downloads: raw QUIC (quinn, default transport settings, no HTTP/3, no
+# proxy, no upstream) serving the same 1 MiB, on the proxies' core.
+quinn_port=$(free_port)
+pinned "$BIN/spooky-bench" quic-serve --addr "127.0.0.1:$quinn_port" --size 1048576 \
+  > "$work/quinn.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q '^quic listening' "$work/quinn.out" && break; sleep 0.1; done
 declare -A rate
 for r in $(seq "$ROUNDS"); do
   # Alternate the order each round, so that machine noise spreads over every peer.
@@ -277,6 +299,7 @@ for r in $(seq "$ROUNDS"); do
     done
     download "$r" "$n"
   done
+  quic_download "$r" quinn quic "https://127.0.0.1:$quinn_port/"
   if [ "$r" = 1 ]; then
     # Half of Spooky's saturation rate in round 1: the fixed offered load for every peer.
     for proto in h3 h2 h1; do
@@ -346,7 +369,8 @@ print()
 print(f"machine: {os.cpu_count()} cores, {model}; {'pinned: proxy on CPU 0 with one worker, origin and load on CPU 1' if pin else 'not pinned'}")
 cols = ["req/s", "CPU µs/req", "p50 µs", "p99 µs", f"p50 @rate", f"p99 @rate", "RSS MiB", "1MiB MB/s"]
 print(f"{'proxy':10} {'proto':6} " + " ".join(f"{c:>11}" for c in cols) + "   CPU/req vs spooky")
-proxies = sorted({k[0] for k in med}, key=lambda p: ["spooky", "caddy", "haproxy", "nginx", "origin"].index(p) if p in ["spooky", "caddy", "haproxy", "nginx", "origin"] else 9)
+order = ["spooky", "caddy", "haproxy", "nginx", "origin", "quinn"]
+proxies = sorted({k[0] for k in med}, key=lambda p: order.index(p) if p in order else 9)
 for proto in ["h3", "h2", "h1"]:
     for p in proxies:
         if get(p, proto, "rps") is None and get(p, proto, "rate_p99_us") is None:
@@ -354,9 +378,17 @@ for proto in ["h3", "h2", "h1"]:
         vals = [get(p, proto, "rps"), get(p, proto, "cpu_us"), get(p, proto, "p50_us"), get(p, proto, "p99_us"),
                 get(p, proto, "rate_p50_us"), get(p, proto, "rate_p99_us"),
                 (get(p, proto, "rss_kib") or 0) / 1024 or None,
-                get(p, "h2", "download_mb_s") if proto == "h2" else None]
+                get(p, proto, "download_mb_s") if proto != "h1" else None]
         cells = " ".join(f"{'-' if v is None else (f'{v:.0f}' if v >= 100 else f'{v:.1f}'):>11}" for v in vals)
         print(f"{p:10} {proto:6} {cells}   {ratio(get('spooky', proto, 'cpu_us'), get(p, proto, 'cpu_us')) if p != 'spooky' else ''}")
+quinn = get("quinn", "h3", "download_mb_s")
+if quinn:
+    print()
+    print(f"HTTP/3 1 MiB downloads (MiB/s, 4 connections x 1 stream) against raw QUIC from quinn (no HTTP/3, no proxy): quinn {quinn:.0f}")
+    for p in proxies:
+        v = get(p, "h3", "download_mb_s")
+        if v is not None and p != "quinn":
+            print(f"  {p:10} {v:>8.0f}   raw QUIC is {quinn / v:.2f}x as fast" if v else f"  {p:10} {v:>8.0f}")
 print()
 print("memory per idle connection (KiB of RSS, each made one request; fresh proxy, one worker):")
 for p in proxies:
@@ -381,7 +413,9 @@ json.dump({"smoke": smoke, "pinned": pin, "cores": os.cpu_count(), "cpu": model,
           open(out, "w"), indent=1)
 print(f"\n(medians of the rounds; every sample in {out})")
 if smoke:
-    missing = [p for p in proxies if p != "origin" and not any(get(p, proto, "rps") for proto in ["h2", "h3"])]
+    missing = [p for p in proxies if p not in ("origin", "quinn") and not any(get(p, proto, "rps") for proto in ["h2", "h3"])]
+    if "spooky" in proxies and not quinn:
+        missing.append("quinn (raw QUIC downloads)")
     if missing:
         sys.exit(f"smoke: no successful run for {missing}")
 PY
