@@ -348,20 +348,64 @@ async fn answers_before_the_body() -> (
     (addr, rx)
 }
 
+/// A proxy in front of [`answers_before_the_body`], and an HTTP/3 connection to it (fields
+/// drop in order: the connection before its client, the proxy before its certificates).
+struct EarlyAnswers {
+    conn: spooky::h3client::H3Conn,
+    ends: tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>,
+    _client: spooky::h3client::H3Client,
+    _proxy: Proxy,
+    _dir: TempDir,
+}
+
+impl EarlyAnswers {
+    async fn start() -> EarlyAnswers {
+        let (addr, ends) = answers_before_the_body().await;
+        let dir = TempDir::new();
+        let cert = TestCert::generate(&dir);
+        let proxy = proxy_to(&cert, addr, "");
+        let client = cert.client();
+        let conn = connect(&client, &proxy).await;
+        EarlyAnswers {
+            conn,
+            ends,
+            _client: client,
+            _proxy: proxy,
+            _dir: dir,
+        }
+    }
+
+    /// A POST to `path` whose body the test sends.
+    async fn post(
+        &self,
+        path: &str,
+    ) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
+        let req = Request::post(url(path)).body(()).expect("request");
+        self.conn
+            .send
+            .clone()
+            .send_request(req)
+            .await
+            .expect("POST")
+    }
+
+    /// How the backend's read of the next request body ended.
+    async fn upload_end(&mut self) -> Result<usize, String> {
+        tokio::time::timeout(Duration::from_secs(10), self.ends.recv())
+            .await
+            .expect("the backend's request body ended within 10 s")
+            .expect("reported")
+    }
+}
+
 /// The backend answers before the request body is all there, and the client sends the rest
 /// only after reading that answer: the upload still reaches the backend whole (the connection
 /// is still driven once its response is done, though no exchange is reading from it), and the
 /// pool serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_that_ends_before_its_request_body_leaves_nothing_stuck() {
-    let (addr, mut ends) = answers_before_the_body().await;
-    let dir = TempDir::new();
-    let cert = TestCert::generate(&dir);
-    let proxy = proxy_to(&cert, addr, "");
-    let client = cert.client();
-    let conn = connect(&client, &proxy).await;
-    let req = Request::post(url("/early")).body(()).expect("request");
-    let mut stream = conn.send.clone().send_request(req).await.expect("POST");
+    let mut early = EarlyAnswers::start().await;
+    let mut stream = early.post("/early").await;
     stream
         .send_data(Bytes::from(vec![b'a'; 1000]))
         .await
@@ -380,12 +424,12 @@ async fn a_response_that_ends_before_its_request_body_leaves_nothing_stuck() {
         .await
         .expect("second half");
     stream.finish().await.expect("finish");
-    let end = tokio::time::timeout(Duration::from_secs(10), ends.recv())
-        .await
-        .expect("the backend's request body ended within 10 s")
-        .expect("reported");
-    assert_eq!(end, Ok(2000), "the whole upload reached the backend");
-    sequential_gets(&conn, 3, b"early").await;
+    assert_eq!(
+        early.upload_end().await,
+        Ok(2000),
+        "the whole upload reached the backend"
+    );
+    sequential_gets(&early.conn, 3, b"early").await;
 }
 
 /// Full duplex over HTTP/1.1: the backend answers with more than fits in every buffer on the
@@ -397,14 +441,8 @@ async fn a_response_that_ends_before_its_request_body_leaves_nothing_stuck() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_goes_on_while_the_answer_waits_for_the_client() {
     const UP: usize = 2 << 20;
-    let (addr, mut ends) = answers_before_the_body().await;
-    let dir = TempDir::new();
-    let cert = TestCert::generate(&dir);
-    let proxy = proxy_to(&cert, addr, "");
-    let client = cert.client();
-    let conn = connect(&client, &proxy).await;
-    let req = Request::post(url("/big")).body(()).expect("request");
-    let mut stream = conn.send.clone().send_request(req).await.expect("POST");
+    let mut early = EarlyAnswers::start().await;
+    let mut stream = early.post("/big").await;
     let upload = async {
         for _ in 0..UP / (64 << 10) {
             stream
@@ -417,11 +455,11 @@ async fn an_upload_goes_on_while_the_answer_waits_for_the_client() {
     tokio::time::timeout(Duration::from_secs(20), upload)
         .await
         .expect("the whole upload went out within 20 s");
-    let end = tokio::time::timeout(Duration::from_secs(10), ends.recv())
-        .await
-        .expect("the backend's request body ended within 10 s")
-        .expect("reported");
-    assert_eq!(end, Ok(UP), "the whole upload reached the backend");
+    assert_eq!(
+        early.upload_end().await,
+        Ok(UP),
+        "the whole upload reached the backend"
+    );
     let resp = stream.recv_response().await.expect("head");
     assert_eq!(resp.status(), StatusCode::OK);
     let mut got = 0;
