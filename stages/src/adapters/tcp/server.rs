@@ -35,6 +35,7 @@ use crate::adapters::BindError;
 use crate::adapters::client_limit::{self, ClientSlot, PerClient};
 use crate::adapters::h3::server::until_true;
 use crate::adapters::swap::Swap;
+use crate::adapters::tcp::batch::Batched;
 use crate::adapters::tcp::body::HyperBody;
 use crate::adapters::tcp::conn_clock::ConnClock;
 use crate::adapters::tcp::h1_guard::{H1Guard, Refusal, Refusals};
@@ -350,7 +351,8 @@ async fn connection(
             // inline TLS stream (1.2 KB with rustls' state) would be held twice for the
             // connection's life, once there and once in hyper's connection.
             if peer.h2 {
-                let tls = Box::new(tls);
+                // Responses ready in the same turn leave in one TLS write (`batch.rs`).
+                let tls = Box::new(Batched::new(tls));
                 serve_http(shared, TokioIo::new(tls), peer, clock, pipelines, shutdown).await;
             } else {
                 let (peer, refusals) = peer.guarded();
