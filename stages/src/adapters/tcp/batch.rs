@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// At most this much is held back; a write at least this large goes straight through.
 const BATCH: usize = 16 * 1024;
 
-/// A buffer this large is not kept while the connection is idle.
-const KEEP: usize = 4 * 1024;
+/// What a batch's buffer starts with (most batches of small responses fit).
+const FIRST: usize = 4 * 1024;
 
 /// An HTTP/2 connection's TLS stream, its small writes batched per turn of the worker.
 pub struct Batched<T> {
@@ -51,6 +51,13 @@ impl<T> Batched<T> {
     fn held(&self) -> usize {
         self.buf.len() - self.sent
     }
+
+    /// Room for `len` more bytes: a new batch's buffer is allocated once, not grown.
+    fn hold(&mut self, len: usize) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(FIRST.max(len));
+        }
+    }
 }
 
 impl<T: AsyncWrite + Unpin> Batched<T> {
@@ -65,11 +72,8 @@ impl<T: AsyncWrite + Unpin> Batched<T> {
             };
             self.sent += n;
         }
-        if self.buf.capacity() > KEEP {
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
-        }
+        // Nothing is kept between batches: an idle connection holds no buffer.
+        self.buf = Vec::new();
         self.sent = 0;
         self.due = false;
         Poll::Ready(Ok(()))
@@ -121,6 +125,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
         if this.held() == 0 && data.len() >= BATCH {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
+        this.hold(data.len());
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
     }
@@ -136,6 +141,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
         if this.held() == 0 && len >= BATCH {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
+        this.hold(len);
         for b in bufs {
             this.buf.extend_from_slice(b);
         }
@@ -264,6 +270,7 @@ mod tests {
 
         p.read(&mut s);
         assert_eq!(readable(&mut peer), b"HEADERS+DATA 1;DATA 2;DATA 3;");
+        assert_eq!(s.buf.capacity(), 0, "an idle connection holds no buffer");
 
         // The next batch is held back again and asks for its own poll.
         p.frame(&mut s, b"DATA 4;");
