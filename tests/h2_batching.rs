@@ -64,8 +64,7 @@ impl AsyncRead for Records {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            let new = buf.filled()[before..].to_vec();
-            this.scan(&new);
+            this.scan(&buf.filled()[before..]);
         }
         polled
     }

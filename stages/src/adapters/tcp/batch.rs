@@ -169,10 +169,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match this.poll_send(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
+        ready!(this.poll_send(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
