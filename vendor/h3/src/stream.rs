@@ -247,6 +247,20 @@ where
             payload.advance(cnt);
         }
     }
+
+    // Spooky (vendor/README.md): once the encoded header is consumed, the payload's own
+    // `copy_to_bytes` (for `Bytes`, a reference-counted split, no copy), so that a QUIC
+    // transport can hand the payload to its stream without copying it.
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        if self.len == self.pos {
+            if let Some(payload) = self.frame.as_mut().and_then(|f| f.payload_mut()) {
+                return payload.copy_to_bytes(len);
+            }
+        }
+        let mut out = bytes::BytesMut::with_capacity(len);
+        out.put((&mut *self).take(len));
+        out.freeze()
+    }
 }
 
 pub(super) enum AcceptedRecvStream<S, B>
