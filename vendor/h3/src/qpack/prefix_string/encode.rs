@@ -123,6 +123,28 @@ macro_rules! bits_encode {
     }
 }
 
+/// Each byte's Huffman code (right-aligned) and its length in bits, from `HPACK_STRING`.
+pub const HUFFMAN_CODES: [(u32, u32); 256] = huffman_codes();
+
+const fn huffman_codes() -> [(u32, u32); 256] {
+    let mut out = [(0u32, 0u32); 256];
+    let mut i = 0;
+    while i < 256 {
+        let v = &HPACK_STRING[i];
+        // `buffer` holds the code's bits 8 at a time, the last byte its remaining low bits.
+        let (mut code, mut rest, mut j) = (0u32, v.bit_count, 0);
+        while j < v.buffer.len() {
+            let k = if rest < 8 { rest } else { 8 };
+            code = (code << k) | v.buffer[j] as u32;
+            rest -= k;
+            j += 1;
+        }
+        out[i] = (code, v.bit_count);
+        i += 1;
+    }
+    out
+}
+
 const HPACK_STRING: [EncodeValue; 256] = bits_encode![
     ( 13 => [0b1111_1111, 0b0001_1000]),
     ( 23 => [0b1111_1111, 0b1111_1111, 0b0101_1000]),

@@ -59,11 +59,29 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
     Ok(value)
 }
 
+// Spooky (vendor/README.md): the same bytes as upstream's `hpack_encode` (which built the
+// string bit by bit in a new `Vec`, then wrote it byte by byte), from a table of codes: the
+// length first, then the codes shifted through a 64-bit accumulator.
 pub fn encode<B: BufMut>(size: u8, flags: u8, value: &[u8], buf: &mut B) -> Result<(), Error> {
-    let encoded = Vec::from(value).hpack_encode()?;
-    prefix_int::encode(size - 1, flags << 1 | 1, encoded.len().try_into()?, buf);
-    for byte in encoded {
-        buf.write(byte);
+    let bits: usize = value
+        .iter()
+        .map(|&b| encode::HUFFMAN_CODES[b as usize].1 as usize)
+        .sum();
+    prefix_int::encode(size - 1, flags << 1 | 1, ((bits + 7) / 8).try_into()?, buf);
+    let (mut acc, mut held) = (0u64, 0u32);
+    for &b in value {
+        let (code, len) = encode::HUFFMAN_CODES[b as usize];
+        // At most 7 bits are held between symbols and a code is at most 30 bits long.
+        acc = (acc << len) | code as u64;
+        held += len;
+        while held >= 8 {
+            held -= 8;
+            buf.put_u8((acc >> held) as u8);
+        }
+    }
+    if held > 0 {
+        // Padding: the most significant bits of EOS, all ones.
+        buf.put_u8(((acc << (8 - held)) as u8) | (0xff >> held));
     }
     Ok(())
 }
