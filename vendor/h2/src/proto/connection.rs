@@ -333,8 +333,9 @@ where
                             }
 
                             // Spooky's change: a connection with no open stream
-                            // holds no read or write buffer while it waits.
-                            if self.codec.holds_buffers() && !self.inner.streams.has_streams() {
+                            // holds no read or write buffer (nor stream table
+                            // storage) while it waits.
+                            if self.codec.holds_buffers() && self.inner.streams.release_if_idle() {
                                 self.codec.release_idle();
                             }
 

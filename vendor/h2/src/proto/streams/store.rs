@@ -206,6 +206,18 @@ impl ops::IndexMut<Key> for Store {
 }
 
 impl Store {
+    /// Drops the stream table's storage if it holds no stream (Spooky's change:
+    /// the slab keeps the room of the most streams a connection ever had open, a
+    /// few KiB per idle connection).
+    pub(crate) fn release_idle(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() != 0 {
+            self.slab = slab::Slab::new();
+        }
+        if self.ids.is_empty() && self.ids.capacity() != 0 {
+            self.ids = IndexMap::new();
+        }
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_active_streams(&self) -> usize {
         self.ids.len()

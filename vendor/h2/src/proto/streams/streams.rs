@@ -1144,6 +1144,17 @@ where
         me.counts.has_streams()
     }
 
+    /// Whether the connection has no open stream; if so, the stream table's
+    /// storage is dropped where it holds none (Spooky's change).
+    pub(crate) fn release_if_idle(&self) -> bool {
+        let mut me = self.inner.lock().unwrap();
+        if me.counts.has_streams() {
+            return false;
+        }
+        me.store.release_idle();
+        true
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
