@@ -181,3 +181,46 @@ async fn plaintext_listener_serves_and_redirect_mode_redirects() {
         Some(&b"https://example.org:8443/a/b?c=d"[..])
     );
 }
+
+/// One HTTP/1.1 connection over TLS carries request after request, each sent once the one
+/// before was answered, so that every side's connection waits idle in between with its empty
+/// read and write buffers dropped (vendor/hyper): uploads and heads larger than those
+/// buffers, then small requests, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_keep_alive_carries_large_and_small_requests_across_idle_waits() {
+    let dir = TempDir::new();
+    let cert = TestCert::generate(&dir);
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(&pipeline_with(
+        r#"["h2", "http1"]"#,
+        &cert.toml(),
+        &hello_and_app(&backend.url()),
+    ));
+    let roots = [cert.der.clone()];
+    let mut s = Sender::connect(proxy.tcp_addr.expect("tcp"), &roots, b"http/1.1").await;
+    let upload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let big = "x".repeat(12 * 1024);
+    for round in 0..3 {
+        let req = Request::post("https://localhost/echo")
+            .header("x-big", big.as_str())
+            .body(Full::new(Bytes::from(upload.clone())))
+            .expect("request");
+        let resp = s.send(req).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "round {round}: {:?}",
+            resp.headers()
+        );
+        let (echoed, _) = body(resp).await;
+        assert!(
+            echoed == upload,
+            "round {round}: the echo came back changed ({} bytes)",
+            echoed.len()
+        );
+        let resp = s.send(get("/small")).await;
+        assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+        assert_eq!(&body(resp).await.0[..], b"backend /small\n");
+    }
+    assert_eq!(backend.state.seen.load(Ordering::SeqCst), 6);
+}
