@@ -101,19 +101,27 @@ async fn request_and_response_bodies_stream_over_h2_and_http1() {
     let dir = TempDir::new();
     let cert = TestCert::generate(&dir);
     let backend = Backend::start().await;
-    let proxy = Proxy::start(&pipeline_with(
-        r#"["h2", "http1"]"#,
-        &cert.toml(),
-        &hello_and_app(&backend.url()),
-    ));
-    let tcp = proxy.tcp_addr.expect("tcp listener");
     let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    // The default read-ahead of backend responses, and the smallest hyper allows (the
+    // response then comes in many 8 KiB pieces).
+    for dispatch in ["", "[stages.dispatch]\nupstream_read_ahead = \"8KiB\"\n\n"] {
+        let proxy = Proxy::start(&pipeline_with(
+            r#"["h2", "http1"]"#,
+            &cert.toml(),
+            &format!("{dispatch}{}", hello_and_app(&backend.url())),
+        ));
+        bodies_stream(&proxy, &cert, &data).await;
+    }
+}
+
+async fn bodies_stream(proxy: &Proxy, cert: &TestCert, data: &[u8]) {
+    let tcp = proxy.tcp_addr.expect("tcp listener");
     for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
         let mut s = Sender::connect(tcp, std::slice::from_ref(&cert.der), alpn).await;
         let req = Request::builder()
             .method(Method::POST)
             .uri("https://localhost/echo")
-            .body(Full::new(Bytes::from(data.clone())))
+            .body(Full::new(Bytes::copy_from_slice(data)))
             .expect("req");
         let resp = s.send(req).await;
         assert_eq!(resp.status(), StatusCode::OK);
@@ -123,7 +131,7 @@ async fn request_and_response_bodies_stream_over_h2_and_http1() {
         );
         let (b, _) = body(resp).await;
         assert!(
-            b[..] == data[..],
+            b[..] == *data,
             "echo over {}",
             String::from_utf8_lossy(alpn)
         );

@@ -168,6 +168,31 @@ fn durations_and_sizes_must_parse() {
 }
 
 #[test]
+fn upstream_read_ahead_must_fit_hypers_buffer() {
+    for bad in ["4KiB", "32MiB"] {
+        let t = GOOD.replace(
+            "[admin]",
+            &format!("[stages.dispatch]\nupstream_read_ahead = \"{bad}\"\n\n[admin]"),
+        );
+        one(
+            &t,
+            line_of(&t, bad),
+            "stages.dispatch.upstream_read_ahead",
+            "from \"8KiB\" to \"16MiB\"",
+        );
+    }
+    let t = GOOD.replace(
+        "[admin]",
+        "[stages.dispatch]\nupstream_read_ahead = \"16KiB\"\n\n[admin]",
+    );
+    let config = parse("p.toml", &t).expect("16KiB is valid");
+    assert_eq!(
+        config.stages.dispatch.client_settings().read_ahead,
+        16 * 1024
+    );
+}
+
+#[test]
 fn bind_addresses_must_parse() {
     let t = GOOD.replace("bind = \"127.0.0.1:9901\"", "bind = \"localhost:99999\"");
     one(&t, line_of(&t, "99999"), "admin.bind", "socket address");

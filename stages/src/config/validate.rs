@@ -410,6 +410,17 @@ fn stages(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>, config: &Config) {
             );
         }
     }
+    let read_ahead = config.stages.dispatch.upstream_read_ahead.0;
+    if !(8 * 1024..=16 << 20).contains(&read_ahead) {
+        cx.push(
+            Some(span_at(
+                root,
+                &["stages", "dispatch", "upstream_read_ahead"],
+            )),
+            "stages.dispatch.upstream_read_ahead",
+            "expected a size from \"8KiB\" to \"16MiB\"",
+        );
+    }
     let share = config.stages.dispatch.upstream_share;
     if !(share.is_finite() && share > 0.0 && share <= 1.0) {
         cx.push(

@@ -16,9 +16,9 @@ use crate::contract::exchange::{AttemptError, AttemptFailure, Exchange, Exchange
 use crate::contract::reason::Reason;
 use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::http::upgrade;
-use crate::units::Dur;
+use crate::units::{Dur, Size};
 use crate::upstreams::addr::BackendAddr;
-use crate::upstreams::client::ClientSettings;
+use crate::upstreams::client::{ClientSettings, UPSTREAM_READ_AHEAD};
 
 /// What a failed attempt adds to the backend's latency estimate (`latency-aware`): a backend
 /// that fails fast must not look fast. The peak is forgotten with the estimate's 10 s decay.
@@ -59,6 +59,11 @@ pub struct Config {
     /// Idle connections kept per backend.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_backend: usize,
+    /// The most an HTTP/1.1 backend connection reads of a response ahead of the client
+    /// (8 KiB to 16 MiB): what each response a slow client is not reading holds, and the
+    /// size of the chunks a fast one gets.
+    #[serde(default = "default_upstream_read_ahead")]
+    pub upstream_read_ahead: Size,
     /// `X-Forwarded-For/-Proto/-Host` and `Forwarded` policy: `append` (to what a trusted
     /// proxy sent), `replace`, `strip` (`off`).
     #[serde(default)]
@@ -97,6 +102,9 @@ fn default_pool_idle_timeout() -> Dur {
 fn default_pool_max_idle() -> usize {
     64
 }
+fn default_upstream_read_ahead() -> Size {
+    Size(UPSTREAM_READ_AHEAD as u64)
+}
 
 impl Config {
     /// How backend connections are made and pooled.
@@ -105,6 +113,8 @@ impl Config {
             connect_timeout: self.connect_timeout.0,
             pool_idle_timeout: self.pool_idle_timeout.0,
             pool_max_idle: self.pool_max_idle_per_backend,
+            // Validated to 8 KiB ..= 16 MiB (config::validate).
+            read_ahead: usize::try_from(self.upstream_read_ahead.0).unwrap_or(UPSTREAM_READ_AHEAD),
         }
     }
 }
@@ -116,6 +126,7 @@ impl Default for Config {
             response_timeout: default_response_timeout(),
             pool_idle_timeout: default_pool_idle_timeout(),
             pool_max_idle_per_backend: default_pool_max_idle(),
+            upstream_read_ahead: default_upstream_read_ahead(),
             forwarded: Forwarded::default(),
             forwarded_header: ForwardedHeader::default(),
             upstream_share: default_upstream_share(),

@@ -31,9 +31,12 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// The most an HTTP/1.1 backend connection buffers of a response its client is not
+    /// reading (`upstream_read_ahead`).
+    pub read_ahead: usize,
 }
 
-/// The most an HTTP/1.1 backend connection buffers of a response its client is not reading.
+/// `upstream_read_ahead`'s default.
 pub const UPSTREAM_READ_AHEAD: usize = 64 * 1024;
 
 /// One worker's pooled client of a backend.
@@ -277,6 +280,6 @@ fn worker_client(
         builder.http2_only(true);
     }
     // How much of a response an HTTP/1.1 connection (ALPN's choice) reads ahead (see h1).
-    builder.http1_max_buf_size(UPSTREAM_READ_AHEAD);
+    builder.http1_max_buf_size(settings.read_ahead);
     builder.build(connector)
 }

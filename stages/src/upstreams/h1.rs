@@ -23,7 +23,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use crate::body::RequestBody;
-use crate::upstreams::client::{ClientSettings, UPSTREAM_READ_AHEAD};
+use crate::upstreams::client::ClientSettings;
 use crate::upstreams::error::ConnectError;
 use crate::upstreams::tls::BackendConnector;
 
@@ -35,6 +35,8 @@ pub struct H1Pool {
     connector: BackendConnector,
     idle_timeout: Duration,
     max_idle: usize,
+    /// hyper's `max_buf_size`: `upstream_read_ahead`.
+    read_ahead: usize,
     lists: Box<[Mutex<Idle>]>,
 }
 
@@ -87,6 +89,7 @@ impl H1Pool {
             connector,
             idle_timeout: settings.pool_idle_timeout,
             max_idle: settings.pool_max_idle,
+            read_ahead: settings.read_ahead,
             lists: (0..=workers).map(|_| Mutex::default()).collect(),
         }
     }
@@ -164,7 +167,7 @@ impl H1Pool {
             // How much of a response the connection reads ahead of a client that reads
             // slowly (hyper's default, about 400 KiB, made 1 000 slow readers of 1 MiB cost
             // half a GiB).
-            .max_buf_size(UPSTREAM_READ_AHEAD)
+            .max_buf_size(self.read_ahead)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(H1Error::Http)?;
