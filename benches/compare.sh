@@ -150,15 +150,6 @@ wait_up() {
   exit 1
 }
 
-# Resident memory (KiB) of a process and its children.
-rss_kib() {
-  local total=0 p
-  for p in $(tree_of "$1"); do
-    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-
 # record ROUND PROXY PROTO METRIC VALUE
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$samples"; }
 
@@ -248,12 +239,7 @@ held_rss_kib() { # name marker wait settle path spooky-bench-args...
   "${LOAD[@]}" "$BIN/spooky-bench" "$@" --url "https://127.0.0.1:${port[$n]}$path" \
     > "$work/held.out" 2>&1 &
   holder=$!
-  for _ in $(seq $((wait * 10))); do
-    grep -q "^$marker" "$work/held.out" && break
-    kill -0 "$holder" 2>/dev/null || break
-    sleep 0.1
-  done
-  if grep -q "^$marker" "$work/held.out"; then
+  if wait_held "$work/held.out" "$marker" "$wait" "$holder"; then
     sleep "$settle"
     held_kib=$(( $(rss_kib "${pid[$n]}") - rss0 ))
   else

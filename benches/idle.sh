@@ -22,7 +22,6 @@ BENCH="$PWD/target/release/spooky-bench"
 [ -x "$BENCH" ] || cargo build --release --bin spooky-bench >&2
 
 start_backend 1024
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # KiB of RSS per idle connection for binary $1.
 per_connection() {
@@ -52,12 +51,8 @@ TOML
   "$BENCH" idle --proto "$PROTO" --connections "$CONNECTIONS" --hold 60s \
     --url "https://127.0.0.1:$port/1k" > "$work/held.out" 2>&1 &
   holder=$!
-  for _ in $(seq 600); do # up to 60 s for all of them to open
-    grep -q '^open' "$work/held.out" && break
-    kill -0 "$holder" 2>/dev/null || break
-    sleep 0.1
-  done
-  grep -q '^open' "$work/held.out" || { echo "idle: $(tail -2 "$work/held.out")" >&2; exit 1; }
+  wait_held "$work/held.out" open 60 "$holder" ||
+    { echo "idle: $(tail -2 "$work/held.out")" >&2; exit 1; }
   sleep 1
   rss1=$(rss_kib "$proxy")
   kill "$holder" "$proxy"

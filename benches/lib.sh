@@ -65,6 +65,26 @@ tree_of() {
   for c in $(pgrep -P "$1" || true); do tree_of "$c"; done
 }
 
+# Resident memory (KiB) of a process and its children.
+rss_kib() {
+  local total=0 p
+  for p in $(tree_of "$1"); do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+# Waits up to $3 seconds until file $1 has a line starting with $2, or until process $4 (the
+# one writing it) ends; succeeds if the line came.
+wait_held() { # file marker seconds pid
+  for _ in $(seq $(($3 * 10))); do
+    grep -q "^$2" "$1" && return 0
+    kill -0 "$4" 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -q "^$2" "$1"
+}
+
 # CPU ticks (user + system) of a process and its descendants (nginx workers).
 cpu_ticks() {
   local total=0 p
