@@ -8,12 +8,14 @@
 #
 # Knobs: BASE_BIN and HEAD_BIN (spooky binaries; HEAD_BIN defaults to the working tree's
 # build, target/release/spooky-bench must exist), PROTO (h2|h3|h1), CONNECTIONS (2000),
-# PASSES (2).
+# PASSES (2), SIZE (the one response's body in bytes, 1024: a larger one fills the upstream
+# connection's read buffer, so buffers a connection keeps show as touched memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROTO=${PROTO:-h2}
 CONNECTIONS=${CONNECTIONS:-2000}
 PASSES=${PASSES:-2}
+SIZE=${SIZE:-1024}
 BASE_BIN=${BASE_BIN:?BASE_BIN: the spooky binary to compare with}
 HEAD_BIN=${HEAD_BIN:-$PWD/target/release/spooky}
 source benches/lib.sh
@@ -21,7 +23,7 @@ bench_init
 BENCH="$PWD/target/release/spooky-bench"
 [ -x "$BENCH" ] || cargo build --release --bin spooky-bench >&2
 
-start_backend 1024
+start_backend "$SIZE"
 
 # KiB of RSS per idle connection for binary $1.
 per_connection() {

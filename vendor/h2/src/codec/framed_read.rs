@@ -96,7 +96,7 @@ impl<T> FramedRead<T> {
 
     /// Whether a read buffer is allocated (see `release_idle`).
     pub(crate) fn holds_buffer(&self) -> bool {
-        self.inner.buf.capacity() != 0
+        self.inner.buf.capacity() != 0 || self.decoder.hpack.holds_buffer()
     }
 
     /// Drops the read buffer if it holds no partial frame; the next read
@@ -106,6 +106,7 @@ impl<T> FramedRead<T> {
         if self.inner.buf.is_empty() {
             self.inner.buf = BytesMut::new();
         }
+        self.decoder.hpack.release_idle();
     }
 
     /// Update the max header list size setting.

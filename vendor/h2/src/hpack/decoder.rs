@@ -158,8 +158,21 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Spooky's change: allocated by the first Huffman-coded string.
+            buffer: BytesMut::new(),
         }
+    }
+
+    /// Whether the Huffman buffer is allocated (see `release_idle`).
+    pub(crate) fn holds_buffer(&self) -> bool {
+        self.buffer.capacity() != 0
+    }
+
+    /// Drops the Huffman buffer; the next Huffman-coded string allocates a
+    /// new one. (Spooky's change: called when the connection has no open
+    /// stream, so an idle connection holds no 4 KiB buffer here.)
+    pub(crate) fn release_idle(&mut self) {
+        self.buffer = BytesMut::new();
     }
 
     /// Queues a potential size update
@@ -215,7 +228,9 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Spooky's change: the table keeps a copy, not a slice
+                    // of the frame or Huffman buffer (`Header::detached`).
+                    self.table.insert(entry.clone().detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -333,6 +348,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            if self.buffer.capacity() == 0 {
+                // Released while the connection was idle (Spooky's change).
+                self.buffer.reserve(4096);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {

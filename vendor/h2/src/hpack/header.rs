@@ -40,6 +40,41 @@ pub fn len(name: &HeaderName, value: &HeaderValue) -> usize {
     32 + n.len() + value.len()
 }
 
+impl Header {
+    /// The header with every byte it holds in allocations of its own.
+    ///
+    /// Spooky's change: a header decoded from a frame, or a response header
+    /// parsed by hyper's HTTP/1.1 client, holds its bytes as a slice of a
+    /// larger buffer (the frame read buffer, the HPACK decoder's Huffman
+    /// buffer, the upstream connection's read buffer). An entry of an HPACK
+    /// dynamic table lives as long as the connection, so a table holding such
+    /// a slice kept a whole buffer (4-8 KiB) alive for every idle connection.
+    /// The tables now store copies; a copy is made only when an entry is
+    /// inserted, not for headers found in the table.
+    pub fn detached(self) -> Header {
+        use self::Header::*;
+
+        match self {
+            Field { name, value } => {
+                let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name);
+                let value = match HeaderValue::from_bytes(value.as_bytes()) {
+                    Ok(mut copy) => {
+                        copy.set_sensitive(value.is_sensitive());
+                        copy
+                    }
+                    Err(_) => value,
+                };
+                Field { name, value }
+            }
+            Authority(v) => Authority(BytesStr::from(&v)),
+            Scheme(v) => Scheme(BytesStr::from(&v)),
+            Path(v) => Path(BytesStr::from(&v)),
+            Protocol(v) => Protocol(crate::ext::Protocol::from(v.as_str())),
+            other @ (Method(_) | Status(_)) => other,
+        }
+    }
+}
+
 impl Header<Option<HeaderName>> {
     pub fn reify(self) -> Result<Header, HeaderValue> {
         use self::Header::*;

@@ -339,7 +339,9 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            // Spooky's change: the table keeps a copy, not a slice of a
+            // larger buffer (see `Header::detached`).
+            header: header.detached(),
             next: None,
         });
     }

@@ -33,6 +33,15 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// Drops the slab's storage if it holds no frame (Spooky's change: the
+    /// connection calls this when it has no open stream; the storage, grown
+    /// by the first frames queued, was kept for the connection's life).
+    pub fn release_idle(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() != 0 {
+            self.slab = Slab::new();
+        }
+    }
 }
 
 impl Deque {

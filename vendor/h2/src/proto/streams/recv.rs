@@ -85,6 +85,12 @@ pub(crate) enum Open {
 }
 
 impl Recv {
+    /// Drops the receive buffer's storage if it holds no event (Spooky's
+    /// change; see `Buffer::release_idle`).
+    pub(crate) fn release_idle(&mut self) {
+        self.buffer.release_idle();
+    }
+
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {
         let next_stream_id = if peer.is_server() { 1 } else { 2 };
 

@@ -1152,6 +1152,8 @@ where
             return false;
         }
         me.store.release_idle();
+        me.actions.recv.release_idle();
+        self.send_buffer.inner.lock().unwrap().release_idle();
         true
     }
 

@@ -583,6 +583,15 @@ where
     fn try_keep_alive(&mut self, cx: &mut Context<'_>) {
         self.state.try_keep_alive::<T>();
         self.maybe_notify(cx);
+        // Spooky's change: a server whose read was already waiting when the
+        // response ended (it watches for EOF while the request is served) is
+        // not polled again until the next request arrives, so the release in
+        // `poll_read_head` never ran for it: its read buffer (grown to 16 KiB)
+        // stayed for the connection's life. Released here, as the exchange
+        // ends, when nothing is buffered.
+        if !self.is_mid_message() {
+            self.io.release_idle();
+        }
     }
 
     pub(crate) fn can_write_head(&self) -> bool {
