@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// mimalloc: a quarter less CPU per HTTP/2 request and a third less per HTTP/3 request than
-/// glibc's malloc, and less than jemalloc (docs/performance.md). `--no-default-features`
-/// builds with the system allocator.
+/// glibc's malloc, and less than jemalloc (docs/performance.md). Its v2 line (the `v2`
+/// feature), not v3: an idle TLS connection costs about half the RSS (docs/performance.md,
+/// *Idle connections*). `--no-default-features` builds with the system allocator.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
