@@ -55,8 +55,9 @@ impl Header {
         use self::Header::*;
 
         match self {
+            // A `HeaderName` needs no copy: every way `http` builds a custom
+            // one copies its bytes into an allocation of its own.
             Field { name, value } => {
-                let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name);
                 let value = match HeaderValue::from_bytes(value.as_bytes()) {
                     Ok(mut copy) => {
                         copy.set_sensitive(value.is_sensitive());
