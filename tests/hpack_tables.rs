@@ -14,17 +14,15 @@
 mod support;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use support::named::Client;
 use support::proxy::{Proxy, pipeline_with};
-use support::tls_backend::serve_h2c;
+use support::tls_backend::{serve_h2c, serve_http1};
 use support::{TempDir, TestCert};
 
 /// Every request header `x-h-NAME: V` comes back as `x-r-NAME: V`.
@@ -38,26 +36,6 @@ async fn mirror(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         }
     }
     Ok(resp)
-}
-
-async fn h1_mirror() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service_fn(mirror))
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// Sixty requests on one HTTP/2 connection; every mirrored header must come back intact.
@@ -98,7 +76,7 @@ async fn mirrored_on_one_connection(backend: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_survive_table_eviction_and_idle_moments_http1_backend() {
-    let addr = h1_mirror().await;
+    let addr = serve_http1(|| service_fn(mirror)).await;
     mirrored_on_one_connection(&format!("{{ url = \"http://{addr}\" }}")).await;
 }
 

@@ -132,6 +132,44 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_plain(move |tcp| {
+        let svc = service();
+        async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        }
+    })
+    .await
+}
+
+/// Serves plaintext HTTP/1.1 on an OS-picked loopback port, as [`serve_h2c`] serves HTTP/2.
+pub async fn serve_http1<S, B>(service: impl Fn() -> S + Send + 'static) -> SocketAddr
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_plain(move |tcp| {
+        let svc = service();
+        async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        }
+    })
+    .await
+}
+
+/// Accepts TCP connections on an OS-picked loopback port, each served on a task of its own
+/// by the future `serve` makes of it.
+async fn serve_plain<F>(serve: impl Fn(tokio::net::TcpStream) -> F + Send + 'static) -> SocketAddr
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -141,12 +179,7 @@ where
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let svc = service();
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     addr
