@@ -82,8 +82,11 @@ impl CertReloader {
             }
             let interval = cfg.watch_interval.0.max(Duration::from_millis(50));
             let this = self.clone();
+            // The baseline is taken now, as the listener's certificates were just loaded: taken
+            // at the task's first poll, a file changed before that poll (the runtime busy at
+            // start) became the baseline and was never loaded.
+            let mut seen = stamps(&files);
             tasks.push(tokio::spawn(async move {
-                let mut seen = stamps(&files);
                 loop {
                     tokio::time::sleep(interval).await;
                     let now = stamps(&files);
