@@ -112,7 +112,9 @@ impl H1Pool {
             loop {
                 let (mut sender, reused) = match pool.checkout(slot) {
                     Some(s) => (s, true),
-                    None => (pool.connect().await?, false),
+                    // Boxed: a connection's handshake future is most of this one's size,
+                    // and this one is moved into its box on every request.
+                    None => (Box::pin(pool.connect()).await?, false),
                 };
                 match sender.try_send_request(req).await {
                     Ok(resp) => {

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -483,20 +484,21 @@ async fn serve_http<I>(
             });
             let handshake = upgrade.is_some() && req.version() != Version::HTTP_2;
             let connect = req.method() == http::Method::CONNECT;
-            // One future per request, moved several times on its way into hyper's task: no
-            // second async layer around it.
-            let served = handle(
+            // One future per request, boxed: hyper moves an HTTP/2 stream's future eight
+            // times on its way into and out of the stream's task, so it should be a pointer.
+            // No async block around it either: one keeps a future it captured and the one it
+            // awaits in separate slots.
+            let served = Box::pin(handle(
                 shared.clone(),
                 pipelines.clone(),
                 req,
                 peer.clone(),
                 upgrade,
-            );
-            async move {
-                let mut resp = served.await;
+            ));
+            served.map(move |mut resp| {
                 close_unless_upgraded(&mut resp, handshake, connect);
                 Ok::<_, Infallible>(resp.map(|b| b.hold(busy)))
-            }
+            })
         })
     };
     let conn = builder.serve_connection_with_upgrades(io, svc);
@@ -558,8 +560,7 @@ fn close_unless_upgraded(resp: &mut Response<ProxyBody>, handshake: bool, connec
 
 /// One HTTP/1.1 or HTTP/2 request through the pipeline (the generation current when it came).
 /// Not an `async fn`: one of those moves its arguments into locals of its own first, so its
-/// future holds them twice, and hyper moves this future several times per request (into its
-/// stream task, into the task's cell, and over it when it ends).
+/// future holds them twice, and this future is moved into its box on every request.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn handle(
     shared: Arc<Shared>,
@@ -616,8 +617,8 @@ fn handle(
         match pipeline.drain().enter() {
             Ok(guard) => {
                 ex.permits.drain = Some(guard);
-                // Boxed: hyper moves service futures around; keep this one a pointer.
-                Box::pin(pipeline.clone().run(ex, permit)).await;
+                // Not boxed: this whole future is (see `serve_http`).
+                pipeline.clone().run(ex, permit).await;
             }
             Err(_) => {
                 drop(permit);
