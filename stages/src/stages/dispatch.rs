@@ -605,9 +605,7 @@ fn forwarding(
     const FWD: HeaderName = http::header::FORWARDED;
     let keep = policy == Forwarded::Append && ex.client.trusted_peer;
     if !keep {
-        for h in [XFF, XFP, XFH, FWD] {
-            headers.remove(h);
-        }
+        crate::http::headers::remove_any(headers, &[XFF, XFP, XFH, FWD]);
     }
     if policy == Forwarded::Strip {
         return Ok(());
@@ -622,7 +620,10 @@ fn forwarding(
         .map(|a| a.as_str());
     let value = |s: &str| HeaderValue::from_str(s).map_err(|_| Reason::Unforwardable);
     if which != ForwardedHeader::Rfc7239 {
-        headers.append(XFF, value(&peer.to_string())?);
+        headers.append(
+            XFF,
+            crate::http::forwarded::ip_value(peer).map_err(|_| Reason::Unforwardable)?,
+        );
         // A trusted proxy knows the original scheme and host better than we do.
         headers
             .entry(XFP)

@@ -217,7 +217,7 @@ impl Ingress {
             .iter()
             .map(|(k, v)| (k.as_str().len() + v.len() + 32) as u64)
             .sum::<u64>()
-            + ex.head.uri.to_string().len() as u64;
+            + uri_len(&ex.head.uri) as u64;
         if bytes > self.max_header_bytes {
             return Flow::Reject(ex, Reason::HeaderBytes);
         }
@@ -340,9 +340,35 @@ fn has_connection_specific(headers: &http::HeaderMap) -> bool {
             .any(|v| v.as_bytes() != b"trailers")
 }
 
+/// The length of `uri` as written (what its `Display` writes, without writing it: this is
+/// asked on every request).
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uri_is_as_long_as_it_is_written() {
+        for u in [
+            "/",
+            "*",
+            "/a/b?q=1&r",
+            "/?",
+            "https://a.example",
+            "https://a.example:8443/x/y?z",
+            "http://[::1]:80/p",
+            "a.example:443",
+        ] {
+            let uri: http::Uri = u.parse().expect("uri");
+            assert_eq!(uri_len(&uri), uri.to_string().len(), "{u}");
+        }
+    }
     use http::Request;
 
     fn decide(req: Request<()>) -> Result<http::Uri, &'static str> {
