@@ -24,14 +24,16 @@ pub fn generate() -> HeaderValue {
     // Version 4, variant 10xx (RFC 9562 §5.4).
     n = (n & !(0xF << 76)) | (0x4 << 76);
     n = (n & !(0x3 << 62)) | (0x2 << 62);
+    // A byte at a time (a nibble at a time through the u128 cost 600 instructions).
     let mut out = [b'-'; 36];
-    let mut nibble = 32;
-    for (i, c) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    let mut j = 0;
+    for (i, byte) in n.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            j += 1; // the dash
         }
-        nibble -= 1;
-        *c = HEX[((n >> (nibble * 4)) & 0xF) as usize];
+        out[j] = HEX[usize::from(byte >> 4)];
+        out[j + 1] = HEX[usize::from(byte & 0xF)];
+        j += 2;
     }
     let mut v = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"));
     v.set_sensitive(true);
@@ -51,6 +53,13 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        for (i, c) in s.chars().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                assert_eq!(c, '-', "{s}");
+            } else {
+                assert!(matches!(c, '0'..='9' | 'a'..='f'), "{s}");
+            }
+        }
         assert!(valid(&a));
     }
 
