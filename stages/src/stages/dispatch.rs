@@ -501,6 +501,9 @@ impl Dispatch {
             std::mem::take(&mut ex.head.headers)
         };
         strip_hop_by_hop(&mut headers);
+        // Room for what is added below (Host, Via, TE, Connection, X-Forwarded-*) at once:
+        // growing a header map rehashes it, and it grew twice per request.
+        headers.reserve(8);
         if let Some(a) = ex.head.uri.authority() {
             let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reason::BadAuthority)?;
             headers.insert(http::header::HOST, host);

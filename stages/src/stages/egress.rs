@@ -145,6 +145,9 @@ impl Egress {
     /// id and `Via` in, the route's edits applied.
     fn head(&self, ex: &Exchange, headers: &mut http::HeaderMap) {
         strip_hop_by_hop(headers);
+        // Room for what this adds (the request id, Via, Alt-Svc) at once: a backend's map
+        // is made as large as what it sent, and would otherwise grow twice.
+        headers.reserve(4);
         ex.stamp(headers);
         if self.via == Via::On {
             append_via(headers, "1.1");
