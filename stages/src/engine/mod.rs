@@ -61,10 +61,11 @@ impl AnyStage {
             AnyStage::Admission(s) => s.process(ex).await,
             AnyStage::Route(s) => s.process(ex).await,
             AnyStage::Queue(s) => s.process(ex).await,
-            // The I/O stages hold large futures (hyper's client, body streaming): boxed, so
-            // the future of an exchange's task stays small.
-            AnyStage::Attempts(s) => Box::pin(s.process(ex, carried)).await,
-            AnyStage::Egress(s) => Box::pin(s.process(ex)).await,
+            // Not boxed: the I/O stages hold large futures (hyper's client, body streaming),
+            // but each adapter boxes the whole exchange's future once; a box here too cost an
+            // allocation and a copy of the stage's future on every request.
+            AnyStage::Attempts(s) => s.process(ex, carried).await,
+            AnyStage::Egress(s) => s.process(ex).await,
         }
     }
 

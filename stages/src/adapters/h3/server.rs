@@ -350,8 +350,10 @@ impl H3Listener {
             let limits = (self.header_timeout, self.read_ahead, extended_connect);
             let who = (client.clone(), conn_gone.clone(), datagrams.clone());
             // Not an async block around it: that would hold the request's future twice
-            // (captured, and as the future it awaits).
-            let request = request(resolver, permit, pipeline, who, limits);
+            // (captured, and as the future it awaits). Boxed: `tokio::spawn` moves what it is
+            // given through several layers into the task's cell (six copies of the whole
+            // exchange's future, about 2.5 KB, on every request), a box is a pointer.
+            let request = Box::pin(request(resolver, permit, pipeline, who, limits));
             tokio::spawn(futures::FutureExt::map(request, move |()| drop(guard)));
         }
         live.close();
