@@ -240,7 +240,7 @@ impl HedgeRetry {
             {
                 u.budget.request(ns_at(t0));
             }
-            // The whole loop is boxed by the engine: no second box for the attempt.
+            // The whole exchange is boxed by its adapter: no second box for the attempt.
             let sent = match self.hedge_delay(&ex) {
                 Some(delay) => Box::pin(self.hedged(&mut ex, policy, delay)).await,
                 None => {
