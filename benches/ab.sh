@@ -30,16 +30,11 @@ if [ "$PROTO" = h2 ]; then need h2load:nghttp2-client; fi
 
 bench_init
 
-# HEAD_BIN: a binary to weigh instead of the working tree's (no build; e.g. two saved builds).
-if [ -z "${HEAD_BIN:-}" ]; then cargo build --release --bins >&2; fi
-if [ -n "${BASE_BIN:-}" ]; then
-  # A binary built before (e.g. target/ab-base/release/spooky from an earlier run): no rebuild.
-  base_bin=$BASE_BIN base_rev=$BASE_BIN
-else
-  build_base "$BASE"
-fi
+# HEAD_BIN: a binary to weigh instead of the working tree's (no build; e.g. two saved builds);
+# BASE_BIN: one built before (e.g. target/ab-base/release/spooky from an earlier run).
+pick_binaries
 A="$base_bin"
-B="${HEAD_BIN:-$PWD/target/release/spooky}"
+B="$head_bin"
 BENCH="$PWD/target/release/spooky-bench"
 
 start_backend "$SIZE"

@@ -29,13 +29,7 @@ source benches/lib.sh
 need valgrind:valgrind callgrind_control:valgrind h2load:nghttp2-client
 
 bench_init
-if [ -z "${HEAD_BIN:-}" ]; then cargo build --release --bins >&2; fi
-if [ -n "${BASE_BIN:-}" ]; then
-  base_bin=$BASE_BIN base_rev=$BASE_BIN
-else
-  build_base "$BASE"
-fi
-head_bin="${HEAD_BIN:-$PWD/target/release/spooky}"
+pick_binaries
 
 start_backend "$SIZE"
 case $PROTO in

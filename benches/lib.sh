@@ -39,6 +39,19 @@ build_base() {
   base_bin="$PWD/target/ab-base/release/spooky"
 }
 
+# The two binaries a side-by-side script weighs: $BASE_BIN (built before: no rebuild) or the
+# revision $BASE built by build_base, against $HEAD_BIN or the working tree's build. Sets
+# $base_bin, $base_rev and $head_bin.
+pick_binaries() {
+  if [ -z "${HEAD_BIN:-}" ]; then cargo build --release --bins >&2; fi
+  if [ -n "${BASE_BIN:-}" ]; then
+    base_bin=$BASE_BIN base_rev=$BASE_BIN
+  else
+    build_base "$BASE"
+  fi
+  head_bin="${HEAD_BIN:-$PWD/target/release/spooky}"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
