@@ -707,13 +707,14 @@ pub enum Failed {
     Cancelled,
 }
 
-/// Whether hyper found the backend's response unreadable.
+/// Whether hyper or Spooky's HTTP/1.1 client found the backend's response unreadable.
 fn is_parse_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse)
+        if err.is::<crate::upstreams::h1::BadResponse>()
+            || err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse)
         {
             return true;
         }
