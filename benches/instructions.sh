@@ -10,10 +10,11 @@
 #   benches/instructions.sh                          # HEAD~1 against the working tree, HTTP/2
 #   BASE_BIN=/tmp/old/spooky HEAD_BIN=/tmp/new/spooky PROTO=h1 benches/instructions.sh
 #
-# Knobs: BASE (a git revision) or BASE_BIN, HEAD_BIN, PROTO (h2|h1: h2load over TLS; HTTP/3's
-# load tool has no fixed request count), REQUESTS (counted, default 4000), CONNECTIONS (32),
-# STREAMS (10, HTTP/2), SIZE (response bytes), KEEP=1 (leave the callgrind files in
-# target/bench/ for callgrind_annotate). Installs valgrind and nghttp2-client when missing.
+# Knobs: BASE (a git revision) or BASE_BIN, HEAD_BIN, PROTO (h2|h1: h2load over TLS; h3:
+# spooky-bench with --max-requests, from target/release), REQUESTS (counted, default 4000),
+# CONNECTIONS (32), STREAMS (10, HTTP/2 and HTTP/3), SIZE (response bytes), KEEP=1 (leave the
+# callgrind files in target/bench/ for callgrind_annotate). Installs valgrind and
+# nghttp2-client when missing.
 # Each connection's TLS handshake is inside the count (32 handshakes in 4 000 requests are
 # about a tenth of it): raise REQUESTS to dilute them.
 set -euo pipefail
@@ -32,11 +33,23 @@ bench_init
 pick_binaries
 
 start_backend "$SIZE"
+BENCH="$PWD/target/release/spooky-bench"
 case $PROTO in
   h2) load=(-c "$CONNECTIONS" -m "$STREAMS") ;;
   h1) load=(--h1 -c "$CONNECTIONS" -m 1) ;;
-  *) echo "PROTO must be h2 or h1" >&2; exit 2 ;;
+  h3) [ -x "$BENCH" ] || cargo build --release --bin spooky-bench ;;
+  *) echo "PROTO must be h2, h1 or h3" >&2; exit 2 ;;
 esac
+
+# run_load N PORT: N requests through the proxy on PORT; prints how many succeeded.
+run_load() {
+  if [ "$PROTO" = h3 ]; then
+    field ok "$("$BENCH" load --url "https://127.0.0.1:$2/x" --connections "$CONNECTIONS" \
+      --streams "$STREAMS" --max-requests "$1" --duration 600s --machine 2>&1)"
+  else
+    h2load "${load[@]}" -n "$1" "https://127.0.0.1:$2/x" 2>&1 | sed -n 's/.* \([0-9]*\) succeeded.*/\1/p'
+  fi
+}
 
 # count NAME BIN: Ir per request of BIN (one worker, the full chain) under callgrind.
 count() {
@@ -50,7 +63,7 @@ workers = 1
 [[listeners]]
 name = "edge"
 bind = "127.0.0.1:$port"
-protocols = ["h2", "http1"]
+protocols = ["h3", "h2", "http1"]
 max_streams_per_connection = 256
 [stages.dispatch]
 pool_max_idle_per_backend = 512
@@ -67,15 +80,15 @@ TOML
   pids+=($pid)
   wait_for "$work/$name.out" '^ready' 120
   # Warm-up: connections, pools and tables filled before anything is counted.
-  h2load "${load[@]}" -n 2000 "https://127.0.0.1:$port/x" > /dev/null 2>&1
+  run_load 2000 "$port" > /dev/null
   callgrind_control -i on "$pid" > /dev/null 2>&1
-  out=$(h2load "${load[@]}" -n "$REQUESTS" "https://127.0.0.1:$port/x" 2>&1)
+  out=$(run_load "$REQUESTS" "$port")
   callgrind_control -i off "$pid" > /dev/null 2>&1
   callgrind_control -d "$pid" > /dev/null 2>&1
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  if ! grep -q "$REQUESTS succeeded" <<<"$out"; then
-    echo "$name: not every request succeeded: $(grep -E '^requests:' <<<"$out")" >&2
+  if [ "$out" != "$REQUESTS" ]; then
+    echo "$name: ${out:-no} requests of $REQUESTS succeeded" >&2
     exit 1
   fi
   # The dump holds what was counted; the file written at exit holds only the shutdown.
