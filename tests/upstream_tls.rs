@@ -79,6 +79,26 @@ async fn https_backends_verified_by_ca_file_and_ca_dir_with_alpn() {
             body.starts_with(&format!("tls-backend {want} /v host=localhost")),
             "{tls} {protocol}: {body}"
         );
+        // More requests go on the same TLS connection (over HTTP/1.1, Spooky's own client
+        // side reads TLS 1.3's session tickets along with the answers).
+        for i in 0..4 {
+            let r = conn.get(&url(&format!("/w{i}"))).await.expect("GET");
+            let body = String::from_utf8_lossy(&r.body).to_string();
+            assert!(
+                body.starts_with(&format!("tls-backend {want} /w{i} ")),
+                "{tls} {protocol}: {body}"
+            );
+        }
+        assert_eq!(
+            proxy
+                .metric(
+                    "spooky_upstream_connects_total",
+                    &[("upstream", "app"), ("result", "ok")],
+                )
+                .await,
+            1.0,
+            "{tls} {protocol}: one backend connection for five requests"
+        );
         proxy.assert_caps_zero().await;
     }
 }
