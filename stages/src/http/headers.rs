@@ -39,6 +39,13 @@ pub fn remove_any(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// Whether a comma-separated field value has `token` (ASCII case-insensitive).
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
 /// Appends `<version> spooky` to `Via` (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, version: &'static str) {
     let value = match version {

@@ -35,6 +35,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::adapters::tcp::conn_clock::ConnClock;
+use crate::http::headers::has_token;
 
 /// Written to a client whose request head did not arrive within `header_timeout`.
 const TIMEOUT_REPLY: &[u8] =
@@ -559,13 +560,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-}
-
-/// Whether a comma-separated field value has `token` (ASCII case-insensitive).
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use crate::body::{BoxError, RequestBody};
+use crate::http::headers::has_token;
 use crate::upstreams::tls::BackendStream;
 
 /// Most fields in a response head or a trailer section (hyper's limit too).
@@ -333,17 +334,16 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BadResponse> {
 
 /// HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
+    let has = |token| {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), token))
     };
     if version == Version::HTTP_10 {
-        has(b"keep-alive")
+        has("keep-alive")
     } else {
-        !has(b"close")
+        !has("close")
     }
 }
 
