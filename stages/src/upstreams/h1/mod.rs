@@ -249,26 +249,23 @@ impl H1Pool {
         None
     }
 
-    /// A new connection of ours.
-    async fn open(&self) -> Result<wire::Conn, H1Error> {
-        let stream = self
-            .connector
+    /// A new connection to the backend.
+    async fn dial(&self) -> Result<BackendStream, H1Error> {
+        self.connector
             .clone()
             .open()
             .await
-            .map_err(H1Error::Connect)?;
-        Ok(wire::Conn::new(stream, self.read_ahead))
+            .map_err(H1Error::Connect)
+    }
+
+    /// A new connection of ours.
+    async fn open(&self) -> Result<wire::Conn, H1Error> {
+        Ok(wire::Conn::new(self.dial().await?, self.read_ahead))
     }
 
     /// A new connection driven by hyper.
     async fn connect(&self) -> Result<Sender, H1Error> {
-        let stream = self
-            .connector
-            .clone()
-            .open()
-            .await
-            .map_err(H1Error::Connect)?;
-        self.handshake(stream).await
+        self.handshake(self.dial().await?).await
     }
 
     /// hyper's client on `stream`, its connection in a task of its own.
