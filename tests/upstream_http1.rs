@@ -138,19 +138,45 @@ async fn serve(mut s: TcpStream, one_each: bool) {
     }
 }
 
-fn proxy_to(cert: &TestCert, backend: SocketAddr) -> Proxy {
-    let rest = format!(
-        r#"
+/// A [`Scripted`] backend, a proxy in front of it, and an HTTP/3 connection to the proxy
+/// (fields drop in order: the connection before its client, the proxy before its
+/// certificates).
+struct Through {
+    conn: spooky::h3client::H3Conn,
+    _client: spooky::h3client::H3Client,
+    proxy: Proxy,
+    _dir: TempDir,
+    backend: Scripted,
+}
+
+impl Through {
+    async fn start(one_each: bool) -> Through {
+        let backend = Scripted::start(one_each).await;
+        let dir = TempDir::new();
+        let cert = TestCert::generate(&dir);
+        let rest = format!(
+            r#"
 [[routes]]
 name = "app"
 match = {{ path_prefix = "/" }}
 upstream = "app"
 
 [upstreams.app]
-backends = [ {{ url = "http://{backend}" }} ]
-"#
-    );
-    Proxy::start(&pipeline(&cert.toml(), &rest))
+backends = [ {{ url = "http://{}" }} ]
+"#,
+            backend.addr
+        );
+        let proxy = Proxy::start(&pipeline(&cert.toml(), &rest));
+        let client = cert.client();
+        let conn = connect(&client, &proxy).await;
+        Through {
+            conn,
+            _client: client,
+            proxy,
+            _dir: dir,
+            backend,
+        }
+    }
 }
 
 async fn get(conn: &spooky::h3client::H3Conn, path: &str) -> spooky::h3client::Response {
@@ -162,14 +188,9 @@ async fn get(conn: &spooky::h3client::H3Conn, path: &str) -> spooky::h3client::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_written_a_few_bytes_at_a_time_arrive_whole_on_one_connection() {
-    let backend = Scripted::start(false).await;
-    let dir = TempDir::new();
-    let cert = TestCert::generate(&dir);
-    let proxy = proxy_to(&cert, backend.addr);
-    let client = cert.client();
-    let conn = connect(&client, &proxy).await;
+    let t = Through::start(false).await;
 
-    let r = get(&conn, "/chunked").await;
+    let r = get(&t.conn, "/chunked").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.body[..], b"hello world");
     let trailers = r.trailers.expect("the backend's trailers");
@@ -178,11 +199,11 @@ async fn answers_written_a_few_bytes_at_a_time_arrive_whole_on_one_connection() 
         Some(&b"42"[..])
     );
 
-    let r = get(&conn, "/hints").await;
+    let r = get(&t.conn, "/hints").await;
     assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
 
     let head = Request::head(url("/length")).body(()).expect("HEAD");
-    let r = tokio::time::timeout(Duration::from_secs(10), conn.request(head, None))
+    let r = tokio::time::timeout(Duration::from_secs(10), t.conn.request(head, None))
         .await
         .expect("HEAD answered within 10 s")
         .expect("HEAD");
@@ -193,12 +214,12 @@ async fn answers_written_a_few_bytes_at_a_time_arrive_whole_on_one_connection() 
     );
     assert!(r.body.is_empty(), "a HEAD's answer has no body");
 
-    let r = get(&conn, "/empty").await;
+    let r = get(&t.conn, "/empty").await;
     assert_eq!((r.status, r.body.len()), (StatusCode::NO_CONTENT, 0));
-    let r = get(&conn, "/plain").await;
+    let r = get(&t.conn, "/plain").await;
     assert_eq!(&r.body[..], b"plain");
     assert_eq!(
-        backend.connections(),
+        t.backend.connections(),
         1,
         "every answer above left the connection usable"
     );
@@ -210,13 +231,13 @@ async fn answers_written_a_few_bytes_at_a_time_arrive_whole_on_one_connection() 
         ("/until-close", &b"read until the backend closes"[..]),
         ("/close", &b"bye"[..]),
     ] {
-        let before = backend.connections();
-        let r = get(&conn, path).await;
+        let before = t.backend.connections();
+        let r = get(&t.conn, path).await;
         assert_eq!((r.status, &r.body[..]), (StatusCode::OK, body), "{path}");
-        let r = get(&conn, "/plain").await;
+        let r = get(&t.conn, "/plain").await;
         assert_eq!(&r.body[..], b"plain", "after {path}");
         assert_eq!(
-            backend.connections(),
+            t.backend.connections(),
             before + 1,
             "{path} ended its connection"
         );
@@ -225,31 +246,26 @@ async fn answers_written_a_few_bytes_at_a_time_arrive_whole_on_one_connection() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_that_are_cut_short_or_do_not_parse_fail_and_the_proxy_serves_on() {
-    let backend = Scripted::start(false).await;
-    let dir = TempDir::new();
-    let cert = TestCert::generate(&dir);
-    let proxy = proxy_to(&cert, backend.addr);
-    let client = cert.client();
-    let conn = connect(&client, &proxy).await;
+    let t = Through::start(false).await;
 
     for path in ["/conflict", "/garbage"] {
-        let r = get(&conn, path).await;
+        let r = get(&t.conn, path).await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path}");
     }
     // The head was good and went out; the body then fails: the client must not see a
     // complete answer.
     for (path, whole) in [("/short", 10), ("/bad-chunk", 5)] {
-        let r = tokio::time::timeout(Duration::from_secs(10), conn.get(&url(path)))
+        let r = tokio::time::timeout(Duration::from_secs(10), t.conn.get(&url(path)))
             .await
             .expect("ended within 10 s");
         if let Ok(r) = r {
             assert!(r.body.len() < whole, "{path}: a cut body arrived as whole");
         }
     }
-    let r = get(&conn, "/plain").await;
+    let r = get(&t.conn, "/plain").await;
     assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"plain"[..]));
     assert_eq!(
-        proxy
+        t.proxy
             .metric(
                 "spooky_upstream_requests_total",
                 &[("upstream", "app"), ("class", "reset")],
@@ -264,23 +280,18 @@ async fn answers_that_are_cut_short_or_do_not_parse_fail_and_the_proxy_serves_on
 /// every GET is still answered (sent again on a new connection), and none counts as failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_on_a_kept_connection_closed_unanswered_goes_again_on_a_new_one() {
-    let backend = Scripted::start(true).await;
-    let dir = TempDir::new();
-    let cert = TestCert::generate(&dir);
-    let proxy = proxy_to(&cert, backend.addr);
-    let client = cert.client();
-    let conn = connect(&client, &proxy).await;
+    let t = Through::start(true).await;
     for i in 0..10 {
-        let r = get(&conn, &format!("/r{i}")).await;
+        let r = get(&t.conn, &format!("/r{i}")).await;
         assert_eq!(
             (r.status, &r.body[..]),
             (StatusCode::OK, &b"plain"[..]),
             "GET {i}"
         );
     }
-    assert!(backend.connections() >= 10, "a connection per answer");
+    assert!(t.backend.connections() >= 10, "a connection per answer");
     assert_eq!(
-        proxy
+        t.proxy
             .metric(
                 "spooky_upstream_requests_total",
                 &[("upstream", "app"), ("class", "2xx")],
